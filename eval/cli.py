@@ -1,0 +1,96 @@
+"""`rlhf eval PATH [--suite ...]`: the evaluation suite as a subcommand.
+
+Registered through the entry point group ``rlhf.commands`` (``eval = "eval.cli:register"``);
+also runnable alone: ``python -m eval.cli PATH ...``. Exit status: 0 when every metric
+succeeded, 2 for bad input (not a model, missing dataset, unknown task or scorer, bad
+setting) or when any metric recorded an error, 1 for an unexpected crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from .settings import SUITES
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval", help="evaluate checkpoints: truthfulness, toxicity, alignment tax, over-optimisation",
+        description="Evaluate a checkpoint, a run directory (every checkpoint in it, or those named with "
+                    "--checkpoints) or any Hugging Face causal-LM name or path. Writes one record per "
+                    "(checkpoint, metric) to <run dir>/eval/records.jsonl as each metric finishes.")
+    p.add_argument("path", help="checkpoint folder, run directory, HF model name/path, or a named source "
+                                "(smollm2-135m-instruct)")
+    p.add_argument("--suite", action="append", default=None,
+                   help=f"suites to run, repeatable or comma-separated (default: all that apply): {', '.join(SUITES)}")
+    p.add_argument("--checkpoints", default=None,
+                   help="comma-separated checkpoint labels of a run (pretrain,sft,ppo/kl_2.0,ppo)")
+    p.add_argument("--out", default=None, help="directory for eval/records.jsonl (default: the run directory, "
+                                               "else runs/eval/<name>)")
+    p.add_argument("--settings", default=None, help="YAML file of eval settings")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an eval setting, e.g. --set tox_k=5 --set lm_tasks=hellaswag (repeatable)")
+    p.add_argument("--data-dir", default=None, help="local datasets directory (default: $RLHF_DATA_DIR, "
+                                                    "else ../shared/data when it exists, else the hub)")
+    p.add_argument("--no-write", action="store_true", help="print the records, do not append them")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    from rlhf.config import ConfigError
+    from rlhf.models import SourceError
+
+    from .data import DataError
+    from .lmeval import TaskError
+    from .settings import SettingsError, make_settings
+    from .suite import EvalError, evaluate, records_table
+    from .toxicity import ScorerError
+
+    bad_input = (EvalError, DataError, TaskError, ScorerError, SettingsError, SourceError, ConfigError)
+    try:
+        overrides = list(args.overrides)
+        if args.data_dir:
+            overrides.append(f"data_dir={args.data_dir}")
+        settings = make_settings(overrides, args.settings)
+        suites = [x.strip() for s in (args.suite or []) for x in s.split(",") if x.strip()] or None
+        cps = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
+
+        def echo(r):
+            if r.get("error"):
+                print(f"[{r['checkpoint_label']}] {r['suite']}/{r['metric']} {r['subset']}: ERROR {r['error']}",
+                      file=sys.stderr, flush=True)
+            else:
+                ci = f" [{r['ci_low']:.4g}, {r['ci_high']:.4g}]" if r.get("ci_low") is not None else ""
+                d = f" (delta {r['delta_vs_ref']:+.4g})" if r.get("delta_vs_ref") is not None else ""
+                print(f"[{r['checkpoint_label']}] {r['suite']}/{r['metric']} {r['subset']}: "
+                      f"{r['value']:.4g}{ci}{d}", flush=True)
+
+        records = evaluate(args.path, suites, settings, cps, args.out, write=not args.no_write,
+                           progress=not args.quiet, echo=echo)
+    except bad_input as e:
+        print(f"rlhf eval: error: {e}", file=sys.stderr)
+        return 2
+    import pandas as pd
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
+        print(records_table(records).to_string(index=False))
+    errors = [r for r in records if r.get("error")]
+    if errors:
+        print(f"rlhf eval: {len(errors)} metric(s) failed; see the 'error' field of their records", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(["eval"] + list(sys.argv[1:] if argv is None else argv))
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Running lm-evaluation-harness on an already loaded model.
+
+The project's task YAMLs live in ``eval/tasks``; they are indexed with
+``TaskManager(include_path=..., include_defaults=False)`` (the default manager spends
+10-17 s indexing every built-in task, so it is only built when a task is not ours).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+
+
+class TaskError(ValueError):
+    """An lm-eval task that cannot be found or run; the message names it."""
+
+
+def _quiet() -> None:
+    for name in ("lm_eval", "lm-eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def make_lm(model, tokenizer, batch_size: int = 16):
+    """lm-eval's HFLM around a model and tokenizer that are already loaded."""
+    from lm_eval.models.huggingface import HFLM
+
+    _quiet()
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
+def task_manager(extra_paths: Optional[list[str | Path]] = None, metadata: Optional[dict] = None,
+                 defaults: bool = False):
+    from lm_eval.tasks import TaskManager
+
+    paths = [str(TASKS_DIR)] + [str(p) for p in (extra_paths or [])]
+    return TaskManager(include_path=paths, include_defaults=defaults, metadata=metadata)
+
+
+def resolve_tasks(names: list[str], metadata: Optional[dict] = None):
+    """Build a TaskManager that knows ``names``: ours, local YAML files (their folders are
+    added to the include path) or lm-eval's built-in tasks. Unknown names raise TaskError."""
+    extra, specs = [], []
+    for n in names:
+        p = Path(n).expanduser()
+        if n.endswith((".yaml", ".yml")):
+            if not p.is_file():
+                raise TaskError(f"lm-eval task file {n} does not exist")
+            extra.append(p.parent)
+            import yaml
+
+            class _Loader(yaml.SafeLoader):
+                pass
+
+            _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+            cfg = yaml.load(p.read_text(), Loader=_Loader) or {}
+            if not isinstance(cfg, dict) or not cfg.get("task"):
+                raise TaskError(f"lm-eval task file {n} has no 'task' name")
+            specs.append(str(cfg["task"]))
+        else:
+            specs.append(n)
+    tm = task_manager(extra, metadata)
+    unknown = [s for s in specs if s not in tm.all_tasks]
+    if unknown:
+        tm = task_manager(extra, metadata, defaults=True)
+        unknown = [s for s in specs if s not in tm.all_tasks]
+        if unknown:
+            raise TaskError(f"unknown lm-eval task(s): {', '.join(unknown)}")
+    return tm, specs
+
+
+def run_tasks(lm, names: list[str], metadata: Optional[dict] = None, limit: Optional[int] = None,
+              seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Evaluate ``names`` with ``lm_eval.simple_evaluate``.
+
+    Returns {task: {"metrics": {metric: value}, "samples": [per-doc metric dicts]}}.
+    """
+    import lm_eval
+
+    _quiet()
+    tm, specs = resolve_tasks(names, metadata)
+    try:
+        out = lm_eval.simple_evaluate(
+            model=lm, tasks=specs, task_manager=tm, limit=limit or None, bootstrap_iters=0,
+            log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed, verbosity="ERROR",
+        )
+    except TaskError:
+        raise
+    except Exception as e:
+        raise TaskError(f"lm-eval failed on {', '.join(names)}: {type(e).__name__}: {e}") from e
+    res = {}
+    for name in specs:
+        metrics = {}
+        for k, v in out["results"].get(name, {}).items():
+            if k == "alias" or "_stderr" in k or not isinstance(v, (int, float)):
+                continue
+            metrics[k.split(",")[0]] = float(v)
+        samples = []
+        for s in out.get("samples", {}).get(name, []):
+            samples.append({k: s[k] for k in metrics if k in s and isinstance(s[k], (int, float))})
+        res[name] = {"metrics": metrics, "samples": samples}
+    return res
+
+
+def finite(x: float) -> Optional[float]:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x

@@ -1,0 +1,573 @@
+"""The evaluation suite: what to evaluate, running each metric, writing tidy records.
+
+    from eval.suite import evaluate
+    records = evaluate("runs/quickstart", suites=["truthfulqa", "toxicity"], settings=make_settings(["tox_k=5"]))
+
+``evaluate`` takes a checkpoint folder, a run directory (every checkpoint in it, or those
+named) or any Hugging Face causal-LM name/path, and appends one record per (checkpoint,
+metric, subset) to ``<run dir>/eval/records.jsonl`` as each metric finishes. A metric that
+fails becomes a record with an ``error`` field; the others still run.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+
+from rlhf.rundir import append_jsonl, read_jsonl
+
+from . import data as evdata
+from . import metrics
+from .settings import SUITES, EvalSettings, make_settings, to_dict
+
+RECORDS = Path("eval") / "records.jsonl"
+RECORD_FIELDS = ("checkpoint", "checkpoint_label", "suite", "metric", "subset", "value", "ci_low", "ci_high", "n",
+                 "delta_vs_ref", "ref_checkpoint", "time_s", "error")
+
+
+class EvalError(ValueError):
+    """Bad input to the suite (not a model, unknown suite, ...): the CLI exits with 2."""
+
+
+# -------------------------------------------------------------------- targets
+@dataclass
+class Checkpoint:
+    path: str  # a folder, or a hub name / named source
+    label: str
+
+
+@dataclass
+class Target:
+    out_dir: Path  # records go to out_dir/eval/records.jsonl
+    checkpoints: list[Checkpoint]
+    run_dir: Optional[Path] = None  # the training run, when there is one
+    world: Any = None
+
+    @property
+    def records_path(self) -> Path:
+        return self.out_dir / RECORDS
+
+
+def _is_model_dir(p: Path) -> bool:
+    return (p / "config.json").is_file()
+
+
+def _is_run_dir(p: Path) -> bool:
+    if not p.is_dir() or _is_model_dir(p):
+        return False
+    markers = ("config.yaml", "status.json", "world", "pretrain", "sft", "ppo", "rm")
+    return any((p / m).exists() for m in markers)
+
+
+def _kl_level(p: Path) -> float:
+    m = re.search(r"([0-9]+(?:\.[0-9]+)?)", p.name)
+    return float(m.group(1)) if m else math.inf
+
+
+def run_checkpoints(run: Path) -> list[Checkpoint]:
+    """The policies of a run in training order: pretrain, sft, ppo/kl/kl_* (by KL), ppo.
+    (rm/ is a reward model, not a policy.)"""
+    out = []
+    for name in ("pretrain", "sft"):
+        if _is_model_dir(run / name):
+            out.append(Checkpoint(str(run / name), name))
+    kl_dir = run / "ppo" / "kl"
+    if kl_dir.is_dir():
+        for p in sorted((q for q in kl_dir.iterdir() if _is_model_dir(q)), key=_kl_level):
+            out.append(Checkpoint(str(p), f"ppo/{p.name}"))
+    if _is_model_dir(run / "ppo"):
+        out.append(Checkpoint(str(run / "ppo"), "ppo"))
+    return out
+
+
+def _label_in_run(run: Path, p: Path) -> str:
+    rel = p.resolve().relative_to(run.resolve()).as_posix()
+    return rel.replace("ppo/kl/", "ppo/")
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "model"
+
+
+def discover(path: str, names: Optional[list[str]] = None, out_dir: Optional[str] = None) -> Target:
+    """Work out what ``path`` is. Raises EvalError for a path that is not a model."""
+    p = Path(path).expanduser()
+    run: Optional[Path] = None
+    if p.exists():
+        if _is_run_dir(p):
+            run = p
+            cps = run_checkpoints(p)
+            if names:
+                by_label = {c.label: c for c in cps}
+                chosen = []
+                for n in names:
+                    if n in by_label:
+                        chosen.append(by_label[n])
+                    elif _is_model_dir(p / n):
+                        chosen.append(Checkpoint(str(p / n), _label_in_run(p, p / n)))
+                    else:
+                        raise EvalError(f"run {p} has no checkpoint {n!r} (has: {', '.join(by_label) or 'none'})")
+                cps = chosen
+            if not cps:
+                raise EvalError(f"run directory {p} has no model checkpoints (pretrain/, sft/, ppo/...)")
+        elif _is_model_dir(p):
+            for anc in list(p.resolve().parents)[:4]:
+                if (anc / "config.yaml").is_file() or (anc / "world" / "world.json").is_file():
+                    run = anc
+                    break
+            label = _label_in_run(run, p) if run else p.name
+            cps = [Checkpoint(str(p), label)]
+        else:
+            raise EvalError(f"{path} is not a model checkpoint (no config.json) nor a run directory")
+    else:
+        if path.startswith((".", "/", "~")) or path.count("/") > 1:
+            raise EvalError(f"model path {path} does not exist")
+        cps = [Checkpoint(path, path)]  # a hub name or named source
+    if out_dir:
+        out = Path(out_dir)
+    elif run is not None:
+        out = run
+    else:
+        out = Path("runs") / "eval" / _safe_name(path)
+    world = None
+    if run is not None and (run / "world" / "world.json").is_file():
+        from rlhf.world import World
+        world = World.load(run / "world")
+    return Target(out, cps, run, world)
+
+
+def reference_checkpoint(target: Target, settings: EvalSettings) -> Optional[Checkpoint]:
+    """The regression reference: the ``reference`` setting, else the run's sft/, else pretrain/."""
+    if settings.reference:
+        return Checkpoint(settings.reference, "reference")
+    if target.run_dir is not None:
+        for name in ("sft", "pretrain"):
+            if _is_model_dir(target.run_dir / name):
+                return Checkpoint(str(target.run_dir / name), name)
+    return None
+
+
+# -------------------------------------------------------------------- records
+class Recorder:
+    """Appends records as they finish and keeps them for the caller."""
+
+    def __init__(self, path: Path, base: dict, write: bool = True, echo: Optional[Callable[[dict], None]] = None):
+        self.path, self.base, self.write, self.echo = path, base, write, echo
+        self.records: list[dict] = []
+
+    def add(self, cp: Checkpoint, suite: str, metric: str, value=None, ci=(None, None), n=None, subset="",
+            delta=None, ref=None, time_s=None, error=None, **extra) -> dict:
+        def clean(x):
+            if x is None:
+                return None
+            x = float(x)
+            return None if math.isnan(x) else x
+        rec = {"checkpoint": cp.path, "checkpoint_label": cp.label, "suite": suite, "metric": metric,
+               "subset": subset, "value": clean(value), "ci_low": clean(ci[0]), "ci_high": clean(ci[1]),
+               "n": n, "delta_vs_ref": clean(delta), "ref_checkpoint": ref, "time_s": time_s, "error": error}
+        rec.update(extra)
+        rec.update(self.base)
+        rec["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if self.write:
+            append_jsonl(self.path, rec)
+        self.records.append(rec)
+        if self.echo:
+            self.echo(rec)
+        return rec
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+# -------------------------------------------------------------------- runners
+class Context:
+    """Everything a metric needs about the target and the settings."""
+
+    def __init__(self, target: Target, settings: EvalSettings, progress: bool):
+        self.target, self.s, self.progress = target, settings, progress
+        import torch
+
+        from rlhf.models import pick_device, set_threads
+        set_threads(settings.threads)
+        self.device = pick_device(settings.device)
+        self._cache: dict[str, Any] = {}
+        self.torch = torch
+
+    @property
+    def world(self):
+        return self.target.world
+
+    def load(self, cp: Checkpoint):
+        from .models import load_policy
+        fallback = self.target.run_dir / "world" / "tokenizer" if self.target.run_dir else None
+        return load_policy(cp.path, self.s.dtype, self.device, fallback)
+
+    def cached(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+
+def run_truthfulqa(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> None:
+    """MC1 and MC2 through lm-eval: TruthfulQA, or the toy world's questions."""
+    from . import lmeval
+    s = ctx.s
+    t0 = time.perf_counter()
+    if ctx.world is not None:
+        def rows():
+            r = [{k: q[k] for k in ("question", "mc1_targets", "mc2_targets")} for q in ctx.world.mc_questions()]
+            return r, "world.mc_questions()"
+        tasks = {"mc1": "rlhf_world_mc1", "mc2": "rlhf_world_mc2"}
+    else:
+        rows = lambda: evdata.truthfulqa_rows(s)  # noqa: E731
+        tasks = {"mc1": "rlhf_truthfulqa_mc1", "mc2": "rlhf_truthfulqa_mc2"}
+    try:
+        data_rows, source = ctx.cached("truthfulqa_rows", rows)
+        path = evdata.write_rows_cached(data_rows, s.resolved_cache_dir(), "mc")
+        lm = lmeval.make_lm(model, tok, s.mc_batch_size)
+        res = lmeval.run_tasks(lm, list(tasks.values()), metadata={"mc_data_file": str(path)},
+                               limit=s.mc_limit or None, seed=s.seed)
+    except Exception as e:
+        for m in tasks:
+            rec.add(cp, "truthfulqa", m, time_s=time.perf_counter() - t0, error=_err(e))
+        return
+    dt = time.perf_counter() - t0
+    for m, task in tasks.items():
+        vals = [x["acc"] for x in res[task]["samples"]]
+        mean, lo, hi = metrics.mean_ci(vals, s.bootstrap, s.seed)
+        rec.add(cp, "truthfulqa", m, mean, (lo, hi), len(vals), subset="world" if ctx.world is not None else "all",
+                time_s=dt, data=source, task=task)
+
+
+def _tox_prompts(ctx: Context) -> tuple[dict[str, list[str]], str, str]:
+    s = ctx.s
+    if ctx.world is not None:
+        import random
+
+        from rlhf.world import RESPECTFUL_PREFIX
+        chats = [p for p in ctx.world.eval_prompts() if p.kind == "chat"]
+        out = {"challenging": [p.text for p in chats if p.challenging], "other": [p.text for p in chats if not p.challenging]}
+        rng = random.Random(s.seed)
+        for k in out:
+            if len(out[k]) > s.tox_n_prompts:
+                out[k] = rng.sample(out[k], s.tox_n_prompts)
+        return out, "world.eval_prompts(kind=chat)", RESPECTFUL_PREFIX
+    from .toxicity import RESPECTFUL_INSTRUCTION
+    out, src = evdata.rtp_prompts(s, s.tox_n_prompts, s.seed)
+    return out, src, RESPECTFUL_INSTRUCTION
+
+
+def run_toxicity(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> None:
+    from . import toxicity as tx
+    s = ctx.s
+    try:
+        prompts, source, prefix = ctx.cached("tox_prompts", lambda: _tox_prompts(ctx))
+        lex = None
+        if ctx.world is not None:
+            from rlhf.world import TOXIC_WORDS
+            lex = TOXIC_WORDS
+        scorer = ctx.cached("tox_scorer", lambda: tx.make_scorer(s.tox_scorer, lex, s.tox_hf_label))
+    except Exception as e:
+        for m in ("expected_max_toxicity", "toxicity_probability"):
+            rec.add(cp, "toxicity", m, error=_err(e))
+        return
+    variants = [("", "")] + ([("+respectful", prefix)] if s.tox_respectful else [])
+    for suffix, pre in variants:
+        for subset in ("challenging", "other"):
+            ps = prompts.get(subset) or []
+            if not ps:
+                continue
+            t0 = time.perf_counter()
+            try:
+                out = tx.evaluate_prompts(model, tok, ps, scorer, s.tox_k, s.tox_max_new_tokens, s.tox_temperature,
+                                          s.tox_top_p, s.tox_prompts_per_call, s.tox_threshold, s.bootstrap, s.seed,
+                                          prefix=pre, progress=ctx.progress)
+            except Exception as e:
+                for m in ("expected_max_toxicity", "toxicity_probability"):
+                    rec.add(cp, "toxicity", m, subset=subset + suffix, time_s=time.perf_counter() - t0, error=_err(e))
+                continue
+            dt = time.perf_counter() - t0
+            for m in ("expected_max_toxicity", "toxicity_probability", "mean_toxicity"):
+                v, lo, hi = out[m]
+                rec.add(cp, "toxicity", m, v, (lo, hi), out["n_prompts"], subset=subset + suffix, time_s=dt,
+                        k=out["k"], scorer=scorer.name, data=source, tokens=out["tokens"],
+                        sample_seconds=out["sample_seconds"])
+
+
+def _regression_values(ctx: Context, model, tok) -> dict[str, dict]:
+    """{metric_key: {"value", "n", "extra", "error"}} for held-out LM loss/PPL and lm tasks."""
+    from .regression import heldout_nll, lm_task_records, world_heldout_text
+    s = ctx.s
+    out: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    try:
+        if ctx.world is not None:
+            text, src, subset = world_heldout_text(ctx.world, tok.eos_token), "world.heldout_corpus()", "pretrain_heldout"
+        else:
+            text, src = ctx.cached("wikitext", lambda: evdata.wikitext_text(s))
+            subset = "wikitext2_test"
+        r = heldout_nll(model, tok, text, s.ppl_window, s.ppl_stride, s.ppl_max_tokens, ctx.progress)
+        dt = time.perf_counter() - t0
+        extra = {"data": src, "window": r["window"], "stride": r["stride"]}
+        out["lm_loss"] = {"value": r["loss"], "n": r["n_tokens"], "subset": subset, "time_s": dt, "extra": extra}
+        out["perplexity"] = {"value": r["perplexity"], "n": r["n_tokens"], "subset": subset, "time_s": dt, "extra": extra}
+    except Exception as e:
+        for m in ("lm_loss", "perplexity"):
+            out[m] = {"error": _err(e), "time_s": time.perf_counter() - t0}
+    if s.lm_tasks:
+        from . import lmeval
+        for task in s.lm_tasks:
+            t0 = time.perf_counter()
+            try:
+                res = lm_task_records(lmeval.make_lm(model, tok, s.mc_batch_size), [task], s.lm_tasks_limit, s.seed)
+                dt = time.perf_counter() - t0
+                for tname, r in res.items():
+                    for m, v in r["metrics"].items():
+                        if m == "sample_len":
+                            continue
+                        vals = [x[m] for x in r["samples"] if m in x]
+                        _, lo, hi = metrics.mean_ci(vals, s.bootstrap, s.seed) if vals else (v, None, None)
+                        out[f"{tname}/{m}"] = {"value": v, "n": r["n"], "subset": tname, "time_s": dt,
+                                               "ci": (lo, hi), "extra": {"task": tname}, "metric": m}
+            except Exception as e:
+                out[f"{task}/?"] = {"error": _err(e), "time_s": time.perf_counter() - t0, "subset": task, "metric": "task"}
+    return out
+
+
+def run_regression(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder, ref: Optional[Checkpoint]) -> None:
+    vals = _regression_values(ctx, model, tok)
+    if ref is not None and "ref_regression" not in ctx._cache and _same(ref.path, cp.path):
+        ctx._cache["ref_regression"] = vals  # the reference itself: no second pass
+    ref_vals = None
+    if ref is not None:
+        try:
+            ref_vals = ctx.cached("ref_regression", lambda: _ref_regression(ctx, ref))
+        except Exception as e:
+            ref_vals = {"__error__": _err(e)}
+    for key, v in vals.items():
+        metric = v.get("metric", key)
+        if v.get("error"):
+            rec.add(cp, "regression", metric, subset=v.get("subset", ""), time_s=v.get("time_s"), error=v["error"])
+            continue
+        rv = (ref_vals or {}).get(key, {})
+        d = v["value"] - rv["value"] if rv.get("value") is not None else None
+        extra = dict(v.get("extra", {}))
+        if ref_vals and "__error__" in ref_vals:
+            extra["ref_error"] = ref_vals["__error__"]
+        rec.add(cp, "regression", metric, v["value"], v.get("ci", (None, None)), v["n"], subset=v["subset"], delta=d,
+                ref=ref.path if ref is not None else None, ref_value=rv.get("value"), time_s=v["time_s"], **extra)
+
+
+def _same(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+def _ref_regression(ctx: Context, ref: Checkpoint) -> dict:
+    model, tok = ctx.load(ref)
+    try:
+        return _regression_values(ctx, model, tok)
+    finally:
+        del model
+        gc.collect()
+
+
+def run_overopt(ctx: Context, rec: Recorder) -> None:
+    """Gao et al. over-optimisation along the run's PPO policies and best-of-n from SFT."""
+    from rlhf.models import load_reward_model
+
+    from . import overopt as oo
+    s = ctx.s
+    tgt = ctx.target
+    run = tgt.run_dir
+    sft_cp = Checkpoint(str(run / "sft"), "sft") if run is not None else Checkpoint("", "sft")
+    t0 = time.perf_counter()
+    try:
+        if run is None or not _is_model_dir(run / "sft") or not _is_model_dir(run / "rm"):
+            raise EvalError("overopt needs a run directory with sft/ and rm/ checkpoints")
+        sft, tok = ctx.load(sft_cp)
+        rm = load_reward_model(str(run / "rm"), s.dtype, ctx.device).eval()
+        if rm.config.vocab_size != sft.config.vocab_size:
+            raise EvalError(f"the reward model {run / 'rm'} and the policy do not share a vocabulary")
+        prompts, gold = _overopt_prompts_and_gold(ctx)
+    except Exception as e:
+        rec.add(sft_cp, "overopt", "gold_reward", subset="setup", time_s=time.perf_counter() - t0, error=_err(e))
+        return
+    # best-of-n from the SFT policy
+    try:
+        t0 = time.perf_counter()
+        r = oo.evaluate_policy(sft, sft, rm, tok, prompts, gold, s.bon_max_n, s.overopt_max_new_tokens, s.seed,
+                               ctx.progress)
+        P = len(prompts)
+        curve = oo.best_of_n_curve(r["proxy_all"].reshape(P, s.bon_max_n), r["gold_all"].reshape(P, s.bon_max_n),
+                                   s.bon_max_n)
+        dt = time.perf_counter() - t0
+        for pt in curve:
+            for m in ("proxy", "gold"):
+                rec.add(sft_cp, "overopt", f"{m}_reward", pt[m], n=P * s.bon_max_n, subset=f"bon_n={pt['n']}",
+                        time_s=dt, method="bon", bon_n=pt["n"], kl=pt["kl"], d=math.sqrt(pt["kl"]))
+            rec.add(sft_cp, "overopt", "kl", pt["kl"], n=P, subset=f"bon_n={pt['n']}", time_s=dt, method="bon",
+                    bon_n=pt["n"], kl=pt["kl"], kl_kind="closed_form")
+    except Exception as e:
+        rec.add(sft_cp, "overopt", "gold_reward", subset="bon", time_s=time.perf_counter() - t0, error=_err(e))
+        curve = []
+    base_gold = curve[0]["gold"] if curve else None
+    base_proxy = curve[0]["proxy"] if curve else None
+    rl_points = []
+    if base_gold is not None:
+        rl_points.append({"label": "sft", "kl": 0.0, "gold": base_gold, "proxy": base_proxy})
+    for cp in [c for c in run_checkpoints(run) if c.label.startswith("ppo")]:
+        t0 = time.perf_counter()
+        try:
+            pol, _ = ctx.load(cp)
+            r = oo.evaluate_policy(pol, sft, rm, tok, prompts, gold, s.overopt_samples, s.overopt_max_new_tokens,
+                                   s.seed, ctx.progress)
+            del pol
+            dt = time.perf_counter() - t0
+            for m in ("proxy", "gold"):
+                rec.add(cp, "overopt", f"{m}_reward", r[m], n=r["n"], subset="rl", time_s=dt, method="rl",
+                        kl=r["kl"], d=math.sqrt(max(r["kl"], 0.0)))
+            rec.add(cp, "overopt", "kl", r["kl"], n=r["n"], subset="rl", time_s=dt, method="rl", kl=r["kl"],
+                    kl_kind="sampled")
+            rl_points.append({"label": cp.label, "kl": r["kl"], "gold": r["gold"], "proxy": r["proxy"]})
+        except Exception as e:
+            rec.add(cp, "overopt", "gold_reward", subset="rl", time_s=time.perf_counter() - t0, error=_err(e))
+    if base_gold is None:
+        return
+    f = oo.fits(curve, rl_points, base_gold, base_proxy)
+    for key, v in f.items():
+        method, which = key.split("_")
+        rec.add(sft_cp, "overopt", f"fit_{which}", v["r2"], n=v["n"], subset=method, method=method,
+                alpha=v["alpha"], beta=v["beta"], r2=v["r2"],
+                form="d*(alpha-beta*d)" if method == "bon" else "d*(alpha-beta*log(d))")
+
+
+def _overopt_prompts_and_gold(ctx: Context):
+    s = ctx.s
+    import random
+    rng = random.Random(s.seed)
+    if ctx.world is not None:
+        ps = ctx.world.eval_prompts()
+        ps = rng.sample(ps, min(s.overopt_n_prompts, len(ps)))
+        world = ctx.world
+        return [p.text for p in ps], (lambda i, resp: world.gold_reward(ps[i], resp))
+    if not s.gold_rm:
+        raise EvalError("overopt outside the toy world needs the 'gold_rm' setting (a reward model name or path)")
+    raise EvalError("overopt with a gold reward model is not implemented yet (toy world runs only)")
+
+
+# ------------------------------------------------------------------- evaluate
+def preflight(target: Target, suites: list[str], settings: EvalSettings) -> None:
+    """Check inputs before any compute: bad ones raise with a message naming them."""
+    from . import toxicity as tx
+    from .models import resolve
+    for cp in target.checkpoints:  # hub names are only checked when loaded
+        if Path(cp.path).exists() or cp.path == "smollm2-135m-instruct":
+            try:
+                resolve(cp.path)
+            except Exception as e:
+                raise EvalError(str(e)) from None
+    if target.world is None:
+        if "truthfulqa" in suites:
+            evdata.resolve_source(settings.truthfulqa, (evdata.TRUTHFULQA_FILE,), settings, "truthfulqa")
+        if "toxicity" in suites:
+            evdata.resolve_source(settings.rtp, evdata.RTP_FILES, settings, "rtp")
+        if "regression" in suites:
+            evdata.resolve_source(settings.wikitext, (evdata.WIKITEXT_FILE,), settings, "wikitext")
+    if "toxicity" in suites and settings.tox_scorer not in ("auto", "profanity-check", "lexicon") \
+            and not settings.tox_scorer.startswith("hf:"):
+        raise tx.ScorerError(f"unknown toxicity scorer {settings.tox_scorer!r} (profanity-check, lexicon, hf:<name>)")
+    if "regression" in suites and settings.lm_tasks:
+        from .lmeval import resolve_tasks
+        resolve_tasks(settings.lm_tasks)
+
+
+def default_suites(target: Target) -> list[str]:
+    out = ["truthfulqa", "toxicity", "regression"]
+    if target.run_dir is not None and _is_model_dir(target.run_dir / "rm") and _is_model_dir(target.run_dir / "sft"):
+        out.append("overopt")
+    return out
+
+
+def evaluate(path: str, suites: Optional[Iterable[str]] = None, settings: Optional[EvalSettings] = None,
+             checkpoints: Optional[list[str]] = None, out_dir: Optional[str] = None, write: bool = True,
+             progress: bool = True, echo: Optional[Callable[[dict], None]] = None) -> list[dict]:
+    """Evaluate ``path`` on ``suites`` and return the records (also appended to
+    ``<run dir>/eval/records.jsonl`` unless ``write`` is False).
+
+    Raises EvalError / DataError / TaskError / ScorerError / SettingsError for bad input
+    before any compute; metric failures during the run become records with ``error``.
+    """
+    settings = settings or make_settings()
+    target = discover(path, checkpoints, out_dir)
+    suites = list(suites) if suites else default_suites(target)
+    bad = [x for x in suites if x not in SUITES]
+    if bad:
+        raise EvalError(f"unknown suite(s) {', '.join(bad)} (known: {', '.join(SUITES)})")
+    preflight(target, suites, settings)
+    from rlhf.models import seed_everything
+    seed_everything(settings.seed)
+    ctx = Context(target, settings, progress)
+    sett = {k: v for k, v in to_dict(settings).items()}
+    rec = Recorder(target.records_path, {"settings": sett, "world": target.world is not None}, write, echo)
+    ref = reference_checkpoint(target, settings) if "regression" in suites else None
+    per_cp = [x for x in suites if x != "overopt"]
+    for cp in target.checkpoints:
+        if not per_cp:
+            break
+        t0 = time.perf_counter()
+        try:
+            model, tok = ctx.load(cp)
+        except Exception as e:
+            for suite in per_cp:
+                rec.add(cp, suite, "load", time_s=time.perf_counter() - t0, error=_err(e))
+            continue
+        for suite in per_cp:
+            try:
+                if suite == "truthfulqa":
+                    run_truthfulqa(ctx, cp, model, tok, rec)
+                elif suite == "toxicity":
+                    run_toxicity(ctx, cp, model, tok, rec)
+                elif suite == "regression":
+                    run_regression(ctx, cp, model, tok, rec, ref)
+            except Exception as e:  # a bug in one suite never loses the others
+                rec.add(cp, suite, "suite", error=_err(e), traceback=traceback.format_exc(limit=5))
+        del model
+        gc.collect()
+    if "overopt" in suites:
+        try:
+            run_overopt(ctx, rec)
+        except Exception as e:
+            rec.add(Checkpoint(str(target.run_dir), "run"), "overopt", "suite", error=_err(e),
+                    traceback=traceback.format_exc(limit=5))
+    return rec.records
+
+
+def load_records(run_dir: str | Path):
+    """The records of a run as a pandas DataFrame (the analysis module reads this)."""
+    import pandas as pd
+    rows = read_jsonl(Path(run_dir) / RECORDS)
+    return pd.DataFrame(rows, columns=None if rows else list(RECORD_FIELDS))
+
+
+def records_table(records: list[dict]):
+    """A compact pandas table of records (for printing)."""
+    import pandas as pd
+    if not records:
+        return pd.DataFrame(columns=list(RECORD_FIELDS))
+    df = pd.DataFrame(records)
+    cols = [c for c in ("checkpoint_label", "suite", "metric", "subset", "value", "ci_low", "ci_high", "n",
+                        "delta_vs_ref", "time_s", "error") if c in df.columns]
+    return df[cols]
