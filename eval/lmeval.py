@@ -25,11 +25,23 @@ def _quiet() -> None:
 
 
 def make_lm(model, tokenizer, batch_size: int = 16):
-    """lm-eval's HFLM around a model and tokenizer that are already loaded."""
+    """lm-eval's HFLM around a model and tokenizer that are already loaded, scoring each
+    distinct (context, continuation) once: TruthfulQA's MC1 choices are mostly MC2 choices
+    too, so running both tasks in one call saves about 40% of the forward passes."""
     from lm_eval.models.huggingface import HFLM
 
+    class DedupHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            first: dict = {}
+            for i, r in enumerate(requests):
+                first.setdefault(r.args, i)
+            unique = [requests[i] for i in first.values()]
+            res = super().loglikelihood(unique, disable_tqdm=disable_tqdm)
+            by_args = {r.args: x for r, x in zip(unique, res)}
+            return [by_args[r.args] for r in requests]
+
     _quiet()
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    return DedupHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
 def task_manager(extra_paths: Optional[list[str | Path]] = None, metadata: Optional[dict] = None,

@@ -1,0 +1,225 @@
+"""The evaluation suite end to end on a tiny toy-world run: real lm-eval, real
+alt-profanity-check, real generate; untrained 2-layer width-64 GPT-2 models."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from eval import lmeval, metrics  # noqa: E402
+from eval import toxicity as tx  # noqa: E402
+from eval.cli import main as cli_main  # noqa: E402
+from eval.data import write_rows_cached  # noqa: E402
+from eval.regression import heldout_nll, world_heldout_text  # noqa: E402
+from eval.settings import make_settings  # noqa: E402
+from eval.suite import evaluate, load_records  # noqa: E402
+from eval.testing import make_toy_run  # noqa: E402
+from rlhf.losses import best_of_n_kl  # noqa: E402
+from rlhf.models import load_causal_lm, load_tokenizer  # noqa: E402
+from rlhf.world import World  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_toy_run(tmp_path_factory.mktemp("toyrun") / "run", seed=0)
+
+
+@pytest.fixture(scope="module")
+def sft(run):
+    torch.manual_seed(0)
+    return load_causal_lm(str(run / "sft")).eval(), load_tokenizer(str(run / "sft"))
+
+
+def _settings(tmp_path, *extra):
+    return make_settings(["tox_k=4", "tox_n_prompts=6", "bootstrap=100", "overopt_n_prompts=6", "bon_max_n=4",
+                          "overopt_samples=2", "overopt_max_new_tokens=8", f"cache_dir={tmp_path / 'cache'}",
+                          *extra])
+
+
+@torch.no_grad()
+def _choice_loglik(model, tok, context, choice):
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    full = tok(context + " " + choice, add_special_tokens=False)["input_ids"]
+    assert full[:len(ctx)] == ctx
+    ids = torch.tensor([full])
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    tgt = ids[0, 1:]
+    lp = logp[torch.arange(len(tgt)), tgt]
+    return float(lp[len(ctx) - 1:].sum())
+
+
+def test_world_mc_through_lm_eval_matches_hand_computed_loglikelihoods(run, sft, tmp_path):
+    model, tok = sft
+    world = World.load(run / "world")
+    rows = [{k: q[k] for k in ("question", "mc1_targets", "mc2_targets")} for q in world.mc_questions()][:6]
+    path = write_rows_cached(rows, tmp_path, "mc")
+    res = lmeval.run_tasks(lmeval.make_lm(model, tok, 8), ["rlhf_world_mc1", "rlhf_world_mc2"],
+                           metadata={"mc_data_file": str(path)})
+    mc1 = [s["acc"] for s in res["rlhf_world_mc1"]["samples"]]
+    mc2 = [s["acc"] for s in res["rlhf_world_mc2"]["samples"]]
+    assert len(mc1) == len(mc2) == 6
+    for row, a1, a2 in zip(rows, mc1, mc2):
+        lls = [_choice_loglik(model, tok, row["question"], c) for c in row["mc1_targets"]["choices"]]
+        assert a1 == metrics.mc1_correct(lls, row["mc1_targets"]["labels"])
+        assert a2 == pytest.approx(metrics.mc2_score(lls, row["mc2_targets"]["labels"]), abs=1e-4)
+    assert res["rlhf_world_mc1"]["metrics"]["acc"] == pytest.approx(np.mean(mc1))
+
+
+def test_truthfulqa_task_runs_on_hub_schema_rows(sft, tmp_path):
+    """The TruthfulQA task YAML (6-shot QA prompt) through the same lm-eval path."""
+    model, tok = sft
+    rows = [{"question": "What is the color of bimo?",
+             "mc1_targets": {"choices": ["red", "blue", "green"], "labels": [1, 0, 0]},
+             "mc2_targets": {"choices": ["red", "crimson", "blue"], "labels": [1, 1, 0]}}] * 2
+    path = write_rows_cached(rows, tmp_path, "tqa")
+    res = lmeval.run_tasks(lmeval.make_lm(model, tok, 8), ["rlhf_truthfulqa_mc1", "rlhf_truthfulqa_mc2"],
+                           metadata={"mc_data_file": str(path)})
+    assert 0.0 <= res["rlhf_truthfulqa_mc2"]["metrics"]["acc"] <= 1.0
+    assert len(res["rlhf_truthfulqa_mc1"]["samples"]) == 2
+
+
+def test_profanity_check_scorer_is_real():
+    s = tx.make_scorer("profanity-check")
+    out = s(["you are a fucking idiot", "have a lovely day, friend"])
+    assert out.shape == (2,)
+    assert out[0] > 0.5 > out[1]
+
+
+def test_lexicon_scorer_and_unknown_scorer():
+    s = tx.make_scorer("auto", world_lexicon=["idiot", "rat"])
+    assert list(s(["you are a rat .", "you are a star .", "IDIOT!"])) == [1.0, 0.0, 1.0]
+    with pytest.raises(tx.ScorerError, match="nope"):
+        tx.make_scorer("nope")
+
+
+def test_batched_sampler_left_padding_matches_one_at_a_time(sft):
+    """Near-greedy sampling (temperature 1e-4): batched, left-padded prompts of different
+    lengths must give the same continuations as one prompt at a time."""
+    model, tok = sft
+    prompts = ["shut up , bimo ,", "hello there , dear friend , bimo ,", "go away ,"]
+    a = tx.sample_continuations(model, tok, prompts, k=2, max_new_tokens=6, temperature=1e-4, top_p=0.9,
+                                prompts_per_call=3, seed=0, progress=False)
+    b = tx.sample_one_at_a_time(model, tok, prompts, k=2, max_new_tokens=6, temperature=1e-4, top_p=0.9, seed=0,
+                                progress=False)
+    assert a.texts == b.texts
+    assert [len(r) for r in a.texts] == [2, 2, 2]
+    c = tx.sample_continuations(model, tok, prompts, k=3, max_new_tokens=6, seed=1, progress=False)
+    d = tx.sample_continuations(model, tok, prompts, k=3, max_new_tokens=6, seed=1, progress=False)
+    assert c.texts == d.texts  # seeded
+    assert 0 < c.n_tokens <= 3 * 3 * 6
+
+
+def test_heldout_nll_windows(sft, run):
+    model, tok = sft
+    text = world_heldout_text(World.load(run / "world"), tok.eos_token)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0][:60]
+    with torch.no_grad():
+        logits = model(input_ids=ids[None]).logits[0, :-1]
+    direct = float(torch.nn.functional.cross_entropy(logits, ids[1:]))
+    r = heldout_nll(model, tok, text, window=128, max_tokens=59, progress=False)
+    assert r["n_tokens"] == 59
+    assert r["loss"] == pytest.approx(direct, rel=1e-5)
+    assert r["perplexity"] == pytest.approx(math.exp(direct), rel=1e-5)
+    # non-overlapping windows of 20 lose one target per extra window; strided ones do not
+    assert heldout_nll(model, tok, text, window=20, max_tokens=59, progress=False)["n_tokens"] == 59 - 2
+    assert heldout_nll(model, tok, text, window=20, stride=10, max_tokens=59, progress=False)["n_tokens"] == 59
+
+
+def test_evaluate_toy_run_writes_tidy_records(run, tmp_path):
+    s = _settings(tmp_path)
+    recs = evaluate(str(run), ["truthfulqa", "toxicity", "regression"], s, checkpoints=["sft", "ppo/kl_2.0"],
+                    progress=False)
+    assert not [r for r in recs if r["error"]]
+    df = load_records(run)
+    assert len(df) >= len(recs)
+    for field in ("checkpoint", "checkpoint_label", "suite", "metric", "value", "ci_low", "ci_high", "n",
+                  "delta_vs_ref", "subset", "time_s", "error"):
+        assert field in df.columns
+    assert set(df.checkpoint_label) >= {"sft", "ppo/kl_2.0"}
+    tox = df[(df.suite == "toxicity") & (df.metric == "expected_max_toxicity")]
+    assert set(tox.subset) >= {"challenging", "other", "challenging+respectful", "other+respectful"}
+    assert (tox.value >= tox.ci_low).all() and (tox.value <= tox.ci_high).all()
+    assert set(tox.scorer) == {"lexicon"} and set(tox.k) == {4}
+    mc = df[(df.suite == "truthfulqa")]
+    assert set(mc.metric) == {"mc1", "mc2"} and (mc.n == 24).all()
+    reg = df[(df.suite == "regression") & (df.metric == "lm_loss")].set_index("checkpoint_label")
+    assert reg.loc["sft", "delta_vs_ref"] == 0.0  # the reference itself
+    assert reg.loc["ppo/kl_2.0", "delta_vs_ref"] == pytest.approx(reg.loc["ppo/kl_2.0", "value"] - reg.loc["sft", "value"])
+    assert reg.loc["ppo/kl_2.0", "delta_vs_ref"] > 0  # noise on the weights costs LM loss
+
+
+def test_overopt_on_toy_run(run, tmp_path):
+    s = _settings(tmp_path)
+    recs = evaluate(str(run), ["overopt"], s, progress=False, write=False)
+    assert not [r for r in recs if r["error"]], [r["error"] for r in recs if r["error"]]
+    kl_bon = {r["bon_n"]: r["value"] for r in recs if r["metric"] == "kl" and r["subset"].startswith("bon")}
+    assert kl_bon == {n: pytest.approx(best_of_n_kl(n)) for n in (1, 2, 4)}
+    kl_rl = {r["checkpoint_label"]: r["value"] for r in recs if r["metric"] == "kl" and r["subset"] == "rl"}
+    assert set(kl_rl) == {"ppo/kl_0.5", "ppo/kl_2.0", "ppo"}
+    assert 0 < kl_rl["ppo/kl_0.5"] < kl_rl["ppo/kl_2.0"]
+    fits = [r for r in recs if r["metric"].startswith("fit_")]
+    assert {(r["metric"], r["subset"]) for r in fits} == {("fit_gold", "bon"), ("fit_proxy", "bon"),
+                                                          ("fit_gold", "rl"), ("fit_proxy", "rl")}
+    assert all(np.isfinite(r["alpha"]) and np.isfinite(r["beta"]) for r in fits)
+    gold = [r for r in recs if r["metric"] == "gold_reward"]
+    assert all(np.isfinite(r["value"]) for r in gold)
+
+
+# ------------------------------------------------------------------ bad input
+def test_cli_not_a_model_exits_2(tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("hi")
+    assert cli_main([str(tmp_path / "junk"), "--quiet"]) == 2
+    assert "not a model" in capsys.readouterr().err
+    assert cli_main([str(tmp_path / "nowhere"), "--quiet"]) == 2
+
+
+def test_cli_bad_setting_task_and_dataset_exit_2(run, tmp_path, capsys):
+    assert cli_main([str(run), "--set", "tox_kk=3", "--quiet"]) == 2
+    assert "tox_kk" in capsys.readouterr().err
+    assert cli_main([str(run), "--suite", "regression", "--set", "lm_tasks=/no/such/task.yaml", "--quiet"]) == 2
+    assert "/no/such/task.yaml" in capsys.readouterr().err
+    assert cli_main([str(run), "--suite", "bogus", "--quiet"]) == 2
+    out = tmp_path / "out"
+    (out).mkdir()
+    # a model outside any run (no world): TruthfulQA from a file that does not exist
+    import shutil
+    shutil.copytree(run / "sft", tmp_path / "plain")
+    assert cli_main([str(tmp_path / "plain"), "--out", str(out), "--suite", "truthfulqa", "--set",
+                     "truthfulqa=/no/such/TruthfulQA.csv", "--quiet"]) == 2
+    assert "TruthfulQA.csv" in capsys.readouterr().err
+
+
+def test_failing_scorer_is_recorded_and_other_metrics_survive(run, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = cli_main([str(run), "--checkpoints", "sft", "--out", str(out), "--suite", "toxicity,regression",
+                     "--set", f"tox_scorer=hf:{tmp_path / 'no_classifier'}", "--set", "tox_k=2",
+                     "--set", "tox_n_prompts=2", "--set", f"cache_dir={tmp_path}", "--quiet"])
+    assert code == 2
+    rows = [json.loads(line) for line in (out / "eval" / "records.jsonl").read_text().splitlines()]
+    errs = [r for r in rows if r["error"]]
+    assert errs and all(r["suite"] == "toxicity" for r in errs)
+    assert "no_classifier" in errs[0]["error"]
+    ok = [r for r in rows if r["suite"] == "regression" and not r["error"]]
+    assert {r["metric"] for r in ok} == {"lm_loss", "perplexity"}
+    assert "2 metric(s) failed" in capsys.readouterr().err
+
+
+def test_entry_point_registers_eval():
+    import argparse
+    from importlib.metadata import entry_points
+    eps = {e.name: e for e in entry_points(group="rlhf.commands")}
+    assert "eval" in eps
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    eps["eval"].load()(sub)
+    args = parser.parse_args(["eval", "some/model", "--suite", "toxicity", "--set", "tox_k=3"])
+    assert callable(args.func) and args.suite == ["toxicity"]
