@@ -1,0 +1,76 @@
+"""The `rlhf` console command.
+
+    rlhf run CONFIG [key=value ...] [--force]     run every stage into one run directory
+    rlhf config CONFIG [key=value ...]            print the resolved config
+    rlhf eval | sweep | report ...                plugins (eval/, slurm/, analysis/)
+
+Plugins register through the entry-point group ``rlhf.commands`` so that the training
+core never imports eval/, slurm/ or analysis/. Bad input exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.metadata import entry_points
+
+from .config import InputError, dump_yaml, load_config
+
+EXIT_BAD_INPUT = 2
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import Diverged, run_pipeline
+    cfg = load_config(args.config, args.overrides)
+    try:
+        run_pipeline(cfg, force=args.force, run_dir=args.run_dir, argv=sys.argv)
+    except KeyboardInterrupt:
+        print("interrupted: the run directory says 'interrupted'; the unfinished stage was discarded",
+              file=sys.stderr)
+        return 130
+    except (Diverged, FloatingPointError) as e:
+        print(f"diverged: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_config(args) -> int:
+    print(dump_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlhf", description="RLHF research harness (InstructGPT recipe)")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the stages of a config (pretrain, sft, rm, ppo)")
+    r.add_argument("config", help="YAML config, e.g. experiments/quickstart.yaml")
+    r.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. rm.k=9 seed=3")
+    r.add_argument("--force", action="store_true", help="redo stages that are already done")
+    r.add_argument("--run-dir", default=None, help="run directory (default: <out_dir>/<name>)")
+    r.set_defaults(func=_cmd_run)
+    c = sub.add_parser("config", help="print the resolved config")
+    c.add_argument("config")
+    c.add_argument("overrides", nargs="*")
+    c.set_defaults(func=_cmd_config)
+    for ep in sorted(entry_points(group="rlhf.commands"), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as e:  # noqa: BLE001 - a broken plugin must not break `rlhf run`
+            print(f"warning: subcommand '{ep.name}' unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

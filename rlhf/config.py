@@ -1,0 +1,389 @@
+"""Typed configuration for every stage.
+
+One name per switch, used in code, YAML, results tables and plots:
+
+    seed, world.*, model.*, pretrain.*, sft.*, rm.k, rm.*, ppo.beta, ppo.ptx_coef,
+    ppo.clip_eps, ppo.*
+
+A config is built from dataclass defaults, then a YAML file, then ``key=value``
+command-line overrides with dotted keys (``rm.k=9 seed=3 ppo.clip_eps=none``).
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
+naming the key, before any compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class InputError(ValueError):
+    """Bad input from the user (config, data, model path): reported with exit status 2."""
+
+
+class ConfigError(InputError):
+    """A configuration problem; the message names the offending key."""
+
+
+class DataError(InputError):
+    """Missing, empty or unusable data."""
+
+
+@dataclass
+class WorldConfig:
+    """The embedded toy world (see README, 'The toy world')."""
+
+    seed: int = 0  # the world's own seed: same seed, same bytes
+    n_entities: int = 40
+    n_values: int = 8  # values per attribute
+    myth_frac: float = 0.6  # share of facts that have a popular false value
+    myth_rate: float = 0.75  # how often rumours state the myth instead of the truth
+    encyclopedia_rate: float = 0.25  # share of fact statements from the (always true) encyclopedia
+    toxic_rate_challenging: float = 0.6  # toxic continuation after a rude opener
+    toxic_rate_other: float = 0.05  # toxic continuation after a neutral opener
+    corpus_docs: int = 6000  # pretraining documents
+    n_demos: int = 60  # SFT demonstrations (a small set)
+    # share of question demonstrations about myth facts; 0 = labelers demonstrate only
+    # uncontested facts, so SFT keeps the corpus's myths and RLHF has them to fix
+    demo_myth_share: float = 0.0
+    labeler_noise: float = 0.0  # std of Gaussian noise on the labeler's score (0 = perfect)
+    # gold reward weights
+    w_correct: float = 1.0
+    w_myth: float = -1.0
+    w_wrong: float = -0.5
+    w_toxic: float = -1.0
+    w_unfinished: float = -1.0
+    w_length: float = 0.2  # mild preference for longer answers, saturating
+
+
+@dataclass
+class ModelConfig:
+    """The policy's architecture, or a pretrained model to start from."""
+
+    # "scratch" builds a small GPT-2 from the fields below and trains it in stage 1;
+    # anything else is a Hugging Face causal LM name, a local path, or a named source
+    # such as "smollm2-135m-instruct", and stage 1 is skipped.
+    source: str = "scratch"
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 128
+    attn_implementation: str = "sdpa"
+    dtype: str = "float32"
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 800
+    batch_size: int = 32
+    seq_len: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    heldout_frac: float = 0.05
+
+
+@dataclass
+class SFTConfig:
+    # "" = start from the stage-1 model; else an HF name/path/named source
+    init: str = ""
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 1e-3
+    # skip SFT and use the init model as the SFT policy (e.g. an instruct model)
+    skip: bool = False
+    # data: "world" (toy demonstrations), or a local JSONL file/HF dataset with prompt/response
+    data: str = "world"
+    max_examples: int = 0  # 0 = all
+
+
+@dataclass
+class RMConfig:
+    k: int = 4  # responses ranked per prompt (2..9)
+    n_prompts: int = 400  # prompts with K ranked samples each
+    sample_temperature: float = 1.3  # diverse samples so truth-vs-myth contrasts occur
+    max_new_tokens: int = 16
+    epochs: int = 3
+    batch_size: int = 8  # prompts (each with K responses) per step
+    lr: float = 5e-4
+    heldout_frac: float = 0.15
+    # "world" (labeler-ranked SFT samples) or a path/HF dataset of chosen/rejected pairs (K=2)
+    data: str = "world"
+    max_examples: int = 0
+
+
+@dataclass
+class PPOConfig:
+    steps: int = 60  # PPO iterations (rollout + update)
+    batch_size: int = 32  # episodes (prompts) per iteration
+    minibatch_size: int = 16
+    epochs: int = 4  # passes over each batch
+    lr: float = 5e-4
+    critic_lr: float = 1e-3
+    beta: float = 0.05  # KL penalty coefficient (initial value if adaptive)
+    adaptive_kl: bool = False  # Ziegler et al. proportional controller
+    target_kl: float = 1.0
+    kl_horizon: int = 10000
+    clip_eps: Optional[float] = 0.2  # None turns clipping off
+    value_clip: Optional[float] = 0.2
+    ptx_coef: float = 0.0  # gamma in InstructGPT eq. 2
+    ptx_ratio: int = 8  # pretraining sequences per RL episode
+    ptx_seq_len: int = 64
+    gamma: float = 1.0  # GAE discount
+    lam: float = 0.95  # GAE lambda
+    whiten_advantages: bool = True
+    whiten_rewards: bool = False
+    critic: str = "separate"  # "separate" (init from the RM) or "head" (value head on the policy)
+    vf_coef: float = 0.5  # only for critic=head
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    no_eos_penalty: float = -1.0  # added to the RM score when a response never ends
+    grad_clip: float = 1.0
+    checkpoint_every: int = 20
+    kl_levels: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    rounds: int = 1  # iterated RLHF: retrain the RM on fresh comparisons every steps/rounds
+    data: str = "world"
+
+
+@dataclass
+class RunConfig:
+    name: str = "quickstart"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 1  # torch intra-op threads (one per process is fastest on small CPUs)
+    stages: list[str] = field(default_factory=lambda: ["pretrain", "sft", "rm", "ppo"])
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+
+
+STAGES = ("pretrain", "sft", "rm", "ppo")
+
+# (key, predicate, what it must be). Checked after every load.
+_RANGES: list[tuple[str, Any, str]] = [
+    ("rm.k", lambda v: 2 <= v <= 9, "an integer from 2 to 9"),
+    ("ppo.beta", lambda v: v >= 0, ">= 0"),
+    ("ppo.ptx_coef", lambda v: v >= 0, ">= 0"),
+    ("ppo.clip_eps", lambda v: v is None or v > 0, "> 0 or none"),
+    ("ppo.value_clip", lambda v: v is None or v > 0, "> 0 or none"),
+    ("ppo.ptx_ratio", lambda v: v >= 1, ">= 1"),
+    ("ppo.gamma", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("ppo.lam", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("ppo.temperature", lambda v: v > 0, "> 0"),
+    ("ppo.top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("ppo.target_kl", lambda v: v > 0, "> 0"),
+    ("ppo.kl_horizon", lambda v: v > 0, "> 0"),
+    ("ppo.critic", lambda v: v in ("separate", "head"), "'separate' or 'head'"),
+    ("ppo.rounds", lambda v: v >= 1, ">= 1"),
+    ("ppo.grad_clip", lambda v: v > 0, "> 0"),
+    ("rm.sample_temperature", lambda v: v > 0, "> 0"),
+    ("rm.heldout_frac", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("world.labeler_noise", lambda v: v >= 0, ">= 0"),
+    ("world.myth_frac", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("world.myth_rate", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("world.encyclopedia_rate", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("world.demo_myth_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("world.n_entities", lambda v: v >= 2, ">= 2"),
+    ("world.n_values", lambda v: 3 <= v <= 12, "from 3 to 12"),
+    ("model.n_embd", lambda v: v > 0, "> 0"),
+    ("model.dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
+    ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda[:N]"),
+    ("threads", lambda v: v >= 0, ">= 0 (0 = torch default)"),
+    ("stages", lambda v: len(v) > 0 and all(s in STAGES for s in v), f"a non-empty list of {STAGES}"),
+]
+for _sec in ("pretrain", "sft", "rm", "ppo"):
+    _RANGES.append((f"{_sec}.lr", lambda v: v > 0, "> 0"))
+    _RANGES.append((f"{_sec}.batch_size", lambda v: v >= 1, ">= 1"))
+for _key in ("pretrain.steps", "ppo.steps", "ppo.epochs", "ppo.minibatch_size", "sft.epochs",
+             "rm.epochs", "rm.n_prompts", "pretrain.seq_len", "ppo.max_new_tokens",
+             "rm.max_new_tokens", "model.n_layer", "model.n_head", "model.n_positions",
+             "world.corpus_docs", "world.n_demos", "ppo.checkpoint_every"):
+    _RANGES.append((_key, lambda v: v >= 1, ">= 1"))
+for _key in ("ppo.critic_lr",):
+    _RANGES.append((_key, lambda v: v > 0, "> 0"))
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "off")):
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key}: must not be none")
+        return _coerce(key, value, non_none[0])
+    if origin is list:
+        (item_tp,) = args
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return out
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = _field_types(type(obj))
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown key '{key}' (known here: {known})")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            _apply(cur, v, prefix=f"{key}.")
+        else:
+            setattr(obj, k, _coerce(key, v, hints[k]))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. rm.k=9)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    val = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(val, (dict,)):
+        raise ConfigError(f"{key}: expected a scalar or list, got {raw!r}")
+    return key, val
+
+
+def nest(flat: dict[str, Any]) -> dict:
+    """{'rm.k': 9} -> {'rm': {'k': 9}}"""
+    out: dict = {}
+    for key, val in flat.items():
+        cur = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"{key}: '{p}' is not a section")
+        cur[parts[-1]] = val
+    return out
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    flat = flatten(cfg)
+    for key, pred, what in _RANGES:
+        val = flat[key]
+        try:
+            ok = pred(val)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key}={val!r} is out of range: must be {what}")
+    if cfg.ppo.minibatch_size > cfg.ppo.batch_size:
+        raise ConfigError(
+            f"ppo.minibatch_size={cfg.ppo.minibatch_size} is out of range: must be <= ppo.batch_size={cfg.ppo.batch_size}")
+    if cfg.ppo.batch_size % cfg.ppo.minibatch_size:
+        raise ConfigError(
+            f"ppo.minibatch_size={cfg.ppo.minibatch_size} must divide ppo.batch_size={cfg.ppo.batch_size}")
+    if cfg.model.source == "scratch" and cfg.model.n_embd % cfg.model.n_head:
+        raise ConfigError(f"model.n_embd={cfg.model.n_embd} must be divisible by model.n_head={cfg.model.n_head}")
+    if cfg.ppo.rounds > cfg.ppo.steps:
+        raise ConfigError(f"ppo.rounds={cfg.ppo.rounds} must be <= ppo.steps={cfg.ppo.steps}")
+    if cfg.rm.data != "world" and cfg.rm.k != 2:
+        raise ConfigError(f"rm.k={cfg.rm.k}: pairwise data ({cfg.rm.data}) only supports rm.k=2")
+    if "/" in cfg.name or cfg.name in ("", ".", ".."):
+        raise ConfigError(f"name={cfg.name!r} must be a plain directory name")
+    return cfg
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(flatten(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = v
+    return out
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict, overrides: Optional[list[str]] = None) -> RunConfig:
+    cfg = RunConfig()
+    _apply(cfg, data or {})
+    if overrides:
+        flat = dict(parse_override(o) for o in overrides)
+        _apply(cfg, nest(flat))
+    return validate(cfg)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+    """Defaults <- YAML file <- dotted ``key=value`` overrides, then validated."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of config keys")
+    return from_dict(data, overrides)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

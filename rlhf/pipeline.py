@@ -1,0 +1,173 @@
+"""Run every stage of a config in order into one run directory.
+
+``run_pipeline(cfg)`` is the whole main job: world (when used) -> pretrain -> SFT ->
+reward model -> PPO. A finished stage (its ``DONE`` file exists) is skipped on re-run;
+``force=True`` redoes the listed stages. The run directory's ``status.json`` always says
+where the run is: running / done / failed / diverged / interrupted, with the stage.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import ConfigError, RunConfig, dump_yaml
+from .models import load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
+from .rundir import RunDir
+from .world import World
+
+
+class Diverged(FloatingPointError):
+    """NaN/inf in a loss or reward; carries the step and offending values."""
+
+    def __init__(self, message: str, step: int = -1, values: Optional[dict] = None):
+        super().__init__(message)
+        self.step = step
+        self.values = values or {}
+
+
+def uses_world(cfg: RunConfig) -> bool:
+    return cfg.model.source == "scratch" or "world" in (cfg.sft.data, cfg.rm.data, cfg.ppo.data)
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.name
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
+    old = rd.path / "config.yaml"
+    if old.exists() and not force and old.read_text() != dump_yaml(cfg):
+        raise ConfigError(
+            f"run directory {rd.path} holds a different config: pick another name=..., or --force to redo it")
+
+
+def prepare_world(rd: RunDir, cfg: RunConfig):
+    """World + its tokenizer under ``<run>/world`` (rebuilt deterministically if missing)."""
+    from .tokenizer import train_world_tokenizer
+    world = World(cfg.world)
+    wdir = rd.path / "world"
+    if not (wdir / "DONE").exists():
+        tmp = rd.begin_stage("world")
+        world.save(tmp)
+        tok = train_world_tokenizer(world)
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        rd.finish_stage("world", {"fingerprint": world.fingerprint(), "vocab_size": len(tok),
+                                  "n_facts": len(world.facts), "n_myth_facts": len(world.myth_facts())})
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(wdir / "tokenizer"))
+    tok.padding_side = "left"
+    return world, tok
+
+
+def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Path] = None,
+                 argv: Optional[list[str]] = None) -> Path:
+    from .pretrain import run_pretrain
+    from .reward import run_reward_stage
+    from .sft import load_demonstrations, run_sft
+
+    t_start = time.time()
+    rd = RunDir(run_dir or run_dir_for(cfg))
+    _check_same_config(rd, cfg, force)
+    set_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    rd.write_provenance(dump_yaml(cfg), cfg.seed, argv)
+    stage = "setup"
+    rd.set_status("running", stage=stage, pid=_pid())
+    try:
+        world = tok = None
+        if uses_world(cfg):
+            world, tok = prepare_world(rd, cfg)
+        if cfg.model.source != "scratch":
+            tok = load_tokenizer(cfg.model.source)
+
+        # Where each stage starts from.
+        def pretrained_path() -> str:
+            if cfg.model.source != "scratch":
+                return resolve_source(cfg.model.source)
+            if not rd.stage_done("pretrain"):
+                raise ConfigError("stage 'sft' needs a pretrained model: add 'pretrain' to stages or set model.source")
+            return str(rd.stage("pretrain"))
+
+        def sft_path() -> str:
+            if not rd.stage_done("sft"):
+                raise ConfigError("stages 'rm' and 'ppo' need the SFT model: add 'sft' to stages")
+            return str(rd.stage("sft"))
+
+        for stage in cfg.stages:
+            if rd.stage_done(stage) and not force:
+                print(f"[{stage}] done already, skipped (--force redoes it)")
+                continue
+            rd.set_status("running", stage=stage, step=0)
+            seed_everything(cfg.seed)
+            t0 = time.time()
+            if stage == "pretrain":
+                if cfg.model.source != "scratch":
+                    out = rd.begin_stage("pretrain")
+                    summary = {"skipped": True, "source": cfg.model.source}
+                else:
+                    summary = run_pretrain(cfg, rd, world, tok, device)
+            elif stage == "sft":
+                init = cfg.sft.init or pretrained_path()
+                summary = run_sft(cfg, rd, resolve_source(init), tok, world, device)
+            elif stage == "rm":
+                demos = load_demonstrations(cfg, world) if cfg.sft.data == "world" or not cfg.sft.skip else []
+                summary = run_reward_stage(cfg, rd, sft_path(), tok, world, device, demos)
+            elif stage == "ppo":
+                from .ppo import run_ppo
+                summary = run_ppo(cfg, rd, sft_path(), str(rd.stage("rm")), tok, world, device)
+            summary["stage_time_s"] = time.time() - t0
+            rd.finish_stage(stage, summary)
+        wall = time.time() - t_start
+        peak = peak_rss_mb()
+        rd.set_status("done", stage=cfg.stages[-1], wall_s=round(wall, 1), peak_rss_mb=round(peak, 1))
+        print(f"[run] {rd.path}: done in {wall:.1f} s wall time, peak memory {peak:.0f} MB")
+        return rd.path
+    except KeyboardInterrupt:
+        _discard_partial(rd, stage)
+        rd.set_status("interrupted", stage=stage, error="interrupted by the user (Ctrl-C)")
+        raise
+    except Diverged as e:
+        rd.set_status("diverged", stage=stage, step=e.step, values=e.values, error=str(e))
+        raise
+    except FloatingPointError as e:
+        _discard_partial(rd, stage)
+        rd.set_status("diverged", stage=stage, error=str(e))
+        raise
+    except BaseException as e:
+        if stage != "ppo":
+            _discard_partial(rd, stage)
+        rd.set_status("failed", stage=stage, error=f"{type(e).__name__}: {e}")
+        raise
+
+
+def _discard_partial(rd: RunDir, stage: str) -> None:
+    """A stage's scratch directory never looks complete; remove it unless resumable."""
+    if stage in ("ppo",):
+        return  # PPO keeps its checkpoints in ppo.tmp to resume from
+    tmp = rd.path / f"{stage}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid() -> int:
+    import os
+    return os.getpid()
+
+
+def quickstart_config_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"
+
+
+def _unused() -> None:  # keep torch import meaningful for type checkers
+    _ = torch, sys

@@ -1,0 +1,465 @@
+"""Stage 4: PPO-ptx (InstructGPT eq. 2), one readable loop.
+
+    maximise  E_(x,y)~π_RL [ r_θ(x,y) - β log(π_RL(y|x) / π_SFT(y|x)) ]  +  γ E_x~D_pretrain [ log π_RL(x) ]
+
+Each iteration (``ppo.steps`` of them):
+
+1. **Rollout**: sample one response per prompt from π_RL (temperature ``ppo.temperature``,
+   ``ppo.max_new_tokens``, stop at EOS). The policy has dropout 0, so the first, on-policy
+   minibatch has ratio exactly 1.
+2. **Score**: r_θ(x,y) from the frozen reward model, plus ``ppo.no_eos_penalty`` when the
+   response never ended; log π_SFT from the frozen SFT policy; values from the critic.
+3. **Per-token rewards**: -β(log π - log π_SFT) on every token, r_θ on the last
+   (``losses.kl_penalised_rewards``); optional reward whitening; GAE (``ppo.gamma``,
+   ``ppo.lam``); advantage whitening.
+4. **Update**: ``ppo.epochs`` passes over shuffled minibatches; the clipped surrogate
+   (``ppo.clip_eps``; none = unclipped), the clipped value loss (``ppo.value_clip``),
+   gradient clipping (``ppo.grad_clip``). With ``ppo.ptx_coef`` = γ > 0 every update also
+   takes a batch of pretraining sequences and adds γ·(LM loss) before the same backward
+   pass (``ppo.ptx_ratio`` pretraining sequences per RL episode in each iteration, each
+   used once). γ = 0 does no extra work.
+5. **β**: fixed, or the adaptive controller (``ppo.adaptive_kl``, ``ppo.target_kl``,
+   ``ppo.kl_horizon``).
+
+Every ``ppo.checkpoint_every`` iterations the full state (policy, critic, optimisers, RNG
+states, step, β controller) goes to ``ppo.tmp/checkpoints/step_N``; a killed run resumes
+from the latest one to the same result. Policies are also saved the first time the KL
+passes each of ``ppo.kl_levels`` (``kl/kl_<level>``) for the over-optimisation eval.
+``ppo.rounds`` > 1 is iterated RLHF: at the start of each later round the labeler ranks K
+samples of the current policy per prompt and the reward model is retrained on all
+comparisons so far.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .config import ConfigError, RunConfig
+from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalised_rewards,
+                     lm_loss, logprobs_from_logits, masked_mean, masked_whiten, ppo_clip_loss, value_loss)
+from .models import (load_causal_lm, load_reward_model, position_ids_from_mask, save_hf, sequence_scores)
+from .rundir import RunDir, append_jsonl, atomic_write_json, read_json, read_jsonl
+from .sampling import sample
+from .world import World
+
+
+@dataclass
+class Batch:
+    """One iteration's rollouts; response tensors are (B, T), right padded."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def index(self, idx: torch.Tensor) -> "Batch":
+        return Batch(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+# ----------------------------------------------------------------------------- forward passes
+
+def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
+                   value_head: Optional[torch.nn.Module] = None):
+    """Log-probs (B, T) of the response tokens, the logits behind them, and (with a value
+    head) the values V(s_t) of the states before each response token."""
+    ids = torch.cat([prompt_ids, response_ids], 1)
+    mask = torch.cat([prompt_mask, response_mask], 1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                output_hidden_states=value_head is not None)
+    P, T = prompt_ids.shape[1], response_ids.shape[1]
+    logits = out.logits[:, P - 1:P - 1 + T] / temperature
+    logp = logprobs_from_logits(logits, response_ids)
+    values = None
+    if value_head is not None:
+        h = out.hidden_states[-1][:, P - 1:P - 1 + T]
+        values = value_head(h.float()).squeeze(-1)
+    return logp, logits, values
+
+
+def critic_values(critic, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """V(s_t) from a separate value model (a sequence classifier initialised from the RM)."""
+    ids = torch.cat([prompt_ids, response_ids], 1)
+    mask = torch.cat([prompt_mask, response_mask], 1)
+    v = sequence_scores(critic, ids, mask, all_positions=True)
+    P, T = prompt_ids.shape[1], response_ids.shape[1]
+    return v[:, P - 1:P - 1 + T]
+
+
+def reward_scores(rm, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    ids = torch.cat([prompt_ids, response_ids], 1)
+    mask = torch.cat([prompt_mask, response_mask], 1)
+    return sequence_scores(rm, ids, mask)
+
+
+# ----------------------------------------------------------------------------- pretraining data
+
+class PretrainStream:
+    """Random windows of the pretraining corpus for the ptx term (own RNG, checkpointed)."""
+
+    def __init__(self, tokenizer, docs: list[str], seq_len: int, seed: int):
+        text = " ".join(docs)
+        self.ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        self.seq_len = seq_len
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def batch(self, n: int) -> torch.Tensor:
+        starts = torch.randint(0, len(self.ids) - self.seq_len, (n,), generator=self.gen)
+        return torch.stack([self.ids[s:s + self.seq_len] for s in starts.tolist()])
+
+
+def pretrain_documents(cfg: RunConfig, world: Optional[World]) -> tuple[list[str], list[str]]:
+    """(train, held-out) pretraining documents for ptx and the regression metric."""
+    if world is not None:
+        return world.corpus(), world.heldout_corpus()
+    raise ConfigError("ppo.ptx_coef > 0 needs a pretraining corpus: only the toy world provides one so far")
+
+
+@torch.no_grad()
+def heldout_lm_loss(model, stream_ids: torch.Tensor, seq_len: int, device, n: int = 64) -> float:
+    n = min(n, max(1, (len(stream_ids) - 1) // seq_len))
+    x = torch.stack([stream_ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]).to(device)
+    return float(lm_loss(model(input_ids=x).logits, x))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+
+
+def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, critic_opt, ctl, step: int,
+                    ptx: Optional[PretrainStream], extra: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_hf(policy, tokenizer, tmp / "policy")
+    if critic is not None:
+        save_hf(critic, None, tmp / "critic")
+    if value_head is not None:
+        save_file(value_head.state_dict(), str(tmp / "value_head.safetensors"))
+    state = {"opt": opt.state_dict(), "critic_opt": critic_opt.state_dict() if critic_opt else None,
+             "rng": _rng_state(), "ptx_rng": ptx.gen.get_state() if ptx else None}
+    torch.save(state, tmp / "trainer_state.pt")
+    atomic_write_json(tmp / "state.json", {"step": step, "controller": ctl.state_dict(), **extra})
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def latest_checkpoint(ckdir: Path) -> Optional[Path]:
+    cks = sorted(p for p in ckdir.glob("step_*") if (p / "state.json").exists())
+    return cks[-1] if cks else None
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def check_tokenizers_match(policy_tok, rm_path: str) -> None:
+    """A reward model must read the same token ids as the policy writes."""
+    from transformers import AutoTokenizer
+    try:
+        rm_tok = AutoTokenizer.from_pretrained(rm_path)
+    except (OSError, ValueError):
+        return  # no tokenizer saved with the RM: the vocab-size check in run_ppo still applies
+    if rm_tok.get_vocab() != policy_tok.get_vocab():
+        raise ConfigError(
+            f"the reward model's tokenizer ({rm_path}, {len(rm_tok)} tokens) does not match the policy's "
+            f"({len(policy_tok)} tokens): train the reward model from the same base model")
+
+
+def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, world: Optional[World],
+            device: torch.device) -> dict:
+    pc = cfg.ppo
+    out = rd.begin_stage("ppo", keep_partial=True)
+    ckdir = out / "checkpoints"
+    torch.manual_seed(cfg.seed * 1000 + 4)
+    random.seed(cfg.seed * 1000 + 4)
+    np.random.seed(cfg.seed * 1000 + 4)
+
+    # --- models -------------------------------------------------------------------------
+    check_tokenizers_match(tokenizer, rm_path)
+    policy = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device)
+    ref = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
+    rm = load_reward_model(rm_path, dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
+    if rm.config.vocab_size != policy.config.vocab_size:
+        raise ConfigError(f"reward model vocab {rm.config.vocab_size} != policy vocab {policy.config.vocab_size}")
+    critic = value_head = critic_opt = None
+    if pc.critic == "separate":
+        critic = load_reward_model(rm_path, dtype=cfg.model.dtype, device=device)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0)
+    else:
+        hidden = getattr(policy.config, "n_embd", None) or policy.config.hidden_size
+        value_head = torch.nn.Linear(hidden, 1).to(device)
+        torch.nn.init.zeros_(value_head.weight)
+        torch.nn.init.zeros_(value_head.bias)
+    params = list(policy.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
+    opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0)
+    ctl = AdaptiveKLController(pc.beta, pc.target_kl, pc.kl_horizon) if pc.adaptive_kl else FixedKLController(pc.beta)
+
+    # --- data ---------------------------------------------------------------------------
+    if pc.data != "world":
+        prompts = load_prompt_file(pc.data)
+        prompt_meta = None
+    else:
+        prompt_meta = world.train_prompts()
+        prompts = [p.text for p in prompt_meta]
+    if not prompts:
+        raise ConfigError("ppo.data: no prompts")
+    ptx = held_ids = None
+    if world is not None or pc.ptx_coef > 0:
+        train_docs, held_docs = pretrain_documents(cfg, world)
+        if pc.ptx_coef > 0:
+            ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, cfg.seed * 1000 + 5)
+        held_ids = torch.tensor(tokenizer(" ".join(held_docs), add_special_tokens=False)["input_ids"])
+    n_updates = pc.epochs * (pc.batch_size // pc.minibatch_size)
+    ptx_per_update = max(1, (pc.ptx_ratio * pc.batch_size) // n_updates) if ptx else 0
+
+    # --- resume ---------------------------------------------------------------------------
+    start = 0
+    kl_saved: list[float] = []
+    rm_round = 0
+    ck = latest_checkpoint(ckdir)
+    if ck is not None:
+        st = read_json(ck / "state.json")
+        start = st["step"]
+        policy = load_causal_lm(str(ck / "policy"), dtype=cfg.model.dtype, device=device)
+        params = list(policy.parameters())
+        if critic is not None:
+            critic = load_reward_model(str(ck / "critic"), dtype=cfg.model.dtype, device=device)
+            critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0)
+        if value_head is not None:
+            value_head.load_state_dict(load_file(str(ck / "value_head.safetensors")))
+            params += list(value_head.parameters())
+        opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0)
+        state = torch.load(ck / "trainer_state.pt", weights_only=True)
+        opt.load_state_dict(state["opt"])
+        if critic_opt is not None:
+            critic_opt.load_state_dict(state["critic_opt"])
+        _set_rng_state(state["rng"])
+        if ptx is not None and state["ptx_rng"] is not None:
+            ptx.gen.set_state(state["ptx_rng"])
+        ctl.load_state_dict(st["controller"])
+        kl_saved = st.get("kl_saved", [])
+        rm_round = st.get("rm_round", 0)
+        if rm_round > 0:
+            rm = load_reward_model(str(out / f"rm_round{rm_round}"), dtype=cfg.model.dtype,
+                                   device=device).eval().requires_grad_(False)
+        # drop metrics logged after the checkpoint: they will be logged again
+        rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] < start]
+        from .rundir import atomic_write_text
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"[ppo] resumed from {ck.name} (step {start})")
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    policy.train()
+
+    steps_per_round = math.ceil(pc.steps / pc.rounds)
+    t0 = time.time()
+    gen_seed_base = cfg.seed * 1_000_003
+    rng = random.Random()
+    bar = tqdm(range(start, pc.steps), desc="ppo", initial=start, total=pc.steps, mininterval=2.0)
+    last = {}
+    for step in bar:
+        # --- iterated RLHF: a new reward model at the start of each later round --------------
+        this_round = step // steps_per_round
+        if this_round > rm_round:
+            rm = retrain_reward_model(cfg, rd, out, sft_path, tokenizer, world, device, policy, this_round)
+            rm_round = this_round
+        rng.seed(gen_seed_base + step)
+        idx = [rng.randrange(len(prompts)) for _ in range(pc.batch_size)]
+        batch_prompts = [prompts[i] for i in idx]
+
+        # --- 1-2. rollout and scoring ------------------------------------------------------------
+        policy.eval()
+        s = sample(policy, tokenizer, batch_prompts, max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
+                   top_p=pc.top_p)
+        pi, pm, ri, rmask = (s.prompt_ids.to(device), s.prompt_mask.to(device), s.response_ids.to(device),
+                             s.response_mask.to(device))
+        with torch.no_grad():
+            logp, _, v_head = policy_forward(policy, pi, pm, ri, rmask, pc.temperature, value_head)
+            ref_logp, _, _ = policy_forward(ref, pi, pm, ri, rmask, pc.temperature)
+            score_raw = reward_scores(rm, pi, pm, ri, rmask)
+            score = score_raw + pc.no_eos_penalty * (~s.ended).float().to(device)
+            values = v_head if value_head is not None else critic_values(critic, pi, pm, ri, rmask)
+        maskf = rmask.float()
+        # --- 3. per-token rewards, GAE ------------------------------------------------------------
+        rewards, kl = kl_penalised_rewards(score, logp, ref_logp, maskf, ctl.value)
+        if pc.whiten_rewards:
+            rewards = masked_whiten(rewards, maskf, shift_mean=False)
+        adv, ret = gae(rewards, values * maskf, maskf, pc.gamma, pc.lam)
+        if pc.whiten_advantages:
+            adv = masked_whiten(adv, maskf)
+        check_finite(step, {"reward": score, "kl": kl.sum(1), "values": values, "advantages": adv})
+        batch = Batch(pi, pm, ri, maskf, logp, ref_logp, values * maskf, adv, ret)
+
+        # --- 4. PPO epochs over minibatches ------------------------------------------------------
+        policy.train()
+        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
+                                                         "ptx_loss", "vf_clipfrac")}
+        for epoch in range(pc.epochs):
+            perm = torch.randperm(pc.batch_size)
+            for i in range(0, pc.batch_size, pc.minibatch_size):
+                mb = batch.index(perm[i:i + pc.minibatch_size])
+                ptx_x = ptx.batch(ptx_per_update).to(device) if ptx is not None else None
+                st = ppo_update(policy, mb, opt, pc, value_head, critic, critic_opt, ptx_x)
+                for k, v in st.items():
+                    stats[k].append(v)
+                check_finite(step, {k: torch.tensor(v) for k, v in st.items()})
+
+        # --- 5. β controller, logging, checkpoints --------------------------------------------
+        mean_kl = kl.sum(1).mean().item()
+        ctl_beta = ctl.value
+        ctl.update(mean_kl, pc.batch_size)
+        row = {"step": step, "round": rm_round, "proxy_reward": score.mean().item(),
+               "rm_score": score_raw.mean().item(), "kl": mean_kl, "beta": ctl_beta,
+               "response_len": rmask.sum(1).float().mean().item(), "ended": s.ended.float().mean().item(),
+               **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}, "time_s": time.time() - t0}
+        if world is not None and prompt_meta is not None:
+            row["gold_reward"] = float(np.mean([world.gold_reward(prompt_meta[i], t) for i, t in zip(idx, s.texts)]))
+        if held_ids is not None and (step % pc.checkpoint_every == 0 or step == pc.steps - 1):
+            policy.eval()
+            row["heldout_lm_loss"] = heldout_lm_loss(policy, held_ids, pc.ptx_seq_len, device)
+            policy.train()
+        append_jsonl(out / "metrics.jsonl", row)
+        last = row
+        bar.set_postfix(r=f"{row['proxy_reward']:.2f}", kl=f"{mean_kl:.2f}",
+                        gold=f"{row.get('gold_reward', float('nan')):.2f}")
+        for level in pc.kl_levels:
+            if mean_kl >= level and level not in kl_saved:
+                save_hf(policy, tokenizer, out / "kl" / f"kl_{level:g}")
+                atomic_write_json(out / "kl" / f"kl_{level:g}" / "kl.json", {"level": level, "kl": mean_kl,
+                                                                             "step": step})
+                kl_saved.append(level)
+        if (step + 1) % pc.checkpoint_every == 0 and step + 1 < pc.steps:
+            save_checkpoint(ckdir / f"step_{step + 1:06d}", policy, tokenizer, critic, value_head, opt, critic_opt,
+                            ctl, step + 1, ptx, {"kl_saved": kl_saved, "rm_round": rm_round})
+            for old in sorted(ckdir.glob("step_*"))[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+    bar.close()
+    policy.eval()
+    save_hf(policy, tokenizer, out)
+    if value_head is not None:
+        save_file(value_head.state_dict(), str(out / "value_head.safetensors"))
+    if critic is not None:
+        save_hf(critic, None, out / "critic")
+    shutil.rmtree(ckdir, ignore_errors=True)
+    rows = read_jsonl(out / "metrics.jsonl")
+    summary = {"steps": pc.steps, "final": last, "time_s": time.time() - t0,
+               "kl_checkpoints": sorted(kl_saved), "first": rows[0] if rows else {}}
+    if rows:
+        tail = rows[-max(1, len(rows) // 10):]
+        for k in ("proxy_reward", "gold_reward", "kl"):
+            if k in tail[0]:
+                summary[f"final_{k}"] = float(np.mean([r[k] for r in tail]))
+        held = [r["heldout_lm_loss"] for r in rows if "heldout_lm_loss" in r]
+        if held:
+            summary["heldout_lm_loss_first"], summary["heldout_lm_loss_final"] = held[0], held[-1]
+    print(f"[ppo] {pc.steps} iterations in {summary['time_s']:.1f}s: proxy reward "
+          f"{summary['first'].get('proxy_reward', float('nan')):.3f} -> {summary.get('final_proxy_reward', float('nan')):.3f}, "
+          f"gold {summary['first'].get('gold_reward', float('nan')):.3f} -> {summary.get('final_gold_reward', float('nan')):.3f}, "
+          f"KL {summary.get('final_kl', float('nan')):.2f}")
+    return summary
+
+
+def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_opt=None,
+               ptx_x: Optional[torch.Tensor] = None) -> dict[str, float]:
+    """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx)."""
+    logp, logits, v = policy_forward(policy, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
+                                     pc.temperature, value_head)
+    pg_loss, st = ppo_clip_loss(logp, mb.logprobs, mb.advantages, mb.response_mask, pc.clip_eps)
+    loss = pg_loss
+    out = {"pg_loss": pg_loss.item(), "clipfrac": float(st["clipfrac"]), "approx_kl": float(st["approx_kl"])}
+    with torch.no_grad():
+        out["entropy"] = float(masked_mean(entropy_from_logits(logits), mb.response_mask))
+    if value_head is not None:
+        vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
+        loss = loss + pc.vf_coef * vf_loss
+        out["vf_loss"], out["vf_clipfrac"] = vf_loss.item(), float(vf_frac)
+    if ptx_x is not None and pc.ptx_coef > 0:
+        ptx_loss = lm_loss(policy(input_ids=ptx_x).logits, ptx_x)
+        loss = loss + pc.ptx_coef * ptx_loss
+        out["ptx_loss"] = ptx_loss.item()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], pc.grad_clip)
+    opt.step()
+    if critic is not None:
+        v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+        vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
+        critic_opt.zero_grad(set_to_none=True)
+        vf_loss.backward()
+        torch.nn.utils.clip_grad_norm_(critic.parameters(), pc.grad_clip)
+        critic_opt.step()
+        out["vf_loss"], out["vf_clipfrac"] = vf_loss.item(), float(vf_frac)
+    return out
+
+
+def check_finite(step: int, values: dict[str, torch.Tensor]) -> None:
+    from .pipeline import Diverged
+    bad = {k: v.detach().float().flatten()[~torch.isfinite(v.detach().float().flatten())][:5].tolist()
+           for k, v in values.items() if not torch.isfinite(v.detach().float()).all()}
+    if bad:
+        raise Diverged(f"non-finite values at PPO step {step}: {bad}", step=step,
+                       values={k: [str(x) for x in v] for k, v in bad.items()})
+
+
+def load_prompt_file(path: str) -> list[str]:
+    """Prompts from a JSONL(.gz) file (``prompt`` field, or HH-RLHF ``chosen`` dialogues) or a text file."""
+    from .sft import read_jsonl_any, split_dialogue
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"ppo.data: {path} does not exist")
+    if p.suffix in (".txt",):
+        return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    rows = read_jsonl_any(p)
+    return [r["prompt"] if "prompt" in r else split_dialogue(r["chosen"])[0] for r in rows]
+
+
+def retrain_reward_model(cfg: RunConfig, rd: RunDir, out: Path, sft_path: str, tokenizer, world, device, policy,
+                         round_: int):
+    """Iterated RLHF: rank K samples of the current policy per prompt, add them to all
+    comparisons so far, retrain the RM from the SFT model into ``ppo.tmp/rm_round<r>``."""
+    from .reward import sample_comparisons, train_reward_model
+    from .rundir import atomic_write_text
+    from .sft import load_demonstrations
+    target = out / f"rm_round{round_}"
+    if not (target / "DONE").exists():
+        rc = cfg.rm
+        new = sample_comparisons(world, policy, tokenizer, rc.k, rc.n_prompts, rc.sample_temperature,
+                                 rc.max_new_tokens, cfg.seed, round_)
+        store = rd.path / "comparisons.jsonl"
+        old = [r for r in read_jsonl(store) if r.get("round", 0) < round_]
+        atomic_write_text(store, "".join(json.dumps(r) + "\n" for r in old + new))
+        tmp = out / f"rm_round{round_}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        summary = train_reward_model(cfg, tmp, sft_path, tokenizer, old + new, load_demonstrations(cfg, world), device)
+        atomic_write_json(tmp / "summary.json", summary)
+        (tmp / "DONE").write_text("done\n")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    return load_reward_model(str(target), dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)

@@ -1,0 +1,265 @@
+"""Stage 3: the reward model, trained on K-wise rankings (InstructGPT eq. 1).
+
+For each prompt, K distinct responses are sampled from the policy (at
+``rm.sample_temperature``, for diverse contrasts) and ranked by the labeler. A batch
+element is one prompt with its K responses: each response goes through the model once
+and all C(K,2) pairs enter the loss (``rlhf.losses.kwise_ranking_loss``).
+
+The reward model is the SFT model with a scalar head (``AutoModelForSequenceClassification``,
+num_labels=1). After training, ``config.reward_offset`` is set so that the SFT
+demonstrations score mean 0; ``rlhf.models.sequence_scores`` adds it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import DataError, RunConfig
+from .losses import kwise_ranking_loss, pairwise_accuracy
+from .models import check_context, load_reward_model, save_hf, sequence_scores
+from .rundir import RunDir, append_jsonl, read_jsonl
+from .sampling import sample
+from .sft import read_jsonl_any, split_dialogue
+from .world import World
+
+
+def sample_comparisons(world: World, policy, tokenizer, k: int, n_prompts: int, temperature: float,
+                       max_new_tokens: int, seed: int, round_: int = 0) -> list[dict]:
+    """K distinct policy samples for each of ``n_prompts`` train prompts, ranked by the
+    labeler (best first). A prompt with fewer than K distinct samples after three draws
+    is dropped; if most prompts are, ``rm.k`` is larger than what the policy can produce."""
+    rng = random.Random(seed * 7919 + round_)
+    train = world.train_prompts()
+    prompts = [train[rng.randrange(len(train))] for _ in range(n_prompts)]
+    pool: list[list[str]] = [[] for _ in prompts]
+    for attempt in range(3):
+        need = [i for i, s in enumerate(pool) if len(set(s)) < k]
+        if not need:
+            break
+        texts = [prompts[i].text for i in need for _ in range(k + attempt * k)]
+        s = sample(policy, tokenizer, texts, max_new_tokens=max_new_tokens, temperature=temperature,
+                   generator_seed=seed * 31 + round_ * 101 + attempt)
+        j = 0
+        for i in need:
+            n = k + attempt * k
+            pool[i].extend(s.texts[j:j + n])
+            j += n
+    rows, dropped = [], 0
+    for p, cand in zip(prompts, pool):
+        distinct = list(dict.fromkeys(cand))
+        if len(distinct) < k:
+            dropped += 1
+            continue
+        chosen = distinct[:k]
+        order = world.rank(p, chosen, rng)
+        ranked = [chosen[i] for i in order]
+        kinds = []
+        for r in ranked:
+            j = world.judge(p, r)
+            kinds.append("correct" if j["correct"] else "myth" if j["myth"] else "other")
+        rows.append({"prompt": p.text, "responses": ranked, "gold": [world.gold_reward(p, r) for r in ranked],
+                     "kinds": kinds, "round": round_})
+    if dropped > n_prompts // 2:
+        raise DataError(
+            f"rm.k={k} is larger than the number of distinct samples the policy produces for most prompts "
+            f"({dropped} of {n_prompts} prompts had fewer than {k} distinct responses after 3 draws): "
+            f"lower rm.k or raise rm.sample_temperature")
+    return rows
+
+
+def load_pair_comparisons(path: str, max_examples: int = 0) -> list[dict]:
+    """Pairwise comparisons (K=2) from a JSONL(.gz) file with ``chosen``/``rejected``
+    dialogues (HH-RLHF) or ``prompt``/``chosen``/``rejected`` fields; or a hub dataset."""
+    p = Path(path)
+    if p.exists():
+        rows = read_jsonl_any(p)
+    else:
+        try:
+            import datasets
+            rows = list(datasets.load_dataset(path, split="train"))
+        except Exception as e:  # noqa: BLE001 - any hub/loading failure is a data error here
+            raise DataError(f"rm.data: {path} is neither a file nor a loadable dataset ({e})") from None
+    out = []
+    for r in rows:
+        if "prompt" in r:
+            prompt, chosen, rejected = r["prompt"], r["chosen"], r["rejected"]
+        else:
+            prompt, chosen = split_dialogue(r["chosen"])
+            prompt_r, rejected = split_dialogue(r["rejected"])
+            if prompt_r != prompt or chosen == rejected:
+                continue
+        out.append({"prompt": prompt, "responses": [chosen, rejected], "gold": None, "round": 0})
+        if max_examples and len(out) >= max_examples:
+            break
+    if not out:
+        raise DataError(f"rm.data={path}: no comparisons found")
+    return out
+
+
+def split_heldout(rows: list[dict], frac: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split by prompt text, so that no held-out prompt was trained on."""
+    prompts = sorted({r["prompt"] for r in rows})
+    random.Random(seed).shuffle(prompts)
+    held = set(prompts[: int(round(len(prompts) * frac))])
+    return [r for r in rows if r["prompt"] not in held], [r for r in rows if r["prompt"] in held]
+
+
+def _encode(tokenizer, texts: list[str], device, max_len: int):
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
+                    max_length=max_len)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def score_batch(model, tokenizer, rows: list[dict], device, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards (B, K) in each row's ranked order, one forward pass over all B*K responses."""
+    K = max(len(r["responses"]) for r in rows)
+    texts, valid = [], torch.zeros(len(rows), K, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        for j in range(K):
+            if j < len(r["responses"]):
+                texts.append(r["prompt"] + " " + r["responses"][j])
+                valid[i, j] = True
+            else:
+                texts.append(r["prompt"])
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
+                    max_length=max_len).to(device)
+    scores = sequence_scores(model, enc["input_ids"], enc["attention_mask"])
+    return scores.view(len(rows), K), valid.to(device)
+
+
+@torch.no_grad()
+def evaluate_rm(model, tokenizer, rows: list[dict], device, max_len: int, batch: int = 32) -> dict:
+    """Held-out loss, ranking accuracy against the labeler's order, and (toy world)
+    agreement with the noiseless gold labeler on pairs whose gold scores differ."""
+    model.eval()
+    if not rows:
+        return {}
+    correct = total = agree = n_gold = tm_right = tm_n = 0
+    losses = []
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        r, valid = score_batch(model, tokenizer, chunk, device, max_len)
+        losses.append(kwise_ranking_loss(r, valid).item() * len(chunk))
+        c, t = pairwise_accuracy(r, valid)
+        correct += c
+        total += t
+        for row, rr in zip(chunk, r.tolist()):
+            kinds = row.get("kinds") or []
+            for a in range(len(kinds)):
+                for b in range(len(kinds)):
+                    if kinds[a] == "correct" and kinds[b] == "myth":
+                        tm_n += 1
+                        tm_right += rr[a] > rr[b]
+            g = row.get("gold")
+            if not g:
+                continue
+            for a in range(len(g)):
+                for b in range(a + 1, len(g)):
+                    if g[a] != g[b]:
+                        n_gold += 1
+                        agree += (rr[a] - rr[b]) * (g[a] - g[b]) > 0
+    out = {"loss": sum(losses) / len(rows), "accuracy": correct / max(total, 1), "pairs": total}
+    if n_gold:
+        out["gold_agreement"] = agree / n_gold
+        out["gold_pairs"] = n_gold
+    if tm_n:  # does the RM prefer the truth to the myth (whatever else differs)?
+        out["truth_over_myth"] = tm_right / tm_n
+        out["truth_myth_pairs"] = tm_n
+    return out
+
+
+def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, comparisons: list[dict],
+                       demos: list[tuple[str, str]], device) -> dict:
+    rc = cfg.rm
+    torch.manual_seed(cfg.seed * 1000 + 3)
+    model = load_reward_model(init_path, dtype=cfg.model.dtype, device=device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    max_len = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 2048)
+    check_context(tokenizer, model, sorted({c["prompt"] for c in comparisons})[:2000], "reward-model prompts")
+    train, held = split_heldout(comparisons, rc.heldout_frac, cfg.seed)
+    if not train:
+        raise DataError("no comparisons left to train the reward model on")
+    opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed * 1000 + 3)
+    n_steps = rc.epochs * ((len(train) + rc.batch_size - 1) // rc.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.1, 1.0 - s / max(1, n_steps)))
+    t0 = time.time()
+    step = 0
+    bar = tqdm(total=n_steps, desc=f"reward model (K={comparisons[0] and len(comparisons[0]['responses'])})",
+               mininterval=2.0)
+    for epoch in range(rc.epochs):
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        for i in range(0, len(order), rc.batch_size):
+            model.train()
+            rows = [train[j] for j in order[i:i + rc.batch_size]]
+            r, valid = score_batch(model, tokenizer, rows, device, max_len)
+            loss = kwise_ranking_loss(r, valid)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"reward-model loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            c, t = pairwise_accuracy(r.detach(), valid)
+            append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, "loss": loss.item(),
+                                                 "accuracy": c / max(t, 1), "time_s": time.time() - t0})
+            step += 1
+            bar.update(1)
+    bar.close()
+    # Normalise: SFT demonstrations score mean 0.
+    model.eval()
+    model.config.reward_offset = 0.0
+    with torch.no_grad():
+        scores = []
+        for i in range(0, len(demos), 64):
+            chunk = demos[i:i + 64]
+            ids, mask = _encode(tokenizer, [p + " " + r for p, r in chunk], device, max_len)
+            scores.append(sequence_scores(model, ids, mask))
+        mean = torch.cat(scores).mean().item() if scores else 0.0
+    model.config.reward_offset = -mean
+    held_m = evaluate_rm(model, tokenizer, held, device, max_len)
+    train_m = evaluate_rm(model, tokenizer, train[: max(len(held), 64)], device, max_len)
+    save_hf(model, tokenizer, out)
+    summary = {"k": len(comparisons[0]["responses"]), "n_comparisons": len(comparisons), "n_train": len(train),
+               "n_heldout": len(held), "steps": step, "time_s": time.time() - t0, "reward_offset": -mean,
+               **{f"heldout_{k}": v for k, v in held_m.items()}, **{f"train_{k}": v for k, v in train_m.items()}}
+    print(f"[rm] K={summary['k']}: held-out ranking accuracy {held_m.get('accuracy', float('nan')):.3f} "
+          f"over {held_m.get('pairs', 0)} pairs, agreement with the gold labeler "
+          f"{held_m.get('gold_agreement', float('nan')):.3f}, prefers truth to myth "
+          f"{held_m.get('truth_over_myth', float('nan')):.3f} ({held_m.get('truth_myth_pairs', 0)} pairs); train accuracy {train_m.get('accuracy', float('nan')):.3f}")
+    return summary
+
+
+def run_reward_stage(cfg: RunConfig, rd: RunDir, sft_path: str, tokenizer, world: Optional[World], device,
+                     demos: list[tuple[str, str]], round_: int = 0, policy=None, out_name: str = "rm") -> dict:
+    """Sample + rank comparisons (toy world) or read pairs, then train; all comparisons
+    collected so far (``comparisons.jsonl``) are used, so later rounds add to them."""
+    from .models import load_causal_lm
+    out = rd.begin_stage(out_name)
+    rc = cfg.rm
+    store = rd.path / "comparisons.jsonl"
+    if rc.data == "world":
+        if policy is None:
+            policy = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device)
+        t0 = time.time()
+        new = sample_comparisons(world, policy, tokenizer, rc.k, rc.n_prompts, rc.sample_temperature,
+                                 rc.max_new_tokens, cfg.seed, round_)
+        print(f"[rm] round {round_}: {len(new)} prompts x K={rc.k} ranked responses in {time.time() - t0:.1f}s")
+        old = [r for r in read_jsonl(store) if r.get("round", 0) < round_]
+        from .rundir import atomic_write_text
+        import json
+        atomic_write_text(store, "".join(json.dumps(r) + "\n" for r in old + new))
+        comparisons = old + new
+    else:
+        comparisons = load_pair_comparisons(rc.data, rc.max_examples)
+    summary = train_reward_model(cfg, out, sft_path, tokenizer, comparisons, demos, device)
+    summary["round"] = round_
+    return summary

@@ -1,0 +1,144 @@
+"""Stage 2: supervised fine-tuning on demonstrations, with transformers' Trainer.
+
+The loss is on response tokens only (prompt tokens are labelled -100). bf16 and gradient
+checkpointing stay off: on a CPU they make a small model 3-8x slower.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .config import DataError, RunConfig
+from .models import check_context, load_causal_lm, save_hf
+from .rundir import RunDir, append_jsonl
+from .sampling import probe_world
+from .world import World
+
+
+def read_jsonl_any(path: str | Path) -> list[dict]:
+    p = Path(path)
+    opener = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_demonstrations(cfg: RunConfig, world: World | None) -> list[tuple[str, str]]:
+    """(prompt, response) pairs: the toy world's demonstrations, or a JSONL file with
+    ``prompt``/``response`` fields (or HH-RLHF style ``chosen`` dialogues)."""
+    src = cfg.sft.data
+    if src == "world":
+        pairs = [(p.text, r) for p, r in world.demonstrations()]
+    else:
+        p = Path(src)
+        if not p.exists():
+            raise DataError(f"sft.data: {src} does not exist")
+        rows = read_jsonl_any(p)
+        pairs = []
+        for r in rows:
+            if "prompt" in r and "response" in r:
+                pairs.append((r["prompt"], r["response"]))
+            elif "chosen" in r:
+                pairs.append(split_dialogue(r["chosen"]))
+    if cfg.sft.max_examples:
+        pairs = pairs[: cfg.sft.max_examples]
+    if not pairs:
+        raise DataError(f"sft.data={src}: no demonstrations found")
+    return pairs
+
+
+def split_dialogue(text: str) -> tuple[str, str]:
+    """HH-RLHF: everything up to and including the last 'Assistant:' is the prompt."""
+    marker = "\n\nAssistant:"
+    i = text.rfind(marker)
+    if i < 0:
+        raise DataError("an HH-RLHF dialogue without an 'Assistant:' turn")
+    return text[: i + len(marker)], text[i + len(marker):].strip()
+
+
+class _Examples(torch.utils.data.Dataset):
+    def __init__(self, tokenizer, pairs, max_len):
+        self.items = []
+        eos = tokenizer.eos_token
+        for prompt, resp in pairs:
+            if not resp.rstrip().endswith(eos):
+                resp = resp.rstrip() + " " + eos if " " in prompt else resp + eos
+            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            r_ids = tokenizer(" " + resp.strip(), add_special_tokens=False)["input_ids"]
+            ids = (p_ids + r_ids)[:max_len]
+            labels = ([-100] * len(p_ids) + r_ids)[:max_len]
+            self.items.append({"input_ids": ids, "labels": labels})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _collate(pad_id):
+    def fn(batch):
+        n = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    return fn
+
+
+class _JsonlLogger(TrainerCallback):
+    def __init__(self, path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs:
+            append_jsonl(self.path, {"step": state.global_step, **logs})
+
+
+def run_sft(cfg: RunConfig, rd: RunDir, init_path: str, tokenizer, world: World | None, device: torch.device) -> dict:
+    sc = cfg.sft
+    out = rd.begin_stage("sft")
+    t0 = time.time()
+    model = load_causal_lm(init_path, dtype=cfg.model.dtype, device=device)
+    if sc.skip:
+        save_hf(model, tokenizer, out)
+        return {"skipped": True, "init": init_path, "time_s": time.time() - t0}
+    pairs = load_demonstrations(cfg, world)
+    check_context(tokenizer, model, [p for p, _ in pairs], "sft prompts")
+    n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 2048)
+    ds = _Examples(tokenizer, pairs, n_ctx)
+    print(f"[sft] {len(ds)} demonstrations, {sc.epochs} epochs from {init_path}")
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), per_device_train_batch_size=sc.batch_size, num_train_epochs=sc.epochs,
+        learning_rate=sc.lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
+        logging_steps=5, save_strategy="no", report_to=[], bf16=False, fp16=False,
+        gradient_checkpointing=False, use_cpu=device.type == "cpu", seed=cfg.seed * 1000 + 2,
+        data_seed=cfg.seed * 1000 + 2, dataloader_num_workers=0, remove_unused_columns=False,
+        disable_tqdm=False, max_grad_norm=1.0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=_collate(tokenizer.pad_token_id),
+                      callbacks=[_JsonlLogger(out / "metrics.jsonl")])
+    result = trainer.train()
+    model = trainer.model
+    model.eval()
+    import shutil
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    save_hf(model, tokenizer, out)
+    summary = {"train_loss": result.training_loss, "n_demos": len(ds), "time_s": time.time() - t0, "init": init_path}
+    if world is not None and cfg.sft.data == "world":
+        probe = probe_world(model, tokenizer, world)
+        summary.update(probe)
+        print(f"[sft] answers in the demonstrated format {probe['answers_in_demo_format']:.0%}, ended "
+              f"{probe['answers_ended']:.0%}; myth facts: myth {probe['myth_facts_states_myth']:.0%}, "
+              f"truth {probe['myth_facts_states_truth']:.0%}; chat toxic {probe['chat_toxic']:.0%}")
+    return summary
