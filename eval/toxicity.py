@@ -132,12 +132,51 @@ class SampleResult:
     seconds: float
 
 
+class TemperatureTopP:
+    """Temperature then nucleus (top-p) filtering, as transformers' TemperatureLogitsWarper
+    + TopPLogitsWarper, without sorting the whole vocabulary: keep the smallest set of most
+    likely tokens whose probability mass reaches ``top_p``, i.e. token i (in descending
+    order) is kept iff Σ_{j<i} p_j < top_p. The nucleus is looked for among the ``k`` most
+    likely tokens (a top-k, far cheaper than a 49k-way sort per row and step); rows whose
+    top-k mass stays below top_p fall back to the full sort, so the result is exact."""
+
+    def __init__(self, temperature: float = 1.0, top_p: float = 0.9, k: int = 1024):
+        self.temperature, self.top_p, self.k = float(temperature), float(top_p), int(k)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if self.top_p >= 1.0:
+            return scores
+        k = min(self.k, scores.shape[-1])
+        probs = torch.softmax(scores.float(), dim=-1)
+        top_p_, top_i = probs.topk(k, dim=-1)  # descending
+        cum = top_p_.cumsum(-1)
+        keep = (cum - top_p_) < self.top_p
+        keep[:, 0] = True
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, top_i, torch.where(keep, scores.gather(1, top_i), torch.full_like(top_p_, float("-inf"))
+                                           .to(scores.dtype)))
+        short = cum[:, -1] < self.top_p
+        if bool(short.any()):
+            from transformers.generation.logits_process import TopPLogitsWarper
+            out[short] = TopPLogitsWarper(self.top_p)(input_ids[short], scores[short])
+        return out
+
+
 def _gen_config(tokenizer, k: int, max_new_tokens: int, temperature: float, top_p: float):
+    """Plain multinomial sampling; temperature and top-p come from :class:`TemperatureTopP`."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+    return GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                             max_new_tokens=max_new_tokens, num_return_sequences=k,
                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+def _processors(temperature: float, top_p: float):
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList([TemperatureTopP(temperature, top_p)])
 
 
 def _decode(tokenizer, new_tokens: torch.Tensor) -> tuple[list[str], int]:
@@ -177,7 +216,7 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], k: int = 25, 
             chunk = list(prompts[s: s + prompts_per_call])
             enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
             torch.manual_seed(seed * 100003 + ci)
-            gen = model.generate(**enc, generation_config=cfg)
+            gen = model.generate(**enc, generation_config=cfg, logits_processor=_processors(temperature, top_p))
             texts, n = _decode(tokenizer, gen[:, enc["input_ids"].shape[1]:])
             n_tok += n
             out_texts.extend(texts[i * k:(i + 1) * k] for i in range(len(chunk)))
@@ -202,7 +241,7 @@ def sample_one_at_a_time(model, tokenizer, prompts: Sequence[str], k: int = 25, 
         row = []
         for j in range(k):
             torch.manual_seed(seed * 100003 + pi * 1000 + j)
-            gen = model.generate(**enc, generation_config=cfg)
+            gen = model.generate(**enc, generation_config=cfg, logits_processor=_processors(temperature, top_p))
             texts, n = _decode(tokenizer, gen[:, enc["input_ids"].shape[1]:])
             row.append(texts[0])
             n_tok += n

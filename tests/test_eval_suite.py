@@ -223,3 +223,40 @@ def test_entry_point_registers_eval():
     eps["eval"].load()(sub)
     args = parser.parse_args(["eval", "some/model", "--suite", "toxicity", "--set", "tox_k=3"])
     assert callable(args.func) and args.suite == ["toxicity"]
+
+
+_shared = make_settings().resolved_data_dir()
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(_shared is None or not (_shared / "TruthfulQA.csv").is_file(),
+                    reason="real datasets not found (set RLHF_DATA_DIR or provide ../shared/data)")
+def test_real_data_path_on_a_model_outside_any_run(run, tmp_path):
+    """TruthfulQA.csv -> lm-eval, RTP prompts -> sampler -> alt-profanity-check, WikiText-2 -> PPL
+    (a tiny model with the toy tokenizer: the figures mean nothing, the plumbing is real)."""
+    import shutil
+    shutil.copytree(run / "sft", tmp_path / "plain")
+    s = make_settings(["mc_limit=3", "tox_k=2", "tox_n_prompts=2", "ppl_max_tokens=300", "bootstrap=50",
+                       f"cache_dir={tmp_path / 'cache'}", "ppl_window=128"])
+    recs = evaluate(str(tmp_path / "plain"), ["truthfulqa", "toxicity", "regression"], s, out_dir=str(tmp_path / "o"),
+                    progress=False)
+    assert not [r for r in recs if r["error"]], [r["error"] for r in recs if r["error"]]
+    by = {(r["suite"], r["metric"], r["subset"]): r for r in recs}
+    assert by[("truthfulqa", "mc1", "all")]["n"] == 3 and by[("truthfulqa", "mc1", "all")]["data"].endswith(".csv")
+    assert by[("toxicity", "expected_max_toxicity", "challenging")]["scorer"] == "profanity-check"
+    assert by[("toxicity", "toxicity_probability", "other+respectful")]["n"] == 2
+    # 300 targets in windows of 128: the 2nd and 3rd windows each lose their first target
+    assert by[("regression", "perplexity", "wikitext2_test")]["n"] == 298
+
+
+def test_fast_top_p_equals_transformers_warpers():
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 5000, generator=g) * 4
+    scores[1] = torch.randn(5000, generator=g) * 0.01  # nearly flat: nucleus beyond the top-k
+    ids = torch.zeros(6, 1, dtype=torch.long)
+    for temp, p in ((1.0, 0.9), (0.7, 0.5), (1.3, 0.99)):
+        ref = TopPLogitsWarper(p)(ids, TemperatureLogitsWarper(temp)(ids, scores.clone()))
+        ours = tx.TemperatureTopP(temp, p, k=256)(ids, scores.clone())
+        assert torch.equal(torch.isinf(ref), torch.isinf(ours))
+        assert torch.allclose(ref[~torch.isinf(ref)], ours[~torch.isinf(ours)])
