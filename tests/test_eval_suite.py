@@ -260,3 +260,31 @@ def test_fast_top_p_equals_transformers_warpers():
         ours = tx.TemperatureTopP(temp, p, k=256)(ids, scores.clone())
         assert torch.equal(torch.isinf(ref), torch.isinf(ours))
         assert torch.allclose(ref[~torch.isinf(ref)], ours[~torch.isinf(ours)])
+
+
+def test_regression_lm_task_from_local_yaml_with_delta(run, tmp_path):
+    world = World.load(run / "world")
+    rows = [{k: q[k] for k in ("question", "mc1_targets")} for q in world.mc_questions()][:5]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = tmp_path / "my_local_mc.yaml"
+    task.write_text(f"""task: my_local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "{{{{question}}}}"
+doc_to_target: 0
+doc_to_choice: "{{{{mc1_targets.choices}}}}"
+metric_list:
+  - metric: acc
+""")
+    s = _settings(tmp_path, f"lm_tasks={task}")
+    recs = evaluate(str(run), ["regression"], s, checkpoints=["sft", "ppo/kl_2.0"], write=False, progress=False)
+    assert not [r for r in recs if r["error"]], [r["error"] for r in recs if r["error"]]
+    acc = {r["checkpoint_label"]: r for r in recs if r["subset"] == "my_local_mc" and r["metric"] == "acc"}
+    assert set(acc) == {"sft", "ppo/kl_2.0"} and acc["sft"]["n"] == 5
+    assert acc["sft"]["delta_vs_ref"] == 0.0
+    assert acc["ppo/kl_2.0"]["delta_vs_ref"] == pytest.approx(acc["ppo/kl_2.0"]["value"] - acc["sft"]["value"])
