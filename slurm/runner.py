@@ -1,0 +1,133 @@
+"""What runs inside each array task: one run of the pipeline, preemptible.
+
+:class:`SweepRun` is a ``submitit.helpers.Checkpointable``. On the preemption / time-limit
+signal (USR2, from Slurm ``--signal`` or ``scancel --signal=USR2``) submitit calls
+:meth:`SweepRun.checkpoint`, which returns a ``DelayedSubmission`` of the very same call,
+and requeues the task. Nothing else needs saving: the requeued task calls
+``run_pipeline`` again, which skips the finished stages, and PPO resumes from its latest
+``<run>/ppo.tmp/checkpoints/step_*`` (an unfinished pretrain/SFT/RM stage is redone).
+
+A run whose ``status.json`` says ``done`` is never run again or overwritten.
+This module must not import torch at import time (it is unpickled before the thread
+settings are applied).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import submitit
+
+from rlhf.rundir import RunDir, append_jsonl, atomic_write_json, read_json
+
+JOB_FILE = "sweep_job.json"  # in each run directory: the job running it, restarts, host
+PREEMPTED_MESSAGE = "preempted: checkpointed and requeued by Slurm; resumes from the last stage checkpoint"
+
+
+def job_info(executor: str) -> dict[str, Any]:
+    env = os.environ
+    jid = env.get("SLURM_ARRAY_JOB_ID")
+    job_id = f"{jid}_{env['SLURM_ARRAY_TASK_ID']}" if jid and env.get("SLURM_ARRAY_TASK_ID") else env.get(
+        "SLURM_JOB_ID", "")
+    try:
+        submitit_id = submitit.JobEnvironment().job_id
+    except Exception:  # noqa: BLE001 - not inside a submitit job (direct call)
+        submitit_id = ""
+    return {"job_id": job_id or submitit_id, "slurm_job_id": env.get("SLURM_JOB_ID", ""),
+            "restarts": int(env.get("SLURM_RESTART_COUNT", "0") or 0), "host": socket.gethostname(),
+            "executor": executor, "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+class SweepRun(submitit.helpers.Checkpointable):
+    """``SweepRun(executor)(spec)`` runs one sweep cell; ``spec`` is a plain dict
+    (run_id, run_dir, config: the nested resolved config, gpus, launcher)."""
+
+    def __init__(self, executor: str = "slurm") -> None:
+        self.executor = executor
+        self._preempted = False
+
+    def __call__(self, spec: dict) -> dict:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        threads = str(spec["config"].get("threads") or 1)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, threads)
+        from rlhf.config import from_dict
+        cfg = from_dict(spec["config"])
+        rd = RunDir(spec["run_dir"])
+        if rd.status().get("state") == "done":
+            print(f"[sweep] {spec['run_id']}: done already, not run again")
+            return result_of(rd, spec["run_id"])
+        info = job_info(self.executor)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(rd.path / JOB_FILE, info)
+        append_jsonl(rd.path / "sweep_jobs.jsonl", info)
+        print(f"[sweep] {spec['run_id']}: job {info['job_id']} restart {info['restarts']} on {info['host']}",
+              flush=True)
+        try:
+            if int(spec.get("gpus", 0)) > 1 and spec.get("launcher", "auto") != "none":
+                self._run_multi_gpu(spec, rd)
+            else:
+                from rlhf.pipeline import run_pipeline
+                run_pipeline(cfg, run_dir=rd.path, argv=["rlhf", "sweep", "run", spec["run_id"]])
+        except BaseException:
+            if self._preempted:
+                st = rd.status()
+                rd.set_status("interrupted", stage=st.get("stage"), error=PREEMPTED_MESSAGE, requeued=True)
+            raise
+        return result_of(rd, spec["run_id"])
+
+    def checkpoint(self, spec: dict) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
+        """Called by submitit on USR2: requeue the same call (the stages checkpoint themselves)."""
+        self._preempted = True
+        print(f"[sweep] {spec['run_id']}: preempted, requeueing", flush=True)
+        return submitit.helpers.DelayedSubmission(self, spec)
+
+    def __getstate__(self) -> dict:
+        return {"executor": self.executor, "_preempted": False}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    # -- multi-GPU: one process per GPU, started by torchrun or accelerate inside the job ---------
+    def _run_multi_gpu(self, spec: dict, rd: RunDir) -> None:
+        from rlhf.config import dump_yaml, from_dict
+        cfg = from_dict(spec["config"])
+        conf = rd.path / "sweep_config.yaml"
+        conf.write_text(dump_yaml(cfg))
+        n = int(spec["gpus"])
+        launcher = spec.get("launcher", "auto")
+        if launcher in ("auto", "torchrun"):
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                   "-m", "rlhf.cli", "run", str(conf), "--run-dir", str(rd.path)]
+        else:  # accelerate
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "-m", "rlhf.cli",
+                   "run", str(conf), "--run-dir", str(rd.path)]
+        print("[sweep] " + " ".join(cmd), flush=True)
+        proc = subprocess.Popen(cmd)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        if rc != 0:
+            st = rd.status()
+            raise RuntimeError(f"{cmd[2]} exited with status {rc}: {st.get('error', 'see the job log')}")
+
+
+def result_of(rd: RunDir, run_id: str) -> dict:
+    out: dict[str, Any] = {"run_id": run_id, "state": rd.status().get("state", "missing")}
+    for stage in ("pretrain", "sft", "rm", "ppo"):
+        s = read_json(rd.path / stage / "summary.json")
+        if s:
+            out[stage] = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
+    return out
+

@@ -1,0 +1,151 @@
+"""Submit a sweep: expand, validate, skip what is done or in flight, submit one job array.
+
+Everything that can be wrong with the input (sweep file, any expanded config, the number
+of runs, the cluster) raises an :class:`rlhf.config.InputError` before anything is
+submitted. On Slurm, :func:`submit` returns as soon as the array is queued; the ``local``
+and ``debug`` executors wait for their runs (there is no scheduler to hold them).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, TextIO
+
+from rlhf.config import to_dict
+from rlhf.rundir import append_jsonl, atomic_write_json
+
+from .records import FAILED_STATES, slurm_reachable, sweep_states
+from .runner import SweepRun
+from .sweep import EXECUTORS, ClusterError, RunSpec, Sweep, SweepError, expand
+
+
+@dataclass
+class Submission:
+    sweep_dir: Path
+    submitted: list[str] = field(default_factory=list)  # run ids
+    skipped_done: list[str] = field(default_factory=list)
+    skipped_active: list[str] = field(default_factory=list)
+    skipped_failed: list[str] = field(default_factory=list)  # failed, not retried (no --retry-failed)
+    job_ids: list[str] = field(default_factory=list)
+    array_id: str = ""
+    executor: str = "slurm"
+    folder: Optional[Path] = None
+    results: dict[str, str] = field(default_factory=dict)  # local/debug: run_id -> final state
+
+
+def check_cluster(sweep: Sweep) -> None:
+    """Slurm answers, and knows the partition: else ClusterError (nothing submitted)."""
+    ok, out = slurm_reachable()
+    if not ok:
+        raise ClusterError(f"cannot reach Slurm: {out}. Start a cluster (bash slurm/cluster-up.sh for a local "
+                           f"one) or use --executor local")
+    part = sweep.profile.partition
+    if part:
+        names = {line.split()[0].rstrip("*") for line in out.splitlines() if line.strip()}
+        if part not in names:
+            raise ClusterError(f"slurm.partition={part!r}: no such partition (this cluster has: "
+                               f"{', '.join(sorted(names)) or 'none'})")
+
+
+def job_spec(sweep: Sweep, spec: RunSpec) -> dict:
+    return {"run_id": spec.run_id, "run_dir": str(Path(spec.config.out_dir).resolve() / spec.run_id),
+            "config": to_dict(spec.config), "gpus": sweep.profile.gpus_per_node, "launcher": sweep.profile.launcher,
+            "sweep": sweep.name}
+
+
+def plan(sweep: Sweep, specs: list[RunSpec], retry_failed: bool) -> Submission:
+    """Which runs to submit: missing ones, and failed ones with retry_failed; never done or in-flight ones."""
+    sub = Submission(sweep_dir=sweep.directory)
+    states = {s.run_id: s for s in sweep_states(sweep.directory, [r.run_id for r in specs])}
+    for r in specs:
+        st = states[r.run_id]
+        if st.state == "done":
+            sub.skipped_done.append(r.run_id)
+        elif st.state in ("pending", "running"):
+            sub.skipped_active.append(r.run_id)
+        elif st.state in FAILED_STATES and not retry_failed:
+            sub.skipped_failed.append(r.run_id)
+        else:
+            sub.submitted.append(r.run_id)
+    return sub
+
+
+def submit(sweep: Sweep, executor: str = "slurm", retry_failed: bool = False, dry_run: bool = False,
+           out: TextIO = sys.stdout) -> Submission:
+    if executor not in EXECUTORS:
+        raise SweepError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
+    specs = expand(sweep)  # validates every cell; raises before anything is submitted
+    if executor == "slurm":
+        check_cluster(sweep)
+    sdir = sweep.directory
+    sub = plan(sweep, specs, retry_failed)
+    sub.executor = executor
+    print(f"sweep {sweep.name}: {len(specs)} runs in {sdir}", file=out)
+    if sub.skipped_done:
+        print(f"  {len(sub.skipped_done)} done already (never rerun)", file=out)
+    if sub.skipped_active:
+        print(f"  {len(sub.skipped_active)} queued or running already", file=out)
+    if sub.skipped_failed:
+        print(f"  {len(sub.skipped_failed)} failed and not resubmitted (add --retry-failed): "
+              + ", ".join(sub.skipped_failed), file=out)
+    if dry_run:
+        for rid in sub.submitted:
+            print(f"  would submit {rid}", file=out)
+        return sub
+    sdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(sdir / "sweep.json", sweep.to_dict())
+    atomic_write_json(sdir / "manifest.json", {
+        "sweep": sweep.name, "source": sweep.source, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "runs": [{"run_id": r.run_id, "cell": r.cell} for r in specs]})
+    if not sub.submitted:
+        print("nothing to submit", file=out)
+        return sub
+
+    import submitit
+    by_id = {r.run_id: r for r in specs}
+    todo = [job_spec(sweep, by_id[rid]) for rid in sub.submitted]
+    folder = (sdir / "submitit" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    while folder.exists():  # two submissions in the same second
+        folder = folder.with_name(folder.name + "x")
+    ex = submitit.AutoExecutor(folder=folder, cluster=executor,
+                               **({"slurm_max_num_timeout": sweep.profile.max_num_timeout} if executor == "slurm" else {}))
+    params = sweep.profile.executor_parameters(sweep.name)
+    if executor != "slurm":
+        params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        params.pop("gpus_per_node", None) if sweep.profile.gpus_per_node == 0 else None
+    ex.update_parameters(**params)
+    try:
+        jobs = ex.map_array(SweepRun(executor), todo)
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError, OSError) as e:
+        raise ClusterError(f"the cluster refused the job array: {e}") from None
+    sub.folder = folder
+    sub.job_ids = [j.job_id for j in jobs]
+    sub.array_id = sub.job_ids[0].split("_")[0] if sub.job_ids else ""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for rid, job in zip(sub.submitted, jobs):
+        append_jsonl(sdir / "jobs.jsonl", {"run_id": rid, "job_id": job.job_id, "executor": executor,
+                                           "folder": str(folder), "submitted": now})
+    if executor == "slurm":
+        print(f"submitted {len(jobs)} runs as job array {sub.array_id} (tasks {sub.job_ids[0]}..{sub.job_ids[-1]})",
+              file=out)
+        print(f"follow it:  rlhf sweep status {sdir}    squeue -j {sub.array_id}    "
+              f"tail -f {folder}/{sub.array_id}_0_0_log.out", file=out)
+        print(f"when done:  rlhf sweep collect {sdir}", file=out)
+        return sub
+    # local / debug: wait (debug runs each job in this process, one after the other)
+    print(f"running {len(jobs)} runs with the {executor} executor (logs in {folder})", file=out)
+    for rid, job in zip(sub.submitted, jobs):
+        try:
+            res = job.result()
+            sub.results[rid] = res.get("state", "done") if isinstance(res, dict) else "done"
+        except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
+            last = str(e).strip().splitlines()
+            sub.results[rid] = "failed"
+            print(f"  {rid}: FAILED ({last[-1] if last else type(e).__name__})", file=out)
+        else:
+            print(f"  {rid}: {sub.results[rid]}", file=out)
+    return sub
