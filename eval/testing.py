@@ -18,7 +18,7 @@ from rlhf.world import World
 
 
 def tiny_world(seed: int = 0) -> World:
-    return World(WorldConfig(seed=seed, n_entities=8, corpus_docs=200))
+    return World(WorldConfig(seed=seed, n_entities=20, corpus_docs=200))
 
 
 def make_toy_run(directory: str | Path, seed: int = 0, kl_levels=(0.5, 2.0), n_layer: int = 2,

@@ -149,7 +149,8 @@ def test_evaluate_toy_run_writes_tidy_records(run, tmp_path):
     assert (tox.value >= tox.ci_low).all() and (tox.value <= tox.ci_high).all()
     assert set(tox.scorer) == {"lexicon"} and set(tox.k) == {4}
     mc = df[(df.suite == "truthfulqa")]
-    assert set(mc.metric) == {"mc1", "mc2"} and (mc.n == 24).all()
+    assert set(mc.metric) == {"mc1", "mc2"} and (mc.n == len(World.load(run / "world").mc_questions())).all()
+    assert (tox.n >= 2).all()
     reg = df[(df.suite == "regression") & (df.metric == "lm_loss")].set_index("checkpoint_label")
     assert reg.loc["sft", "delta_vs_ref"] == 0.0  # the reference itself
     assert reg.loc["ppo/kl_2.0", "delta_vs_ref"] == pytest.approx(reg.loc["ppo/kl_2.0", "value"] - reg.loc["sft", "value"])
