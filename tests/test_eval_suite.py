@@ -289,3 +289,17 @@ metric_list:
     assert set(acc) == {"sft", "ppo/kl_2.0"} and acc["sft"]["n"] == 5
     assert acc["sft"]["delta_vs_ref"] == 0.0
     assert acc["ppo/kl_2.0"]["delta_vs_ref"] == pytest.approx(acc["ppo/kl_2.0"]["value"] - acc["sft"]["value"])
+
+
+def test_on_a_pipeline_run(tiny_run, tmp_path):
+    """A run made by rlhf.pipeline (conftest's tiny run: pretrain, sft, rm): the suite reads its
+    layout, world and reward model."""
+    path, _ = tiny_run
+    s = _settings(tmp_path)
+    recs = evaluate(str(path), ["truthfulqa", "regression", "overopt"], s, checkpoints=["pretrain", "sft"],
+                    write=False, progress=False)
+    assert not [r for r in recs if r["error"]], [r["error"] for r in recs if r["error"]]
+    reg = {r["checkpoint_label"]: r for r in recs if r["metric"] == "lm_loss"}
+    assert reg["sft"]["delta_vs_ref"] == 0.0 and reg["pretrain"]["ref_checkpoint"].endswith("sft")
+    bon = [r for r in recs if r["suite"] == "overopt" and r["metric"] == "gold_reward"]
+    assert [r["bon_n"] for r in bon] == [1, 2, 4]
