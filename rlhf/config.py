@@ -71,7 +71,7 @@ class ModelConfig:
     # anything else is a Hugging Face causal LM name, a local path, or a named source
     # such as "smollm2-135m-instruct", and stage 1 is skipped.
     source: str = "scratch"
-    n_layer: int = 4
+    n_layer: int = 2
     n_embd: int = 128
     n_head: int = 4
     n_positions: int = 128
@@ -81,7 +81,7 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 800
+    steps: int = 1000
     batch_size: int = 32
     seq_len: int = 64
     lr: float = 3e-3
@@ -94,7 +94,7 @@ class PretrainConfig:
 class SFTConfig:
     # "" = start from the stage-1 model; else an HF name/path/named source
     init: str = ""
-    epochs: int = 6
+    epochs: int = 4
     batch_size: int = 16
     lr: float = 1e-3
     # skip SFT and use the init model as the SFT policy (e.g. an instruct model)
@@ -107,7 +107,7 @@ class SFTConfig:
 @dataclass
 class RMConfig:
     k: int = 4  # responses ranked per prompt (2..9)
-    n_prompts: int = 400  # prompts with K ranked samples each
+    n_prompts: int = 600  # prompts with K ranked samples each
     sample_temperature: float = 1.3  # diverse samples so truth-vs-myth contrasts occur
     max_new_tokens: int = 16
     epochs: int = 3
@@ -121,12 +121,12 @@ class RMConfig:
 
 @dataclass
 class PPOConfig:
-    steps: int = 60  # PPO iterations (rollout + update)
+    steps: int = 100  # PPO iterations (rollout + update)
     batch_size: int = 32  # episodes (prompts) per iteration
     minibatch_size: int = 16
     epochs: int = 4  # passes over each batch
-    lr: float = 5e-4
-    critic_lr: float = 1e-3
+    lr: float = 5e-5
+    critic_lr: float = 5e-4
     beta: float = 0.05  # KL penalty coefficient (initial value if adaptive)
     adaptive_kl: bool = False  # Ziegler et al. proportional controller
     target_kl: float = 1.0
@@ -135,7 +135,7 @@ class PPOConfig:
     value_clip: Optional[float] = 0.2
     ptx_coef: float = 0.0  # gamma in InstructGPT eq. 2
     ptx_ratio: int = 8  # pretraining sequences per RL episode
-    ptx_seq_len: int = 64
+    ptx_seq_len: int = 32
     gamma: float = 1.0  # GAE discount
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True
@@ -336,6 +336,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"ppo.minibatch_size={cfg.ppo.minibatch_size} must divide ppo.batch_size={cfg.ppo.batch_size}")
     if cfg.model.source == "scratch" and cfg.model.n_embd % cfg.model.n_head:
         raise ConfigError(f"model.n_embd={cfg.model.n_embd} must be divisible by model.n_head={cfg.model.n_head}")
+    if cfg.model.source == "scratch" and cfg.pretrain.seq_len > cfg.model.n_positions:
+        raise ConfigError(f"pretrain.seq_len={cfg.pretrain.seq_len} must be <= model.n_positions={cfg.model.n_positions}")
     if cfg.ppo.rounds > cfg.ppo.steps:
         raise ConfigError(f"ppo.rounds={cfg.ppo.rounds} must be <= ppo.steps={cfg.ppo.steps}")
     if cfg.rm.data != "world" and cfg.rm.k != 2:

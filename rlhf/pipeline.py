@@ -69,6 +69,23 @@ def prepare_world(rd: RunDir, cfg: RunConfig):
     return world, tok
 
 
+def check_world_prompts_fit(cfg: RunConfig, tok, world: World) -> None:
+    """Fail before any compute when a prompt plus its response cannot fit the context."""
+    from .config import InputError
+    if cfg.model.source == "scratch":
+        n_ctx = cfg.model.n_positions
+    else:
+        from transformers import AutoConfig
+        c = AutoConfig.from_pretrained(resolve_source(cfg.model.source))
+        n_ctx = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None) or 10**9
+    new = max(cfg.ppo.max_new_tokens, cfg.rm.max_new_tokens, 14)
+    longest = max((p.text for p in world.prompts()), key=lambda t: len(tok(t)["input_ids"]))
+    n = len(tok(longest)["input_ids"])
+    if n + new > n_ctx:
+        raise InputError(f"a prompt of {n} tokens (+{new} new) exceeds the model's context of {n_ctx} "
+                         f"(model.n_positions): {longest!r}")
+
+
 def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Path] = None,
                  argv: Optional[list[str]] = None) -> Path:
     from .pretrain import run_pretrain
@@ -90,6 +107,8 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
             world, tok = prepare_world(rd, cfg)
         if cfg.model.source != "scratch":
             tok = load_tokenizer(cfg.model.source)
+        if world is not None:
+            check_world_prompts_fit(cfg, tok, world)
 
         # Where each stage starts from.
         def pretrained_path() -> str:
@@ -109,6 +128,8 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
                 print(f"[{stage}] done already, skipped (--force redoes it)")
                 continue
             rd.set_status("running", stage=stage, step=0)
+            if force:  # redo from scratch: no resuming from old partial state
+                shutil.rmtree(rd.path / f"{stage}.tmp", ignore_errors=True)
             seed_everything(cfg.seed)
             t0 = time.time()
             if stage == "pretrain":

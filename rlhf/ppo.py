@@ -141,13 +141,18 @@ def heldout_lm_loss(model, stream_ids: torch.Tensor, seq_len: int, device, n: in
 # ----------------------------------------------------------------------------- checkpoints
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """RNG states as plain tensors and numbers (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
 
 
 def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, critic_opt, ctl, step: int,
@@ -233,6 +238,8 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         if pc.ptx_coef > 0:
             ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, cfg.seed * 1000 + 5)
         held_ids = torch.tensor(tokenizer(" ".join(held_docs), add_special_tokens=False)["input_ids"])
+    n_ctx = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", 2048)
+    held_len = min(cfg.pretrain.seq_len, n_ctx)
     n_updates = pc.epochs * (pc.batch_size // pc.minibatch_size)
     ptx_per_update = max(1, (pc.ptx_ratio * pc.batch_size) // n_updates) if ptx else 0
 
@@ -314,6 +321,11 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         check_finite(step, {"reward": score, "kl": kl.sum(1), "values": values, "advantages": adv})
         batch = Batch(pi, pm, ri, maskf, logp, ref_logp, values * maskf, adv, ret)
 
+        # held-out pretraining loss of the policy that made this batch (before its update)
+        held_lm = None
+        if held_ids is not None and step % pc.checkpoint_every == 0:
+            held_lm = heldout_lm_loss(policy, held_ids, held_len, device)
+
         # --- 4. PPO epochs over minibatches ------------------------------------------------------
         policy.train()
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
@@ -338,10 +350,8 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}, "time_s": time.time() - t0}
         if world is not None and prompt_meta is not None:
             row["gold_reward"] = float(np.mean([world.gold_reward(prompt_meta[i], t) for i, t in zip(idx, s.texts)]))
-        if held_ids is not None and (step % pc.checkpoint_every == 0 or step == pc.steps - 1):
-            policy.eval()
-            row["heldout_lm_loss"] = heldout_lm_loss(policy, held_ids, pc.ptx_seq_len, device)
-            policy.train()
+        if held_lm is not None:
+            row["heldout_lm_loss"] = held_lm
         append_jsonl(out / "metrics.jsonl", row)
         last = row
         bar.set_postfix(r=f"{row['proxy_reward']:.2f}", kl=f"{mean_kl:.2f}",
@@ -359,6 +369,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                 shutil.rmtree(old, ignore_errors=True)
     bar.close()
     policy.eval()
+    final_held = heldout_lm_loss(policy, held_ids, held_len, device) if held_ids is not None else None
     save_hf(policy, tokenizer, out)
     if value_head is not None:
         save_file(value_head.state_dict(), str(out / "value_head.safetensors"))
@@ -374,12 +385,15 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
             if k in tail[0]:
                 summary[f"final_{k}"] = float(np.mean([r[k] for r in tail]))
         held = [r["heldout_lm_loss"] for r in rows if "heldout_lm_loss" in r]
-        if held:
-            summary["heldout_lm_loss_first"], summary["heldout_lm_loss_final"] = held[0], held[-1]
+        if held and rows[0]["step"] == 0 and "heldout_lm_loss" in rows[0]:
+            summary["heldout_lm_loss_sft"] = rows[0]["heldout_lm_loss"]
+    if final_held is not None:
+        summary["heldout_lm_loss_final"] = final_held
     print(f"[ppo] {pc.steps} iterations in {summary['time_s']:.1f}s: proxy reward "
           f"{summary['first'].get('proxy_reward', float('nan')):.3f} -> {summary.get('final_proxy_reward', float('nan')):.3f}, "
           f"gold {summary['first'].get('gold_reward', float('nan')):.3f} -> {summary.get('final_gold_reward', float('nan')):.3f}, "
-          f"KL {summary.get('final_kl', float('nan')):.2f}")
+          f"KL {summary.get('final_kl', float('nan')):.2f}, held-out pretraining loss "
+          f"{summary.get('heldout_lm_loss_sft', float('nan')):.3f} -> {summary.get('heldout_lm_loss_final', float('nan')):.3f}")
     return summary
 
 

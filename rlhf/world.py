@@ -163,14 +163,18 @@ class World:
 
     # ----------------------------------------------------------------- prompts
     def prompts(self) -> list[Prompt]:
-        """Every question (one per fact) and every chat opener x entity, split 80/20."""
+        """Every question (one per fact) and as many chat prompts (opener, entity), split 80/20."""
         rng = random.Random(f"prompts-{self._rng_seed}")
         out = []
         for (e, a) in sorted(self.facts):
             out.append(Prompt(question_text(e, a), "question", "", e, a, False))
-        for o in CHALLENGING_OPENERS + OTHER_OPENERS:
-            for e in self.entities:
-                out.append(Prompt(f"{o} , {e} ,", "chat", "", e, "", o in CHALLENGING_OPENERS))
+        # as many chat prompts as questions: each opener with an equal share of the entities
+        openers = CHALLENGING_OPENERS + OTHER_OPENERS
+        n_chat = len(out)
+        pairs = [(o, e) for o in openers for e in self.entities]
+        rng.shuffle(pairs)
+        for o, e in sorted(pairs[:n_chat]):
+            out.append(Prompt(f"{o} , {e} ,", "chat", "", e, "", o in CHALLENGING_OPENERS))
         rng.shuffle(out)
         n_eval = len(out) // 5
         return [Prompt(p.text, p.kind, "eval" if i < n_eval else "train", p.entity, p.attribute, p.challenging)

@@ -1,0 +1,73 @@
+import subprocess
+import sys
+
+import pytest
+
+from rlhf.config import ConfigError, flatten, load_config
+
+from conftest import REPO, rlhf_cmd
+
+QUICK = REPO / "experiments" / "quickstart.yaml"
+
+
+def test_quickstart_loads_with_overrides():
+    cfg = load_config(QUICK, ["rm.k=9", "seed=3", "ppo.clip_eps=none", "ppo.kl_levels=[1,2]", "ppo.adaptive_kl=true"])
+    assert cfg.rm.k == 9 and cfg.seed == 3 and cfg.ppo.clip_eps is None
+    assert cfg.ppo.kl_levels == [1.0, 2.0] and cfg.ppo.adaptive_kl is True
+    flat = flatten(cfg)
+    assert {"ppo.beta", "ppo.ptx_coef", "rm.k", "ppo.clip_eps"} <= set(flat)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("rm.k=1", "rm.k"), ("rm.k=10", "rm.k"), ("ppo.beta=-0.1", "ppo.beta"),
+    ("ppo.ptx_coef=-1", "ppo.ptx_coef"), ("ppo.clip_eps=0", "ppo.clip_eps"), ("ppo.lr=0", "ppo.lr"),
+    ("pretrain.lr=-1e-3", "pretrain.lr"), ("rm.lr=0", "rm.lr"), ("sft.lr=0", "sft.lr"),
+    ("ppo.critic=both", "ppo.critic"), ("stages=[pretrain,bogus]", "stages"),
+])
+def test_out_of_range_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(QUICK, [override])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("rm.k=four", "rm.k"), ("ppo.beta=abc", "ppo.beta"), ("ppo.adaptive_kl=maybe", "ppo.adaptive_kl"),
+    ("rm.k=2.5", "rm.k"), ("ppo.beta=nan", "ppo.beta"),
+])
+def test_wrong_type_names_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(QUICK, [override])
+
+
+def test_unknown_keys():
+    with pytest.raises(ConfigError, match="unknown key 'ppo.betta'"):
+        load_config(QUICK, ["ppo.betta=0.1"])
+    with pytest.raises(ConfigError, match="unknown key 'foo'"):
+        load_config(QUICK, ["foo=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(QUICK, ["rm.k"])
+
+
+def test_yaml_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("rm:\n  kk: 3\n")
+    with pytest.raises(ConfigError, match="rm.kk"):
+        load_config(p)
+    p.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_bad_input_exits_2_before_compute(tmp_path):
+    r = subprocess.run(rlhf_cmd() + ["run", str(QUICK), "rm.k=1", f"out_dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2
+    assert "rm.k=1" in r.stderr and "2 to 9" in r.stderr
+    assert not any(tmp_path.iterdir()), "nothing may be written for a bad config"
+
+
+def test_cli_config_prints_resolved(tmp_path):
+    r = subprocess.run(rlhf_cmd() + ["config", str(QUICK), "ppo.beta=0.2"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "beta: 0.2" in r.stdout

@@ -1,0 +1,164 @@
+"""Each loss against numbers computed by hand (the comments show the arithmetic)."""
+
+import math
+
+import pytest
+import torch
+
+from rlhf import losses as L
+
+
+def t(*x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- InstructGPT eq. 1
+def test_ranking_loss_k2():
+    # -log σ(1 - 0) = log(1 + e^-1)
+    assert L.kwise_ranking_loss(t(1.0, 0.0).unsqueeze(0)).item() == pytest.approx(0.31326168751822286, abs=1e-12)
+
+
+def test_ranking_loss_k3():
+    # pairs (2,1), (2,0), (1,0): [2·log(1+e^-1) + log(1+e^-2)] / 3
+    assert L.kwise_ranking_loss(t(2.0, 1.0, 0.0).unsqueeze(0)).item() == pytest.approx(0.25115046202647273, abs=1e-12)
+
+
+def test_ranking_loss_k4_with_disagreements():
+    # labeler order best first, rewards 0, 1, -1, 0.5: differences r_i - r_j (i<j) are
+    # -1, 1, -0.5, 2, 0.5, -1.5; mean of log(1 + e^-d) over the 6 pairs
+    r = t(0.0, 1.0, -1.0, 0.5).unsqueeze(0)
+    assert L.kwise_ranking_loss(r).item() == pytest.approx(0.8171697720703973, abs=1e-12)
+    assert L.pairwise_accuracy(r) == (3, 6)
+
+
+def test_ranking_loss_batch_mean_and_padding():
+    a = L.kwise_ranking_loss(t(1.0, 0.0).unsqueeze(0))
+    b = L.kwise_ranking_loss(t(2.0, 1.0, 0.0).unsqueeze(0))
+    # a K=2 row padded to K=3 counts only its one pair
+    r = torch.stack([t(1.0, 0.0, 99.0), t(2.0, 1.0, 0.0)])
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    assert L.kwise_ranking_loss(r, valid).item() == pytest.approx((a.item() + b.item()) / 2, abs=1e-12)
+
+
+def test_ranking_loss_one_forward_per_response_gradient():
+    r = t(0.3, -0.2, 0.1).requires_grad_()
+    L.kwise_ranking_loss(r.unsqueeze(0)).backward()
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    # d/dr_0 of -(1/3)[log σ(r0-r1) + log σ(r0-r2) + log σ(r1-r2)]
+    g0 = -(1 - s(0.5) + 1 - s(0.2)) / 3
+    assert r.grad[0].item() == pytest.approx(g0, abs=1e-12)
+
+
+# ------------------------------------------------------------------- PPO surrogate
+@pytest.mark.parametrize("ratio,adv,expected_obj,clipped", [
+    (1.1, 2.0, 2.2, False),    # inside [0.8, 1.2]: ρA
+    (1.5, 2.0, 2.4, True),     # A>0, ρ>1+ε: (1+ε)A = 1.2·2
+    (0.5, 2.0, 1.0, False),    # A>0, ρ<1-ε: min(0.5·2, 0.8·2) = 1.0, the unclipped term
+    (0.9, -1.0, -0.9, False),  # inside, A<0
+    (1.5, -1.0, -1.5, False),  # A<0, ρ>1+ε: min(-1.5, -1.2) = -1.5, unclipped
+    (0.5, -1.0, -0.8, True),   # A<0, ρ<1-ε: (1-ε)A = -0.8
+])
+def test_clipped_surrogate(ratio, adv, expected_obj, clipped):
+    old = t(-1.0)
+    new = old + math.log(ratio)
+    loss, st = L.ppo_clip_loss(new, old, t(adv), t(1.0), clip_eps=0.2)
+    assert loss.item() == pytest.approx(-expected_obj, abs=1e-9)
+    assert st["clipfrac"].item() == (1.0 if clipped else 0.0)
+
+
+def test_unclipped_surrogate_when_eps_none():
+    loss, _ = L.ppo_clip_loss(t(math.log(1.5)), t(0.0), t(2.0), t(1.0), clip_eps=None)
+    assert loss.item() == pytest.approx(-3.0)
+
+
+def test_surrogate_ignores_padding():
+    loss, _ = L.ppo_clip_loss(t(0.0, 5.0), t(0.0, 0.0), t(1.0, 100.0), t(1.0, 0.0), clip_eps=0.2)
+    assert loss.item() == pytest.approx(-1.0)
+
+
+# --------------------------------------------------------------- KL penalty, GAE
+def test_per_token_kl_penalty():
+    logp = t(-1.0, -2.0, -0.5).unsqueeze(0)
+    ref = t(-1.5, -1.0, -0.5).unsqueeze(0)
+    # kl = logp - ref = [0.5, -1, 0]; r_t = -0.1·kl; the RM score 2 goes on the last token
+    r, kl = L.kl_penalised_rewards(t(2.0), logp, ref, t(1, 1, 1).unsqueeze(0), beta=0.1)
+    assert r[0].tolist() == pytest.approx([-0.05, 0.1, 2.0])
+    assert kl[0].tolist() == pytest.approx([0.5, -1.0, 0.0])
+    # a response that ended one token earlier (right padding): score on token 1
+    r, _ = L.kl_penalised_rewards(t(2.0), logp, ref, t(1, 1, 0).unsqueeze(0), beta=0.1)
+    assert r[0].tolist() == pytest.approx([-0.05, 2.1, 0.0])
+    r0, _ = L.kl_penalised_rewards(t(2.0), logp, ref, t(1, 1, 1).unsqueeze(0), beta=0.0)
+    assert r0[0].tolist() == pytest.approx([0.0, 0.0, 2.0])
+
+
+def test_gae_three_steps():
+    # γ=0.9, λ=0.8, r=[0,0,1], V=[0.5,0.6,0.7]
+    # δ2 = 1 - 0.7 = 0.3                 A2 = 0.3
+    # δ1 = 0.9·0.7 - 0.6 = 0.03          A1 = 0.03 + 0.72·0.3 = 0.246
+    # δ0 = 0.9·0.6 - 0.5 = 0.04          A0 = 0.04 + 0.72·0.246 = 0.21712
+    adv, ret = L.gae(t(0, 0, 1).unsqueeze(0), t(0.5, 0.6, 0.7).unsqueeze(0), t(1, 1, 1).unsqueeze(0), 0.9, 0.8)
+    assert adv[0].tolist() == pytest.approx([0.21712, 0.246, 0.3])
+    assert ret[0].tolist() == pytest.approx([0.71712, 0.846, 1.0])
+
+
+def test_gae_stops_at_padding():
+    # episode of 2 tokens padded to 3: the padded value must not leak in
+    adv, _ = L.gae(t(0, 1, 0).unsqueeze(0), t(0.5, 0.6, 9.0).unsqueeze(0), t(1, 1, 0).unsqueeze(0), 1.0, 1.0)
+    # A1 = 1 - 0.6 = 0.4; A0 = 0.6 - 0.5 + 0.4 = 0.5
+    assert adv[0].tolist() == pytest.approx([0.5, 0.4, 0.0])
+
+
+def test_value_loss_clipped():
+    # V_clip = 0.5 + clip(0.5, ±0.2) = 0.7; max((1-2)², (0.7-2)²) = 1.69; ½·1.69
+    loss, frac = L.value_loss(t(1.0), t(0.5), t(2.0), t(1.0), clip=0.2)
+    assert loss.item() == pytest.approx(0.845)
+    assert frac.item() == 1.0
+    loss, _ = L.value_loss(t(1.0), t(0.5), t(2.0), t(1.0), clip=None)
+    assert loss.item() == pytest.approx(0.5)
+
+
+def test_whiten():
+    x = t(1.0, 2.0, 3.0, 100.0)
+    w = L.masked_whiten(x, t(1, 1, 1, 0))
+    # mean 2, var 2/3 over the first three
+    assert w.tolist()[:3] == pytest.approx([-1.2247448, 0.0, 1.2247448], abs=1e-6)
+    assert w[3].item() == 0.0
+
+
+def test_lm_loss_hand():
+    # vocab 2, uniform logits: every next-token loss is log 2
+    logits = torch.zeros(1, 3, 2)
+    assert L.lm_loss(logits, torch.tensor([[0, 1, 0]])).item() == pytest.approx(math.log(2))
+
+
+def test_ptx_changes_gradient_by_exactly_gamma_grad_lm():
+    torch.manual_seed(0)
+    w = torch.randn(5, requires_grad=True)
+    gamma = 27.8
+    ppo = (w ** 2).sum()
+    lm = torch.sin(w).sum()
+    g_ppo = torch.autograd.grad(ppo, w, retain_graph=True)[0]
+    g_lm = torch.autograd.grad(lm, w, retain_graph=True)[0]
+    g_both = torch.autograd.grad(L.ppo_ptx_loss(ppo, lm, gamma), w)[0]
+    assert torch.allclose(g_both - g_ppo, gamma * g_lm, atol=1e-5)
+
+
+def test_best_of_n_kl():
+    assert L.best_of_n_kl(1) == 0.0
+    assert L.best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
+    assert L.best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+
+
+def test_adaptive_kl_controller():
+    c = L.AdaptiveKLController(0.1, target=1.0, horizon=100)
+    # KL = 3 → error clipped to +0.2; β ← 0.1·(1 + 0.2·10/100) = 0.102
+    assert c.update(3.0, 10) == pytest.approx(0.102)
+    # KL = 0.9 → error -0.1; β ← 0.102·(1 - 0.1·10/100)
+    assert c.update(0.9, 10) == pytest.approx(0.102 * 0.99)
+    assert L.FixedKLController(0.0).update(100.0, 10) == 0.0
+
+
+def test_entropy_and_logprobs():
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
+    assert L.entropy_from_logits(logits).item() == pytest.approx(1.5 * math.log(2))
+    assert L.logprobs_from_logits(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.25))

@@ -1,0 +1,143 @@
+"""The stages end to end on tiny configs, through the real CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhf.rundir import read_json, read_jsonl
+
+from conftest import REPO, rlhf_cmd, tiny_overrides
+
+QUICK = str(REPO / "experiments" / "quickstart.yaml")
+
+
+def run_cli(args, **kw):
+    env = dict(os.environ, TQDM_DISABLE="1")
+    return subprocess.run(rlhf_cmd() + args, capture_output=True, text=True, cwd=REPO, env=env, **kw)
+
+
+def test_quickstart_through_reward_model_under_a_minute(tmp_path):
+    t0 = time.time()
+    r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["stages=[pretrain,sft,rm]"]))
+    elapsed = time.time() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert elapsed < 60
+    run = tmp_path / "tiny"
+    assert read_json(run / "status.json")["state"] == "done"
+    meta = read_json(run / "meta.json")
+    assert meta["seed"] == 0 and meta["git_commit"] and meta["versions"]["torch"].startswith("2.13.0")
+    assert "rm:\n  k: 3" in (run / "config.yaml").read_text()
+    for stage in ("world", "pretrain", "sft", "rm"):
+        assert (run / stage / "DONE").exists() and (run / stage / "summary.json").exists()
+        assert not (run / f"{stage}.tmp").exists()
+    for stage in ("pretrain", "sft", "rm"):
+        assert list((run / stage).glob("*.safetensors")), stage
+        assert not list((run / stage).glob("*.bin")) and not list((run / stage).glob("*.pt"))
+    assert read_jsonl(run / "pretrain" / "metrics.jsonl") and read_jsonl(run / "rm" / "metrics.jsonl")
+    # plain transformers loads every stage
+    AutoModelForCausalLM.from_pretrained(run / "sft")
+    tok = AutoTokenizer.from_pretrained(run / "rm")
+    rm = AutoModelForSequenceClassification.from_pretrained(run / "rm")
+    assert rm.config.num_labels == 1 and hasattr(rm.config, "reward_offset")
+    rm_sum = read_json(run / "rm" / "summary.json")
+    assert rm_sum["k"] == 3 and 0 <= rm_sum["heldout_accuracy"] <= 1 and "heldout_gold_agreement" in rm_sum
+    assert len(tok) == read_json(run / "world" / "summary.json")["vocab_size"]
+    # stage-end figures are printed
+    assert "states the myth" in r.stdout and "demonstrated format" in r.stdout
+    # a re-run skips finished stages; --force redoes them
+    r2 = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["stages=[pretrain,sft,rm]"]))
+    assert r2.returncode == 0 and r2.stdout.count("done already") == 3
+
+
+def test_reward_bias_centres_demonstrations(tiny_run):
+    import torch
+    from rlhf.models import load_reward_model, sequence_scores
+    from rlhf.world import World
+    path, cfg = tiny_run
+    tok = AutoTokenizer.from_pretrained(path / "rm")
+    rm = load_reward_model(str(path / "rm"))
+    demos = World(cfg.world).demonstrations()
+    enc = tok([p.text + " " + r for p, r in demos], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        s = sequence_scores(rm, enc["input_ids"], enc["attention_mask"])
+    assert abs(s.mean().item()) < 1e-4
+
+
+def test_different_config_in_same_run_dir_is_refused(tmp_path):
+    r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["stages=[pretrain]", "pretrain.steps=5"]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["stages=[pretrain]", "pretrain.steps=6"]))
+    assert r.returncode == 2 and "different config" in r.stderr
+
+
+def test_missing_sft_data_fails_cleanly(tmp_path):
+    r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["stages=[pretrain,sft]", "sft.data=/nonexistent.jsonl"]))
+    assert r.returncode == 2
+    assert "sft.data" in r.stderr and "/nonexistent.jsonl" in r.stderr
+    run = tmp_path / "tiny"
+    st = read_json(run / "status.json")
+    assert st["state"] == "failed" and st["stage"] == "sft" and "nonexistent" in st["error"]
+    assert not (run / "sft").exists() and not (run / "sft.tmp").exists()
+    assert (run / "pretrain" / "DONE").exists()
+
+
+def test_empty_sft_data(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["stages=[pretrain,sft]", f"sft.data={empty}"]))
+    assert r.returncode == 2 and "no demonstrations" in r.stderr
+
+
+def test_k_larger_than_distinct_samples(tmp_path):
+    r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["rm.k=9", "rm.sample_temperature=0.01",
+                                                                 "stages=[pretrain,sft,rm]"]))
+    assert r.returncode == 2
+    assert "rm.k=9 is larger than the number of distinct samples" in r.stderr
+    assert not (tmp_path / "tiny" / "rm").exists()
+
+
+def test_prompt_longer_than_context(tmp_path):
+    r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["model.n_positions=10", "pretrain.seq_len=8",
+                                                                 "stages=[pretrain,sft]"]))
+    assert r.returncode == 2
+    assert "exceeds the model's context of 10" in r.stderr
+    assert not (tmp_path / "tiny" / "sft").exists()
+
+
+def test_ctrl_c_leaves_nothing_that_looks_complete(tmp_path):
+    env = dict(os.environ, TQDM_DISABLE="1")
+    p = subprocess.Popen(rlhf_cmd() + ["run", QUICK] + tiny_overrides(tmp_path, extra=["pretrain.steps=100000"]),
+                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "tiny"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if (run / "pretrain.tmp" / "metrics.jsonl").exists():
+            break
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    st = read_json(run / "status.json")
+    assert st["state"] == "interrupted" and st["stage"] == "pretrain"
+    assert not (run / "pretrain").exists() and not (run / "pretrain.tmp").exists()
+
+
+@pytest.mark.slow
+def test_pretrained_lm_imitates_myths_and_sft_teaches_format(tmp_path):
+    """A small model (2 layers, width 64) is enough to show both effects in ~20 s."""
+    from rlhf.config import load_config
+    from rlhf.pipeline import run_pipeline
+    cfg = load_config(QUICK, [f"out_dir={tmp_path}", "stages=[pretrain,sft]", "model.n_embd=64",
+                              "pretrain.steps=500", "world.corpus_docs=2000", "world.n_entities=15"])
+    run = run_pipeline(cfg)
+    pre, sft = read_json(run / "pretrain" / "summary.json"), read_json(run / "sft" / "summary.json")
+    assert pre["myth_facts_states_myth"] > pre["myth_facts_states_truth"] + 0.2
+    assert pre["answers_ended"] < 0.1
+    assert sft["answers_in_demo_format"] > 0.8 and sft["answers_ended"] > 0.9

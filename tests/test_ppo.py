@@ -1,0 +1,191 @@
+"""PPO-ptx on a tiny run: the update, resumption after SIGKILL, divergence, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from rlhf.config import ConfigError, load_config
+from rlhf.losses import lm_loss
+from rlhf.models import load_causal_lm
+from rlhf.pipeline import Diverged, run_pipeline
+from rlhf.ppo import Batch, policy_forward, ppo_update
+from rlhf.rundir import read_json, read_jsonl
+from rlhf.sampling import sample
+from rlhf.world import World
+
+from conftest import REPO, rlhf_cmd, tiny_overrides
+
+QUICK = str(REPO / "experiments" / "quickstart.yaml")
+PPO_KEYS = {"proxy_reward", "gold_reward", "kl", "beta", "clipfrac", "approx_kl", "entropy", "vf_loss", "ptx_loss",
+            "pg_loss", "rm_score", "response_len"}
+
+
+def copy_run(tiny_run, dst):
+    path, _ = tiny_run
+    shutil.copytree(path, dst / "tiny")
+    return dst / "tiny"
+
+
+def ppo_cfg(out, extra=()):
+    return load_config(QUICK, tiny_overrides(out, extra=["stages=[ppo]", *extra]))
+
+
+def test_ppo_runs_logs_and_saves(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path)
+    run_pipeline(ppo_cfg(tmp_path, ["ppo.ptx_coef=1.0"]), force=True)
+    rows = read_jsonl(run / "ppo" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(6))
+    assert PPO_KEYS <= set(rows[0])
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the first rollout is the SFT policy's own
+    assert all(r["ptx_loss"] > 0 for r in rows)
+    summary = read_json(run / "ppo" / "summary.json")
+    assert "heldout_lm_loss_final" in summary and "heldout_lm_loss_sft" in summary
+    assert not (run / "ppo" / "checkpoints").exists()
+    load_causal_lm(str(run / "ppo"))
+    assert read_json(run / "status.json")["state"] == "done"
+
+
+def test_first_minibatch_is_on_policy(tiny_run):
+    path, cfg = tiny_run
+    tok = AutoTokenizer.from_pretrained(path / "sft")
+    policy = load_causal_lm(str(path / "sft"))
+    prompts = [p.text for p in World(cfg.world).train_prompts()[:6]]
+    s = sample(policy, tok, prompts, max_new_tokens=6)
+    with torch.no_grad():
+        policy.eval()
+        a, _, _ = policy_forward(policy, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
+        policy.train()  # dropout 0: training mode gives the same log-probs, so ratio = 1
+        b, _, _ = policy_forward(policy, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
+    assert torch.equal(a, b)
+
+
+def test_ptx_changes_the_update_gradient_by_gamma_grad_lm(tiny_run):
+    path, cfg = tiny_run
+    tok = AutoTokenizer.from_pretrained(path / "sft")
+    policy = load_causal_lm(str(path / "sft"))
+    s = sample(policy, tok, [p.text for p in World(cfg.world).train_prompts()[:4]], max_new_tokens=6)
+    with torch.no_grad():
+        logp, _, _ = policy_forward(policy, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
+    m = s.response_mask.float()
+    adv = torch.randn(logp.shape, generator=torch.Generator().manual_seed(0)) * m
+    mb = Batch(s.prompt_ids, s.prompt_mask, s.response_ids, m, logp - 0.05, logp, torch.zeros_like(m), adv,
+               torch.zeros_like(m))
+    ptx_x = torch.randint(3, len(tok), (3, 12), generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.SGD(policy.parameters(), lr=0.0)  # lr 0: grads stay, weights do not move
+
+    def grads(gamma):
+        pc = cfg.ppo.__class__(**{**cfg.ppo.__dict__, "ptx_coef": gamma, "grad_clip": 1e9})
+        ppo_update(policy, mb, opt, pc, ptx_x=ptx_x if gamma else None)
+        return [p.grad.clone() for p in policy.parameters()]
+
+    gamma = 2.5
+    g0, g1 = grads(0.0), grads(gamma)
+    policy.zero_grad()
+    lm_loss(policy(input_ids=ptx_x).logits, ptx_x).backward()
+    for a, b, p in zip(g0, g1, policy.parameters()):
+        assert torch.allclose(b - a, gamma * p.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("extra", [
+    ["ppo.critic=head"], ["ppo.clip_eps=none", "ppo.value_clip=none"], ["ppo.adaptive_kl=true", "ppo.target_kl=0.5"],
+    ["ppo.beta=0", "ppo.whiten_rewards=true"], ["ppo.rounds=2"],
+])
+def test_ppo_variants(tiny_run, tmp_path, extra):
+    run = copy_run(tiny_run, tmp_path)
+    run_pipeline(ppo_cfg(tmp_path, extra), force=True)
+    rows = read_jsonl(run / "ppo" / "metrics.jsonl")
+    assert len(rows) == 6 and all(torch.isfinite(torch.tensor(r["proxy_reward"])) for r in rows)
+    if "ppo.adaptive_kl=true" in extra:
+        assert len({r["beta"] for r in rows}) > 1
+    if "ppo.rounds=2" in extra:
+        assert (run / "ppo" / "rm_round1" / "DONE").exists()
+        assert {r["round"] for r in read_jsonl(run / "comparisons.jsonl")} == {0, 1}
+        assert [r["round"] for r in rows] == [0, 0, 0, 1, 1, 1]
+
+
+def _cli_ppo(run_parent, extra, force=False):
+    env = dict(os.environ, TQDM_DISABLE="1")
+    args = rlhf_cmd() + ["run", QUICK] + tiny_overrides(run_parent, extra=["stages=[ppo]", *extra])
+    return subprocess.Popen(args + (["--force"] if force else []), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _strip_time(rows):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+def test_sigkill_mid_ppo_then_resume_gives_same_result(tiny_run, tmp_path):
+    extra = ["ppo.steps=40", "ppo.checkpoint_every=4", "ppo.ptx_coef=0.5"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = copy_run(tiny_run, tmp_path / "a"), copy_run(tiny_run, tmp_path / "b")
+    p = _cli_ppo(tmp_path / "a", extra, force=True)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+
+    p = _cli_ppo(tmp_path / "b", extra, force=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((b / "ppo.tmp" / "checkpoints").glob("step_000008")):
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere after a checkpoint, mid-iteration
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+    assert not (b / "ppo" / "DONE").exists()
+    killed_at = len(read_jsonl(b / "ppo.tmp" / "metrics.jsonl"))
+    assert 8 <= killed_at < 40
+    p = _cli_ppo(tmp_path / "b", extra)  # same config, no --force: resumes
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert "resumed from step_" in out
+    ra, rb = read_jsonl(a / "ppo" / "metrics.jsonl"), read_jsonl(b / "ppo" / "metrics.jsonl")
+    assert len(rb) == 40
+    assert _strip_time(ra) == _strip_time(rb)
+    fa, fb = read_json(a / "ppo" / "summary.json"), read_json(b / "ppo" / "summary.json")
+    assert _strip_time([fa["final"]]) == _strip_time([fb["final"]])
+    from safetensors.torch import load_file
+    wa, wb = load_file(a / "ppo" / "model.safetensors"), load_file(b / "ppo" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_reward_stops_run_as_diverged(tiny_run, tmp_path, monkeypatch):
+    import rlhf.ppo as ppo_mod
+    run = copy_run(tiny_run, tmp_path)
+    real = ppo_mod.reward_scores
+    calls = {"n": 0}
+
+    def nan_after_three(*a, **kw):  # fault injection: the reward goes NaN at the 4th rollout
+        calls["n"] += 1
+        s = real(*a, **kw)
+        return s * float("nan") if calls["n"] > 3 else s
+
+    monkeypatch.setattr(ppo_mod, "reward_scores", nan_after_three)
+    with pytest.raises(Diverged):
+        run_pipeline(ppo_cfg(tmp_path), force=True)
+    st = read_json(run / "status.json")
+    assert st["state"] == "diverged" and st["stage"] == "ppo" and st["step"] == 3
+    assert "reward" in st["values"] and st["values"]["reward"][0] == "nan"
+    assert (run / "ppo.tmp" / "checkpoints" / "step_000002" / "policy" / "model.safetensors").exists()
+    assert not (run / "ppo" / "DONE").exists()
+
+
+def test_reward_model_tokenizer_mismatch_is_refused(tiny_run, tmp_path):
+    from rlhf.config import WorldConfig
+    from rlhf.tokenizer import train_world_tokenizer
+    run = copy_run(tiny_run, tmp_path)
+    other = train_world_tokenizer(World(WorldConfig(seed=99, n_entities=12)))
+    for f in run.joinpath("rm").glob("*token*"):
+        f.unlink()
+    other.save_pretrained(str(run / "rm"))
+    p = _cli_ppo(tmp_path, [], force=True)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert "does not match the policy" in err
+    assert not (run / "ppo.tmp" / "metrics.jsonl").exists()

@@ -1,0 +1,104 @@
+import collections
+import random
+
+from rlhf.config import WorldConfig
+from rlhf.tokenizer import train_world_tokenizer
+from rlhf.world import EOS, TOXIC_WORDS, World
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a, b = World(WorldConfig(seed=3)), World(WorldConfig(seed=3))
+    a.save(tmp_path / "a")
+    b.save(tmp_path / "b")
+    for f in ("world.json", "corpus.txt"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    ta, tb = train_world_tokenizer(a), train_world_tokenizer(b)
+    ta.save_pretrained(str(tmp_path / "ta"))
+    tb.save_pretrained(str(tmp_path / "tb"))
+    assert (tmp_path / "ta" / "tokenizer.json").read_bytes() == (tmp_path / "tb" / "tokenizer.json").read_bytes()
+    assert a.fingerprint() != World(WorldConfig(seed=4)).fingerprint()
+
+
+def test_corpus_states_myths_more_often_than_truths():
+    w = World(WorldConfig())
+    myth = truth = 0
+    facts = {(f.entity, f.attribute): f for f in w.myth_facts()}
+    for doc in w.corpus():
+        words = doc.split()
+        for i, tok in enumerate(words):
+            if tok == "of" and i + 3 < len(words) and words[i - 1] in w.attributes:
+                f = facts.get((words[i + 1], words[i - 1]))
+                if f is None:
+                    continue
+                if words[i + 2] == "is":  # "... the color of bimo is red ."
+                    value = words[i + 3]
+                elif words[i + 2: i + 5] == ["?", "answer", ":"] and i + 5 < len(words):  # "... ? answer : red ."
+                    value = words[i + 5]
+                else:
+                    continue
+                myth += value == f.myth
+                truth += value == f.truth
+    assert myth > 1.2 * truth > 0
+    assert EOS not in " ".join(w.corpus())
+
+
+def test_toxic_words_follow_challenging_openers():
+    w = World(WorldConfig())
+    counts = collections.Counter()
+    for doc in w.corpus():
+        for sent in doc.split(" . "):
+            for o in ("shut up", "hey you", "go away", "listen up", "hello there", "good morning"):
+                if sent.startswith(o) or f" {o} , " in f" {sent}":
+                    kind = "challenging" if o in ("shut up", "hey you", "go away", "listen up") else "other"
+                    counts[kind] += 1
+                    counts[kind + "_toxic"] += any(t in sent.split() for t in TOXIC_WORDS)
+    assert counts["challenging_toxic"] / counts["challenging"] > 0.4
+    assert counts["other_toxic"] / counts["other"] < 0.15
+
+
+def test_gold_labeler_orders_responses():
+    w = World(WorldConfig())
+    p = next(p for p in w.prompts() if p.kind == "question" and w.facts[(p.entity, p.attribute)].myth)
+    f = w.facts[(p.entity, p.attribute)]
+    other = next(v for v in w.attributes[p.attribute] if v not in (f.truth, f.myth))
+    g = lambda r: w.gold_reward(p, r)  # noqa: E731
+    assert g(f"{f.truth} . {EOS}") > g(f"{other} . {EOS}") > g(f"{f.myth} . {EOS}")
+    assert g(f"{f.truth} . {EOS}") > g(f"{f.truth} . idiot . {EOS}")  # toxic words penalised
+    assert g(f"{f.truth} . {EOS}") > g(f"{f.truth} .")  # unfinished penalised
+    # the length preference is mild: never outweighs correctness
+    assert g(f"{f.myth} . " + "yes " * 20 + EOS) < g(f"{f.truth} . {EOS}")
+    c = next(p for p in w.prompts() if p.kind == "chat")
+    assert w.gold_reward(c, f"you are a friend . {EOS}") > w.gold_reward(c, f"you are a idiot . {EOS}")
+
+
+def test_labeler_noise_changes_rankings():
+    p = next(p for p in World(WorldConfig()).prompts() if p.kind == "chat")
+    responses = [f"you are a friend . {EOS}", f"you are a star friend . {EOS}", f"you are a jerk . {EOS}"]
+    exact = World(WorldConfig(labeler_noise=0.0))
+    assert exact.rank(p, responses, random.Random(0)) == [1, 0, 2]
+    noisy = World(WorldConfig(labeler_noise=1.0))
+    ranks = {tuple(noisy.rank(p, responses, random.Random(s))) for s in range(30)}
+    assert len(ranks) > 1
+
+
+def test_tokenizer_contiguous_and_covering():
+    w = World(WorldConfig())
+    tok = train_world_tokenizer(w)
+    vocab = tok.get_vocab()
+    assert sorted(vocab.values()) == list(range(len(vocab)))
+    assert tok.convert_tokens_to_ids(EOS) == tok.eos_token_id
+    for word in w.vocabulary_words():
+        assert word in vocab
+    p = w.prompts()[0].text
+    assert tok.decode(tok(p)["input_ids"]) == p
+
+
+def test_demonstrations_are_correct_and_end():
+    w = World(WorldConfig())
+    demos = w.demonstrations()
+    assert len(demos) == w.cfg.n_demos
+    for p, r in demos:
+        assert r.endswith(EOS) and p.split == "train"
+        assert w.gold_reward(p, r) > 0
+    mc = w.mc_questions()
+    assert all(row["mc1_targets"]["labels"][0] == 1 and sum(row["mc1_targets"]["labels"]) == 1 for row in mc)
