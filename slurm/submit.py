@@ -75,7 +75,8 @@ def plan(sweep: Sweep, specs: list[RunSpec], retry_failed: bool) -> Submission:
 
 
 def submit(sweep: Sweep, executor: str = "slurm", retry_failed: bool = False, dry_run: bool = False,
-           out: TextIO = sys.stdout) -> Submission:
+           out: Optional[TextIO] = None) -> Submission:
+    out = out or sys.stdout
     if executor not in EXECUTORS:
         raise SweepError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     specs = expand(sweep)  # validates every cell; raises before anything is submitted
