@@ -8,6 +8,7 @@ and ``debug`` executors wait for their runs (there is no scheduler to hold them)
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Optional, TextIO
 
 from rlhf.config import to_dict
-from rlhf.rundir import append_jsonl, atomic_write_json
+from rlhf.rundir import append_jsonl, atomic_write_json, read_json
 
 from .records import FAILED_STATES, slurm_reachable, sweep_states
 from .runner import SweepRun
@@ -82,6 +83,20 @@ def submit(sweep: Sweep, executor: str = "slurm", retry_failed: bool = False, dr
     specs = expand(sweep)  # validates every cell; raises before anything is submitted
     if executor == "slurm":
         check_cluster(sweep)
+    if dry_run:
+        return _submit(sweep, specs, executor, retry_failed, True, out)[0]
+    sweep.directory.mkdir(parents=True, exist_ok=True)
+    # one submission at a time per sweep directory, so that two cannot both submit a missing run
+    with open(sweep.directory / ".submit.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sub, jobs = _submit(sweep, specs, executor, retry_failed, False, out)
+    if executor != "slurm" and jobs:
+        _wait_local(sub, jobs, out)
+    return sub
+
+
+def _submit(sweep: Sweep, specs: list[RunSpec], executor: str, retry_failed: bool, dry_run: bool,
+            out: TextIO) -> tuple[Submission, list]:
     sdir = sweep.directory
     sub = plan(sweep, specs, retry_failed)
     sub.executor = executor
@@ -96,15 +111,14 @@ def submit(sweep: Sweep, executor: str = "slurm", retry_failed: bool = False, dr
     if dry_run:
         for rid in sub.submitted:
             print(f"  would submit {rid}", file=out)
-        return sub
-    sdir.mkdir(parents=True, exist_ok=True)
+        return sub, []
     atomic_write_json(sdir / "sweep.json", sweep.to_dict())
     atomic_write_json(sdir / "manifest.json", {
         "sweep": sweep.name, "source": sweep.source, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "runs": [{"run_id": r.run_id, "cell": r.cell} for r in specs]})
     if not sub.submitted:
         print("nothing to submit", file=out)
-        return sub
+        return sub, []
 
     import submitit
     by_id = {r.run_id: r for r in specs}
@@ -134,19 +148,25 @@ def submit(sweep: Sweep, executor: str = "slurm", retry_failed: bool = False, dr
         print(f"submitted {len(jobs)} runs as job array {sub.array_id} (tasks {sub.job_ids[0]}..{sub.job_ids[-1]})",
               file=out)
         print(f"follow it:  rlhf sweep status {sdir}    squeue -j {sub.array_id}    "
-              f"tail -f {folder}/{sub.array_id}_0_0_log.out", file=out)
+              f"tail -f {folder}/{sub.job_ids[0]}_0_log.out", file=out)
         print(f"when done:  rlhf sweep collect {sdir}", file=out)
-        return sub
-    # local / debug: wait (debug runs each job in this process, one after the other)
-    print(f"running {len(jobs)} runs with the {executor} executor (logs in {folder})", file=out)
+    else:
+        print(f"submitted {len(jobs)} runs to the {executor} executor (logs in {folder})", file=out)
+    return sub, jobs
+
+
+def _wait_local(sub: Submission, jobs: list, out: TextIO) -> None:
+    """local / debug executors: wait for every run (debug runs each one in this process, in turn)."""
     for rid, job in zip(sub.submitted, jobs):
         try:
             res = job.result()
             sub.results[rid] = res.get("state", "done") if isinstance(res, dict) else "done"
         except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
-            last = str(e).strip().splitlines()
+            err = (read_json(sub.sweep_dir / "runs" / rid / "status.json", {}) or {}).get("error")
+            if not err:
+                lines = str(e).strip().splitlines()
+                err = lines[-1] if lines else type(e).__name__
             sub.results[rid] = "failed"
-            print(f"  {rid}: FAILED ({last[-1] if last else type(e).__name__})", file=out)
+            print(f"  {rid}: FAILED ({err})", file=out)
         else:
             print(f"  {rid}: {sub.results[rid]}", file=out)
-    return sub
