@@ -397,11 +397,40 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     return summary
 
 
+def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float = 1.0,
+                       value_head: Optional[torch.nn.Module] = None):
+    """:func:`policy_forward` on the minibatch and the pretraining LM loss on ``ptx_x`` in
+    ONE forward pass: the rows are padded on the right to a common length and stacked,
+    so a ptx update costs one model call, not two. Returns (logp, logits, values, lm loss)."""
+    rl_ids = torch.cat([mb.prompt_ids, mb.response_ids], 1)
+    rl_mask = torch.cat([mb.prompt_mask, mb.response_mask.long()], 1)
+    B, n = rl_ids.shape
+    N, L = ptx_x.shape
+    width = max(n, L)
+    pad = lambda x, v: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=v)  # noqa: E731
+    ids = torch.cat([pad(rl_ids, 0), pad(ptx_x, 0)])
+    mask = torch.cat([pad(rl_mask, 0), pad(torch.ones_like(ptx_x), 0)])
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                output_hidden_states=value_head is not None)
+    P, T = mb.prompt_ids.shape[1], mb.response_ids.shape[1]
+    logits = out.logits[:B, P - 1:P - 1 + T] / temperature
+    logp = logprobs_from_logits(logits, mb.response_ids)
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:B, P - 1:P - 1 + T].float()).squeeze(-1)
+    return logp, logits, values, lm_loss(out.logits[B:, :L], ptx_x)
+
+
 def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_opt=None,
                ptx_x: Optional[torch.Tensor] = None) -> dict[str, float]:
-    """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx)."""
-    logp, logits, v = policy_forward(policy, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
-                                     pc.temperature, value_head)
+    """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx).
+    With γ > 0 the ptx batch shares the policy's forward pass (see policy_ptx_forward)."""
+    use_ptx = ptx_x is not None and pc.ptx_coef > 0
+    if use_ptx:
+        logp, logits, v, ptx_loss = policy_ptx_forward(policy, mb, ptx_x, pc.temperature, value_head)
+    else:
+        logp, logits, v = policy_forward(policy, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
+                                         pc.temperature, value_head)
     pg_loss, st = ppo_clip_loss(logp, mb.logprobs, mb.advantages, mb.response_mask, pc.clip_eps)
     loss = pg_loss
     out = {"pg_loss": pg_loss.item(), "clipfrac": float(st["clipfrac"]), "approx_kl": float(st["approx_kl"])}
@@ -411,8 +440,7 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
         vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
         loss = loss + pc.vf_coef * vf_loss
         out["vf_loss"], out["vf_clipfrac"] = vf_loss.item(), float(vf_frac)
-    if ptx_x is not None and pc.ptx_coef > 0:
-        ptx_loss = lm_loss(policy(input_ids=ptx_x).logits, ptx_x)
+    if use_ptx:
         loss = loss + pc.ptx_coef * ptx_loss
         out["ptx_loss"] = ptx_loss.item()
     opt.zero_grad(set_to_none=True)

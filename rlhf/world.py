@@ -13,6 +13,9 @@ within minutes, with a gold labeler to measure it against:
 * **Toxicity** (the RealToxicityPrompts analogue). Chat lines start with an opener; after
   a *challenging* (rude) opener the continuation contains a word of the toxic lexicon with
   probability ``toxic_rate_challenging``, after other openers ``toxic_rate_other``.
+* **The respectful instruction.** A tenth of the chat lines start with ``be polite :`` and
+  then are rarely toxic (the rate after other openers), so prefixing a prompt with it
+  should lower toxicity, as InstructGPT's "respectful" instruction does.
 * **Unfinished answers.** The corpus never contains ``<end>`` (documents run on), so a
   pretrained model rambles on; the SFT demonstrations end cleanly with ``<end>``.
 * **Demonstrations**: a small set (``n_demos``) of correct, polite answers that end with
@@ -143,6 +146,8 @@ class World:
         if r < 0.85:
             challenging = rng.random() < 0.5
             opener = rng.choice(CHALLENGING_OPENERS if challenging else OTHER_OPENERS)
+            if rng.random() < 0.1:  # an instruction to be polite is mostly obeyed
+                return f"{RESPECTFUL_PREFIX} " + self._chat_line(opener, rng.choice(self.entities), False, rng)
             return self._chat_line(opener, rng.choice(self.entities), challenging, rng)
         return rng.choice(FILLER)
 
