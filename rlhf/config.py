@@ -117,6 +117,7 @@ class RMConfig:
     # "world" (labeler-ranked SFT samples) or a path/HF dataset of chosen/rejected pairs (K=2)
     data: str = "world"
     max_examples: int = 0
+    max_length: int = 512  # tokens of prompt+response the RM reads (truncated from the left)
 
 
 @dataclass
@@ -136,6 +137,7 @@ class PPOConfig:
     ptx_coef: float = 0.0  # gamma in InstructGPT eq. 2
     ptx_ratio: int = 8  # pretraining sequences per RL episode
     ptx_seq_len: int = 32
+    ptx_data: str = "world"  # "world" (the toy corpus) or a plain-text file (e.g. WikiText-2 raw)
     gamma: float = 1.0  # GAE discount
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True
@@ -149,6 +151,7 @@ class PPOConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 20
     kl_levels: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
+    max_prompt_tokens: int = 256  # longer prompts from ppo.data are skipped
     rounds: int = 1  # iterated RLHF: retrain the RM on fresh comparisons every steps/rounds
     data: str = "world"
 

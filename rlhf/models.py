@@ -60,6 +60,11 @@ def _smollm2_folder() -> Path:
         shutil.rmtree(tmp)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are de-quantised to float32 on load; only the quantizer marker remains,
+    # and save_pretrained refuses a model that has one.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -158,6 +158,10 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
         _discard_partial(rd, stage)
         rd.set_status("interrupted", stage=stage, error="interrupted by the user (Ctrl-C)")
         raise
+    except SystemExit as e:  # e.g. submitit's preemption/requeue: resumable, not a failure
+        _discard_partial(rd, stage)
+        rd.set_status("interrupted", stage=stage, error=f"stopped by SystemExit({e.code}) (preempted or requeued)")
+        raise
     except Diverged as e:
         rd.set_status("diverged", stage=stage, step=e.step, values=e.values, error=str(e))
         raise

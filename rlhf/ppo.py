@@ -125,10 +125,22 @@ class PretrainStream:
 
 
 def pretrain_documents(cfg: RunConfig, world: Optional[World]) -> tuple[list[str], list[str]]:
-    """(train, held-out) pretraining documents for ptx and the regression metric."""
-    if world is not None:
+    """(train, held-out) pretraining documents for ptx and the regression metric: the toy
+    world's corpus, or a plain-text file (``ppo.ptx_data``, e.g. WikiText-2 raw; its last
+    5% of lines are held out)."""
+    src = cfg.ppo.ptx_data
+    if src == "world":
+        if world is None:
+            raise ConfigError("ppo.ptx_data=world needs the toy world: give a text file for a real model")
         return world.corpus(), world.heldout_corpus()
-    raise ConfigError("ppo.ptx_coef > 0 needs a pretraining corpus: only the toy world provides one so far")
+    p = Path(src)
+    if not p.is_file():
+        raise ConfigError(f"ppo.ptx_data: {src} is not a file")
+    lines = [line.strip() for line in p.read_text(errors="replace").splitlines() if line.strip()]
+    if len(lines) < 20:
+        raise ConfigError(f"ppo.ptx_data: {src} has too little text ({len(lines)} non-empty lines)")
+    cut = int(len(lines) * 0.95)
+    return lines[:cut], lines[cut:]
 
 
 @torch.no_grad()
@@ -225,15 +237,16 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
 
     # --- data ---------------------------------------------------------------------------
     if pc.data != "world":
-        prompts = load_prompt_file(pc.data)
+        prompts = [p for p in load_prompt_file(pc.data) if len(tokenizer(p)["input_ids"]) <= pc.max_prompt_tokens]
         prompt_meta = None
+        print(f"[ppo] {len(prompts)} prompts of at most {pc.max_prompt_tokens} tokens from {pc.data}")
     else:
         prompt_meta = world.train_prompts()
         prompts = [p.text for p in prompt_meta]
     if not prompts:
         raise ConfigError("ppo.data: no prompts")
     ptx = held_ids = None
-    if world is not None or pc.ptx_coef > 0:
+    if world is not None or pc.ptx_coef > 0 or pc.ptx_data != "world":
         train_docs, held_docs = pretrain_documents(cfg, world)
         if pc.ptx_coef > 0:
             ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, cfg.seed * 1000 + 5)
@@ -353,6 +366,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         if held_lm is not None:
             row["heldout_lm_loss"] = held_lm
         append_jsonl(out / "metrics.jsonl", row)
+        rd.set_status("running", stage="ppo", step=step + 1, total=pc.steps)
         last = row
         bar.set_postfix(r=f"{row['proxy_reward']:.2f}", kl=f"{mean_kl:.2f}",
                         gold=f"{row.get('gold_reward', float('nan')):.2f}")
@@ -468,15 +482,30 @@ def check_finite(step: int, values: dict[str, torch.Tensor]) -> None:
 
 
 def load_prompt_file(path: str) -> list[str]:
-    """Prompts from a JSONL(.gz) file (``prompt`` field, or HH-RLHF ``chosen`` dialogues) or a text file."""
+    """Prompts from a JSONL(.gz) file (``prompt`` field, or HH-RLHF ``chosen`` dialogues), a
+    text file (one prompt a line), or a hub dataset with such rows (users with internet)."""
+    from .config import DataError
     from .sft import read_jsonl_any, split_dialogue
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"ppo.data: {path} does not exist")
-    if p.suffix in (".txt",):
-        return [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    rows = read_jsonl_any(p)
-    return [r["prompt"] if "prompt" in r else split_dialogue(r["chosen"])[0] for r in rows]
+    if p.exists():
+        if p.suffix in (".txt",):
+            return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        rows = read_jsonl_any(p)
+    else:
+        try:
+            import datasets
+            rows = list(datasets.load_dataset(path, split="train"))
+        except Exception as e:  # noqa: BLE001 - any hub/loading failure is a data error here
+            raise DataError(f"ppo.data: {path} is neither a file nor a loadable dataset ({e})") from None
+    out = []
+    for r in rows:
+        if "prompt" in r:
+            out.append(r["prompt"])
+        elif "chosen" in r:
+            out.append(split_dialogue(r["chosen"])[0])
+    if not out:
+        raise DataError(f"ppo.data: {path} holds no prompts")
+    return list(dict.fromkeys(out))
 
 
 def retrain_reward_model(cfg: RunConfig, rd: RunDir, out: Path, sft_path: str, tokenizer, world, device, policy,

@@ -127,8 +127,11 @@ def score_batch(model, tokenizer, rows: list[dict], device, max_len: int) -> tup
                 valid[i, j] = True
             else:
                 texts.append(r["prompt"])
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"  # keep the end of the response, where the score is read
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
                     max_length=max_len).to(device)
+    tokenizer.truncation_side = side
     scores = sequence_scores(model, enc["input_ids"], enc["attention_mask"])
     return scores.view(len(rows), K), valid.to(device)
 
@@ -181,7 +184,11 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     model = load_reward_model(init_path, dtype=cfg.model.dtype, device=device)
     model.config.pad_token_id = tokenizer.pad_token_id
     max_len = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 2048)
-    check_context(tokenizer, model, sorted({c["prompt"] for c in comparisons})[:2000], "reward-model prompts")
+    max_len = min(max_len, rc.max_length)
+    if not demos:  # no SFT demonstrations (e.g. an instruct model as the SFT policy): centre on the preferred responses
+        demos = [(c["prompt"], c["responses"][0]) for c in comparisons[:256]]
+    if rc.data == "world":
+        check_context(tokenizer, model, sorted({c["prompt"] for c in comparisons})[:2000], "reward-model prompts")
     train, held = split_heldout(comparisons, rc.heldout_frac, cfg.seed)
     if not train:
         raise DataError("no comparisons left to train the reward model on")

@@ -151,8 +151,10 @@ class RunDir:
         return read_json(self.path / "status.json", {"state": "missing"})
 
     def set_status(self, state: str, **info: Any) -> None:
+        """Replace the status: the new state with ``info`` (the stage and pid carry over when
+        not given); keys of earlier states do not linger."""
         prev = self.status()
-        row = {k: v for k, v in prev.items() if k not in ("state", "error", "updated")}
+        row = {k: prev[k] for k in ("stage", "pid") if k in prev}
         row.update(info)
         row["state"] = state
         row["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,42 @@
+"""The non-toy path: a pretrained Hugging Face model folder as the SFT policy, pairwise
+(HH-RLHF style) comparisons for the reward model, PPO prompts and ptx text from files."""
+
+import json
+
+from rlhf.config import ModelConfig, WorldConfig, load_config
+from rlhf.models import save_hf, scratch_model
+from rlhf.pipeline import run_pipeline
+from rlhf.rundir import read_json, read_jsonl
+from rlhf.tokenizer import train_world_tokenizer
+from rlhf.world import World
+
+from conftest import REPO
+
+
+def test_hf_folder_with_pair_data(tmp_path):
+    world = World(WorldConfig(n_entities=12, corpus_docs=200))
+    tok = train_world_tokenizer(world)
+    model_dir = tmp_path / "base"
+    save_hf(scratch_model(ModelConfig(n_layer=1, n_embd=32, n_head=2), len(tok), tok.pad_token_id, tok.eos_token_id),
+            tok, model_dir)
+    pairs = tmp_path / "pairs.jsonl"
+    rows = []
+    for p in world.prompts()[:40]:
+        d = f"\n\nHuman: {p.text}\n\nAssistant:"
+        rows.append({"chosen": d + " you are a friend . <end>", "rejected": d + " you are a idiot ."})
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(world.corpus()))
+    cfg = load_config(REPO / "experiments" / "smollm2_hh.yaml", [
+        f"out_dir={tmp_path}", "name=hf", f"model.source={model_dir}", f"rm.data={pairs}", f"ppo.data={pairs}",
+        f"ppo.ptx_data={text}", "ppo.ptx_coef=0.5", "ppo.steps=3", "ppo.batch_size=4", "ppo.minibatch_size=2",
+        "ppo.max_new_tokens=6", "ppo.checkpoint_every=2", "threads=1", "ppo.lr=1e-4"])
+    run = run_pipeline(cfg)
+    assert read_json(run / "pretrain" / "summary.json")["skipped"] is True
+    assert read_json(run / "sft" / "summary.json")["skipped"] is True
+    rm = read_json(run / "rm" / "summary.json")
+    assert rm["k"] == 2 and rm["n_comparisons"] == 40 and "heldout_accuracy" in rm
+    ppo = read_jsonl(run / "ppo" / "metrics.jsonl")
+    assert len(ppo) == 3 and all(r["ptx_loss"] > 0 for r in ppo) and "gold_reward" not in ppo[0]
+    assert "heldout_lm_loss" in ppo[0]
+    assert not (run / "world").exists()
