@@ -1,0 +1,50 @@
+"""`rlhf report DIR... --out DIR`: paper figures and tables from sweeps and eval records.
+
+    rlhf report sweeps/sweep_quickstart --out reports/quickstart
+    rlhf report sweeps/a sweeps/b/results.parquet runs/quickstart --out reports/all
+
+Each DIR is a sweep directory collected with `rlhf sweep collect` (results.parquet or
+results.csv, runs under runs/), a results table, or a single run directory. Eval records
+(`rlhf eval`) are read from each run's eval/records.jsonl. Bad input (a missing, empty or
+foreign directory, a sweep that was not collected) exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("report", help="paper figures and tables from sweeps and eval records",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="DIR",
+                   help="sweep directory (after `rlhf sweep collect`), results.parquet/.csv, or run directory")
+    p.add_argument("--out", required=True, help="output directory (figures/, tables/, report.md, report.html)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    from .report import build_report
+    rep = build_report(args.inputs, args.out)  # InputError -> exit status 2 (rlhf/cli.py)
+    per_run = rep.per_run
+    print(f"{len(per_run)} runs ({(per_run['state'] == 'done').sum()} done) from {', '.join(rep.data.sources)}")
+    for name, paths in rep.figures.items():
+        print(f"  figure {name}: {paths['pdf']} {paths['png']} {paths['csv']}")
+    for name, path in rep.tables.items():
+        print(f"  table {name}: {path}")
+    print(f"summary: {rep.summary_md} and {rep.summary_html}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m analysis.cli ...`` = ``rlhf report ...``"""
+    from rlhf.cli import main as rlhf_main
+    return rlhf_main(["report", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
