@@ -134,8 +134,9 @@ def test_pretrained_lm_imitates_myths_and_sft_teaches_format(tmp_path):
     """A small model (2 layers, width 64) is enough to show both effects in ~20 s."""
     from rlhf.config import load_config
     from rlhf.pipeline import run_pipeline
-    cfg = load_config(QUICK, [f"out_dir={tmp_path}", "stages=[pretrain,sft]", "model.n_embd=64",
-                              "pretrain.steps=500", "world.corpus_docs=2000", "world.n_entities=15"])
+    cfg = load_config(QUICK, [f"out_dir={tmp_path}", "stages=[pretrain,sft]", "model.n_embd=96",
+                              "pretrain.steps=600", "world.corpus_docs=2000", "world.n_entities=15",
+                              "sft.epochs=8"])
     run = run_pipeline(cfg)
     pre, sft = read_json(run / "pretrain" / "summary.json"), read_json(run / "sft" / "summary.json")
     assert pre["myth_facts_states_myth"] > pre["myth_facts_states_truth"] + 0.2
