@@ -112,8 +112,10 @@ def ablation_figure(data: Data, per_run: Optional[pd.DataFrame] = None, metrics:
                 if lb not in labels:
                     handles.append(hd)
                     labels.append(lb)
+        order = sorted(range(len(labels)), key=lambda k: labels[k].startswith("run "))  # data first
+        handles, labels = [handles[k] for k in order], [labels[k] for k in order]
         if handles:
-            axes[0][j].legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=min(3, len(labels)),
+            axes[0][j].legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=min(2, len(labels)),
                               borderaxespad=0.2, handletextpad=0.3, columnspacing=1.0)
     return fig, pd.DataFrame(rows)
 
@@ -379,7 +381,7 @@ def alignment_tax_figure(data: Data, per_run: Optional[pd.DataFrame] = None):
             if len(bad):
                 _mark_incomplete(ax, [x] * len(bad), list(bad["state"]), seen)
         ax.axhline(0, color="0.5", linewidth=0.6)
-        ax.set_xticks(list(xpos.values()), [f"{fmt_value(g)}" + (" (PPO)" if g == 0 else " (PPO-ptx)")
+        ax.set_xticks(list(xpos.values()), [f"{fmt_value(g)}" + ("\n(PPO)" if g == 0 else "\n(PPO-ptx)")
                                             if isinstance(g, (int, float)) else fmt_value(g) for g in gammas])
         ax.set_xlim(-0.6, len(gammas) - 0.4)
         ax.set_xlabel("γ (pretraining mix)")

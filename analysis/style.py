@@ -79,14 +79,26 @@ def overlapping_texts(fig) -> list[tuple[str, str]]:
     """Pairs of visible texts whose boxes overlap on the drawn figure (should be none)."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
+    candidates = list(fig.texts)
+    for lg in fig.legends:
+        candidates += lg.get_texts()
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        candidates += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label] + list(ax.texts)
+        if ax.get_legend():
+            candidates += ax.get_legend().get_texts()
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = min(lo, hi), max(lo, hi)
+            eps = (hi - lo) * 1e-9
+            for tick in axis.get_major_ticks():  # only the ticks inside the view are drawn
+                if lo - eps <= tick.get_loc() <= hi + eps:
+                    candidates += [t for t in (tick.label1, tick.label2) if t.get_visible()]
     texts = []
-    for t in fig.findobj(matplotlib.text.Text):
+    for t in candidates:
         if not t.get_visible() or not t.get_text().strip():
             continue
-        try:
-            bb = t.get_window_extent(renderer)
-        except Exception:  # noqa: BLE001
-            continue
+        bb = t.get_window_extent(renderer)
         if bb.width > 0 and bb.height > 0:
             texts.append((t, bb.shrunk(0.98, 0.9)))  # ignore a touch of glyph padding
     bad = []
