@@ -322,7 +322,7 @@ def curves_figure(data: Data, window: Optional[int] = None):
 
 
 # ------------------------------------------------------------------ alignment tax
-REGRESSION_LABELS = {"lm_loss": "Δ held-out LM loss (nats/token)", "perplexity": "Δ perplexity"}
+REGRESSION_LABELS = {"lm_loss": "Δ held-out LM loss\n(nats/token)", "perplexity": "Δ perplexity\n(held-out text)"}
 
 
 def alignment_tax_data(data: Data, per_run: Optional[pd.DataFrame] = None) -> pd.DataFrame:
@@ -354,7 +354,7 @@ def alignment_tax_figure(data: Data, per_run: Optional[pd.DataFrame] = None):
     from .results import t_ci
     d = alignment_tax_data(data, per_run)
     metrics = list(dict.fromkeys(d["metric"])) or ["lm_loss"]
-    fig, axes = new_figure(COLUMN_IN if len(metrics) <= 2 else PAGE_IN, 2.2, 1, len(metrics))
+    fig, axes = new_figure(COLUMN_IN if len(metrics) <= 2 else PAGE_IN, 2.9, 1, len(metrics))
     rows = []
     gammas = sorted({_none(g) for g in d["gamma"]}, key=sort_key) or ["none"]
     xpos = {g: i for i, g in enumerate(gammas)}
@@ -381,10 +381,9 @@ def alignment_tax_figure(data: Data, per_run: Optional[pd.DataFrame] = None):
             if len(bad):
                 _mark_incomplete(ax, [x] * len(bad), list(bad["state"]), seen)
         ax.axhline(0, color="0.5", linewidth=0.6)
-        ax.set_xticks(list(xpos.values()), [f"{fmt_value(g)}" + ("\n(PPO)" if g == 0 else "\n(PPO-ptx)")
-                                            if isinstance(g, (int, float)) else fmt_value(g) for g in gammas])
+        ax.set_xticks(list(xpos.values()), [fmt_value(g) for g in gammas])
         ax.set_xlim(-0.6, len(gammas) - 0.4)
-        ax.set_xlabel("γ (pretraining mix)")
+        ax.set_xlabel("γ (ptx mix)")
         ax.set_ylabel(REGRESSION_LABELS.get(m, f"Δ {m}"))
         ax.margins(y=0.2)
     handles, labels = [], []
@@ -394,7 +393,8 @@ def alignment_tax_figure(data: Data, per_run: Optional[pd.DataFrame] = None):
                 handles.append(hd)
                 labels.append(lb)
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)))
+        wide = fig.get_size_inches()[0] > COLUMN_IN
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(3 if wide else 1, len(labels)))
     return fig, pd.DataFrame(rows)
 
 

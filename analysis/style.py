@@ -75,8 +75,15 @@ def save(fig, base: Path) -> list[Path]:
     return out
 
 
-def overlapping_texts(fig) -> list[tuple[str, str]]:
-    """Pairs of visible texts whose boxes overlap on the drawn figure (should be none)."""
+def texts_outside(fig) -> list[str]:
+    """Drawn texts that stick out of the figure (would be cut off)."""
+    W, H = fig.bbox.width, fig.bbox.height
+    return [t.get_text() for t, bb in _drawn_texts(fig)
+            if bb.x0 < -1 or bb.y0 < -1 or bb.x1 > W + 1 or bb.y1 > H + 1]
+
+
+def _drawn_texts(fig) -> list:
+    """(Text, window extent) of every text that is drawn: titles, labels, legends, ticks in view."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     candidates = list(fig.texts)
@@ -100,7 +107,13 @@ def overlapping_texts(fig) -> list[tuple[str, str]]:
             continue
         bb = t.get_window_extent(renderer)
         if bb.width > 0 and bb.height > 0:
-            texts.append((t, bb.shrunk(0.98, 0.9)))  # ignore a touch of glyph padding
+            texts.append((t, bb))
+    return texts
+
+
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of drawn texts whose boxes overlap (should be none)."""
+    texts = [(t, bb.shrunk(0.98, 0.9)) for t, bb in _drawn_texts(fig)]  # ignore a touch of glyph padding
     bad = []
     for i in range(len(texts)):
         for j in range(i + 1, len(texts)):

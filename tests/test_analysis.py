@@ -296,11 +296,12 @@ def test_bad_input_exits_2(tmp_path, capsys):
 
 # ------------------------------------------------------------------ style
 def test_figures_are_paper_ready(report_obj):
-    from analysis.style import overlapping_texts
+    from analysis.style import overlapping_texts, texts_outside
     for name, fig in report_obj.open_figures.items():
         w = fig.get_size_inches()[0]
         assert w in (3.25, 6.75), (name, w)
         assert overlapping_texts(fig) == [], name
+        assert texts_outside(fig) == [], name
         rows_labelled: dict = {}
         for ax in fig.axes:
             if ax.get_visible() and ax.has_data():
