@@ -1,0 +1,312 @@
+"""PPO throughput: our run_ppo against TRL 1.12's PPOTrainer and TRL 1.16's RLOOTrainer.
+
+    bash bench/trl112_venv.sh                      # once: builds bench/.venv-trl112 (trl==1.12.0)
+    python bench/ppo_vs_trl.py [--steps 8] [--repeats 3] [--n-embd 64] [--n-layer 2]
+                               [--batch 8] [--new-tokens 32] [--epochs 4] [--sides ours,trl_ppo,trl_rloo]
+
+Same work on every side: the same scratch GPT-2 (policy = reference = SFT model; the reward
+model and the critic are its sequence-classifier twin), the same world tokenizer, the same
+toy-world training prompts; batch ``--batch`` episodes, ``--new-tokens`` sampled tokens,
+``--epochs`` PPO epochs over ONE minibatch of the whole batch, KL coefficient 0.05, fp32,
+no gradient checkpointing, no ptx, dropout 0, one torch thread.
+
+* ours:     ``rlhf.ppo.run_ppo`` (critic = separate value model from the RM, as TRL's PPO);
+            per-iteration times from its metrics.jsonl (time_s deltas).
+* trl_ppo:  ``trl.experimental.ppo.PPOTrainer`` from trl==1.12.0 (the last release that has
+            it), run in bench/.venv-trl112; per-iteration times from on_step_end.
+* trl_rloo: ``trl.RLOOTrainer`` from the main venv's trl (1.16): ``--batch`` completions per
+            generation (``--batch``/2 prompts x 2 generations), ``num_iterations = --epochs``
+            (each trainer step is one optimisation pass; one iteration = ``--epochs`` trainer
+            steps). RLOO has no critic, so it does less work per episode than PPO.
+* trl_ppo_nogc (diagnostic, not default): trl_ppo with the two ``gc.collect()`` calls that
+            PPOTrainer.train makes every iteration turned into no-ops, to show how much of TRL's
+            time they take (``--sides ours,trl_ppo,trl_ppo_nogc,trl_rloo``).
+
+The sides live in different venvs, so each (side, repeat) is its own subprocess, alternated
+(ours, trl_ppo, trl_rloo, ours, ...); each prints its per-iteration seconds as JSON on the
+last line. The first iteration of each process is a warm-up and is dropped. Reported: the
+median iteration time over all measured iterations, min/max, episodes/s and generated
+tokens/s (episodes x sampled tokens), and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TRL112_PY = HERE / ".venv-trl112" / "bin" / "python"
+KL_COEF = 0.05
+LR = 5e-5
+
+
+def _one_thread():
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+
+
+# ----------------------------------------------------------------------------- models (main venv)
+
+def prepare(d: Path, n_layer: int, n_embd: int, n_positions: int = 128) -> None:
+    """Scratch policy/SFT model, its reward-model twin, the world tokenizer and the prompts."""
+    sys.path.insert(0, str(REPO))
+    import torch
+    from rlhf.config import load_config
+    from rlhf.models import load_reward_model, save_hf, scratch_model
+    from rlhf.tokenizer import train_world_tokenizer
+    from rlhf.world import World
+    torch.manual_seed(0)
+    cfg = load_config(REPO / "experiments" / "quickstart.yaml", [f"model.n_layer={n_layer}", f"model.n_embd={n_embd}",
+                                                                 f"model.n_positions={n_positions}"])
+    world = World(cfg.world)
+    tok = train_world_tokenizer(world)
+    save_hf(scratch_model(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id), tok, d / "sft")
+    rm = load_reward_model(str(d / "sft"))
+    rm.config.pad_token_id = tok.pad_token_id
+    save_hf(rm, tok, d / "rm")
+    (d / "prompts.json").write_text(json.dumps([p.text for p in world.train_prompts()]))
+
+
+# ----------------------------------------------------------------------------- workers
+
+def worker_ours(d: Path, a) -> dict:
+    _one_thread()
+    sys.path.insert(0, str(REPO))
+    import shutil
+    import torch
+    from rlhf.config import load_config
+    from rlhf.models import load_tokenizer
+    from rlhf.ppo import run_ppo
+    from rlhf.rundir import RunDir, read_jsonl
+    from rlhf.world import World
+    steps = a.steps + 1
+    cfg = load_config(REPO / "experiments" / "quickstart.yaml", [
+        f"model.n_layer={a.n_layer}", f"model.n_embd={a.n_embd}", f"model.n_positions={a.n_positions}",
+        f"ppo.steps={steps}",
+        f"ppo.batch_size={a.batch}", f"ppo.minibatch_size={a.batch}", f"ppo.epochs={a.epochs}",
+        f"ppo.max_new_tokens={a.new_tokens}", f"ppo.beta={KL_COEF}", "ppo.ptx_coef=0", f"ppo.lr={LR}",
+        "ppo.critic=separate", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1"])
+    world = World(cfg.world)
+    tok = load_tokenizer(str(d / "sft"))
+    rd = RunDir(Path(tempfile.mkdtemp(prefix="ours_", dir=d)))
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        run_ppo(cfg, rd, str(d / "sft"), str(d / "rm"), tok, world, torch.device("cpu"))
+    rows = read_jsonl(rd.path / "ppo.tmp" / "metrics.jsonl")
+    shutil.rmtree(rd.path, ignore_errors=True)
+    t = [r["time_s"] for r in rows]
+    # response_len counts tokens up to EOS; sampling runs until every row ended or T tokens
+    return {"side": "ours", "iter_s": [b - a for a, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
+            "tokens_per_iter": a.batch * a.new_tokens,
+            "mean_response_len": statistics.mean(r["response_len"] for r in rows)}
+
+
+class _StepClock:
+    """A transformers TrainerCallback (built lazily: each venv has its own transformers)."""
+
+    @staticmethod
+    def make():
+        from transformers import TrainerCallback
+
+        class Clock(TrainerCallback):
+            def __init__(self):
+                self.t = []
+
+            def on_train_begin(self, args, state, control, **kw):
+                self.t.append(time.perf_counter())
+
+            def on_step_end(self, args, state, control, **kw):
+                self.t.append(time.perf_counter())
+        return Clock()
+
+
+def _common_trl_args(a, out: str) -> dict:
+    return dict(output_dir=out, bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+                report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+                learning_rate=LR, dataloader_num_workers=0)
+
+
+def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
+    _one_thread()
+    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    if no_gc:  # diagnostic: PPOTrainer.train calls gc.collect() twice per iteration; make those no-ops
+        import types
+        import trl.experimental.ppo.ppo_trainer as m
+        m.gc = types.SimpleNamespace(collect=lambda *x: 0)
+    tok = AutoTokenizer.from_pretrained(d / "sft")
+    tok.padding_side = "left"
+    prompts = json.loads((d / "prompts.json").read_text())
+    ds = Dataset.from_dict({"input_ids": [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]})
+    load = dict(dtype=torch.float32, attn_implementation="sdpa")
+    policy = AutoModelForCausalLM.from_pretrained(d / "sft", **load)
+    ref = AutoModelForCausalLM.from_pretrained(d / "sft", **load)
+    rm = AutoModelForSequenceClassification.from_pretrained(d / "rm", num_labels=1, **load)
+    value = AutoModelForSequenceClassification.from_pretrained(d / "rm", num_labels=1, **load)
+    steps = a.steps + 1
+    args = PPOConfig(**_common_trl_args(a, tempfile.mkdtemp(prefix="trlppo_", dir=d)),
+                     per_device_train_batch_size=a.batch, gradient_accumulation_steps=1, num_mini_batches=1,
+                     num_ppo_epochs=a.epochs, response_length=a.new_tokens, total_episodes=a.batch * steps,
+                     local_rollout_forward_batch_size=a.batch, kl_coef=KL_COEF, num_sample_generations=0,
+                     stop_token="eos", missing_eos_penalty=1.0, temperature=1.0)
+    clock = _StepClock.make()
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
+                         value_model=value, train_dataset=ds, eval_dataset=ds.select(range(a.batch)),
+                         callbacks=[clock])
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.train()
+    t = clock.t
+    it = [b - a_ for a_, b in zip(t, t[1:])][1:]  # drop the first (warm-up) iteration
+    return {"side": "trl_ppo_nogc" if no_gc else "trl_ppo", "trl": trl.__version__, "iter_s": it, "episodes_per_iter": a.batch,
+            "tokens_per_iter": a.batch * a.new_tokens}
+
+
+def worker_trl_rloo(d: Path, a) -> dict:
+    _one_thread()
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RLOOConfig, RLOOTrainer
+    tok = AutoTokenizer.from_pretrained(d / "sft")
+    tok.padding_side = "left"
+    prompts = json.loads((d / "prompts.json").read_text())
+    ds = Dataset.from_dict({"prompt": prompts})
+    load = dict(dtype=torch.float32, attn_implementation="sdpa")
+    policy = AutoModelForCausalLM.from_pretrained(d / "sft", **load)
+    rm = AutoModelForSequenceClassification.from_pretrained(d / "rm", num_labels=1, **load)
+    steps = a.steps + 1
+    args = RLOOConfig(**_common_trl_args(a, tempfile.mkdtemp(prefix="trlrloo_", dir=d)),
+                      per_device_train_batch_size=a.batch, gradient_accumulation_steps=1, num_generations=2,
+                      max_completion_length=a.new_tokens, num_iterations=a.epochs, steps_per_generation=1,
+                      beta=KL_COEF, max_steps=steps * a.epochs, temperature=1.0)
+    clock = _StepClock.make()
+    trainer = RLOOTrainer(model=policy, reward_funcs=rm, args=args, train_dataset=ds, processing_class=tok,
+                          reward_processing_classes=tok, callbacks=[clock])
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.train()
+    t = clock.t
+    steps_s = [b - a_ for a_, b in zip(t, t[1:])]
+    it = [sum(steps_s[i:i + a.epochs]) for i in range(0, len(steps_s) - a.epochs + 1, a.epochs)][1:]
+    return {"side": "trl_rloo", "trl": trl.__version__, "iter_s": it, "episodes_per_iter": a.batch,
+            "tokens_per_iter": a.batch * a.new_tokens}
+
+
+WORKERS = {"ours": worker_ours, "trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo,
+           "trl_ppo_nogc": lambda d, a: worker_trl_ppo(d, a, no_gc=True)}
+
+
+# ----------------------------------------------------------------------------- driver
+
+def python_for(side: str) -> str:
+    return str(TRL112_PY) if side.startswith("trl_ppo") else sys.executable
+
+
+def run_side(side: str, d: Path, a) -> dict:
+    cmd = [python_for(side), str(Path(__file__).resolve()), "--worker", side, "--dir", str(d),
+           "--steps", str(a.steps), "--n-embd", str(a.n_embd), "--n-layer", str(a.n_layer),
+           "--batch", str(a.batch), "--new-tokens", str(a.new_tokens), "--epochs", str(a.epochs),
+           "--n-positions", str(getattr(a, "n_positions", 128))]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", TRL_EXPERIMENTAL_SILENCE="1", PYTHONWARNINGS="ignore")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"{side} failed:\n{p.stderr[-4000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def summarise(results: dict[str, list[dict]]) -> dict:
+    out = {}
+    for side, runs in results.items():
+        if not runs:
+            continue
+        it = [x for r in runs for x in r["iter_s"]]
+        med = statistics.median(it)
+        per_run = [statistics.median(r["iter_s"]) for r in runs]
+        out[side] = {"median_s": med, "min_s": min(it), "max_s": max(it), "n": len(it),
+                     "run_medians_s": per_run,
+                     "episodes_per_s": runs[0]["episodes_per_iter"] / med,
+                     "tokens_per_s": runs[0]["tokens_per_iter"] / med,
+                     **({"trl": runs[0]["trl"]} if "trl" in runs[0] else {}),
+                     **({"mean_response_len": statistics.mean(r["mean_response_len"] for r in runs)}
+                        if "mean_response_len" in runs[0] else {})}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=8, help="measured iterations per process (+1 warm-up)")
+    ap.add_argument("--repeats", type=int, default=3, help="processes per side, alternated")
+    ap.add_argument("--n-embd", type=int, default=64)
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--n-positions", type=int, default=128, help="position embeddings (prompt + new tokens)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--sides", default="ours,trl_ppo,trl_rloo")
+    ap.add_argument("--json", help="also write the summary here")
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(WORKERS[a.worker](Path(a.dir), a)))
+        return 0
+    sides = a.sides.split(",")
+    if any(s.startswith("trl_ppo") for s in sides) and not TRL112_PY.exists():
+        print(f"{TRL112_PY} missing: run `bash bench/trl112_venv.sh` first (or --sides ours,trl_rloo)")
+        return 2
+    d = Path(tempfile.mkdtemp(prefix="ppo_vs_trl_"))
+    prepare(d, a.n_layer, a.n_embd, a.n_positions)
+    results: dict[str, list[dict]] = {s: [] for s in sides}
+    for r in range(a.repeats):
+        order = sides[r % len(sides):] + sides[:r % len(sides)]  # rotate who goes first
+        for s in order:
+            t0 = time.time()
+            res = run_side(s, d, a)
+            results[s].append(res)
+            print(f"repeat {r} {s:>12}: median {statistics.median(res['iter_s']) * 1e3:7.1f} ms/iteration "
+                  f"over {len(res['iter_s'])} (process {time.time() - t0:.0f}s)", flush=True)
+    summ = summarise(results)
+    print(f"\nGPT-2 {a.n_layer} layers width {a.n_embd}; batch {a.batch}, {a.new_tokens} new tokens, "
+          f"{a.epochs} PPO epochs, 1 minibatch; fp32, no gradient checkpointing; 1 torch thread; "
+          f"{a.repeats} processes x {a.steps} iterations per side")
+    print(f"{'side':>12} {'median ms/it':>13} {'min':>8} {'max':>8} {'episodes/s':>11} {'tokens/s':>9}")
+    for s, v in summ.items():
+        print(f"{s:>12} {v['median_s'] * 1e3:>13.1f} {v['min_s'] * 1e3:>8.1f} {v['max_s'] * 1e3:>8.1f} "
+              f"{v['episodes_per_s']:>11.2f} {v['tokens_per_s']:>9.1f}")
+    if "ours" in summ:
+        for s in summ:
+            if s != "ours":
+                print(f"ours / {s} throughput: {summ[s]['median_s'] / summ['ours']['median_s']:.2f}x")
+        if "mean_response_len" in summ["ours"]:
+            print(f"ours: mean response length to EOS {summ['ours']['mean_response_len']:.1f} of {a.new_tokens}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "summary": summ,
+                                            "raw": {s: [r["iter_s"] for r in v] for s, v in results.items()}},
+                                           indent=1))
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
