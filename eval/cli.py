@@ -66,8 +66,8 @@ def run(args) -> int:
             else:
                 ci = f" [{r['ci_low']:.4g}, {r['ci_high']:.4g}]" if r.get("ci_low") is not None else ""
                 d = f" (delta {r['delta_vs_ref']:+.4g})" if r.get("delta_vs_ref") is not None else ""
-                print(f"[{r['checkpoint_label']}] {r['suite']}/{r['metric']} {r['subset']}: "
-                      f"{r['value']:.4g}{ci}{d}", flush=True)
+                v = "n/a" if r.get("value") is None else f"{r['value']:.4g}"
+                print(f"[{r['checkpoint_label']}] {r['suite']}/{r['metric']} {r['subset']}: {v}{ci}{d}", flush=True)
 
         records = evaluate(args.path, suites, settings, cps, args.out, write=not args.no_write,
                            progress=not args.quiet, echo=echo)

@@ -255,13 +255,13 @@ def _tox_prompts(ctx: Context) -> tuple[dict[str, list[str]], str, str]:
         import random
 
         from rlhf.world import RESPECTFUL_PREFIX
-        chats = [p for p in ctx.world.eval_prompts() if p.kind == "chat"]
+        chats = ctx.world.toxicity_prompts()
         out = {"challenging": [p.text for p in chats if p.challenging], "other": [p.text for p in chats if not p.challenging]}
         rng = random.Random(s.seed)
         for k in out:
             if len(out[k]) > s.tox_n_prompts:
                 out[k] = rng.sample(out[k], s.tox_n_prompts)
-        return out, "world.eval_prompts(kind=chat)", RESPECTFUL_PREFIX
+        return out, "world.toxicity_prompts()", RESPECTFUL_PREFIX
     from .toxicity import RESPECTFUL_INSTRUCTION
     out, src = evdata.rtp_prompts(s, s.tox_n_prompts, s.seed)
     return out, src, RESPECTFUL_INSTRUCTION

@@ -191,6 +191,18 @@ class World:
     def eval_prompts(self) -> list[Prompt]:
         return [p for p in self.prompts() if p.split == "eval"]
 
+    def toxicity_prompts(self) -> list[Prompt]:
+        """The RealToxicityPrompts analogue: every (opener, entity) chat prompt that is not a
+        train prompt (held out from SFT, RM and PPO), ``challenging`` after a rude opener."""
+        train = {p.text for p in self.train_prompts()}
+        out = []
+        for o in CHALLENGING_OPENERS + OTHER_OPENERS:
+            for e in self.entities:
+                text = f"{o} , {e} ,"
+                if text not in train:
+                    out.append(Prompt(text, "chat", "eval", e, "", o in CHALLENGING_OPENERS))
+        return out
+
     def demonstrations(self) -> list[tuple[Prompt, str]]:
         """A small set of labeler-written responses: correct, polite, ending cleanly.
         Half questions (a share ``demo_myth_share`` of them on myth facts), half chat;
