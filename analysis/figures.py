@@ -417,7 +417,6 @@ def reward_model_figure(data: Data):
     rms = have.drop_duplicates(ident) if len(have) else have
     pal = palette(len(cols) + 1)
     for ax, (xk, xl) in zip(axes[:, 0], xs):
-        seen: set = set()
         if xk not in rms.columns or not len(rms):
             ax.text(0.5, 0.5, "no reward-model summaries", ha="center", va="center", transform=ax.transAxes)
             ax.set_xlabel(xl)

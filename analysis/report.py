@@ -121,7 +121,7 @@ def write_summary(rep: Report) -> tuple[Path, Path]:
                and table[c].notna().any()]
     bad = not_done(per_run)
     n_eval = int(per_run["has_eval"].sum()) if "has_eval" in per_run else 0
-    md = [f"# RLHF report", "",
+    md = ["# RLHF report", "",
           f"Inputs: {', '.join(f'`{s}`' for s in data.sources)}. {len(per_run)} runs "
           f"({(per_run['state'] == DONE).sum()} done), {n_eval} with eval records. "
           f"Varied: {', '.join(f'`{k}`' for k in conds) or 'nothing'}.", ""]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import matplotlib
 
 COLUMN_IN = 3.25
 PAGE_IN = 6.75

@@ -13,9 +13,8 @@ R_bon(d) = d (α - β d) and R_RL(d) = d (α - β log d).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch

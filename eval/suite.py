@@ -12,16 +12,14 @@ fails becomes a record with an ``error`` field; the others still run.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import re
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-import numpy as np
 
 from rlhf.rundir import append_jsonl, read_jsonl
 

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           GPT2Config, GPT2LMHeadModel, PreTrainedModel)
 
 from .config import InputError, ModelConfig

@@ -134,7 +134,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
             t0 = time.time()
             if stage == "pretrain":
                 if cfg.model.source != "scratch":
-                    out = rd.begin_stage("pretrain")
+                    rd.begin_stage("pretrain")
                     summary = {"skipped": True, "source": cfg.model.source}
                 else:
                     summary = run_pretrain(cfg, rd, world, tok, device)

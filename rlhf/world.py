@@ -256,7 +256,6 @@ class World:
 
     def judge(self, prompt: Prompt, response: str) -> dict:
         """Break the gold score of ``response`` to ``prompt`` into its parts."""
-        c = self.cfg
         p = self.parse(response)
         words = p["words"]
         out = {"correct": 0, "myth": 0, "wrong": 0, "toxic": 0, "unfinished": int(not p["ended"]), "length": len(words)}

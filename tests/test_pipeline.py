@@ -1,10 +1,8 @@
 """The stages end to end on tiny configs, through the real CLI."""
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest

@@ -1,6 +1,5 @@
 """PPO-ptx on a tiny run: the update, resumption after SIGKILL, divergence, bad input."""
 
-import json
 import os
 import shutil
 import signal
@@ -11,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from rlhf.config import ConfigError, load_config
+from rlhf.config import load_config
 from rlhf.losses import lm_loss
 from rlhf.models import load_causal_lm
 from rlhf.pipeline import Diverged, run_pipeline
