@@ -8,9 +8,10 @@ bench/ppo_vs_trl.py setting), width in ``--widths`` (4 heads). Length sweep: wid
 response fits. Every setting runs ``rlhf.ppo.run_ppo`` in its own subprocess (the worker of
 bench/ppo_vs_trl.py, one torch thread), settings interleaved, ``--repeats`` times; the first
 iteration of each process is dropped. Exponents: least squares of log(median iteration time)
-on log(width) and log(length). Sampling runs until every row has ended or the cap, and the
-PPO passes use the padded width, so the cost follows the cap; the mean length to EOS
-(an untrained model) is printed too.
+on log(width) and log(length). The models are bench/ppo_vs_trl.py's (untrained, <end> made
+unreachable), so every episode samples exactly the requested number of tokens at every
+width (an untrained model would otherwise end at random, and more often the wider it is);
+the mean response length is printed as a check.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def main() -> int:
                   f"{statistics.median(res['iter_s']) * 1e3:8.1f} ms/iteration", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     print("\nPPO iteration (rollout + scoring + 4 epochs), 2 layers, batch 8, one torch thread")
-    print(f"{'width':>6} {'new tokens':>10} {'median ms':>10} {'min':>8} {'max':>8} {'n':>3} {'mean len to EOS':>16}")
+    print(f"{'width':>6} {'new tokens':>10} {'median ms':>10} {'min':>8} {'max':>8} {'n':>3} {'mean length':>16}")
     for k in sorted(med):
         v = times[k]
         print(f"{k[0]:>6} {k[1]:>10} {med[k] * 1e3:>10.1f} {min(v) * 1e3:>8.1f} {max(v) * 1e3:>8.1f} {len(v):>3} "

@@ -15,10 +15,17 @@ processes-in-process: baseline, cuts..., then the reverse order, ``--repeats`` t
   with its own backward) swapped for ``torch.nn.GELU(approximate="tanh")`` - the same
   formula as one fused kernel - in every model run_ppo loads (policy, reference, reward
   model, critic). Same function up to float rounding (max |diff| is printed).
+* ``status``: ``rd.set_status`` (status.json rewritten atomically with an fsync after every
+  iteration) throttled to at most once per 5 s, as the proposed change to run_ppo would do.
 * ``foreach`` / ``fused``: AdamW with ``foreach=True`` / ``fused=True`` (on CPU torch
   defaults to the per-parameter loop, ``_single_tensor_adam``).
 
 The bench patches names as seen from ``rlhf.ppo`` only; rlhf/ppo.py itself is not edited.
+
+Whole iterations are noisy on a shared machine, so ``--micro N`` also times the two hot
+calls alone, in one process, alternating variant by variant N times on the same inputs:
+``rlhf.ppo.ppo_update`` on one minibatch (policy + critic step, each variant on its own
+copies of the models and optimizers) and ``rlhf.sampling.sample`` of the batch.
 """
 
 from __future__ import annotations
@@ -120,6 +127,16 @@ def run(d: Path, a, cut: str, timers: Timers | None) -> list[float]:
     world = World(cfg.world)
     tok = load_tokenizer(str(d / "sft"))
     rd = RunDir(Path(tempfile.mkdtemp(prefix="prof_", dir=d)))
+    if timers:  # status.json is rewritten (atomically, with fsync) every iteration
+        orig_status = rd.set_status
+
+        def set_status(*x, **k):
+            t0 = time.perf_counter()
+            try:
+                return orig_status(*x, **k)
+            finally:
+                timers.t["RunDir.set_status"] += time.perf_counter() - t0
+        rd.set_status = set_status
     for n, f in ORIG.items():
         setattr(ppo, n, timers.wrap(n) if timers else f)
     if timers:  # tell the reference forward apart: it is the second model load_causal_lm returns
@@ -133,6 +150,15 @@ def run(d: Path, a, cut: str, timers: Timers | None) -> list[float]:
                 timers.ref = m
             return m
         ppo.load_causal_lm = load
+    if cut == "status":  # the proposed ppo.py change: rewrite status.json at most every 5 s
+        orig_set = rd.set_status
+        last = [-1e9]
+
+        def throttled(*x, **k):
+            if time.time() - last[0] >= 5.0:
+                last[0] = time.time()
+                orig_set(*x, **k)
+        rd.set_status = throttled
     if cut in ("foreach", "fused"):
         ppo.torch = _TorchProxy(_AdamWWith(**{cut: True}))
     if cut == "gelu":
@@ -154,6 +180,60 @@ def run(d: Path, a, cut: str, timers: Timers | None) -> list[float]:
     return [b - x for x, b in zip(t, t[1:])]
 
 
+def micro(d: Path, a, cuts: list[str], reps: int) -> None:
+    import copy
+    from types import SimpleNamespace
+    from rlhf.models import load_causal_lm, load_reward_model
+    from rlhf.sampling import sample
+    cfg = load_config(REPO / "experiments" / "quickstart.yaml", [f"ppo.minibatch_size={a.minibatch}"])
+    pc = cfg.ppo
+    tok = load_tokenizer(str(d / "sft"))
+    world = World(cfg.world)
+    prompts = [p.text for p in world.train_prompts()][: a.minibatch]
+    base_policy = load_causal_lm(str(d / "sft"))
+    base_critic = load_reward_model(str(d / "rm"))
+    torch.manual_seed(0)
+    s = sample(base_policy, tok, prompts, max_new_tokens=a.new_tokens)
+    mf = s.response_mask.float()
+    with torch.no_grad():
+        logp = ORIG["policy_forward"](base_policy, s.prompt_ids, s.prompt_mask, s.response_ids, mf)[0]
+    g = torch.Generator().manual_seed(0)
+    mb = ppo.Batch(s.prompt_ids, s.prompt_mask, s.response_ids, mf, logp, logp.clone(),
+                   torch.randn(mf.shape, generator=g) * mf, torch.randn(mf.shape, generator=g) * mf,
+                   torch.randn(mf.shape, generator=g) * mf)
+    variants = {}
+    for name in ["baseline"] + [c for c in cuts if c != "status"]:
+        pol, cri = copy.deepcopy(base_policy).train(), copy.deepcopy(base_critic).train()
+        if name == "gelu":
+            fuse_gelu(pol), fuse_gelu(cri)
+        extra = {name: True} if name in ("foreach", "fused") else {}
+        variants[name] = SimpleNamespace(
+            policy=pol, critic=cri, opt=ORIG_OPTIM.AdamW(pol.parameters(), lr=pc.lr, eps=1e-5, weight_decay=0.0, **extra),
+            copt=ORIG_OPTIM.AdamW(cri.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, **extra),
+            upd=[], smp=[])
+    for r in range(reps + 2):
+        order = list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]
+        for name, v in order:
+            t0 = time.perf_counter()
+            ORIG["ppo_update"](v.policy, mb, v.opt, pc, None, v.critic, v.copt, None)
+            t1 = time.perf_counter()
+            torch.manual_seed(r)
+            sample(v.policy, tok, prompts, max_new_tokens=a.new_tokens)
+            t2 = time.perf_counter()
+            if r >= 2:  # two warm-up rounds
+                v.upd.append(t1 - t0)
+                v.smp.append(t2 - t1)
+    print(f"micro: {reps} alternated calls per variant, minibatch {a.minibatch} x ({s.prompt_ids.shape[1]} prompt + "
+          f"{s.response_ids.shape[1]} response tokens), width {a.n_embd}")
+    b = variants["baseline"]
+    for name, v in variants.items():
+        mu, ms = statistics.median(v.upd), statistics.median(v.smp)
+        q = lambda x: statistics.quantiles(x, n=4)  # noqa: E731
+        print(f"  {name:<9} ppo_update {mu * 1e3:6.2f} ms (IQR {q(v.upd)[0] * 1e3:.2f}-{q(v.upd)[2] * 1e3:.2f}) "
+              f"x{mu / statistics.median(b.upd):.3f};  sample {ms * 1e3:6.2f} ms (IQR {q(v.smp)[0] * 1e3:.2f}-"
+              f"{q(v.smp)[2] * 1e3:.2f}) x{ms / statistics.median(b.smp):.3f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-embd", type=int, default=64)
@@ -162,7 +242,8 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cuts", default="gelu,foreach,fused", help="comma list; empty: only the phase breakdown")
+    ap.add_argument("--micro", type=int, default=40, help="alternated calls per variant in the micro bench (0: skip)")
+    ap.add_argument("--cuts", default="gelu,status,fused", help="comma list of gelu,status,foreach,fused; empty: only the phase breakdown")
     a = ap.parse_args()
     torch.set_num_threads(1)
     import ppo_vs_trl as pv
@@ -191,6 +272,8 @@ def main() -> int:
             l1 = fuse_gelu(m)(input_ids=x).logits
         print(f"  gelu swap: max |logit difference| {float((l0 - l1).abs().max()):.2e} "
               f"(logit scale {float(l0.abs().max()):.2e})")
+    if a.micro:
+        micro(d, a, cuts, a.micro)
     # --- the candidate cuts, side by side -------------------------------------------------------
     names = ["baseline"] + cuts
     res = {k: [] for k in names}

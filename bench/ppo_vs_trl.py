@@ -5,7 +5,8 @@
                                [--batch 8] [--new-tokens 32] [--epochs 4] [--sides ours,trl_ppo,trl_rloo]
 
 Same work on every side: the same scratch GPT-2 (policy = reference = SFT model; the reward
-model and the critic are its sequence-classifier twin), the same world tokenizer, the same
+model and the critic are its sequence-classifier twin; <end> made unreachable, so every
+episode samples exactly ``--new-tokens`` tokens on every side), the same world tokenizer, the same
 toy-world training prompts; batch ``--batch`` episodes, ``--new-tokens`` sampled tokens,
 ``--epochs`` PPO epochs over ONE minibatch of the whole batch, KL coefficient 0.05, fp32,
 no gradient checkpointing, no ptx, dropout 0, one torch thread.
@@ -57,7 +58,7 @@ def _one_thread():
 
 # ----------------------------------------------------------------------------- models (main venv)
 
-def prepare(d: Path, n_layer: int, n_embd: int, n_positions: int = 128) -> None:
+def prepare(d: Path, n_layer: int, n_embd: int, n_positions: int = 128, suppress_eos: bool = True) -> None:
     """Scratch policy/SFT model, its reward-model twin, the world tokenizer and the prompts."""
     sys.path.insert(0, str(REPO))
     import torch
@@ -70,7 +71,18 @@ def prepare(d: Path, n_layer: int, n_embd: int, n_positions: int = 128) -> None:
                                                                  f"model.n_positions={n_positions}"])
     world = World(cfg.world)
     tok = train_world_tokenizer(world)
-    save_hf(scratch_model(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id), tok, d / "sft")
+    policy = scratch_model(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id)
+    if suppress_eos:
+        # An untrained model ends a response at random, and ends more often the wider it is; so
+        # that every side and every width samples exactly --new-tokens tokens per episode, make
+        # <end> unreachable: one hidden unit is pinned to 1 after the final layer norm and the
+        # <end> logit gets -100 from it (weights are tied, so only <end>'s input embedding also
+        # changes, and <end> is never an input here).
+        with torch.no_grad():
+            policy.transformer.ln_f.weight[0] = 0.0
+            policy.transformer.ln_f.bias[0] = 1.0
+            policy.lm_head.weight[tok.eos_token_id, 0] = -100.0
+    save_hf(policy, tok, d / "sft")
     rm = load_reward_model(str(d / "sft"))
     rm.config.pad_token_id = tok.pad_token_id
     save_hf(rm, tok, d / "rm")
