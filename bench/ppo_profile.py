@@ -150,7 +150,8 @@ def run(d: Path, a, cut: str, timers: Timers | None) -> list[float]:
                 timers.ref = m
             return m
         ppo.load_causal_lm = load
-    if cut == "status":  # the proposed ppo.py change: rewrite status.json at most every 5 s
+    parts = cut.split("+")
+    if "status" in parts:  # the proposed ppo.py change: rewrite status.json at most every 5 s
         orig_set = rd.set_status
         last = [-1e9]
 
@@ -159,9 +160,10 @@ def run(d: Path, a, cut: str, timers: Timers | None) -> list[float]:
                 last[0] = time.time()
                 orig_set(*x, **k)
         rd.set_status = throttled
-    if cut in ("foreach", "fused"):
-        ppo.torch = _TorchProxy(_AdamWWith(**{cut: True}))
-    if cut == "gelu":
+    for c in ("foreach", "fused"):
+        if c in parts:
+            ppo.torch = _TorchProxy(_AdamWWith(**{c: True}))
+    if "gelu" in parts:
         for n, f in ORIG_LOADERS.items():
             setattr(ppo, n, lambda *x, _f=f, **k: fuse_gelu(_f(*x, **k)))
     try:
@@ -203,10 +205,14 @@ def micro(d: Path, a, cuts: list[str], reps: int) -> None:
                    torch.randn(mf.shape, generator=g) * mf)
     variants = {}
     for name in ["baseline"] + [c for c in cuts if c != "status"]:
+        name_ = name.replace("+status", "").replace("status+", "")
+        if name_ != name and name_ in variants:
+            continue
+        name = name_
         pol, cri = copy.deepcopy(base_policy).train(), copy.deepcopy(base_critic).train()
-        if name == "gelu":
+        if "gelu" in name.split("+"):
             fuse_gelu(pol), fuse_gelu(cri)
-        extra = {name: True} if name in ("foreach", "fused") else {}
+        extra = {c: True for c in ("foreach", "fused") if c in name.split("+")}
         variants[name] = SimpleNamespace(
             policy=pol, critic=cri, opt=ORIG_OPTIM.AdamW(pol.parameters(), lr=pc.lr, eps=1e-5, weight_decay=0.0, **extra),
             copt=ORIG_OPTIM.AdamW(cri.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, **extra),
@@ -243,7 +249,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--micro", type=int, default=40, help="alternated calls per variant in the micro bench (0: skip)")
-    ap.add_argument("--cuts", default="gelu,status,fused", help="comma list of gelu,status,foreach,fused; empty: only the phase breakdown")
+    ap.add_argument("--cuts", default="gelu,status,fused", help="comma list of gelu,status,foreach,fused, or several joined by + (gelu+status+fused); empty: only the phase breakdown")
     a = ap.parse_args()
     torch.set_num_threads(1)
     import ppo_vs_trl as pv
