@@ -121,7 +121,7 @@ class _TorchProxy:
 def run(d: Path, a, cut: str, timers: Timers | None) -> list[float]:
     steps = a.steps + 1
     cfg = load_config(REPO / "experiments" / "quickstart.yaml", [
-        f"model.n_layer=2", f"model.n_embd={a.n_embd}", f"ppo.steps={steps}", f"ppo.batch_size={a.batch}",
+        "model.n_layer=2", f"model.n_embd={a.n_embd}", f"ppo.steps={steps}", f"ppo.batch_size={a.batch}",
         f"ppo.minibatch_size={a.minibatch}", "ppo.epochs=4", f"ppo.max_new_tokens={a.new_tokens}",
         "ppo.beta=0.05", "ppo.ptx_coef=0", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1"])
     world = World(cfg.world)
