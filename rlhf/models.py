@@ -117,6 +117,7 @@ def scratch_model(cfg: ModelConfig, vocab_size: int, pad_id: int, eos_id: int) -
         vocab_size=vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0,
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id, tie_word_embeddings=True,
+        activation_function="gelu_pytorch_tanh",  # GPT-2's gelu_new as one fused kernel (~10% faster on CPU)
     )
     config._attn_implementation = cfg.attn_implementation
     return GPT2LMHeadModel(config)

@@ -50,7 +50,7 @@ from .config import ConfigError, RunConfig
 from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalised_rewards,
                      lm_loss, logprobs_from_logits, masked_mean, masked_whiten, ppo_clip_loss, value_loss)
 from .models import (load_causal_lm, load_reward_model, position_ids_from_mask, save_hf, sequence_scores)
-from .rundir import RunDir, append_jsonl, atomic_write_json, read_json, read_jsonl
+from .rundir import RunDir, append_jsonl, atomic_write_json, fsync_file, read_json, read_jsonl
 from .sampling import sample
 from .world import World
 
@@ -225,14 +225,14 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     critic = value_head = critic_opt = None
     if pc.critic == "separate":
         critic = load_reward_model(rm_path, dtype=cfg.model.dtype, device=device)
-        critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, fused=True)
     else:
         hidden = getattr(policy.config, "n_embd", None) or policy.config.hidden_size
         value_head = torch.nn.Linear(hidden, 1).to(device)
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
     params = list(policy.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
-    opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0, fused=True)
     ctl = AdaptiveKLController(pc.beta, pc.target_kl, pc.kl_horizon) if pc.adaptive_kl else FixedKLController(pc.beta)
 
     # --- data ---------------------------------------------------------------------------
@@ -268,11 +268,11 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         params = list(policy.parameters())
         if critic is not None:
             critic = load_reward_model(str(ck / "critic"), dtype=cfg.model.dtype, device=device)
-            critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0)
+            critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, fused=True)
         if value_head is not None:
             value_head.load_state_dict(load_file(str(ck / "value_head.safetensors")))
             params += list(value_head.parameters())
-        opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0)
+        opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0, fused=True)
         state = torch.load(ck / "trainer_state.pt", weights_only=True)
         opt.load_state_dict(state["opt"])
         if critic_opt is not None:
@@ -301,6 +301,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     rng = random.Random()
     bar = tqdm(range(start, pc.steps), desc="ppo", initial=start, total=pc.steps, mininterval=2.0)
     last = {}
+    last_status = -1e9
     for step in bar:
         # --- iterated RLHF: a new reward model at the start of each later round --------------
         this_round = step // steps_per_round
@@ -365,8 +366,10 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
             row["gold_reward"] = float(np.mean([world.gold_reward(prompt_meta[i], t) for i, t in zip(idx, s.texts)]))
         if held_lm is not None:
             row["heldout_lm_loss"] = held_lm
-        append_jsonl(out / "metrics.jsonl", row)
-        rd.set_status("running", stage="ppo", step=step + 1, total=pc.steps)
+        append_jsonl(out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
+        if time.time() - last_status >= 5.0 or step + 1 == pc.steps:  # an fsync'd write costs ~8 ms
+            rd.set_status("running", stage="ppo", step=step + 1, total=pc.steps)
+            last_status = time.time()
         last = row
         bar.set_postfix(r=f"{row['proxy_reward']:.2f}", kl=f"{mean_kl:.2f}",
                         gold=f"{row.get('gold_reward', float('nan')):.2f}")
@@ -377,6 +380,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                                                                              "step": step})
                 kl_saved.append(level)
         if (step + 1) % pc.checkpoint_every == 0 and step + 1 < pc.steps:
+            fsync_file(out / "metrics.jsonl")
             save_checkpoint(ckdir / f"step_{step + 1:06d}", policy, tokenizer, critic, value_head, opt, critic_opt,
                             ctl, step + 1, ptx, {"kl_saved": kl_saved, "rm_round": rm_round})
             for old in sorted(ckdir.glob("step_*"))[:-2]:

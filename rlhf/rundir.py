@@ -74,14 +74,20 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return default
 
 
-def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one JSON line and fsync (a line is either whole or absent on crash)."""
+def append_jsonl(path: str | Path, row: dict, fsync: bool = True) -> None:
+    """Append one JSON line, by default fsynced (a torn last line is skipped on reading)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(row, default=_json_default) + "\n"
     with open(path, "a") as f:
         f.write(line)
         f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def fsync_file(path: str | Path) -> None:
+    with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
