@@ -489,18 +489,11 @@ def load_prompt_file(path: str) -> list[str]:
     """Prompts from a JSONL(.gz) file (``prompt`` field, or HH-RLHF ``chosen`` dialogues), a
     text file (one prompt a line), or a hub dataset with such rows (users with internet)."""
     from .config import DataError
-    from .sft import read_jsonl_any, split_dialogue
+    from .sft import load_rows, split_dialogue
     p = Path(path)
-    if p.exists():
-        if p.suffix in (".txt",):
-            return [line.strip() for line in p.read_text().splitlines() if line.strip()]
-        rows = read_jsonl_any(p)
-    else:
-        try:
-            import datasets
-            rows = list(datasets.load_dataset(path, split="train"))
-        except Exception as e:  # noqa: BLE001 - any hub/loading failure is a data error here
-            raise DataError(f"ppo.data: {path} is neither a file nor a loadable dataset ({e})") from None
+    if p.suffix == ".txt" and p.exists():
+        return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    rows = load_rows(path, "ppo.data")
     out = []
     for r in rows:
         if "prompt" in r:

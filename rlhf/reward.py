@@ -25,7 +25,7 @@ from .losses import kwise_ranking_loss, pairwise_accuracy
 from .models import check_context, load_reward_model, save_hf, sequence_scores
 from .rundir import RunDir, append_jsonl, read_jsonl
 from .sampling import sample
-from .sft import read_jsonl_any, split_dialogue
+from .sft import load_rows, split_dialogue
 from .world import World
 
 
@@ -76,15 +76,7 @@ def sample_comparisons(world: World, policy, tokenizer, k: int, n_prompts: int, 
 def load_pair_comparisons(path: str, max_examples: int = 0) -> list[dict]:
     """Pairwise comparisons (K=2) from a JSONL(.gz) file with ``chosen``/``rejected``
     dialogues (HH-RLHF) or ``prompt``/``chosen``/``rejected`` fields; or a hub dataset."""
-    p = Path(path)
-    if p.exists():
-        rows = read_jsonl_any(p)
-    else:
-        try:
-            import datasets
-            rows = list(datasets.load_dataset(path, split="train"))
-        except Exception as e:  # noqa: BLE001 - any hub/loading failure is a data error here
-            raise DataError(f"rm.data: {path} is neither a file nor a loadable dataset ({e})") from None
+    rows = load_rows(path, "rm.data")
     out = []
     for r in rows:
         if "prompt" in r:

@@ -28,6 +28,19 @@ def read_jsonl_any(path: str | Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def load_rows(path: str, key: str) -> list[dict]:
+    """Rows of a JSONL(.gz) file, or of a hub dataset's train split (users with internet);
+    ``key`` names the setting in the error message."""
+    p = Path(path)
+    if p.exists():
+        return read_jsonl_any(p)
+    try:
+        import datasets
+        return list(datasets.load_dataset(path, split="train"))
+    except Exception as e:  # noqa: BLE001 - any hub/loading failure is a data error here
+        raise DataError(f"{key}: {path} is neither a file nor a loadable dataset ({e})") from None
+
+
 def load_demonstrations(cfg: RunConfig, world: World | None) -> list[tuple[str, str]]:
     """(prompt, response) pairs: the toy world's demonstrations, or a JSONL file with
     ``prompt``/``response`` fields (or HH-RLHF style ``chosen`` dialogues)."""
