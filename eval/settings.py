@@ -66,6 +66,7 @@ class EvalSettings:
     bon_max_n: int = 16
     overopt_max_new_tokens: int = 16
     gold_rm: str = ""  # real models: a reward model name/path for the gold reward
+    overopt_prompts: str = ""  # real models: prompt file/hub dataset ("" = the run's ppo.data)
 
     # ------------------------------------------------------------------ paths
     def resolved_data_dir(self) -> Optional[Path]:

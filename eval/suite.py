@@ -463,7 +463,37 @@ def _overopt_prompts_and_gold(ctx: Context):
         return [p.text for p in ps], (lambda i, resp: world.gold_reward(ps[i], resp))
     if not s.gold_rm:
         raise EvalError("overopt outside the toy world needs the 'gold_rm' setting (a reward model name or path)")
-    raise EvalError("overopt with a gold reward model is not implemented yet (toy world runs only)")
+    return _gold_rm_prompts_and_gold(ctx, rng)
+
+
+def _gold_rm_prompts_and_gold(ctx: Context, rng):
+    """Real models: prompts from ``overopt_prompts`` (default: the run's ``ppo.data``) and a
+    gold reward model (``gold_rm``, e.g. one trained on more comparisons than the proxy)
+    that scores ``prompt + " " + response`` as the proxy RM does."""
+    import torch
+
+    from rlhf.config import load_config
+    from rlhf.models import load_reward_model, load_tokenizer, sequence_scores
+    from rlhf.ppo import load_prompt_file
+    s = ctx.s
+    run = ctx.target.run_dir
+    cfg = load_config(run / "config.yaml")
+    prompts = load_prompt_file(s.overopt_prompts or cfg.ppo.data)
+    prompts = rng.sample(prompts, min(s.overopt_n_prompts, len(prompts)))
+    try:
+        gold_model = load_reward_model(s.gold_rm, s.dtype, ctx.device).eval()
+        gtok = load_tokenizer(s.gold_rm)
+    except Exception as e:
+        raise EvalError(f"gold_rm={s.gold_rm!r} is not a loadable reward model: {e}") from None
+    gtok.truncation_side = "left"
+
+    @torch.no_grad()
+    def gold(i: int, resp: str) -> float:
+        enc = gtok(prompts[i] + " " + resp, return_tensors="pt", truncation=True, max_length=cfg.rm.max_length,
+                   add_special_tokens=False).to(ctx.device)
+        return float(sequence_scores(gold_model, enc["input_ids"], enc["attention_mask"])[0])
+
+    return prompts, gold
 
 
 # ------------------------------------------------------------------- evaluate

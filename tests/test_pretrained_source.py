@@ -13,7 +13,7 @@ from rlhf.world import World
 from conftest import REPO
 
 
-def test_hf_folder_with_pair_data(tmp_path):
+def make_hf_run(tmp_path):
     world = World(WorldConfig(n_entities=12, corpus_docs=200))
     tok = train_world_tokenizer(world)
     model_dir = tmp_path / "base"
@@ -31,7 +31,11 @@ def test_hf_folder_with_pair_data(tmp_path):
         f"out_dir={tmp_path}", "name=hf", f"model.source={model_dir}", f"rm.data={pairs}", f"ppo.data={pairs}",
         f"ppo.ptx_data={text}", "ppo.ptx_coef=0.5", "ppo.steps=3", "ppo.batch_size=4", "ppo.minibatch_size=2",
         "ppo.max_new_tokens=6", "ppo.checkpoint_every=2", "threads=1", "ppo.lr=1e-4"])
-    run = run_pipeline(cfg)
+    return run_pipeline(cfg)
+
+
+def test_hf_folder_with_pair_data(tmp_path):
+    run = make_hf_run(tmp_path)
     assert read_json(run / "pretrain" / "summary.json")["skipped"] is True
     assert read_json(run / "sft" / "summary.json")["skipped"] is True
     rm = read_json(run / "rm" / "summary.json")
@@ -40,3 +44,20 @@ def test_hf_folder_with_pair_data(tmp_path):
     assert len(ppo) == 3 and all(r["ptx_loss"] > 0 for r in ppo) and "gold_reward" not in ppo[0]
     assert "heldout_lm_loss" in ppo[0]
     assert not (run / "world").exists()
+
+
+def test_overoptimisation_with_a_gold_reward_model(tmp_path):
+    """Real models: the gold reward comes from a reward model (here a second RM trained on
+    more comparisons than the proxy), the prompts from the run's ppo.data."""
+    from eval.settings import make_settings
+    from eval.suite import evaluate
+    run = make_hf_run(tmp_path)
+    gold_cfg = load_config(run / "config.yaml", ["name=gold", "stages=[sft,rm]", "rm.epochs=2"])
+    gold_run = run_pipeline(gold_cfg)
+    settings = make_settings([f"gold_rm={gold_run / 'rm'}", "overopt_n_prompts=4", "overopt_samples=2",
+                              "bon_max_n=4", "overopt_max_new_tokens=4"])
+    recs = evaluate(str(run), ["overopt"], settings, progress=False)
+    assert not [r for r in recs if r.get("error")], [r["error"] for r in recs if r.get("error")]
+    bon = [r for r in recs if r["metric"] == "gold_reward" and r.get("method") == "bon"]
+    assert [r["bon_n"] for r in bon] == [1, 2, 4]
+    assert {r["subset"] for r in recs if r["metric"].startswith("fit_")} == {"bon", "rl"}
