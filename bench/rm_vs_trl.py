@@ -49,12 +49,8 @@ from rlhf.tokenizer import train_world_tokenizer  # noqa: E402
 from rlhf.world import EOS, World, WorldConfig  # noqa: E402
 
 
-def make_rm(n_layer: int, n_embd: int, vocab: int, pad: int):
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-    c = GPT2Config(vocab_size=vocab, n_positions=128, n_embd=n_embd, n_layer=n_layer, n_head=4, resid_pdrop=0.0,
-                   embd_pdrop=0.0, attn_pdrop=0.0, num_labels=1, pad_token_id=pad)
-    c._attn_implementation = "sdpa"
-    return GPT2ForSequenceClassification(c)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rm_kscaling import make_rm  # noqa: E402  (the same reward model on both sides of both benches)
 
 
 def ours_block(model, tok, rows, steps: int) -> list[float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -143,35 +142,29 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_causal_lm(path: str, dtype: str = "float32", device: Optional[torch.device] = None,
-                   attn_implementation: Optional[str] = "sdpa") -> PreTrainedModel:
-    src = resolve_source(path)
-    kw = {"dtype": DTYPES[dtype]}
-    if attn_implementation:
-        kw["attn_implementation"] = attn_implementation
+def _load(auto_cls, what: str, path: str, dtype: str, device: Optional[torch.device], **kw) -> PreTrainedModel:
+    """``auto_cls.from_pretrained`` on a resolved source, dropout 0, moved to ``device``."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, **kw)
+        model = auto_cls.from_pretrained(resolve_source(path), dtype=DTYPES[dtype], **kw)
     except (OSError, ValueError) as e:
-        raise SourceError(f"cannot load a causal LM from {path!r}: {e}") from None
+        raise SourceError(f"cannot load {what} from {path!r}: {e}") from None
     model = no_dropout(model)
     if device is not None:
         model.to(device)
     return model
+
+
+def load_causal_lm(path: str, dtype: str = "float32", device: Optional[torch.device] = None,
+                   attn_implementation: Optional[str] = "sdpa") -> PreTrainedModel:
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return _load(AutoModelForCausalLM, "a causal LM", path, dtype, device, **kw)
 
 
 def load_reward_model(path: str, dtype: str = "float32", device: Optional[torch.device] = None,
                       num_labels: int = 1) -> PreTrainedModel:
     """A sequence classifier with one output: the reward (or the value model)."""
-    src = resolve_source(path)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=num_labels, dtype=DTYPES[dtype],
-                                                                   attn_implementation="sdpa")
-    except (OSError, ValueError) as e:
-        raise SourceError(f"cannot load a reward model from {path!r}: {e}") from None
-    model = no_dropout(model)
-    if device is not None:
-        model.to(device)
-    return model
+    return _load(AutoModelForSequenceClassification, "a reward model", path, dtype, device,
+                 num_labels=num_labels, attn_implementation="sdpa")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -228,6 +221,3 @@ def save_hf(model: PreTrainedModel, tokenizer, directory: str | Path) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(str(d))
 
-
-def python_exe() -> str:
-    return sys.executable

@@ -8,14 +8,13 @@ where the run is: running / done / failed / diverged / interrupted, with the sta
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from .config import ConfigError, RunConfig, dump_yaml
 from .models import load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
@@ -100,7 +99,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
     seed_everything(cfg.seed)
     rd.write_provenance(dump_yaml(cfg), cfg.seed, argv)
     stage = "setup"
-    rd.set_status("running", stage=stage, pid=_pid())
+    rd.set_status("running", stage=stage, pid=os.getpid())
     try:
         world = tok = None
         if uses_world(cfg):
@@ -184,15 +183,3 @@ def _discard_partial(rd: RunDir, stage: str) -> None:
     if tmp.exists():
         shutil.rmtree(tmp, ignore_errors=True)
 
-
-def _pid() -> int:
-    import os
-    return os.getpid()
-
-
-def quickstart_config_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"
-
-
-def _unused() -> None:  # keep torch import meaningful for type checkers
-    _ = torch, sys
