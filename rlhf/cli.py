@@ -1,6 +1,8 @@
 """The `rlhf` console command.
 
     rlhf run CONFIG [key=value ...] [--force]     run every stage into one run directory
+                                                  (SIGTERM/SIGUSR1: PPO checkpoints, then exits 128+sig;
+                                                  the same command resumes)
     rlhf config CONFIG [key=value ...]            print the resolved config
     rlhf eval | sweep | report ...                plugins (eval/, slurm/, analysis/)
 
@@ -22,9 +24,14 @@ EXIT_BAD_INPUT = 2
 
 def _cmd_run(args) -> int:
     from .pipeline import Diverged, run_pipeline
+    from .stop import StopRequested, cli_handlers
     cfg = load_config(args.config, args.overrides)
     try:
-        run_pipeline(cfg, force=args.force, run_dir=args.run_dir, argv=sys.argv)
+        with cli_handlers():
+            run_pipeline(cfg, force=args.force, run_dir=args.run_dir, argv=sys.argv)
+    except StopRequested as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: the run directory says 'interrupted'; the unfinished stage was discarded",
               file=sys.stderr)

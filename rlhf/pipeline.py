@@ -19,6 +19,7 @@ from typing import Optional
 from .config import ConfigError, RunConfig, dump_yaml
 from .models import load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
 from .rundir import RunDir
+from .stop import StopRequested
 from .world import World
 
 
@@ -160,6 +161,9 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
     except SystemExit as e:  # e.g. submitit's preemption/requeue: resumable, not a failure
         _discard_partial(rd, stage)
         rd.set_status("interrupted", stage=stage, error=f"stopped by SystemExit({e.code}) (preempted or requeued)")
+        raise
+    except StopRequested as e:  # checkpointed at an iteration boundary: resumable
+        rd.set_status("interrupted", stage=stage, step=e.step, error=str(e), checkpoint=e.checkpoint)
         raise
     except Diverged as e:
         rd.set_status("diverged", stage=stage, step=e.step, values=e.values, error=str(e))

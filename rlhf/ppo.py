@@ -23,7 +23,9 @@ Each iteration (``ppo.steps`` of them):
 
 Every ``ppo.checkpoint_every`` iterations the full state (policy, critic, optimisers, RNG
 states, step, β controller) goes to ``ppo.tmp/checkpoints/step_N``; a killed run resumes
-from the latest one to the same result. Policies are also saved the first time the KL
+from the latest one to the same result. A stop request (SIGTERM or SIGUSR1 to ``rlhf run``,
+Slurm's preemption signal in a sweep; see ``rlhf/stop.py``) writes one more checkpoint at
+the end of the iteration in flight and stops, so a preemption loses nothing. Policies are also saved the first time the KL
 passes each of ``ppo.kl_levels`` (``kl/kl_<level>``) for the over-optimisation eval.
 ``ppo.rounds`` > 1 is iterated RLHF: at the start of each later round the labeler ranks K
 samples of the current policy per prompt and the reward model is retrained on all
@@ -51,6 +53,7 @@ from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logit
                      lm_loss, logprobs_from_logits, masked_mean, masked_whiten, ppo_clip_loss, value_loss)
 from .models import (load_causal_lm, load_reward_model, position_ids_from_mask, save_hf, sequence_scores)
 from .rundir import RunDir, append_jsonl, atomic_write_json, fsync_file, read_json, read_jsonl
+from . import stop
 from .sampling import sample
 from .world import World
 
@@ -302,89 +305,95 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     bar = tqdm(range(start, pc.steps), desc="ppo", initial=start, total=pc.steps, mininterval=2.0)
     last = {}
     last_status = -1e9
-    for step in bar:
-        # --- iterated RLHF: a new reward model at the start of each later round --------------
-        this_round = step // steps_per_round
-        if this_round > rm_round:
-            rm = retrain_reward_model(cfg, rd, out, sft_path, tokenizer, world, device, policy, this_round)
-            rm_round = this_round
-        rng.seed(gen_seed_base + step)
-        idx = [rng.randrange(len(prompts)) for _ in range(pc.batch_size)]
-        batch_prompts = [prompts[i] for i in idx]
+    with stop.listening():  # SIGTERM/USR2: checkpoint at the end of this iteration (rlhf/stop.py)
+        for step in bar:
+            # --- iterated RLHF: a new reward model at the start of each later round --------------
+            this_round = step // steps_per_round
+            if this_round > rm_round:
+                rm = retrain_reward_model(cfg, rd, out, sft_path, tokenizer, world, device, policy, this_round)
+                rm_round = this_round
+            rng.seed(gen_seed_base + step)
+            idx = [rng.randrange(len(prompts)) for _ in range(pc.batch_size)]
+            batch_prompts = [prompts[i] for i in idx]
 
-        # --- 1-2. rollout and scoring ------------------------------------------------------------
-        policy.eval()
-        s = sample(policy, tokenizer, batch_prompts, max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
-                   top_p=pc.top_p)
-        pi, pm, ri, rmask = (s.prompt_ids.to(device), s.prompt_mask.to(device), s.response_ids.to(device),
-                             s.response_mask.to(device))
-        with torch.no_grad():
-            logp, _, v_head = policy_forward(policy, pi, pm, ri, rmask, pc.temperature, value_head)
-            ref_logp, _, _ = policy_forward(ref, pi, pm, ri, rmask, pc.temperature)
-            score_raw = reward_scores(rm, pi, pm, ri, rmask)
-            score = score_raw + pc.no_eos_penalty * (~s.ended).float().to(device)
-            values = v_head if value_head is not None else critic_values(critic, pi, pm, ri, rmask)
-        maskf = rmask.float()
-        # --- 3. per-token rewards, GAE ------------------------------------------------------------
-        rewards, kl = kl_penalised_rewards(score, logp, ref_logp, maskf, ctl.value)
-        if pc.whiten_rewards:
-            rewards = masked_whiten(rewards, maskf, shift_mean=False)
-        adv, ret = gae(rewards, values * maskf, maskf, pc.gamma, pc.lam)
-        if pc.whiten_advantages:
-            adv = masked_whiten(adv, maskf)
-        check_finite(step, {"reward": score, "kl": kl.sum(1), "values": values, "advantages": adv})
-        batch = Batch(pi, pm, ri, maskf, logp, ref_logp, values * maskf, adv, ret)
+            # --- 1-2. rollout and scoring ------------------------------------------------------------
+            policy.eval()
+            s = sample(policy, tokenizer, batch_prompts, max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
+                       top_p=pc.top_p)
+            pi, pm, ri, rmask = (s.prompt_ids.to(device), s.prompt_mask.to(device), s.response_ids.to(device),
+                                 s.response_mask.to(device))
+            with torch.no_grad():
+                logp, _, v_head = policy_forward(policy, pi, pm, ri, rmask, pc.temperature, value_head)
+                ref_logp, _, _ = policy_forward(ref, pi, pm, ri, rmask, pc.temperature)
+                score_raw = reward_scores(rm, pi, pm, ri, rmask)
+                score = score_raw + pc.no_eos_penalty * (~s.ended).float().to(device)
+                values = v_head if value_head is not None else critic_values(critic, pi, pm, ri, rmask)
+            maskf = rmask.float()
+            # --- 3. per-token rewards, GAE ------------------------------------------------------------
+            rewards, kl = kl_penalised_rewards(score, logp, ref_logp, maskf, ctl.value)
+            if pc.whiten_rewards:
+                rewards = masked_whiten(rewards, maskf, shift_mean=False)
+            adv, ret = gae(rewards, values * maskf, maskf, pc.gamma, pc.lam)
+            if pc.whiten_advantages:
+                adv = masked_whiten(adv, maskf)
+            check_finite(step, {"reward": score, "kl": kl.sum(1), "values": values, "advantages": adv})
+            batch = Batch(pi, pm, ri, maskf, logp, ref_logp, values * maskf, adv, ret)
 
-        # held-out pretraining loss of the policy that made this batch (before its update)
-        held_lm = None
-        if held_ids is not None and step % pc.checkpoint_every == 0:
-            held_lm = heldout_lm_loss(policy, held_ids, held_len, device)
+            # held-out pretraining loss of the policy that made this batch (before its update)
+            held_lm = None
+            if held_ids is not None and step % pc.checkpoint_every == 0:
+                held_lm = heldout_lm_loss(policy, held_ids, held_len, device)
 
-        # --- 4. PPO epochs over minibatches ------------------------------------------------------
-        policy.train()
-        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
-                                                         "ptx_loss", "vf_clipfrac")}
-        for epoch in range(pc.epochs):
-            perm = torch.randperm(pc.batch_size)
-            for i in range(0, pc.batch_size, pc.minibatch_size):
-                mb = batch.index(perm[i:i + pc.minibatch_size])
-                ptx_x = ptx.batch(ptx_per_update).to(device) if ptx is not None else None
-                st = ppo_update(policy, mb, opt, pc, value_head, critic, critic_opt, ptx_x)
-                for k, v in st.items():
-                    stats[k].append(v)
-                check_finite(step, {k: torch.tensor(v) for k, v in st.items()})
+            # --- 4. PPO epochs over minibatches ------------------------------------------------------
+            policy.train()
+            stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
+                                                             "ptx_loss", "vf_clipfrac")}
+            for epoch in range(pc.epochs):
+                perm = torch.randperm(pc.batch_size)
+                for i in range(0, pc.batch_size, pc.minibatch_size):
+                    mb = batch.index(perm[i:i + pc.minibatch_size])
+                    ptx_x = ptx.batch(ptx_per_update).to(device) if ptx is not None else None
+                    st = ppo_update(policy, mb, opt, pc, value_head, critic, critic_opt, ptx_x)
+                    for k, v in st.items():
+                        stats[k].append(v)
+                    check_finite(step, {k: torch.tensor(v) for k, v in st.items()})
 
-        # --- 5. β controller, logging, checkpoints --------------------------------------------
-        mean_kl = kl.sum(1).mean().item()
-        ctl_beta = ctl.value
-        ctl.update(mean_kl, pc.batch_size)
-        row = {"step": step, "round": rm_round, "proxy_reward": score.mean().item(),
-               "rm_score": score_raw.mean().item(), "kl": mean_kl, "beta": ctl_beta,
-               "response_len": rmask.sum(1).float().mean().item(), "ended": s.ended.float().mean().item(),
-               **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}, "time_s": time.time() - t0}
-        if world is not None and prompt_meta is not None:
-            row["gold_reward"] = float(np.mean([world.gold_reward(prompt_meta[i], t) for i, t in zip(idx, s.texts)]))
-        if held_lm is not None:
-            row["heldout_lm_loss"] = held_lm
-        append_jsonl(out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
-        if time.time() - last_status >= 5.0 or step + 1 == pc.steps:  # an fsync'd write costs ~8 ms
-            rd.set_status("running", stage="ppo", step=step + 1, total=pc.steps)
-            last_status = time.time()
-        last = row
-        bar.set_postfix(r=f"{row['proxy_reward']:.2f}", kl=f"{mean_kl:.2f}",
-                        gold=f"{row.get('gold_reward', float('nan')):.2f}")
-        for level in pc.kl_levels:
-            if mean_kl >= level and level not in kl_saved:
-                save_hf(policy, tokenizer, out / "kl" / f"kl_{level:g}")
-                atomic_write_json(out / "kl" / f"kl_{level:g}" / "kl.json", {"level": level, "kl": mean_kl,
-                                                                             "step": step})
-                kl_saved.append(level)
-        if (step + 1) % pc.checkpoint_every == 0 and step + 1 < pc.steps:
-            fsync_file(out / "metrics.jsonl")
-            save_checkpoint(ckdir / f"step_{step + 1:06d}", policy, tokenizer, critic, value_head, opt, critic_opt,
-                            ctl, step + 1, ptx, {"kl_saved": kl_saved, "rm_round": rm_round})
-            for old in sorted(ckdir.glob("step_*"))[:-2]:
-                shutil.rmtree(old, ignore_errors=True)
+            # --- 5. β controller, logging, checkpoints --------------------------------------------
+            mean_kl = kl.sum(1).mean().item()
+            ctl_beta = ctl.value
+            ctl.update(mean_kl, pc.batch_size)
+            row = {"step": step, "round": rm_round, "proxy_reward": score.mean().item(),
+                   "rm_score": score_raw.mean().item(), "kl": mean_kl, "beta": ctl_beta,
+                   "response_len": rmask.sum(1).float().mean().item(), "ended": s.ended.float().mean().item(),
+                   **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}, "time_s": time.time() - t0}
+            if world is not None and prompt_meta is not None:
+                row["gold_reward"] = float(np.mean([world.gold_reward(prompt_meta[i], t) for i, t in zip(idx, s.texts)]))
+            if held_lm is not None:
+                row["heldout_lm_loss"] = held_lm
+            append_jsonl(out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
+            if time.time() - last_status >= 5.0 or step + 1 == pc.steps:  # an fsync'd write costs ~8 ms
+                rd.set_status("running", stage="ppo", step=step + 1, total=pc.steps)
+                last_status = time.time()
+            last = row
+            bar.set_postfix(r=f"{row['proxy_reward']:.2f}", kl=f"{mean_kl:.2f}",
+                            gold=f"{row.get('gold_reward', float('nan')):.2f}")
+            for level in pc.kl_levels:
+                if mean_kl >= level and level not in kl_saved:
+                    save_hf(policy, tokenizer, out / "kl" / f"kl_{level:g}")
+                    atomic_write_json(out / "kl" / f"kl_{level:g}" / "kl.json", {"level": level, "kl": mean_kl,
+                                                                                 "step": step})
+                    kl_saved.append(level)
+            stop_reason = stop.requested()
+            if step + 1 < pc.steps and ((step + 1) % pc.checkpoint_every == 0 or stop_reason):
+                fsync_file(out / "metrics.jsonl")
+                ck = ckdir / f"step_{step + 1:06d}"
+                save_checkpoint(ck, policy, tokenizer, critic, value_head, opt, critic_opt,
+                                ctl, step + 1, ptx, {"kl_saved": kl_saved, "rm_round": rm_round})
+                for old in sorted(ckdir.glob("step_*"))[:-2]:
+                    shutil.rmtree(old, ignore_errors=True)
+                if stop_reason:
+                    bar.close()
+                    raise stop.StopRequested(stop_reason, "ppo", step + 1, str(ck))
     bar.close()
     policy.eval()
     final_held = heldout_lm_loss(policy, held_ids, held_len, device) if held_ids is not None else None

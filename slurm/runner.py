@@ -3,7 +3,11 @@
 :class:`SweepRun` is a ``submitit.helpers.Checkpointable``. On the preemption / time-limit
 signal (USR2, from Slurm ``--signal`` or ``scancel --signal=USR2``) submitit calls
 :meth:`SweepRun.checkpoint`, which returns a ``DelayedSubmission`` of the very same call,
-and requeues the task. Nothing else needs saving: the requeued task calls
+and requeues the task. Before that, during PPO, the signal is first turned into a stop
+request (``rlhf/stop.py``): PPO finishes the iteration in flight, writes a checkpoint at
+that step and stops, and only then does submitit requeue. If PPO does not reach the end of
+its iteration within ``stop_grace_s`` (half of the sweep's ``slurm.signal_delay_s``), the
+task is requeued anyway from the last periodic checkpoint. The requeued task calls
 ``run_pipeline`` again, which skips the finished stages, and PPO resumes from its latest
 ``<run>/ppo.tmp/checkpoints/step_*`` (an unfinished pretrain/SFT/RM stage is redone).
 
@@ -15,6 +19,7 @@ settings are applied).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +31,7 @@ import submitit
 from rlhf.rundir import RunDir, append_jsonl, atomic_write_json, read_json
 
 JOB_FILE = "sweep_job.json"  # in each run directory: the job running it, restarts, host
-PREEMPTED_MESSAGE = "preempted: checkpointed and requeued by Slurm; resumes from the last stage checkpoint"
+PREEMPTED_MESSAGE = "preempted: checkpointed and requeued by Slurm; resumes from the last checkpoint"
 
 
 def job_info(executor: str) -> dict[str, Any]:
@@ -72,14 +77,45 @@ class SweepRun(submitit.helpers.Checkpointable):
             if int(spec.get("gpus", 0)) > 1 and spec.get("launcher", "auto") != "none":
                 self._run_multi_gpu(spec, rd)
             else:
-                from rlhf.pipeline import run_pipeline
-                run_pipeline(cfg, run_dir=rd.path, argv=["rlhf", "sweep", "run", spec["run_id"]])
+                self._run_in_process(spec, cfg, rd)
         except BaseException:
             if self._preempted:
                 st = rd.status()
-                rd.set_status("interrupted", stage=st.get("stage"), error=PREEMPTED_MESSAGE, requeued=True)
+                rd.set_status("interrupted", stage=st.get("stage"), step=st.get("step"),
+                              checkpoint=st.get("checkpoint"), error=PREEMPTED_MESSAGE, requeued=True)
             raise
         return result_of(rd, spec["run_id"])
+
+    def _run_in_process(self, spec: dict, cfg, rd: RunDir) -> None:
+        """run_pipeline, with submitit's preemption handler deferred to PPO's next iteration."""
+        from rlhf import stop
+        from rlhf.pipeline import run_pipeline
+        sig = submitit.JobEnvironment._usr_sig()
+        requeue = signal.getsignal(sig)  # submitit's checkpoint_and_try_requeue, inside a job
+        grace = int(spec.get("stop_grace_s", 60))
+
+        def on_preempt(signum, frame):
+            if callable(requeue) and stop.request_stop(f"{signal.Signals(signum).name} (Slurm preemption)"):
+                print(f"[sweep] {spec['run_id']}: {signal.Signals(signum).name}: checkpointing at the end of this "
+                      f"PPO iteration (at most {grace} s), then requeueing", flush=True)
+                signal.signal(signal.SIGALRM, lambda *_: requeue(signum, None))  # PPO too slow: requeue anyway
+                signal.alarm(grace)
+            elif callable(requeue):
+                requeue(signum, frame)
+
+        if callable(requeue):
+            signal.signal(sig, on_preempt)
+        try:
+            run_pipeline(cfg, run_dir=rd.path, argv=["rlhf", "sweep", "run", spec["run_id"]])
+        except stop.StopRequested as e:
+            signal.alarm(0)
+            print(f"[sweep] {spec['run_id']}: {e}", flush=True)
+            requeue(sig, None)  # submitit: self.checkpoint(), scontrol requeue, sys.exit
+            raise
+        finally:
+            signal.alarm(0)
+            if callable(requeue):
+                signal.signal(sig, requeue)
 
     def checkpoint(self, spec: dict) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
         """Called by submitit on USR2: requeue the same call (the stages checkpoint themselves)."""

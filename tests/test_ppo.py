@@ -1,4 +1,4 @@
-"""PPO-ptx on a tiny run: the update, resumption after SIGKILL, divergence, bad input."""
+"""PPO-ptx on a tiny run: the update, resumption after SIGKILL and SIGTERM, divergence, bad input."""
 
 import os
 import shutil
@@ -120,7 +120,7 @@ def _strip_time(rows):
     return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
 
 
-def test_sigkill_mid_ppo_then_resume_gives_same_result(tiny_run, tmp_path):
+def test_sigkill_or_sigterm_mid_ppo_then_resume_gives_same_result(tiny_run, tmp_path):
     extra = ["ppo.steps=40", "ppo.checkpoint_every=4", "ppo.ptx_coef=0.5"]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -152,6 +152,33 @@ def test_sigkill_mid_ppo_then_resume_gives_same_result(tiny_run, tmp_path):
     from safetensors.torch import load_file
     wa, wb = load_file(a / "ppo" / "model.safetensors"), load_file(b / "ppo" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    # SIGTERM: a checkpoint at the end of the iteration in flight, exit 143, and the resume
+    # starts exactly there (not at the last periodic checkpoint, a multiple of 4)
+    (tmp_path / "c").mkdir()
+    c = copy_run(tiny_run, tmp_path / "c")
+    p = _cli_ppo(tmp_path / "c", extra, force=True)
+    metrics = c / "ppo.tmp" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 9):
+        time.sleep(0.02)
+    seen = len(metrics.read_text().splitlines())
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err[-3000:]
+    st = read_json(c / "status.json")
+    stopped_at = len(read_jsonl(metrics))
+    assert st["state"] == "interrupted" and st["stage"] == "ppo" and st["step"] == stopped_at, st
+    assert seen <= stopped_at < 40
+    assert (c / "ppo.tmp" / "checkpoints" / f"step_{stopped_at:06d}" / "state.json").exists()
+    assert "SIGTERM" in err and "re-run the same config to resume" in err
+    p = _cli_ppo(tmp_path / "c", extra)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert f"resumed from step_{stopped_at:06d}" in out
+    assert _strip_time(read_jsonl(c / "ppo" / "metrics.jsonl")) == _strip_time(ra)
+    wc = load_file(c / "ppo" / "model.safetensors")
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
 def test_nan_reward_stops_run_as_diverged(tiny_run, tmp_path, monkeypatch):

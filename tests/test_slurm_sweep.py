@@ -7,6 +7,7 @@ the reason, when `sinfo` cannot reach a cluster.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -114,7 +115,8 @@ def test_grid_2x2_job_array_finishes_and_collects(tmp_path, capsys):
 
 
 def test_preempted_task_requeues_and_resumes_to_the_same_result(tmp_path, capsys):
-    long_ppo = {"ppo.steps": 120}
+    # no periodic checkpoint within the run: resuming at all needs the checkpoint written on USR2
+    long_ppo = {"ppo.steps": 120, "ppo.checkpoint_every": 1000}
     f = write_sweep(tmp_path, "pre", seeds=[0, 1], **long_ppo)
     # the reference: the same runs, never preempted, on this machine (local executor), meanwhile
     ref = subprocess.Popen([sys.executable, "-m", "slurm.cli", str(f), "--executor", "local",
@@ -127,12 +129,14 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(tmp_path, capsys
         jobs = {j["run_id"]: j["job_id"] for j in read_jsonl(sdir / "jobs.jsonl")}
         victim = sorted(jobs)[0]
         run = sdir / "runs" / victim
-        # wait until PPO has written a checkpoint, then preempt that array task
+        # wait until PPO is a few iterations in, then preempt that array task
         end = time.time() + 120
-        while not sorted((run / "ppo.tmp" / "checkpoints").glob("step_00000[4-9]")):
+        metrics = run / "ppo.tmp" / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
             assert not (run / "ppo" / "DONE").exists(), "PPO finished before it could be preempted"
             assert time.time() < end, "PPO never started"
             time.sleep(0.1)
+        done_at_signal = len(metrics.read_text().splitlines())
         subprocess.run(["scancel", "--signal=USR2", jobs[victim]], check=True)
         states = wait_settled(sdir, timeout=180)
         ref_out, _ = ref.communicate(timeout=180)
@@ -145,7 +149,10 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(tmp_path, capsys
     assert [h["restarts"] for h in read_jsonl(run / "sweep_jobs.jsonl")] == [0, 1]
     assert states[victim].slurm_state == "COMPLETED"
     log = Path(jobs and read_jsonl(sdir / "jobs.jsonl")[0]["folder"]) / f"{jobs[victim]}_0_log.out"
-    assert "resumed from step_" in log.read_text()
+    text = log.read_text()
+    assert "checkpointing at the end of this PPO iteration" in text
+    resumed = [int(m) for m in re.findall(r"resumed from step_(\d+)", text)]
+    assert len(resumed) == 1 and done_at_signal <= resumed[0] < 120, (done_at_signal, resumed)
     other = next(r for r in jobs if r != victim)
     assert states[other].restarts == 0
     for rid in jobs:
