@@ -394,3 +394,30 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
+    """What differs between a run directory's saved ``config.yaml`` and ``cfg``, as
+    ``key: old -> new`` lines. A key the saved config lacks is no change when ``cfg`` has
+    its default there: a switch added to the code after the run was made, at the value
+    that reproduces the old behaviour."""
+    old = _flatten_dict(yaml.safe_load(old_yaml) or {})
+    new = _flatten_dict(yaml.safe_load(dump_yaml(cfg)))
+    defaults = _flatten_dict(yaml.safe_load(dump_yaml(RunConfig())))
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old and new.get(key) == defaults.get(key):
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            changes.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return changes

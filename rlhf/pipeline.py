@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 
-from .config import ConfigError, RunConfig, dump_yaml
+from .config import ConfigError, RunConfig, config_changes, dump_yaml
 from .models import load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
 from .rundir import RunDir
 from .stop import StopRequested
@@ -46,9 +46,13 @@ def peak_rss_mb() -> float:
 
 def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
     old = rd.path / "config.yaml"
-    if old.exists() and not force and old.read_text() != dump_yaml(cfg):
-        raise ConfigError(
-            f"run directory {rd.path} holds a different config: pick another name=..., or --force to redo it")
+    if not old.exists() or force:
+        return
+    changes = config_changes(old.read_text(), cfg)
+    if changes:
+        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+        raise ConfigError(f"run directory {rd.path} holds a different config ({shown}): "
+                          f"pick another name=..., or --force to redo it")
 
 
 def prepare_world(rd: RunDir, cfg: RunConfig):

@@ -70,3 +70,17 @@ def test_cli_config_prints_resolved(tmp_path):
     r = subprocess.run(rlhf_cmd() + ["config", str(QUICK), "ppo.beta=0.2"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert "beta: 0.2" in r.stdout
+
+
+def test_config_changes_names_keys_and_ignores_new_switches_at_their_default():
+    import yaml
+    from rlhf.config import RunConfig, config_changes, dump_yaml, from_dict
+    cfg = RunConfig()
+    saved = yaml.safe_load(dump_yaml(cfg))
+    del saved["ppo"]["ptx_ratio"]  # a run made before ppo.ptx_ratio existed
+    assert config_changes(yaml.safe_dump(saved), cfg) == []
+    changed = from_dict({"ppo": {"ptx_ratio": 8, "beta": 0.1}})
+    assert config_changes(yaml.safe_dump(saved), changed) == [
+        "ppo.beta: 0.05 -> 0.1", "ppo.ptx_ratio: '<absent>' -> 8"]
+    saved["ppo"]["removed_switch"] = 1  # a key the code no longer has is a change
+    assert config_changes(yaml.safe_dump(saved), cfg) == ["ppo.removed_switch: 1 -> '<absent>'"]

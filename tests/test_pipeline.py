@@ -72,6 +72,7 @@ def test_different_config_in_same_run_dir_is_refused(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["stages=[pretrain]", "pretrain.steps=6"]))
     assert r.returncode == 2 and "different config" in r.stderr
+    assert "pretrain.steps: 5 -> 6" in r.stderr  # names what changed
 
 
 def test_missing_sft_data_fails_cleanly(tmp_path):
