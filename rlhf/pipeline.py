@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 
+from . import dist
 from .config import ConfigError, RunConfig, config_changes, dump_yaml
 from .models import load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
 from .rundir import RunDir
@@ -92,19 +93,46 @@ def check_world_prompts_fit(cfg: RunConfig, tok, world: World) -> None:
 
 def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Path] = None,
                  argv: Optional[list[str]] = None) -> Path:
+    """Run ``cfg.stages``. Under a launcher (torchrun, accelerate launch: ``WORLD_SIZE`` > 1)
+    rank 0 runs the stages before PPO on its own and all ranks run PPO data-parallel
+    (``rlhf/dist.py``)."""
+    t_start = time.time()
+    d = dist.from_env()
+    if d.world <= 1:
+        return _run_stages(cfg, force, run_dir, argv, cfg.stages, dist.Dist(), t_start)
+    if cfg.ppo.rounds > 1:
+        raise ConfigError("ppo.rounds > 1 (iterated RLHF) runs in one process only: launch without torchrun")
+    rd_path = Path(run_dir or run_dir_for(cfg))
+    pre = [s for s in cfg.stages if s != "ppo"]
+    ready = rd_path / dist.READY_FILE
+    if d.is_main:
+        with dist.single_process_env():
+            _run_stages(cfg, force, rd_path, argv, pre, dist.Dist(), t_start, final="ppo" not in cfg.stages)
+        dist.announce_ready(ready)
+    else:
+        dist.wait_ready(ready)
+    if "ppo" not in cfg.stages:
+        return rd_path
+    try:
+        return _run_stages(cfg, force, rd_path, argv, ["ppo"], d, t_start)
+    finally:
+        d.stop()
+
+
+def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv: Optional[list[str]],
+                stages: list[str], d: dist.Dist, t_start: float, final: bool = True) -> Path:
     from .pretrain import run_pretrain
     from .reward import run_reward_stage
     from .sft import load_demonstrations, run_sft
 
-    t_start = time.time()
-    rd = RunDir(run_dir or run_dir_for(cfg))
+    rd = RunDir(run_dir or run_dir_for(cfg), writer=d.is_main)
     _check_same_config(rd, cfg, force)
     set_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = d.start(pick_device(cfg.device))
     seed_everything(cfg.seed)
     rd.write_provenance(dump_yaml(cfg), cfg.seed, argv)
     stage = "setup"
-    rd.set_status("running", stage=stage, pid=os.getpid())
+    rd.set_status("running", stage=stage, pid=os.getpid(), **({"world_size": d.world} if d.world > 1 else {}))
     try:
         world = tok = None
         if uses_world(cfg):
@@ -127,13 +155,15 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
                 raise ConfigError("stages 'rm' and 'ppo' need the SFT model: add 'sft' to stages")
             return str(rd.stage("sft"))
 
-        for stage in cfg.stages:
+        for stage in stages:
             if rd.stage_done(stage) and not force:
                 print(f"[{stage}] done already, skipped (--force redoes it)")
                 continue
             rd.set_status("running", stage=stage, step=0)
-            if force:  # redo from scratch: no resuming from old partial state
+            if force and rd.writer:  # redo from scratch: no old result, no resuming from old partial state
                 shutil.rmtree(rd.path / f"{stage}.tmp", ignore_errors=True)
+                shutil.rmtree(rd.path / stage, ignore_errors=True)
+            d.barrier()  # data-parallel PPO: no rank reads ppo.tmp before rank 0 has cleared it
             seed_everything(cfg.seed)
             t0 = time.time()
             if stage == "pretrain":
@@ -150,13 +180,17 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
                 summary = run_reward_stage(cfg, rd, sft_path(), tok, world, device, demos)
             elif stage == "ppo":
                 from .ppo import run_ppo
-                summary = run_ppo(cfg, rd, sft_path(), str(rd.stage("rm")), tok, world, device)
+                summary = run_ppo(cfg, rd, sft_path(), str(rd.stage("rm")), tok, world, device, d)
             summary["stage_time_s"] = time.time() - t0
             rd.finish_stage(stage, summary)
+        if not final:
+            return rd.path
         wall = time.time() - t_start
         peak = peak_rss_mb()
-        rd.set_status("done", stage=cfg.stages[-1], wall_s=round(wall, 1), peak_rss_mb=round(peak, 1))
-        print(f"[run] {rd.path}: done in {wall:.1f} s wall time, peak memory {peak:.0f} MB")
+        rd.set_status("done", stage=cfg.stages[-1], wall_s=round(wall, 1), peak_rss_mb=round(peak, 1),
+                      **({"world_size": d.world} if d.world > 1 else {}))
+        if rd.writer:
+            print(f"[run] {rd.path}: done in {wall:.1f} s wall time, peak memory {peak:.0f} MB")
         return rd.path
     except KeyboardInterrupt:
         _discard_partial(rd, stage)
@@ -185,7 +219,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
 
 def _discard_partial(rd: RunDir, stage: str) -> None:
     """A stage's scratch directory never looks complete; remove it unless resumable."""
-    if stage in ("ppo",):
+    if stage in ("ppo",) or not rd.writer:
         return  # PPO keeps its checkpoints in ppo.tmp to resume from
     tmp = rd.path / f"{stage}.tmp"
     if tmp.exists():

@@ -54,6 +54,7 @@ from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logit
 from .models import (load_causal_lm, load_reward_model, position_ids_from_mask, save_hf, sequence_scores)
 from .rundir import RunDir, append_jsonl, atomic_write_json, fsync_file, read_json, read_jsonl
 from . import stop
+from .dist import Dist, shard
 from .sampling import sample
 from .world import World
 
@@ -171,10 +172,23 @@ def _set_rng_state(s: dict) -> None:
 
 
 def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, critic_opt, ctl, step: int,
-                    ptx: Optional[PretrainStream], extra: dict) -> None:
+                    ptx: Optional[PretrainStream], extra: dict, d: Optional[Dist] = None) -> None:
+    """Write ``path`` atomically (``.partial``, then renamed). Data-parallel: rank 0 writes the
+    models, optimisers and its RNG states; every other rank adds ``rng_rank<r>.pt``."""
+    d = d or Dist()
     tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
+    if d.is_main and tmp.exists():
         shutil.rmtree(tmp)
+    if d.is_main:
+        tmp.mkdir(parents=True)
+    d.barrier()
+    if not d.is_main:
+        torch.save({"rng": _rng_state(), "ptx_rng": ptx.gen.get_state() if ptx else None},
+                   tmp / f"rng_rank{d.rank}.pt")
+    d.barrier()
+    if not d.is_main:
+        d.barrier()  # rank 0 renames the directory
+        return
     save_hf(policy, tokenizer, tmp / "policy")
     if critic is not None:
         save_hf(critic, None, tmp / "critic")
@@ -183,10 +197,12 @@ def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, crit
     state = {"opt": opt.state_dict(), "critic_opt": critic_opt.state_dict() if critic_opt else None,
              "rng": _rng_state(), "ptx_rng": ptx.gen.get_state() if ptx else None}
     torch.save(state, tmp / "trainer_state.pt")
-    atomic_write_json(tmp / "state.json", {"step": step, "controller": ctl.state_dict(), **extra})
+    atomic_write_json(tmp / "state.json", {"step": step, "controller": ctl.state_dict(), "world_size": d.world,
+                                           **extra})
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
+    d.barrier()
 
 
 def latest_checkpoint(ckdir: Path) -> Optional[Path]:
@@ -210,13 +226,20 @@ def check_tokenizers_match(policy_tok, rm_path: str) -> None:
 
 
 def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, world: Optional[World],
-            device: torch.device) -> dict:
+            device: torch.device, d: Optional[Dist] = None) -> dict:
     pc = cfg.ppo
+    d = d or Dist()  # data-parallel ranks (rlhf/dist.py); one process by default
+    if pc.batch_size % d.world or pc.minibatch_size % d.world:
+        raise ConfigError(f"ppo.batch_size ({pc.batch_size}) and ppo.minibatch_size ({pc.minibatch_size}) are "
+                          f"global and must divide by the number of data-parallel processes ({d.world})")
+    local_bs, local_mb = pc.batch_size // d.world, pc.minibatch_size // d.world
     out = rd.begin_stage("ppo", keep_partial=True)
+    d.barrier()
     ckdir = out / "checkpoints"
-    torch.manual_seed(cfg.seed * 1000 + 4)
-    random.seed(cfg.seed * 1000 + 4)
-    np.random.seed(cfg.seed * 1000 + 4)
+    rank_seed = cfg.seed * 1000 + 4 + 7919 * d.rank  # each rank samples its own responses
+    torch.manual_seed(rank_seed)
+    random.seed(rank_seed)
+    np.random.seed(rank_seed)
 
     # --- models -------------------------------------------------------------------------
     check_tokenizers_match(tokenizer, rm_path)
@@ -252,12 +275,12 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     if world is not None or pc.ptx_coef > 0 or pc.ptx_data != "world":
         train_docs, held_docs = pretrain_documents(cfg, world)
         if pc.ptx_coef > 0:
-            ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, cfg.seed * 1000 + 5)
+            ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, cfg.seed * 1000 + 5 + 7919 * d.rank)
         held_ids = torch.tensor(tokenizer(" ".join(held_docs), add_special_tokens=False)["input_ids"])
     n_ctx = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", 2048)
     held_len = min(cfg.pretrain.seq_len, n_ctx)
     n_updates = pc.epochs * (pc.batch_size // pc.minibatch_size)
-    ptx_per_update = max(1, (pc.ptx_ratio * pc.batch_size) // n_updates) if ptx else 0
+    ptx_per_update = max(1, (pc.ptx_ratio * local_bs) // n_updates) if ptx else 0
 
     # --- resume ---------------------------------------------------------------------------
     start = 0
@@ -267,6 +290,9 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     if ck is not None:
         st = read_json(ck / "state.json")
         start = st["step"]
+        if st.get("world_size", 1) != d.world:
+            raise ConfigError(f"{ck} was written by {st.get('world_size', 1)} data-parallel processes, this run has "
+                              f"{d.world}: resume with the same number, or --force to start PPO again")
         policy = load_causal_lm(str(ck / "policy"), dtype=cfg.model.dtype, device=device)
         params = list(policy.parameters())
         if critic is not None:
@@ -280,6 +306,8 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         opt.load_state_dict(state["opt"])
         if critic_opt is not None:
             critic_opt.load_state_dict(state["critic_opt"])
+        if d.rank > 0:  # every rank has its own random streams
+            state.update(torch.load(ck / f"rng_rank{d.rank}.pt", weights_only=True))
         _set_rng_state(state["rng"])
         if ptx is not None and state["ptx_rng"] is not None:
             ptx.gen.set_state(state["ptx_rng"])
@@ -290,11 +318,12 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
             rm = load_reward_model(str(out / f"rm_round{rm_round}"), dtype=cfg.model.dtype,
                                    device=device).eval().requires_grad_(False)
         # drop metrics logged after the checkpoint: they will be logged again
-        rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] < start]
-        from .rundir import atomic_write_text
-        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        print(f"[ppo] resumed from {ck.name} (step {start})")
-    elif (out / "metrics.jsonl").exists():
+        if d.is_main:
+            rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] < start]
+            from .rundir import atomic_write_text
+            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+            print(f"[ppo] resumed from {ck.name} (step {start})")
+    elif (out / "metrics.jsonl").exists() and d.is_main:
         (out / "metrics.jsonl").unlink()
     policy.train()
 
@@ -302,7 +331,8 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     t0 = time.time()
     gen_seed_base = cfg.seed * 1_000_003
     rng = random.Random()
-    bar = tqdm(range(start, pc.steps), desc="ppo", initial=start, total=pc.steps, mininterval=2.0)
+    bar = tqdm(range(start, pc.steps), desc="ppo", initial=start, total=pc.steps, mininterval=2.0,
+               disable=True if not d.is_main else None)
     last = {}
     last_status = -1e9
     with stop.listening():  # SIGTERM/USR2: checkpoint at the end of this iteration (rlhf/stop.py)
@@ -313,7 +343,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                 rm = retrain_reward_model(cfg, rd, out, sft_path, tokenizer, world, device, policy, this_round)
                 rm_round = this_round
             rng.seed(gen_seed_base + step)
-            idx = [rng.randrange(len(prompts)) for _ in range(pc.batch_size)]
+            idx = shard([rng.randrange(len(prompts)) for _ in range(pc.batch_size)], d)  # this rank's share
             batch_prompts = [prompts[i] for i in idx]
 
             # --- 1-2. rollout and scoring ------------------------------------------------------------
@@ -341,7 +371,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
 
             # held-out pretraining loss of the policy that made this batch (before its update)
             held_lm = None
-            if held_ids is not None and step % pc.checkpoint_every == 0:
+            if held_ids is not None and step % pc.checkpoint_every == 0 and d.is_main:
                 held_lm = heldout_lm_loss(policy, held_ids, held_len, device)
 
             # --- 4. PPO epochs over minibatches ------------------------------------------------------
@@ -349,28 +379,31 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
             stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
                                                              "ptx_loss", "vf_clipfrac")}
             for epoch in range(pc.epochs):
-                perm = torch.randperm(pc.batch_size)
-                for i in range(0, pc.batch_size, pc.minibatch_size):
-                    mb = batch.index(perm[i:i + pc.minibatch_size])
+                perm = torch.randperm(local_bs)
+                for i in range(0, local_bs, local_mb):
+                    mb = batch.index(perm[i:i + local_mb])
                     ptx_x = ptx.batch(ptx_per_update).to(device) if ptx is not None else None
-                    st = ppo_update(policy, mb, opt, pc, value_head, critic, critic_opt, ptx_x)
+                    st = ppo_update(policy, mb, opt, pc, value_head, critic, critic_opt, ptx_x, d)
                     for k, v in st.items():
                         stats[k].append(v)
                     check_finite(step, {k: torch.tensor(v) for k, v in st.items()})
 
             # --- 5. β controller, logging, checkpoints --------------------------------------------
-            mean_kl = kl.sum(1).mean().item()
-            ctl_beta = ctl.value
-            ctl.update(mean_kl, pc.batch_size)
-            row = {"step": step, "round": rm_round, "proxy_reward": score.mean().item(),
-                   "rm_score": score_raw.mean().item(), "kl": mean_kl, "beta": ctl_beta,
-                   "response_len": rmask.sum(1).float().mean().item(), "ended": s.ended.float().mean().item(),
-                   **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}, "time_s": time.time() - t0}
+            means = {"proxy_reward": score.mean().item(), "rm_score": score_raw.mean().item(),
+                     "kl": kl.sum(1).mean().item(), "response_len": rmask.sum(1).float().mean().item(),
+                     "ended": s.ended.float().mean().item(),
+                     **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}}
             if world is not None and prompt_meta is not None:
-                row["gold_reward"] = float(np.mean([world.gold_reward(prompt_meta[i], t) for i, t in zip(idx, s.texts)]))
+                means["gold_reward"] = float(np.mean([world.gold_reward(prompt_meta[i], t)
+                                                      for i, t in zip(idx, s.texts)]))
+            means = d.mean_dict(means)  # over all ranks' rollouts (equal shares)
+            mean_kl = means["kl"]
+            row = {"step": step, "round": rm_round, **means, "beta": ctl.value, "time_s": time.time() - t0}
+            ctl.update(mean_kl, pc.batch_size)
             if held_lm is not None:
                 row["heldout_lm_loss"] = held_lm
-            append_jsonl(out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
+            if d.is_main:
+                append_jsonl(out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
             if time.time() - last_status >= 5.0 or step + 1 == pc.steps:  # an fsync'd write costs ~8 ms
                 rd.set_status("running", stage="ppo", step=step + 1, total=pc.steps)
                 last_status = time.time()
@@ -379,23 +412,31 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                             gold=f"{row.get('gold_reward', float('nan')):.2f}")
             for level in pc.kl_levels:
                 if mean_kl >= level and level not in kl_saved:
-                    save_hf(policy, tokenizer, out / "kl" / f"kl_{level:g}")
-                    atomic_write_json(out / "kl" / f"kl_{level:g}" / "kl.json", {"level": level, "kl": mean_kl,
-                                                                                 "step": step})
+                    if d.is_main:
+                        save_hf(policy, tokenizer, out / "kl" / f"kl_{level:g}")
+                        atomic_write_json(out / "kl" / f"kl_{level:g}" / "kl.json",
+                                          {"level": level, "kl": mean_kl, "step": step})
                     kl_saved.append(level)
             stop_reason = stop.requested()
+            if d.any(stop_reason is not None):  # all ranks stop at the same iteration
+                stop_reason = stop_reason or "stop requested on another rank"
             if step + 1 < pc.steps and ((step + 1) % pc.checkpoint_every == 0 or stop_reason):
-                fsync_file(out / "metrics.jsonl")
+                d.check_same_weights(list(policy.parameters()), f"PPO step {step + 1}")
+                if d.is_main:
+                    fsync_file(out / "metrics.jsonl")
                 ck = ckdir / f"step_{step + 1:06d}"
                 save_checkpoint(ck, policy, tokenizer, critic, value_head, opt, critic_opt,
-                                ctl, step + 1, ptx, {"kl_saved": kl_saved, "rm_round": rm_round})
-                for old in sorted(ckdir.glob("step_*"))[:-2]:
-                    shutil.rmtree(old, ignore_errors=True)
+                                ctl, step + 1, ptx, {"kl_saved": kl_saved, "rm_round": rm_round}, d)
+                if d.is_main:
+                    for old in sorted(ckdir.glob("step_*"))[:-2]:
+                        shutil.rmtree(old, ignore_errors=True)
                 if stop_reason:
                     bar.close()
                     raise stop.StopRequested(stop_reason, "ppo", step + 1, str(ck))
     bar.close()
     policy.eval()
+    if not d.is_main:
+        return {}
     final_held = heldout_lm_loss(policy, held_ids, held_len, device) if held_ids is not None else None
     save_hf(policy, tokenizer, out)
     if value_head is not None:
@@ -449,9 +490,12 @@ def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float
 
 
 def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_opt=None,
-               ptx_x: Optional[torch.Tensor] = None) -> dict[str, float]:
+               ptx_x: Optional[torch.Tensor] = None, d: Optional[Dist] = None) -> dict[str, float]:
     """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx).
-    With γ > 0 the ptx batch shares the policy's forward pass (see policy_ptx_forward)."""
+    With γ > 0 the ptx batch shares the policy's forward pass (see policy_ptx_forward).
+    Data-parallel (``d``): each rank holds its share of the minibatch and the gradients are
+    averaged over ranks before clipping and the step."""
+    d = d or Dist()
     use_ptx = ptx_x is not None and pc.ptx_coef > 0
     if use_ptx:
         logp, logits, v, ptx_loss = policy_ptx_forward(policy, mb, ptx_x, pc.temperature, value_head)
@@ -472,13 +516,16 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
         out["ptx_loss"] = ptx_loss.item()
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], pc.grad_clip)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    d.average_gradients(params)
+    torch.nn.utils.clip_grad_norm_(params, pc.grad_clip)
     opt.step()
     if critic is not None:
         v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
         vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
         critic_opt.zero_grad(set_to_none=True)
         vf_loss.backward()
+        d.average_gradients(list(critic.parameters()))
         torch.nn.utils.clip_grad_norm_(critic.parameters(), pc.grad_clip)
         critic_opt.step()
         out["vf_loss"], out["vf_clipfrac"] = vf_loss.item(), float(vf_frac)

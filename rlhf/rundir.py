@@ -135,11 +135,14 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
 class RunDir:
     """A run directory. ``RunDir(path).status()`` says what state it is in."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
+        self.writer = writer  # False on data-parallel ranks other than 0: they only read
 
     # -- provenance -------------------------------------------------------------
     def write_provenance(self, config_yaml: str, seed: int, argv: list[str] | None = None) -> None:
+        if not self.writer:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "config.yaml", config_yaml)
         atomic_write_json(self.path / "meta.json", {
@@ -159,6 +162,8 @@ class RunDir:
     def set_status(self, state: str, **info: Any) -> None:
         """Replace the status: the new state with ``info`` (the stage and pid carry over when
         not given); keys of earlier states do not linger."""
+        if not self.writer:
+            return
         prev = self.status()
         row = {k: prev[k] for k in ("stage", "pid") if k in prev}
         row.update(info)
@@ -180,6 +185,8 @@ class RunDir:
         """
         final = self.path / name
         tmp = self.path / f"{name}.tmp"
+        if not self.writer:
+            return tmp
         if force and final.exists():
             shutil.rmtree(final)
         if tmp.exists() and not keep_partial:
@@ -190,6 +197,8 @@ class RunDir:
     def finish_stage(self, name: str, summary: dict) -> Path:
         final = self.path / name
         tmp = self.path / f"{name}.tmp"
+        if not self.writer:
+            return final
         atomic_write_json(tmp / "summary.json", summary)
         atomic_write_text(tmp / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
         if final.exists():
