@@ -74,8 +74,8 @@ class SweepRun(submitit.helpers.Checkpointable):
         print(f"[sweep] {spec['run_id']}: job {info['job_id']} restart {info['restarts']} on {info['host']}",
               flush=True)
         try:
-            if int(spec.get("gpus", 0)) > 1 and spec.get("launcher", "auto") != "none":
-                self._run_multi_gpu(spec, rd)
+            if n_procs(spec) > 1 and spec.get("launcher", "auto") != "none":
+                self._run_data_parallel(spec, rd)
             else:
                 self._run_in_process(spec, cfg, rd)
         except BaseException:
@@ -129,13 +129,16 @@ class SweepRun(submitit.helpers.Checkpointable):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
-    # -- multi-GPU: one process per GPU, started by torchrun or accelerate inside the job ---------
-    def _run_multi_gpu(self, spec: dict, rd: RunDir) -> None:
+    # -- data-parallel: one process per GPU (or CPU share), started by torchrun or accelerate ------
+    def _run_data_parallel(self, spec: dict, rd: RunDir) -> None:
+        """Launch ``rlhf run`` under torchrun/accelerate (``rlhf/dist.py`` does the rest). On
+        the preemption signal the launcher gets SIGTERM and forwards it to the ranks, which
+        checkpoint PPO at the same iteration and exit; then submitit requeues the task."""
         from rlhf.config import dump_yaml, from_dict
         cfg = from_dict(spec["config"])
         conf = rd.path / "sweep_config.yaml"
         conf.write_text(dump_yaml(cfg))
-        n = int(spec["gpus"])
+        n = n_procs(spec)
         launcher = spec.get("launcher", "auto")
         if launcher in ("auto", "torchrun"):
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
@@ -144,7 +147,25 @@ class SweepRun(submitit.helpers.Checkpointable):
             cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n), "-m", "rlhf.cli",
                    "run", str(conf), "--run-dir", str(rd.path)]
         print("[sweep] " + " ".join(cmd), flush=True)
-        proc = subprocess.Popen(cmd)
+        sig = submitit.JobEnvironment._usr_sig()
+        # Slurm signals every process of the job step: the launcher and the ranks ignore the
+        # preemption signal (an ignored signal stays ignored across exec), and this process
+        # turns it into SIGTERM for the launcher, which forwards it to the ranks.
+        proc = subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(sig, signal.SIG_IGN))
+        requeue = signal.getsignal(sig)  # submitit's checkpoint_and_try_requeue, inside a job
+        grace = int(spec.get("stop_grace_s", 60))
+        preempted: list[int] = []
+
+        def on_preempt(signum, frame):
+            preempted.append(signum)
+            print(f"[sweep] {spec['run_id']}: {signal.Signals(signum).name}: asking the {n} ranks to checkpoint "
+                  f"(SIGTERM to the launcher, at most {grace} s), then requeueing", flush=True)
+            proc.send_signal(signal.SIGTERM)
+            signal.signal(signal.SIGALRM, lambda *_: proc.kill())
+            signal.alarm(grace)
+
+        if callable(requeue):
+            signal.signal(sig, on_preempt)
         try:
             rc = proc.wait()
         except BaseException:
@@ -154,9 +175,20 @@ class SweepRun(submitit.helpers.Checkpointable):
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
+        finally:
+            signal.alarm(0)
+            if callable(requeue):
+                signal.signal(sig, requeue)
+        if preempted and callable(requeue):
+            requeue(preempted[0], None)  # submitit: self.checkpoint(), scontrol requeue, sys.exit
         if rc != 0:
             st = rd.status()
             raise RuntimeError(f"{cmd[2]} exited with status {rc}: {st.get('error', 'see the job log')}")
+
+
+def n_procs(spec: dict) -> int:
+    """Data-parallel processes for a run (``slurm.procs_per_node``, else one per GPU)."""
+    return int(spec.get("procs") or spec.get("gpus") or 1)
 
 
 def result_of(rd: RunDir, run_id: str) -> dict:

@@ -54,7 +54,7 @@ def check_cluster(sweep: Sweep) -> None:
 
 def job_spec(sweep: Sweep, spec: RunSpec) -> dict:
     return {"run_id": spec.run_id, "run_dir": str(Path(spec.config.out_dir).resolve() / spec.run_id),
-            "config": to_dict(spec.config), "gpus": sweep.profile.gpus_per_node, "launcher": sweep.profile.launcher,
+            "config": to_dict(spec.config), "gpus": sweep.profile.gpus_per_node, "procs": sweep.profile.procs, "launcher": sweep.profile.launcher,
             "stop_grace_s": max(5, sweep.profile.signal_delay_s // 2),
             "sweep": sweep.name}
 

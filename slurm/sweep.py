@@ -68,9 +68,15 @@ class ClusterProfile:
     array_parallelism: int = 64
     signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint + requeue
     max_num_timeout: int = 3  # requeues after time limits (preemptions do not count)
-    launcher: str = "auto"  # multi-GPU: auto (torchrun when gpus_per_node > 1) | torchrun | accelerate | none
+    launcher: str = "auto"  # data-parallel: auto (torchrun when procs_per_node > 1) | torchrun | accelerate | none
+    procs_per_node: int = 0  # data-parallel processes per task; 0 = one per GPU (gpus_per_node), at least 1
     setup: list[str] = field(default_factory=list)  # shell lines run before the job (module load ...)
     additional: dict[str, Any] = field(default_factory=dict)  # any other sbatch option
+
+    @property
+    def procs(self) -> int:
+        """Data-parallel processes per array task."""
+        return self.procs_per_node or max(1, self.gpus_per_node)
 
     def executor_parameters(self, name: str) -> dict[str, Any]:
         """Parameters for ``submitit.AutoExecutor.update_parameters``."""
@@ -205,7 +211,7 @@ def _profile(obj: Any) -> ClusterProfile:
             raise SweepError(f"slurm: unknown setting '{k}' (known: {', '.join(sorted(fields))})")
         cur = getattr(prof, name)
         if name in ("gpus_per_node", "cpus_per_task", "time_min", "nodes", "array_parallelism", "signal_delay_s",
-                    "max_num_timeout"):
+                    "max_num_timeout", "procs_per_node"):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise SweepError(f"slurm.{k}: expected a non-negative integer, got {v!r}")
         elif name == "mem_gb":
@@ -230,6 +236,9 @@ def _profile(obj: Any) -> ClusterProfile:
         raise SweepError("slurm: cpus_per_task, nodes, time_min and array_parallelism must be >= 1")
     if prof.nodes > 1:
         raise SweepError("slurm.nodes: multi-node jobs are not supported; use gpus_per_node on one node")
+    if prof.gpus_per_node and prof.procs_per_node > prof.gpus_per_node:
+        raise SweepError(f"slurm.procs_per_node={prof.procs_per_node} exceeds gpus_per_node={prof.gpus_per_node}: "
+                         f"one process per GPU at most")
     return prof
 
 
@@ -416,6 +425,14 @@ def expand(sweep: Sweep) -> list[RunSpec]:
             cfg = from_dict(_merge(base_data, nest(flat)))
         except ConfigError as e:
             raise SweepError(f"run {_cell_text(cell)}: {e}") from None
+        procs = sweep.profile.procs
+        if procs > 1 and sweep.profile.launcher != "none" and (cfg.ppo.batch_size % procs
+                                                               or cfg.ppo.minibatch_size % procs):
+            raise SweepError(f"run {_cell_text(cell)}: ppo.batch_size={cfg.ppo.batch_size} and ppo.minibatch_size="
+                             f"{cfg.ppo.minibatch_size} must divide by the {procs} data-parallel processes")
+        if procs > 1 and sweep.profile.launcher != "none" and cfg.ppo.rounds > 1:
+            raise SweepError(f"run {_cell_text(cell)}: ppo.rounds > 1 runs in one process only "
+                             f"(set slurm.procs_per_node: 1)")
         run_id = run_id_for(cell, cfg, short)
         if run_id in seen:
             raise SweepError(f"runs {_cell_text(seen[run_id])} and {_cell_text(cell)} resolve to the same config")

@@ -36,10 +36,10 @@ TINY = {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 4, "pretrain.ste
         "threads": 1}
 
 
-def write_sweep(tmp_path: Path, name: str, grid=None, zip_=None, seeds=None, **extra_overrides) -> Path:
+def write_sweep(tmp_path: Path, name: str, grid=None, zip_=None, seeds=None, slurm=None, **extra_overrides) -> Path:
     doc = {"name": name, "out_dir": str(tmp_path / "sweeps"),
            "base": {"config": str(QUICKSTART), "overrides": {**TINY, **extra_overrides}},
-           "slurm": {"cpus_per_task": 1, "mem_gb": 2, "time_min": 10, "array_parallelism": 4}}
+           "slurm": {"cpus_per_task": 1, "mem_gb": 2, "time_min": 10, "array_parallelism": 4, **(slurm or {})}}
     if grid is not None:
         doc["grid"] = grid
     if zip_ is not None:
@@ -161,6 +161,45 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(tmp_path, capsys
     assert sweep("status", str(sdir)) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(victim))
     assert line.split()[6] == "1"  # RESTARTS
+
+
+def test_data_parallel_task_preempted_checkpoints_on_both_ranks_and_resumes(tmp_path, capsys):
+    """slurm.procs_per_node: 2 runs torchrun inside the array task (two gloo ranks on CPU).
+    USR2 goes to the task; the runner forwards SIGTERM to torchrun, both ranks checkpoint the
+    same PPO iteration, submitit requeues, and the run ends as a never-preempted one."""
+    f = write_sweep(tmp_path, "dp", seeds=[0], slurm={"procs_per_node": 2, "cpus_per_task": 2, "mem_gb": 4},
+                    **{"ppo.steps": 80, "ppo.checkpoint_every": 1000})
+    ref = subprocess.Popen([sys.executable, "-m", "slurm.cli", str(f), "--executor", "local",
+                            "--out-dir", str(tmp_path / "ref")], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        assert sweep(str(f)) == 0
+        capsys.readouterr()
+        sdir = tmp_path / "sweeps" / "dp"
+        (job,) = read_jsonl(sdir / "jobs.jsonl")
+        run = sdir / "runs" / job["run_id"]
+        metrics = run / "ppo.tmp" / "metrics.jsonl"
+        end = time.time() + 180
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
+            assert not (run / "ppo" / "DONE").exists(), "PPO finished before it could be preempted"
+            assert time.time() < end, "PPO never started"
+            time.sleep(0.1)
+        done_at_signal = len(metrics.read_text().splitlines())
+        subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
+        states = wait_settled(sdir, timeout=240)
+        ref_out, _ = ref.communicate(timeout=240)
+    finally:
+        if ref.poll() is None:
+            ref.kill()
+    assert ref.returncode == 0, ref_out
+    st = states[job["run_id"]]
+    assert (st.state, st.restarts, st.slurm_state) == ("done", 1, "COMPLETED"), (st.state, st.error)
+    text = (Path(job["folder"]) / f"{job['job_id']}_0_log.out").read_text()
+    assert "torch.distributed.run" in text and "asking the 2 ranks to checkpoint" in text
+    resumed = [int(m) for m in re.findall(r"resumed from step_(\d+)", text)]
+    assert len(resumed) == 1 and done_at_signal <= resumed[0] < 80, (done_at_signal, resumed)
+    assert read_json(run / "status.json")["world_size"] == 2
+    assert final_metrics(run) == final_metrics(tmp_path / "ref" / "dp" / "runs" / job["run_id"])
 
 
 def test_bad_cell_fails_alone_then_only_the_fixed_cell_reruns(tmp_path, capsys):

@@ -69,6 +69,11 @@ def test_zip_seeds_and_clashing_short_names(tmp_path):
     ({"zip": [{"rm.k": [2, 4], "rm.lr": [1e-4]}]}, "same length"),
     ({"grid": {"ppo.beta": [0.1, 0.2]}, "seeds": 600}, "more than max_runs=1000"),
     ({"grid": {"ppo.beta": [0.1]}, "slurm": {"gpu": 1}}, "slurm: unknown setting 'gpu'"),
+    ({"grid": {"ppo.minibatch_size": [16, 2]}, "slurm": {"procs_per_node": 4}},
+     "ppo.batch_size=32 and ppo.minibatch_size=2 must divide by the 4 data-parallel processes"),
+    ({"grid": {"ppo.rounds": [2]}, "slurm": {"gpus_per_node": 2}}, "ppo.rounds > 1 runs in one process only"),
+    ({"grid": {"ppo.beta": [0.1]}, "slurm": {"gpus_per_node": 2, "procs_per_node": 4}},
+     "procs_per_node=4 exceeds gpus_per_node=2"),
 ])
 def test_bad_sweeps_exit_2_before_anything_is_submitted(tmp_path, capsys, sections, message):
     f = write(tmp_path, sweep_doc(tmp_path, **sections))
