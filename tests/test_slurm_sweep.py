@@ -114,14 +114,29 @@ def test_grid_2x2_job_array_finishes_and_collects(tmp_path, capsys):
     assert len(read_jsonl(sdir / "jobs.jsonl")) == n_jobs
 
 
+def start_reference(f: Path, tmp_path: Path) -> subprocess.Popen:
+    """The same sweep, never preempted, on this machine (local executor), meanwhile."""
+    return subprocess.Popen([sys.executable, "-m", "slurm.cli", str(f), "--executor", "local",
+                             "--out-dir", str(tmp_path / "ref")], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait_ppo_rows(run: Path, n: int, timeout: float) -> int:
+    """Wait until PPO has logged ``n`` iterations; returns how many it had."""
+    end = time.time() + timeout
+    metrics = run / "ppo.tmp" / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= n):
+        assert not (run / "ppo" / "DONE").exists(), "PPO finished before it could be preempted"
+        assert time.time() < end, "PPO never started"
+        time.sleep(0.1)
+    return len(metrics.read_text().splitlines())
+
+
 def test_preempted_task_requeues_and_resumes_to_the_same_result(tmp_path, capsys):
     # no periodic checkpoint within the run: resuming at all needs the checkpoint written on USR2
     long_ppo = {"ppo.steps": 120, "ppo.checkpoint_every": 1000}
     f = write_sweep(tmp_path, "pre", seeds=[0, 1], **long_ppo)
-    # the reference: the same runs, never preempted, on this machine (local executor), meanwhile
-    ref = subprocess.Popen([sys.executable, "-m", "slurm.cli", str(f), "--executor", "local",
-                            "--out-dir", str(tmp_path / "ref")], cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    ref = start_reference(f, tmp_path)
     try:
         assert sweep(str(f)) == 0
         capsys.readouterr()
@@ -129,14 +144,7 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(tmp_path, capsys
         jobs = {j["run_id"]: j["job_id"] for j in read_jsonl(sdir / "jobs.jsonl")}
         victim = sorted(jobs)[0]
         run = sdir / "runs" / victim
-        # wait until PPO is a few iterations in, then preempt that array task
-        end = time.time() + 120
-        metrics = run / "ppo.tmp" / "metrics.jsonl"
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
-            assert not (run / "ppo" / "DONE").exists(), "PPO finished before it could be preempted"
-            assert time.time() < end, "PPO never started"
-            time.sleep(0.1)
-        done_at_signal = len(metrics.read_text().splitlines())
+        done_at_signal = wait_ppo_rows(run, 4, timeout=120)  # a few iterations in, then preempt
         subprocess.run(["scancel", "--signal=USR2", jobs[victim]], check=True)
         states = wait_settled(sdir, timeout=180)
         ref_out, _ = ref.communicate(timeout=180)
@@ -169,22 +177,14 @@ def test_data_parallel_task_preempted_checkpoints_on_both_ranks_and_resumes(tmp_
     same PPO iteration, submitit requeues, and the run ends as a never-preempted one."""
     f = write_sweep(tmp_path, "dp", seeds=[0], slurm={"procs_per_node": 2, "cpus_per_task": 2, "mem_gb": 4},
                     **{"ppo.steps": 80, "ppo.checkpoint_every": 1000})
-    ref = subprocess.Popen([sys.executable, "-m", "slurm.cli", str(f), "--executor", "local",
-                            "--out-dir", str(tmp_path / "ref")], cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    ref = start_reference(f, tmp_path)
     try:
         assert sweep(str(f)) == 0
         capsys.readouterr()
         sdir = tmp_path / "sweeps" / "dp"
         (job,) = read_jsonl(sdir / "jobs.jsonl")
         run = sdir / "runs" / job["run_id"]
-        metrics = run / "ppo.tmp" / "metrics.jsonl"
-        end = time.time() + 180
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
-            assert not (run / "ppo" / "DONE").exists(), "PPO finished before it could be preempted"
-            assert time.time() < end, "PPO never started"
-            time.sleep(0.1)
-        done_at_signal = len(metrics.read_text().splitlines())
+        done_at_signal = wait_ppo_rows(run, 4, timeout=180)
         subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
         states = wait_settled(sdir, timeout=240)
         ref_out, _ = ref.communicate(timeout=240)
