@@ -148,8 +148,8 @@ READY_FILE = "dist_ready.json"  # in the run directory: rank 0 finished the stag
 
 def launch_id() -> str:
     """Identifies this launch (the same on every rank, new on every launch or restart)."""
-    return "{}/{}/{}".format(os.environ.get("TORCHELASTIC_RUN_ID", ""), os.environ.get("MASTER_PORT", ""),
-                             os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    return "{}/{}/{}/{}".format(os.environ.get("TORCHELASTIC_RUN_ID", ""), os.environ.get("MASTER_PORT", ""),
+                                os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), os.getppid())  # the launcher
 
 
 def announce_ready(path) -> None:

@@ -366,7 +366,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
             adv, ret = gae(rewards, values * maskf, maskf, pc.gamma, pc.lam)
             if pc.whiten_advantages:
                 adv = masked_whiten(adv, maskf)
-            check_finite(step, {"reward": score, "kl": kl.sum(1), "values": values, "advantages": adv})
+            check_finite(step, {"reward": score, "kl": kl.sum(1), "values": values, "advantages": adv}, d)
             batch = Batch(pi, pm, ri, maskf, logp, ref_logp, values * maskf, adv, ret)
 
             # held-out pretraining loss of the policy that made this batch (before its update)
@@ -386,7 +386,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                     st = ppo_update(policy, mb, opt, pc, value_head, critic, critic_opt, ptx_x, d)
                     for k, v in st.items():
                         stats[k].append(v)
-                    check_finite(step, {k: torch.tensor(v) for k, v in st.items()})
+                    check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, d)
 
             # --- 5. β controller, logging, checkpoints --------------------------------------------
             means = {"proxy_reward": score.mean().item(), "rm_score": score_raw.mean().item(),
@@ -532,10 +532,15 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
     return out
 
 
-def check_finite(step: int, values: dict[str, torch.Tensor]) -> None:
+def check_finite(step: int, values: dict[str, torch.Tensor], d: Optional[Dist] = None) -> None:
+    """Raise Diverged on NaN/inf; data-parallel, every rank raises when any rank has one (so
+    no rank is left waiting in a collective and rank 0 records the divergence)."""
     from .pipeline import Diverged
     bad = {k: v.detach().float().flatten()[~torch.isfinite(v.detach().float().flatten())][:5].tolist()
            for k, v in values.items() if not torch.isfinite(v.detach().float()).all()}
+    if d is not None and d.any(bool(bad)) and not bad:
+        raise Diverged(f"non-finite values on another rank at PPO step {step}", step=step,
+                       values={"other_rank": ["nan"]})
     if bad:
         raise Diverged(f"non-finite values at PPO step {step}: {bad}", step=step,
                        values={k: [str(x) for x in v] for k, v in bad.items()})

@@ -39,22 +39,31 @@ def _collectives(rank: int, world: int, init_file: str, out: dict) -> None:
         d.check_same_weights([w, b], "after a rank-local change")
     except RuntimeError as e:
         diverged = str(e)
-    out[rank] = (w.grad.tolist(), b.grad.tolist(), row, flags, diverged)
+    from rlhf.pipeline import Diverged
+    from rlhf.ppo import check_finite
+    try:  # NaN on rank 1 only: both ranks stop
+        check_finite(5, {"reward": torch.tensor([1.0, float("nan") if rank == 1 else 2.0])}, d)
+        nan_stop = "not raised"
+    except Diverged as e:
+        nan_stop = str(e)
+    out[rank] = (w.grad.tolist(), b.grad.tolist(), row, flags, diverged, nan_stop)
     td.destroy_process_group()
 
 
-def test_gradient_average_metric_mean_stop_agreement_and_weight_check_on_two_gloo_ranks(tmp_path):
+def test_gradient_average_metric_mean_stop_and_nan_agreement_and_weight_check_on_two_gloo_ranks(tmp_path):
     with mp.Manager() as m:
         out = m.dict()
         mp.spawn(_collectives, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
         out = dict(out)
     for rank in (0, 1):
-        wg, bg, row, flags, diverged = out[rank]
+        wg, bg, row, flags, diverged, nan_stop = out[rank]
         assert wg == [1.5, 3.0, 4.5]  # mean of 1x and 2x
         assert bg == [[0.5, 0.5], [0.5, 0.5]]
         assert row == {"kl": 1.5, "reward": -1.0}
         assert flags == (True, False)  # a stop on one rank is a stop on all
         assert "ranks' weights differ" in diverged
+    assert "non-finite values at PPO step 5" in out[1][5] and "'reward': [nan]" in out[1][5]
+    assert out[0][5] == "non-finite values on another rank at PPO step 5"
 
 
 def test_global_batch_must_divide_by_the_number_of_ranks(tiny_run, tmp_path):
