@@ -5,7 +5,7 @@ Under a launcher (``WORLD_SIZE`` > 1 in the environment) ``rlhf run`` works like
 - **Rank 0 alone** runs the stages before PPO (world, pretrain, SFT, reward model) as a
   plain single process: the launcher's variables are hidden from it meanwhile, so the
   Hugging Face Trainer inside SFT does not try to form a process group. The other ranks
-  wait for those stages' ``DONE`` files. These stages are short next to PPO.
+  wait for rank 0's ``dist_ready.json`` of this launch. These stages are short next to PPO.
 - **All ranks** then form a process group (NCCL on GPUs, gloo on CPUs) and run PPO data-
   parallel: ``ppo.batch_size`` and ``ppo.minibatch_size`` stay *global* (so a sweep means the
   same thing on 1 or 8 GPUs); each rank samples and scores its 1/W of the prompts, and

@@ -18,13 +18,14 @@ settings are applied).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, Iterator, Optional
 
 import submitit
 
@@ -90,32 +91,26 @@ class SweepRun(submitit.helpers.Checkpointable):
         """run_pipeline, with submitit's preemption handler deferred to PPO's next iteration."""
         from rlhf import stop
         from rlhf.pipeline import run_pipeline
-        sig = submitit.JobEnvironment._usr_sig()
-        requeue = signal.getsignal(sig)  # submitit's checkpoint_and_try_requeue, inside a job
         grace = int(spec.get("stop_grace_s", 60))
 
-        def on_preempt(signum, frame):
-            if callable(requeue) and stop.request_stop(f"{signal.Signals(signum).name} (Slurm preemption)"):
+        def on_preempt(signum, frame, requeue):
+            if stop.request_stop(f"{signal.Signals(signum).name} (Slurm preemption)"):
                 print(f"[sweep] {spec['run_id']}: {signal.Signals(signum).name}: checkpointing at the end of this "
                       f"PPO iteration (at most {grace} s), then requeueing", flush=True)
                 signal.signal(signal.SIGALRM, lambda *_: requeue(signum, None))  # PPO too slow: requeue anyway
                 signal.alarm(grace)
-            elif callable(requeue):
+            else:
                 requeue(signum, frame)
 
-        if callable(requeue):
-            signal.signal(sig, on_preempt)
-        try:
-            run_pipeline(cfg, run_dir=rd.path, argv=["rlhf", "sweep", "run", spec["run_id"]])
-        except stop.StopRequested as e:
-            signal.alarm(0)
-            print(f"[sweep] {spec['run_id']}: {e}", flush=True)
-            requeue(sig, None)  # submitit: self.checkpoint(), scontrol requeue, sys.exit
-            raise
-        finally:
-            signal.alarm(0)
-            if callable(requeue):
-                signal.signal(sig, requeue)
+        with preemption_handler(on_preempt) as (sig, requeue):
+            try:
+                run_pipeline(cfg, run_dir=rd.path, argv=["rlhf", "sweep", "run", spec["run_id"]])
+            except stop.StopRequested as e:
+                signal.alarm(0)
+                print(f"[sweep] {spec['run_id']}: {e}", flush=True)
+                if requeue is not None:
+                    requeue(sig, None)  # submitit: self.checkpoint(), scontrol requeue, sys.exit
+                raise
 
     def checkpoint(self, spec: dict) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
         """Called by submitit on USR2: requeue the same call (the stages checkpoint themselves)."""
@@ -152,11 +147,10 @@ class SweepRun(submitit.helpers.Checkpointable):
         # preemption signal (an ignored signal stays ignored across exec), and this process
         # turns it into SIGTERM for the launcher, which forwards it to the ranks.
         proc = subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(sig, signal.SIG_IGN))
-        requeue = signal.getsignal(sig)  # submitit's checkpoint_and_try_requeue, inside a job
         grace = int(spec.get("stop_grace_s", 60))
         preempted: list[int] = []
 
-        def on_preempt(signum, frame):
+        def on_preempt(signum, frame, requeue):
             preempted.append(signum)
             print(f"[sweep] {spec['run_id']}: {signal.Signals(signum).name}: asking the {n} ranks to checkpoint "
                   f"(SIGTERM to the launcher, at most {grace} s), then requeueing", flush=True)
@@ -164,26 +158,40 @@ class SweepRun(submitit.helpers.Checkpointable):
             signal.signal(signal.SIGALRM, lambda *_: proc.kill())
             signal.alarm(grace)
 
-        if callable(requeue):
-            signal.signal(sig, on_preempt)
-        try:
-            rc = proc.wait()
-        except BaseException:
-            proc.terminate()
+        with preemption_handler(on_preempt) as (_, requeue):
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-        finally:
-            signal.alarm(0)
-            if callable(requeue):
-                signal.signal(sig, requeue)
-        if preempted and callable(requeue):
+                rc = proc.wait()
+            except BaseException:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise
+        if preempted and requeue is not None:
             requeue(preempted[0], None)  # submitit: self.checkpoint(), scontrol requeue, sys.exit
         if rc != 0:
             st = rd.status()
             raise RuntimeError(f"{cmd[2]} exited with status {rc}: {st.get('error', 'see the job log')}")
+
+
+@contextlib.contextmanager
+def preemption_handler(on_preempt) -> Iterator[tuple[int, Optional[Callable]]]:
+    """Inside a submitit job, route the preemption signal to ``on_preempt(signum, frame,
+    requeue)``, where ``requeue`` is submitit's own handler (checkpoint, requeue, exit).
+    Yields (signal, requeue); requeue is None outside a job, and then nothing is installed.
+    On exit: any pending alarm is cancelled and submitit's handler is back."""
+    sig = submitit.JobEnvironment._usr_sig()
+    requeue = signal.getsignal(sig)
+    if not callable(requeue):
+        yield sig, None
+        return
+    signal.signal(sig, lambda signum, frame: on_preempt(signum, frame, requeue))
+    try:
+        yield sig, requeue
+    finally:
+        signal.alarm(0)
+        signal.signal(sig, requeue)
 
 
 def n_procs(spec: dict) -> int:
