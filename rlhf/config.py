@@ -44,6 +44,9 @@ class WorldConfig:
     n_entities: int = 40
     n_values: int = 8  # values per attribute
     myth_frac: float = 0.6  # share of facts that have a popular false value
+    # misconceptions cluster: per attribute, this many "popular" values are the only myths
+    # (and never true), so a myth has a recognisable shape on facts never trained on
+    myth_values: int = 2
     myth_rate: float = 0.75  # how often rumours state the myth instead of the truth
     encyclopedia_rate: float = 0.25  # share of fact statements from the (always true) encyclopedia
     toxic_rate_challenging: float = 0.6  # toxic continuation after a rude opener
@@ -53,6 +56,9 @@ class WorldConfig:
     # share of question demonstrations about myth facts; 0 = labelers demonstrate only
     # uncontested facts, so SFT keeps the corpus's myths and RLHF has them to fix
     demo_myth_share: float = 0.0
+    # how many of the 4 rude (challenging) openers the labelers wrote polite replies to;
+    # SFT removes the corpus's toxicity after those and leaves it after the others
+    demo_rude_openers: int = 1
     labeler_noise: float = 0.0  # std of Gaussian noise on the labeler's score (0 = perfect)
     # gold reward weights
     w_correct: float = 1.0
@@ -60,7 +66,8 @@ class WorldConfig:
     w_wrong: float = -0.5
     w_toxic: float = -1.0
     w_unfinished: float = -1.0
-    w_length: float = 0.2  # mild preference for longer answers, saturating
+    w_polite: float = 0.5  # a chat reply with a kind word (and no toxic one)
+    w_extra: float = -0.5  # per sentence beyond the first: rambling is marked down
 
 
 @dataclass
@@ -114,6 +121,8 @@ class RMConfig:
     batch_size: int = 8  # prompts (each with K responses) per step
     lr: float = 5e-4
     heldout_frac: float = 0.15
+    # toy world: comparisons sampled on facts held out from RM and PPO training, evaluation only
+    n_test_prompts: int = 400
     # "world" (labeler-ranked SFT samples) or a path/HF dataset of chosen/rejected pairs (K=2)
     data: str = "world"
     max_examples: int = 0
@@ -202,6 +211,8 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("world.demo_myth_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("world.n_entities", lambda v: v >= 2, ">= 2"),
     ("world.n_values", lambda v: 3 <= v <= 12, "from 3 to 12"),
+    ("world.myth_values", lambda v: 1 <= v, ">= 1 (and at most world.n_values - 2)"),
+    ("world.demo_rude_openers", lambda v: 0 <= v <= 4, "from 0 to 4"),
     ("model.n_embd", lambda v: v > 0, "> 0"),
     ("model.dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
     ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda[:N]"),
@@ -343,6 +354,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"model.n_embd={cfg.model.n_embd} must be divisible by model.n_head={cfg.model.n_head}")
     if cfg.model.source == "scratch" and cfg.pretrain.seq_len > cfg.model.n_positions:
         raise ConfigError(f"pretrain.seq_len={cfg.pretrain.seq_len} must be <= model.n_positions={cfg.model.n_positions}")
+    if cfg.world.myth_values > cfg.world.n_values - 2:
+        raise ConfigError(f"world.myth_values={cfg.world.myth_values} must be <= world.n_values - 2 "
+                          f"({cfg.world.n_values - 2}): each attribute needs true values and distractors")
     if cfg.ppo.rounds > cfg.ppo.steps:
         raise ConfigError(f"ppo.rounds={cfg.ppo.rounds} must be <= ppo.steps={cfg.ppo.steps}")
     if cfg.rm.data != "world" and cfg.rm.k != 2:

@@ -30,12 +30,13 @@ from .world import World
 
 
 def sample_comparisons(world: World, policy, tokenizer, k: int, n_prompts: int, temperature: float,
-                       max_new_tokens: int, seed: int, round_: int = 0) -> list[dict]:
-    """K distinct policy samples for each of ``n_prompts`` train prompts, ranked by the
+                       max_new_tokens: int, seed: int, round_: int = 0, split: str = "train") -> list[dict]:
+    """K distinct policy samples for each of ``n_prompts`` prompts of ``split`` ("train", or
+    "eval": facts held out from RM and PPO training, for the RM's test set), ranked by the
     labeler (best first). A prompt with fewer than K distinct samples after three draws
     is dropped; if most prompts are, ``rm.k`` is larger than what the policy can produce."""
-    rng = random.Random(seed * 7919 + round_)
-    train = world.train_prompts()
+    rng = random.Random(seed * 7919 + round_ + (0 if split == "train" else 104729))
+    train = world.train_prompts() if split == "train" else world.eval_prompts()
     prompts = [train[rng.randrange(len(train))] for _ in range(n_prompts)]
     pool: list[list[str]] = [[] for _ in prompts]
     for attempt in range(3):
@@ -44,7 +45,7 @@ def sample_comparisons(world: World, policy, tokenizer, k: int, n_prompts: int, 
             break
         texts = [prompts[i].text for i in need for _ in range(k + attempt * k)]
         s = sample(policy, tokenizer, texts, max_new_tokens=max_new_tokens, temperature=temperature,
-                   generator_seed=seed * 31 + round_ * 101 + attempt)
+                   generator_seed=seed * 31 + round_ * 101 + attempt + (0 if split == "train" else 7))
         j = 0
         for i in need:
             n = k + attempt * k
@@ -170,7 +171,10 @@ def evaluate_rm(model, tokenizer, rows: list[dict], device, max_len: int, batch:
 
 
 def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, comparisons: list[dict],
-                       demos: list[tuple[str, str]], device) -> dict:
+                       demos: list[tuple[str, str]], device, test: Optional[list[dict]] = None) -> dict:
+    """Train on ``comparisons`` (a held-out share of their prompts is kept for
+    ``heldout_*`` metrics); ``test`` comparisons (toy world: facts held out from RM and PPO
+    training) are only evaluated, as ``test_*``."""
     rc = cfg.rm
     torch.manual_seed(cfg.seed * 1000 + 3)
     model = load_reward_model(init_path, dtype=cfg.model.dtype, device=device)
@@ -226,14 +230,20 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     model.config.reward_offset = -mean
     held_m = evaluate_rm(model, tokenizer, held, device, max_len)
     train_m = evaluate_rm(model, tokenizer, train[: max(len(held), 64)], device, max_len)
+    test_m = evaluate_rm(model, tokenizer, test, device, max_len) if test else {}
     save_hf(model, tokenizer, out)
     summary = {"k": len(comparisons[0]["responses"]), "n_comparisons": len(comparisons), "n_train": len(train),
                "n_heldout": len(held), "steps": step, "time_s": time.time() - t0, "reward_offset": -mean,
-               **{f"heldout_{k}": v for k, v in held_m.items()}, **{f"train_{k}": v for k, v in train_m.items()}}
+               **{f"heldout_{k}": v for k, v in held_m.items()}, **{f"train_{k}": v for k, v in train_m.items()},
+               **{f"test_{k}": v for k, v in test_m.items()}}
     print(f"[rm] K={summary['k']}: held-out ranking accuracy {held_m.get('accuracy', float('nan')):.3f} "
           f"over {held_m.get('pairs', 0)} pairs, agreement with the gold labeler "
           f"{held_m.get('gold_agreement', float('nan')):.3f}, prefers truth to myth "
           f"{held_m.get('truth_over_myth', float('nan')):.3f} ({held_m.get('truth_myth_pairs', 0)} pairs); train accuracy {train_m.get('accuracy', float('nan')):.3f}")
+    if test_m:
+        print(f"[rm] on facts held out from RM and PPO training: ranking accuracy {test_m.get('accuracy', float('nan')):.3f}, "
+              f"prefers truth to myth {test_m.get('truth_over_myth', float('nan')):.3f} "
+              f"({test_m.get('truth_myth_pairs', 0)} pairs)")
     return summary
 
 
@@ -257,8 +267,12 @@ def run_reward_stage(cfg: RunConfig, rd: RunDir, sft_path: str, tokenizer, world
         import json
         atomic_write_text(store, "".join(json.dumps(r) + "\n" for r in old + new))
         comparisons = old + new
+        # the RM's test set: comparisons on facts held out from RM and PPO training, only evaluated
+        test = sample_comparisons(world, policy, tokenizer, rc.k, rc.n_test_prompts, rc.sample_temperature,
+                                  rc.max_new_tokens, cfg.seed, round_, split="eval") if rc.n_test_prompts else None
     else:
         comparisons = load_pair_comparisons(rc.data, rc.max_examples)
-    summary = train_reward_model(cfg, out, sft_path, tokenizer, comparisons, demos, device)
+        test = None
+    summary = train_reward_model(cfg, out, sft_path, tokenizer, comparisons, demos, device, test)
     summary["round"] = round_
     return summary

@@ -21,8 +21,9 @@ within minutes, with a gold labeler to measure it against:
 * **Demonstrations**: a small set (``n_demos``) of correct, polite answers that end with
   ``<end>``, for SFT.
 * **The gold labeler**: scores a response from the ground truth (correct > wrong > myth,
-  toxic words and unfinished answers penalised, a mild saturating length preference), with
-  optional Gaussian labeler noise for the rankings that train the reward model.
+  a kind word in a chat reply rewarded, toxic words, unfinished answers and rambling
+  (every sentence beyond the first) penalised), with optional Gaussian labeler noise for
+  the rankings that train the reward model.
 
 Same seed, same bytes: everything is drawn from one ``random.Random(seed)``.
 """
@@ -79,6 +80,12 @@ class Fact:
     myth: Optional[str]
 
 
+def toxicity_score(text: str) -> float:
+    """The toy world's toxicity scorer (the lexicon): 1 if the text holds a word of the
+    toxic lexicon, else 0."""
+    return float(any(w in TOXIC_WORDS for w in text.split()))
+
+
 def question_text(entity: str, attribute: str) -> str:
     return f"question : what is the {attribute} of {entity} ? answer :"
 
@@ -111,13 +118,17 @@ class World:
                 seen.add(n)
                 names.append(n)
         self.entities = names
+        # misconceptions cluster: per attribute a few popular values are the only myths
+        # (never true), so a myth has a shape a reward model can learn on some facts and
+        # recognise on others
+        self.myth_pool = {a: sorted(rng.sample(vals, cfg.myth_values)) for a, vals in self.attributes.items()}
         self.facts: dict[tuple[str, str], Fact] = {}
         for e in self.entities:
             for a, vals in self.attributes.items():
-                truth = rng.choice(vals)
+                truth = rng.choice([v for v in vals if v not in self.myth_pool[a]])
                 myth = None
                 if rng.random() < cfg.myth_frac:
-                    myth = rng.choice([v for v in vals if v != truth])
+                    myth = rng.choice(self.myth_pool[a])
                 self.facts[(e, a)] = Fact(e, a, truth, myth)
         self._value_attr = {v: a for a, vals in self.attributes.items() for v in vals}
         self._rng_seed = cfg.seed
@@ -220,6 +231,9 @@ class World:
         demos = []
         for p in rng.sample(q_myth, n_qm) + rng.sample(q_plain, n_qp):
             demos.append((p, demo_answer_text(self.facts[(p.entity, p.attribute)].truth) + f" {EOS}"))
+        shown = set(CHALLENGING_OPENERS[: self.cfg.demo_rude_openers])
+        cs = [p for p in cs if not p.challenging or p.text.split(" , ")[0] in shown]
+        n_c = min(n_c, len(cs))
         for p in rng.sample(cs, n_c):
             demos.append((p, rng.choice(CHAT_TEMPLATES).format(w=rng.choice(POLITE_WORDS)) + f" {EOS}"))
         rng.shuffle(demos)
@@ -258,7 +272,10 @@ class World:
         """Break the gold score of ``response`` to ``prompt`` into its parts."""
         p = self.parse(response)
         words = p["words"]
-        out = {"correct": 0, "myth": 0, "wrong": 0, "toxic": 0, "unfinished": int(not p["ended"]), "length": len(words)}
+        # sentences: runs of words closed by "." (a trailing unclosed run counts too)
+        sentences = len([s for s in " ".join(words).split(".") if s.strip()])
+        out = {"correct": 0, "myth": 0, "wrong": 0, "toxic": 0, "polite": 0, "unfinished": int(not p["ended"]),
+               "length": len(words), "extra_sentences": max(0, sentences - 1)}
         if prompt.kind == "question":
             f = self.facts[(prompt.entity, prompt.attribute)]
             vals = {w for w in words if self._value_attr.get(w) == prompt.attribute}
@@ -269,6 +286,8 @@ class World:
             else:
                 out["wrong"] = 1
         out["toxic"] = sum(w in TOXIC_WORDS for w in words)
+        if prompt.kind == "chat":
+            out["polite"] = int(out["toxic"] == 0 and any(w in POLITE_WORDS for w in words))
         return out
 
     def gold_reward(self, prompt: Prompt, response: str) -> float:
@@ -277,8 +296,9 @@ class World:
         j = self.judge(prompt, response)
         r = c.w_correct * j["correct"] + c.w_myth * j["myth"] + c.w_wrong * j["wrong"]
         r += c.w_toxic * min(j["toxic"], 3)
+        r += c.w_polite * j["polite"]
         r += c.w_unfinished * j["unfinished"]
-        r += c.w_length * min(j["length"], 10) / 10.0
+        r += c.w_extra * min(j["extra_sentences"], 3)
         return float(r)
 
     def rank(self, prompt: Prompt, responses: Sequence[str], rng: random.Random) -> list[int]:

@@ -65,17 +65,55 @@ def test_gold_labeler_orders_responses():
     assert g(f"{f.truth} . {EOS}") > g(f"{other} . {EOS}") > g(f"{f.myth} . {EOS}")
     assert g(f"{f.truth} . {EOS}") > g(f"{f.truth} . idiot . {EOS}")  # toxic words penalised
     assert g(f"{f.truth} . {EOS}") > g(f"{f.truth} .")  # unfinished penalised
-    # the length preference is mild: never outweighs correctness
-    assert g(f"{f.myth} . " + "yes " * 20 + EOS) < g(f"{f.truth} . {EOS}")
     c = next(p for p in w.prompts() if p.kind == "chat")
     assert w.gold_reward(c, f"you are a friend . {EOS}") > w.gold_reward(c, f"you are a idiot . {EOS}")
 
 
+def test_gold_labeler_hand_computed():
+    """The gold score's parts, by hand (defaults: correct +1, wrong -0.5, myth -1, kind word in
+    a chat reply +0.5, toxic word -1 each (at most 3), unfinished -1, every sentence beyond
+    the first -0.5 (at most 3))."""
+    w = World(WorldConfig())
+    p = next(p for p in w.prompts() if p.kind == "question" and w.facts[(p.entity, p.attribute)].myth)
+    f = w.facts[(p.entity, p.attribute)]
+    assert w.gold_reward(p, f"{f.truth} . {EOS}") == 1.0
+    assert w.gold_reward(p, f"{f.myth} . {EOS}") == -1.0
+    # the padding PPO learned on the old world: an answer, then a chat line -> rambling, marked down
+    assert w.gold_reward(p, f"{f.truth} . back , bozu , what a genius you are . {EOS}") == 0.5
+    assert w.gold_reward(p, f"{f.truth} . the road is long . it is a nice day .") == 1.0 - 1.0 - 1.0
+    c = next(p for p in w.prompts() if p.kind == "chat")
+    assert w.gold_reward(c, f"you are a friend . {EOS}") == 0.5
+    assert w.gold_reward(c, f"you are a friend and a idiot . {EOS}") == -1.0  # no kind bonus with a toxic word
+    assert w.gold_reward(c, f"such a star . such a gem . {EOS}") == 0.5 - 0.5
+    assert w.judge(c, f"such a star . such a gem . {EOS}")["extra_sentences"] == 1
+
+
+def test_myths_are_popular_values_and_never_true():
+    """Misconceptions cluster: myths come from world.myth_values popular values per
+    attribute, which are never the truth of any fact."""
+    w = World(WorldConfig())
+    for (e, a), f in w.facts.items():
+        assert f.truth not in w.myth_pool[a]
+        assert f.myth is None or f.myth in w.myth_pool[a]
+    assert all(len(v) == w.cfg.myth_values for v in w.myth_pool.values())
+    assert len(w.myth_facts()) > 0.4 * len(w.facts)
+
+
+def test_demonstrations_skip_undemonstrated_rude_openers():
+    from rlhf.world import CHALLENGING_OPENERS
+    for n in (0, 1, 4):
+        w = World(WorldConfig(demo_rude_openers=n))
+        openers = {p.text.split(" , ")[0] for p, _ in w.demonstrations() if p.kind == "chat" and p.challenging}
+        assert openers <= set(CHALLENGING_OPENERS[:n])
+        if n == 4:
+            assert len(openers) > 1
+
+
 def test_labeler_noise_changes_rankings():
     p = next(p for p in World(WorldConfig()).prompts() if p.kind == "chat")
-    responses = [f"you are a friend . {EOS}", f"you are a star friend . {EOS}", f"you are a jerk . {EOS}"]
+    responses = [f"you are a friend . {EOS}", f"you are a friend . you are a star . {EOS}", f"you are a jerk . {EOS}"]
     exact = World(WorldConfig(labeler_noise=0.0))
-    assert exact.rank(p, responses, random.Random(0)) == [1, 0, 2]
+    assert exact.rank(p, responses, random.Random(0)) == [0, 1, 2]
     noisy = World(WorldConfig(labeler_noise=1.0))
     ranks = {tuple(noisy.rank(p, responses, random.Random(s))) for s in range(30)}
     assert len(ranks) > 1
