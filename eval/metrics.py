@@ -79,6 +79,42 @@ def mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> tuple
     return float(v.mean()) if len(v) else float("nan"), lo, hi
 
 
+def aggregate_ci(items: Sequence, aggregate: Callable, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(value, bootstrap CI low, high) of a task's own aggregation over per-item values, so
+    the CI is in the unit of the value: resample the items with replacement and apply
+    ``aggregate`` to each resample. E.g. lm-eval's ``perplexity`` aggregation,
+
+        PPL = exp(-1/N Σ_i loglik_i),
+
+    gets a CI of perplexities, not of log-likelihoods. Items may be numbers or tuples of
+    numbers (``weighted_perplexity``: (loglik, words))."""
+    rows = np.asarray([tuple(x) if isinstance(x, (list, tuple)) else x for x in items], dtype=float)
+
+    def stat(x: np.ndarray) -> float:
+        return float(aggregate([tuple(r) for r in x] if x.ndim == 2 else list(x)))
+
+    if rows.shape[0] == 0:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = bootstrap_ci(rows, stat, n_boot=n_boot, seed=seed)
+    return stat(rows), lo, hi
+
+
+def cluster_mean_ci(values: Sequence[float], groups: Sequence[int], n_boot: int = 1000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """(mean over items, CI low, high) where items come in groups (samples of one prompt):
+    the bootstrap resamples groups, each weighted by its size,
+
+        value = Σ_g Σ_{i∈g} v_i / Σ_g |g|."""
+    v = np.asarray(values, dtype=float)
+    g = np.asarray(groups)
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    keys = list(dict.fromkeys(g.tolist()))
+    table = np.array([[v[g == k].sum(), (g == k).sum()] for k in keys], dtype=float)
+    lo, hi = bootstrap_ci(table, lambda x: float(x[:, 0].sum() / x[:, 1].sum()), n_boot=n_boot, seed=seed)
+    return float(v.mean()), lo, hi
+
+
 # ------------------------------------------------------------ language modelling
 def perplexity(nll_sum: float, n_tokens: int) -> float:
     """PPL = exp( Σ_t -log p(x_t | x_<t) / N )."""
