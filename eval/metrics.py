@@ -131,17 +131,17 @@ def sampled_kl(logp_policy: np.ndarray, logp_ref: np.ndarray, mask: np.ndarray) 
     return float(d.sum(axis=1).mean())
 
 
-def best_of_n_select(proxy: np.ndarray, gold: np.ndarray, n: int) -> tuple[float, float]:
+def best_of_n_select(rm_score: np.ndarray, gold: np.ndarray, n: int) -> tuple[float, float]:
     """Best-of-n with every sample used: each prompt's N samples (N a multiple of n) are cut
-    into N/n groups in order; in each group the sample with the highest proxy reward is
-    kept. Returns (mean proxy, mean gold) of the kept samples: an unbiased estimate of
-    E[R(argmax_proxy of n samples)]. ``proxy``, ``gold``: (prompts, N)."""
-    proxy = np.asarray(proxy, float)
+    into N/n groups in order; in each group the sample with the highest rm_score is
+    kept. Returns (mean rm_score, mean gold_reward) of the kept samples: an unbiased estimate
+    of E[R(argmax_rm_score of n samples)]. ``rm_score``, ``gold``: (prompts, N)."""
+    rm = np.asarray(rm_score, float)
     gold = np.asarray(gold, float)
-    P, N = proxy.shape
+    P, N = rm.shape
     if N % n:
         raise ValueError(f"best-of-{n} needs a multiple of {n} samples per prompt, got {N}")
-    pg = proxy.reshape(P, N // n, n)
+    pg = rm.reshape(P, N // n, n)
     gg = gold.reshape(P, N // n, n)
     idx = pg.argmax(axis=2)[..., None]
     return float(np.take_along_axis(pg, idx, 2).mean()), float(np.take_along_axis(gg, idx, 2).mean())
@@ -167,7 +167,7 @@ def rl_form(d: np.ndarray, alpha: float, beta: float) -> np.ndarray:
 
 
 def fit_overoptimization(d: Sequence[float], r: Sequence[float], form: str) -> dict:
-    """Least-squares fit of the gold (or proxy) reward gain R against d = sqrt(KL):
+    """Least-squares fit of the gold_reward (or rm_score) gain R against d = sqrt(KL):
 
         bon: R(d) = d (α - β d)        rl: R(d) = d (α - β log d)
 

@@ -185,7 +185,7 @@ def test_overopt_on_toy_run(run, tmp_path):
     # the findings records: every policy has rm_score, gold_reward, kl, myth_rate, truth_rate on subset rl
     rl = {(r["checkpoint_label"], r["metric"]) for r in recs if r["subset"] == "rl"}
     assert {(c, m) for c in kl_rl for m in ("rm_score", "gold_reward", "kl", "myth_rate", "truth_rate")} <= rl
-    assert not {r["metric"] for r in recs} & {"proxy_reward", "fit_proxy", "fit_gold"}
+    assert not [r["metric"] for r in recs if "proxy" in r["metric"]] and "fit_gold" not in {r["metric"] for r in recs}
     # every sampled text behind an rl metric is kept, with its scores
     sft_rm = next(r for r in recs if r["checkpoint_label"] == "sft" and r["metric"] == "rm_score"
                   and r["subset"] == "rl")
