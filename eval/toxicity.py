@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rlhf.sampling import TemperatureTopP, sample  # noqa: F401  (TemperatureTopP: re-exported for tests)
+from rlhf.sampling import sample
 
 from . import metrics
 

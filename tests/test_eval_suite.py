@@ -22,6 +22,7 @@ from eval.testing import make_toy_run  # noqa: E402
 from rlhf.heldout import heldout_nll, heldout_text  # noqa: E402
 from rlhf.losses import best_of_n_kl  # noqa: E402
 from rlhf.rundir import read_jsonl_gz  # noqa: E402
+from rlhf.sampling import TemperatureTopP  # noqa: E402
 from rlhf.models import load_causal_lm, load_tokenizer  # noqa: E402
 from rlhf.world import World  # noqa: E402
 
@@ -285,7 +286,7 @@ def test_fast_top_p_equals_transformers_warpers():
     ids = torch.zeros(6, 1, dtype=torch.long)
     for temp, p in ((1.0, 0.9), (0.7, 0.5), (1.3, 0.99)):
         ref = TopPLogitsWarper(p)(ids, TemperatureLogitsWarper(temp)(ids, scores.clone()))
-        ours = tx.TemperatureTopP(temp, p, k=256)(ids, scores.clone())
+        ours = TemperatureTopP(temp, p, k=256)(ids, scores.clone())
         assert torch.equal(torch.isinf(ref), torch.isinf(ours))
         assert torch.allclose(ref[~torch.isinf(ref)], ours[~torch.isinf(ours)])
 
