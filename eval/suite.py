@@ -188,7 +188,7 @@ def write_samples(target: Target, cp: Checkpoint, suite: str, subset: str, rows:
     _>/<suite>-<subset>.jsonl.gz``, one row per sample (prompt, response, its scores).
     Returns the path relative to the output (run) directory, for the record's ``samples``."""
     from rlhf.rundir import write_jsonl_gz
-    rel = Path("eval") / "samples" / cp.label.replace("/", "_") / f"{suite}-{_safe_name(subset)}.jsonl.gz"
+    rel = Path("eval") / "samples" / cp.label.replace("/", "_") / f"{suite}-{subset.replace('/', '_')}.jsonl.gz"
     write_jsonl_gz(target.out_dir / rel, rows)
     return rel.as_posix()
 

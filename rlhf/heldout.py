@@ -75,7 +75,7 @@ def heldout_nll(model, tokenizer, text: str, window: int = 0, stride: int = 0, m
                    and spans[i + len(group)][1] - spans[i + len(group)][0] == length):
                 group.append(spans[i + len(group)])
             x = torch.stack([ids[b:e] for b, e, _ in group]).to(device)
-            logits = model(input_ids=x).logits[:, :-1].float()
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits[:, :-1].float()
             nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
             for row, (b, _, first) in zip(nll, group):
                 part = row[first - b - 1:]
