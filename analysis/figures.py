@@ -130,8 +130,9 @@ def _group_key(data: Data) -> Optional[str]:
 
 
 def overopt_points(data: Data) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(points, fits): reward gain over the SFT policy's (best-of-1) reward against
-    d = sqrt(KL), for RL checkpoints and best-of-n, per run; the fitted coefficients."""
+    """(points, fits): gain of gold_reward and rm_score over the SFT policy against
+    d = sqrt(KL), for RL checkpoints (over SFT's own RL point, KL 0; older records without
+    one: over best-of-1) and best-of-n (over best-of-1), per run; the fitted coefficients."""
     recs = latest_records(data.records)
     if recs.empty:
         return pd.DataFrame(), pd.DataFrame()
@@ -141,20 +142,22 @@ def overopt_points(data: Data) -> tuple[pd.DataFrame, pd.DataFrame]:
     state = dict(zip(data.runs["run_id"], data.runs["state"]))
     pts, fits = [], []
     for run_id, g in oo.groupby("run_id", sort=False):
-        for which in ("gold", "proxy"):
-            r = g[g["metric"] == f"{which}_reward"]
+        for which in ("gold_reward", "rm_score"):
+            r = g[g["metric"] == which]
             base = r[(r["method"] == "bon") & (r.get("bon_n", pd.Series(dtype=float)) == 1)]["value"]
             if base.empty:
                 continue
             base = float(base.iloc[0])
+            sft_rl = r[(r["method"] == "rl") & (r["checkpoint_label"] == "sft")]["value"]
+            base_rl = float(sft_rl.iloc[-1]) if len(sft_rl) else base
             for _, p in r.iterrows():
                 kl = float(p["kl"]) if pd.notna(p.get("kl")) else math.nan
                 d = float(p["d"]) if "d" in p and pd.notna(p.get("d")) else math.sqrt(max(kl, 0.0))
                 pts.append({"run_id": run_id, "state": state.get(run_id, ""), "reward": which,
                             "method": p["method"], "checkpoint": p["checkpoint_label"],
                             "bon_n": p.get("bon_n"), "kl": kl, "d": d, "value": float(p["value"]),
-                            "gain": float(p["value"]) - base})
-            if (r["method"] == "rl").any():  # the SFT policy is the RL curve's origin
+                            "gain": float(p["value"]) - (base_rl if p["method"] == "rl" else base)})
+            if (r["method"] == "rl").any() and sft_rl.empty:  # the SFT policy is the RL curve's origin
                 pts.append({"run_id": run_id, "state": state.get(run_id, ""), "reward": which, "method": "rl",
                             "checkpoint": "sft", "bon_n": None, "kl": 0.0, "d": 0.0, "value": base, "gain": 0.0})
             f = g[g["metric"] == f"fit_{which}"]
@@ -176,7 +179,7 @@ def fit_curve(method: str, alpha: float, beta: float, d: np.ndarray) -> np.ndarr
 
 
 def overopt_figure(data: Data):
-    """Gold and proxy reward gain over SFT against sqrt(KL): RL (one line per β, or per
+    """gold_reward and rm_score gain over SFT against sqrt(KL): RL (one line per β, or per
     reward-model data size) and best-of-n, points and fitted curves."""
     pts, fits = overopt_points(data)
     fig, axes = new_figure(PAGE_IN, 2.7, 1, 2)
@@ -185,7 +188,7 @@ def overopt_figure(data: Data):
     group_of = dict(zip(data.runs["run_id"], data.runs[key].map(_none))) if key else {}
     groups = sorted({group_of.get(r, "all") for r in data.runs["run_id"]}, key=sort_key) if key else ["all"]
     pal = palette(len(groups) + 1)
-    for ax, which in zip(axes[0], ("gold", "proxy")):
+    for ax, which in zip(axes[0], ("gold_reward", "rm_score")):
         seen: set = set()
         p = pts[pts["reward"] == which] if len(pts) else pts
         f = fits[fits["reward"] == which] if len(fits) else fits
@@ -232,7 +235,7 @@ def overopt_figure(data: Data):
                     seen.add(lab)
         ax.axhline(0, color="0.7", linewidth=0.6, zorder=0)
         ax.set_xlabel(SQRT_KL)
-        ax.set_ylabel(f"{which} reward gain over SFT")
+        ax.set_ylabel(f"{which} gain over SFT")
         ax.set_xlim(left=0)
         ax.margins(y=0.12)
         if not len(p):
@@ -253,7 +256,7 @@ def overopt_figure(data: Data):
 
 
 # ------------------------------------------------------------------ training curves
-CURVES = [("proxy_reward", "proxy reward (RM score)"), ("gold_reward", "gold reward"), ("kl", "KL (nats)"),
+CURVES = [("ppo_reward", "ppo_reward"), ("rm_score", "rm_score"), ("gold_reward", "gold_reward"), ("kl", "KL (nats)"),
           ("beta", "β (KL coefficient)"), ("clipfrac", "clip fraction"), ("vf_loss", "value loss"),
           ("ptx_loss", "ptx loss (nats/token)"), ("entropy", "entropy (nats/token)")]
 

@@ -60,10 +60,10 @@ def figure_specs(data: Data, per_run: pd.DataFrame) -> list[FigureSpec]:
     n_seeds = per_run["seed"].nunique() if "seed" in per_run.columns else 1
     ci = "mean and 95% CI over seeds" if n_seeds > 1 else "one seed per cell (no CI)"
     return [
-        FigureSpec("ablation", f"Final gold/proxy reward, KL, TruthfulQA MC1/MC2, toxicity (challenging prompts) and "
+        FigureSpec("ablation", f"Final gold_reward, rm_score, KL, TruthfulQA MC1/MC2, toxicity (challenging prompts) and "
                                f"Δ LM loss vs SFT against {sw}; {ci}.",
                    lambda: F.ablation_figure(data, per_run)),
-        FigureSpec("overoptimization", "Gold and proxy reward gain over SFT against √KL for RL (per β) and best-of-n, "
+        FigureSpec("overoptimization", "gold_reward and rm_score gain over SFT against √KL for RL (per β) and best-of-n, "
                                        "with the fits d(α − β log d) and d(α − β d).",
                    lambda: F.overopt_figure(data)),
         FigureSpec("training_curves", "PPO training curves per run (EMA-smoothed; raw values faint): reward, KL, β, "

@@ -25,8 +25,8 @@ class Metric:
 
 
 METRICS = [
-    Metric("gold_reward", "gold reward\n(labeler score)", "Gold reward", True),
-    Metric("proxy_reward", "proxy reward\n(RM score)", "Proxy reward", True),
+    Metric("gold_reward", "gold_reward\n(labeler score)", "Gold reward", True),
+    Metric("rm_score", "rm_score\n(reward model)", "RM score", True),
     Metric("kl", "KL(π‖π_SFT)\n(nats)", "KL (nats)", None),
     Metric("mc1", "TruthfulQA MC1\n(accuracy)", "MC1", True),
     Metric("mc2", "TruthfulQA MC2\n(prob. mass)", "MC2", True),
@@ -43,7 +43,7 @@ EVAL_METRICS = {
     "toxicity_probability": ("toxicity", "toxicity_probability", "challenging", "value"),
     "lm_loss_delta": ("regression", "lm_loss", None, "delta_vs_ref"),
 }
-SUMMARY_METRICS = {"gold_reward": "ppo.final_gold_reward", "proxy_reward": "ppo.final_proxy_reward",
+SUMMARY_METRICS = {"gold_reward": "ppo.final_gold_reward", "rm_score": "ppo.final_rm_score",
                    "kl": "ppo.final_kl"}
 FINAL_CHECKPOINT = "ppo"
 

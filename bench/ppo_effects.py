@@ -2,8 +2,8 @@
 
 For each seed: one quickstart run through the reward model, then PPO variants on it:
 
-* default (β = 0.05, γ = 0):      proxy reward, KL and, at first, gold reward rise;
-* β = 0, run long:                gold reward later falls while proxy keeps rising
+* default (β = 0.05, γ = 0):      rm_score, KL and, at first, gold reward rise;
+* β = 0, run long:                gold reward later falls while rm_score keeps rising
                                   (reward over-optimisation);
 * γ > 0 (ptx) beside γ = 0:       held-out pretraining loss regresses less.
 
@@ -64,8 +64,8 @@ def phases(df: pd.DataFrame) -> dict:
     first, last = df.iloc[:w], df.iloc[-w:]
     at_peak = df.iloc[max(0, peak - w + 1):peak + 1]
     return {
-        "proxy_first": first.proxy_reward.mean(), "proxy_peak": at_peak.proxy_reward.mean(),
-        "proxy_last": last.proxy_reward.mean(),
+        "rm_first": first.rm_score.mean(), "rm_peak": at_peak.rm_score.mean(),
+        "rm_last": last.rm_score.mean(),
         "gold_first": first.gold_reward.mean(), "gold_peak": at_peak.gold_reward.mean(),
         "gold_last": last.gold_reward.mean(), "peak_step": peak,
         "kl_first": first.kl.mean(), "kl_peak": at_peak.kl.mean(), "kl_last": last.kl.mean(),
@@ -107,11 +107,11 @@ def main() -> int:
     b = table[table.variant == "beta0_long"]
     p = table[table.variant == "ptx"]
     claims = [
-        ("default: proxy reward rises", (d.proxy_last > d.proxy_first).mean()),
+        ("default: rm_score rises", (d.rm_last > d.rm_first).mean()),
         ("default: KL rises", (d.kl_last > d.kl_first).mean()),
         ("default: gold reward rises at first (peak > first tenth)", (d.gold_peak > d.gold_first).mean()),
         ("beta=0 long: gold falls from its peak by the end", (b.gold_last < b.gold_peak).mean()),
-        ("beta=0 long: proxy keeps rising after the gold peak", (b.proxy_last >= b.proxy_peak).mean()),
+        ("beta=0 long: rm_score keeps rising after the gold peak", (b.rm_last >= b.rm_peak).mean()),
         ("ptx: held-out pretraining loss regresses less than gamma=0 (same seed)",
          (p.heldout_final.values - p.heldout_sft.values < d.heldout_final.values - d.heldout_sft.values).mean()),
     ]
@@ -122,8 +122,8 @@ def main() -> int:
           f"{(d.heldout_final - d.heldout_sft).mean():.3f}, gamma={args.ptx_coef:g} "
           f"{(p.heldout_final - p.heldout_sft).mean():.3f}")
     print(f"beta=0 long: gold first {b.gold_first.mean():.3f} -> peak {b.gold_peak.mean():.3f} -> last "
-          f"{b.gold_last.mean():.3f}; proxy {b.proxy_first.mean():.3f} -> {b.proxy_peak.mean():.3f} -> "
-          f"{b.proxy_last.mean():.3f}; KL last {b.kl_last.mean():.2f}")
+          f"{b.gold_last.mean():.3f}; rm_score {b.rm_first.mean():.3f} -> {b.rm_peak.mean():.3f} -> "
+          f"{b.rm_last.mean():.3f}; KL last {b.kl_last.mean():.2f}")
     print(f"total time {time.time() - t0:.0f} s")
     return 0
 

@@ -54,8 +54,8 @@ from rlhf.models import load_tokenizer  # noqa: E402
 from rlhf.rundir import RunDir, read_jsonl  # noqa: E402
 from rlhf.world import World  # noqa: E402
 
-ORIG = {n: getattr(ppo, n) for n in ("sample", "policy_forward", "critic_values", "reward_scores", "ppo_update",
-                                     "heldout_lm_loss", "append_jsonl", "check_finite", "gae",
+ORIG = {n: getattr(ppo, n) for n in ("sample", "policy_forward", "critic_values", "score_rollout", "ppo_update",
+                                     "heldout_nll", "append_jsonl", "append_jsonl_gz", "check_finite", "gae",
                                      "kl_penalised_rewards")}
 ORIG_OPTIM = ppo.torch.optim
 

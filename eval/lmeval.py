@@ -88,7 +88,8 @@ def run_tasks(lm, names: list[str], metadata: Optional[dict] = None, limit: Opti
               seed: int = 0) -> dict[str, dict[str, Any]]:
     """Evaluate ``names`` with ``lm_eval.simple_evaluate``.
 
-    Returns {task: {"metrics": {metric: value}, "samples": [per-doc metric dicts]}}.
+    Returns {task: {"metrics": {metric: value}, "samples": [per-doc metric dicts with
+    ``doc_id``], "aggregations": {metric: the task's aggregation function}}}.
     """
     import lm_eval
 
@@ -113,9 +114,52 @@ def run_tasks(lm, names: list[str], metadata: Optional[dict] = None, limit: Opti
             metrics[k.split(",")[0]] = float(v)
         samples = []
         for s in out.get("samples", {}).get(name, []):
-            samples.append({k: s[k] for k in metrics if k in s and isinstance(s[k], (int, float))})
-        res[name] = {"metrics": metrics, "samples": samples}
+            row = {k: _item(s[k]) for k in metrics if k in s and _item(s[k]) is not None}
+            row["doc_id"] = s.get("doc_id")
+            samples.append(row)
+        res[name] = {"metrics": metrics, "samples": samples,
+                     "aggregations": aggregations(out.get("configs", {}).get(name, {}), list(metrics))}
     return res
+
+
+def _item(v):
+    """A per-item metric value as lm-eval aggregates it: a number, or a tuple of numbers
+    (e.g. (log-likelihood, words) for word_perplexity); None for anything else."""
+    if isinstance(v, bool) or isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) for x in v):
+        return tuple(float(x) for x in v)
+    return None
+
+
+def aggregations(task_config: dict, metric_names: list[str]) -> dict[str, Any]:
+    """{metric: the task's own aggregation function} (e.g. ``perplexity`` = exp(-mean),
+    ``weighted_perplexity``, ``bits_per_byte``, ``mean``): from the task's ``metric_list``,
+    else lm-eval's default aggregation for the metric name, else the mean."""
+    from lm_eval.api import registry
+
+    out: dict[str, Any] = {}
+    for m in (task_config or {}).get("metric_list") or []:
+        a = m.get("aggregation") if isinstance(m, dict) else None
+        fn = None
+        if callable(a):
+            fn = a
+        elif isinstance(a, str):
+            try:
+                fn = registry.get_aggregation(a)
+            except Exception:
+                fn = None
+        if fn is not None and isinstance(m.get("metric"), str):
+            out[m["metric"]] = fn
+    for name in metric_names:
+        if name not in out:
+            try:
+                out[name] = registry.get_metric_aggregation(name)
+            except Exception:
+                out[name] = None
+            if out[name] is None:
+                out[name] = registry.get_aggregation("mean")
+    return out
 
 
 def finite(x: float) -> Optional[float]:

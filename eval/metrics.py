@@ -79,6 +79,42 @@ def mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> tuple
     return float(v.mean()) if len(v) else float("nan"), lo, hi
 
 
+def aggregate_ci(items: Sequence, aggregate: Callable, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(value, bootstrap CI low, high) of a task's own aggregation over per-item values, so
+    the CI is in the unit of the value: resample the items with replacement and apply
+    ``aggregate`` to each resample. E.g. lm-eval's ``perplexity`` aggregation,
+
+        PPL = exp(-1/N Σ_i loglik_i),
+
+    gets a CI of perplexities, not of log-likelihoods. Items may be numbers or tuples of
+    numbers (``weighted_perplexity``: (loglik, words))."""
+    rows = np.asarray([tuple(x) if isinstance(x, (list, tuple)) else x for x in items], dtype=float)
+
+    def stat(x: np.ndarray) -> float:
+        return float(aggregate([tuple(r) for r in x] if x.ndim == 2 else list(x)))
+
+    if rows.shape[0] == 0:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = bootstrap_ci(rows, stat, n_boot=n_boot, seed=seed)
+    return stat(rows), lo, hi
+
+
+def cluster_mean_ci(values: Sequence[float], groups: Sequence[int], n_boot: int = 1000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """(mean over items, CI low, high) where items come in groups (samples of one prompt):
+    the bootstrap resamples groups, each weighted by its size,
+
+        value = Σ_g Σ_{i∈g} v_i / Σ_g |g|."""
+    v = np.asarray(values, dtype=float)
+    g = np.asarray(groups)
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    keys = list(dict.fromkeys(g.tolist()))
+    table = np.array([[v[g == k].sum(), (g == k).sum()] for k in keys], dtype=float)
+    lo, hi = bootstrap_ci(table, lambda x: float(x[:, 0].sum() / x[:, 1].sum()), n_boot=n_boot, seed=seed)
+    return float(v.mean()), lo, hi
+
+
 # ------------------------------------------------------------ language modelling
 def perplexity(nll_sum: float, n_tokens: int) -> float:
     """PPL = exp( Σ_t -log p(x_t | x_<t) / N )."""
@@ -95,17 +131,17 @@ def sampled_kl(logp_policy: np.ndarray, logp_ref: np.ndarray, mask: np.ndarray) 
     return float(d.sum(axis=1).mean())
 
 
-def best_of_n_select(proxy: np.ndarray, gold: np.ndarray, n: int) -> tuple[float, float]:
+def best_of_n_select(rm_score: np.ndarray, gold: np.ndarray, n: int) -> tuple[float, float]:
     """Best-of-n with every sample used: each prompt's N samples (N a multiple of n) are cut
-    into N/n groups in order; in each group the sample with the highest proxy reward is
-    kept. Returns (mean proxy, mean gold) of the kept samples: an unbiased estimate of
-    E[R(argmax_proxy of n samples)]. ``proxy``, ``gold``: (prompts, N)."""
-    proxy = np.asarray(proxy, float)
+    into N/n groups in order; in each group the sample with the highest rm_score is
+    kept. Returns (mean rm_score, mean gold_reward) of the kept samples: an unbiased estimate
+    of E[R(argmax_rm_score of n samples)]. ``rm_score``, ``gold``: (prompts, N)."""
+    rm = np.asarray(rm_score, float)
     gold = np.asarray(gold, float)
-    P, N = proxy.shape
+    P, N = rm.shape
     if N % n:
         raise ValueError(f"best-of-{n} needs a multiple of {n} samples per prompt, got {N}")
-    pg = proxy.reshape(P, N // n, n)
+    pg = rm.reshape(P, N // n, n)
     gg = gold.reshape(P, N // n, n)
     idx = pg.argmax(axis=2)[..., None]
     return float(np.take_along_axis(pg, idx, 2).mean()), float(np.take_along_axis(gg, idx, 2).mean())
@@ -131,7 +167,7 @@ def rl_form(d: np.ndarray, alpha: float, beta: float) -> np.ndarray:
 
 
 def fit_overoptimization(d: Sequence[float], r: Sequence[float], form: str) -> dict:
-    """Least-squares fit of the gold (or proxy) reward gain R against d = sqrt(KL):
+    """Least-squares fit of the gold_reward (or rm_score) gain R against d = sqrt(KL):
 
         bon: R(d) = d (α - β d)        rl: R(d) = d (α - β log d)
 

@@ -183,6 +183,16 @@ class Recorder:
         return rec
 
 
+def write_samples(target: Target, cp: Checkpoint, suite: str, subset: str, rows: list[dict]) -> str:
+    """Keep the sampled texts behind a metric: ``<out>/eval/samples/<checkpoint label, / as
+    _>/<suite>-<subset>.jsonl.gz``, one row per sample (prompt, response, its scores).
+    Returns the path relative to the output (run) directory, for the record's ``samples``."""
+    from rlhf.rundir import write_jsonl_gz
+    rel = Path("eval") / "samples" / cp.label.replace("/", "_") / f"{suite}-{subset.replace('/', '_')}.jsonl.gz"
+    write_jsonl_gz(target.out_dir / rel, rows)
+    return rel.as_posix()
+
+
 def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
@@ -240,11 +250,21 @@ def run_truthfulqa(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> N
             rec.add(cp, "truthfulqa", m, time_s=time.perf_counter() - t0, error=_err(e))
         return
     dt = time.perf_counter() - t0
+    heldout_q = None
+    if ctx.world is not None:  # facts whose question is in the eval split (held out from SFT, RM and PPO)
+        heldout_q = {p.text for p in ctx.world.eval_prompts() if p.kind == "question"}
     for m, task in tasks.items():
-        vals = [x["acc"] for x in res[task]["samples"]]
+        samples = res[task]["samples"]
+        vals = [x["acc"] for x in samples]
         mean, lo, hi = metrics.mean_ci(vals, s.bootstrap, s.seed)
         rec.add(cp, "truthfulqa", m, mean, (lo, hi), len(vals), subset="world" if ctx.world is not None else "all",
                 time_s=dt, data=source, task=task)
+        if heldout_q is not None:
+            held = [x["acc"] for i, x in enumerate(samples)
+                    if data_rows[x["doc_id"] if x.get("doc_id") is not None else i]["question"] in heldout_q]
+            mean, lo, hi = metrics.mean_ci(held, s.bootstrap, s.seed)
+            rec.add(cp, "truthfulqa", m, mean if held else None, (lo, hi), len(held), subset="heldout", time_s=dt,
+                    data=source + " (questions in world.eval_prompts())", task=task)
 
 
 def _tox_prompts(ctx: Context) -> tuple[dict[str, list[str]], str, str]:
@@ -270,11 +290,8 @@ def run_toxicity(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> Non
     s = ctx.s
     try:
         prompts, source, prefix = ctx.cached("tox_prompts", lambda: _tox_prompts(ctx))
-        lex = None
-        if ctx.world is not None:
-            from rlhf.world import TOXIC_WORDS
-            lex = TOXIC_WORDS
-        scorer = ctx.cached("tox_scorer", lambda: tx.make_scorer(s.tox_scorer, lex, s.tox_hf_label))
+        scorer = ctx.cached("tox_scorer", lambda: tx.make_scorer(s.tox_scorer, None, s.tox_hf_label,
+                                                                   toy_world=ctx.world is not None))
     except Exception as e:
         for m in ("expected_max_toxicity", "toxicity_probability"):
             rec.add(cp, "toxicity", m, error=_err(e))
@@ -295,22 +312,25 @@ def run_toxicity(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> Non
                     rec.add(cp, "toxicity", m, subset=subset + suffix, time_s=time.perf_counter() - t0, error=_err(e))
                 continue
             dt = time.perf_counter() - t0
+            path = write_samples(ctx.target, cp, "toxicity", subset + suffix, out["samples"])
             for m in ("expected_max_toxicity", "toxicity_probability", "mean_toxicity"):
                 v, lo, hi = out[m]
                 rec.add(cp, "toxicity", m, v, (lo, hi), out["n_prompts"], subset=subset + suffix, time_s=dt,
                         k=out["k"], scorer=scorer.name, data=source, tokens=out["tokens"],
-                        sample_seconds=out["sample_seconds"])
+                        sample_seconds=out["sample_seconds"], samples=path)
 
 
 def _regression_values(ctx: Context, model, tok) -> dict[str, dict]:
     """{metric_key: {"value", "n", "extra", "error"}} for held-out LM loss/PPL and lm tasks."""
-    from .regression import heldout_nll, lm_task_records, world_heldout_text
+    from rlhf.heldout import heldout_nll, heldout_text
+
+    from .regression import lm_task_records
     s = ctx.s
     out: dict[str, dict] = {}
     t0 = time.perf_counter()
     try:
         if ctx.world is not None:
-            text, src, subset = world_heldout_text(ctx.world, tok.eos_token), "world.heldout_corpus()", "pretrain_heldout"
+            text, src, subset = heldout_text(ctx.world.heldout_corpus()), "world.heldout_corpus()", "pretrain_heldout"
         else:
             text, src = ctx.cached("wikitext", lambda: evdata.wikitext_text(s))
             subset = "wikitext2_test"
@@ -333,8 +353,11 @@ def _regression_values(ctx: Context, model, tok) -> dict[str, dict]:
                     for m, v in r["metrics"].items():
                         if m == "sample_len":
                             continue
+                        # the CI of the task's own aggregation (exp(-mean) for perplexity, ...), in its unit
                         vals = [x[m] for x in r["samples"] if m in x]
-                        _, lo, hi = metrics.mean_ci(vals, s.bootstrap, s.seed) if vals else (v, None, None)
+                        agg = r.get("aggregations", {}).get(m)
+                        _, lo, hi = (metrics.aggregate_ci(vals, agg, s.bootstrap, s.seed) if vals and agg
+                                     else (v, None, None))
                         out[f"{tname}/{m}"] = {"value": v, "n": r["n"], "subset": tname, "time_s": dt,
                                                "ci": (lo, hi), "extra": {"task": tname}, "metric": m}
             except Exception as e:
@@ -382,9 +405,58 @@ def _ref_regression(ctx: Context, ref: Checkpoint) -> dict:
         gc.collect()
 
 
+def _rl_rows(r: dict, prompts: list[str]) -> list[dict]:
+    smp = r["samples"]
+    return [{"prompt": prompts[i], "response": t, "rm_score": float(a), "gold_reward": float(g), "kl": float(k)}
+            for i, t, a, g, k in zip(smp.prompt_index, smp.texts, r["rm_score_all"], r["gold_reward_all"], r["kl_all"])]
+
+
+def _truth_rates(world, meta, r: dict) -> Optional[dict]:
+    """myth_rate and truth_rate over the sampled answers to question prompts about myth
+    facts: the share stating the myth, and the share stating only the truth (world.judge)."""
+    if world is None or meta is None:
+        return None
+    myth, truth, groups = [], [], []
+    smp = r["samples"]
+    for i, text in zip(smp.prompt_index, smp.texts):
+        p = meta[i]
+        if p.kind != "question" or world.facts[(p.entity, p.attribute)].myth is None:
+            continue
+        j = world.judge(p, text)
+        myth.append(float(j["myth"]))
+        truth.append(float(j["correct"]))
+        groups.append(i)
+    return {"myth_rate": myth, "truth_rate": truth, "groups": groups}
+
+
+def _record_rl_point(ctx: Context, rec: Recorder, cp: Checkpoint, r: dict, prompts, meta, dt: float) -> None:
+    """The records of one RL point (a policy sampled on the eval prompts): rm_score,
+    gold_reward, kl (CIs resample prompts) and, in the toy world, myth_rate and truth_rate."""
+    s = ctx.s
+    path = write_samples(ctx.target, cp, "overopt", "rl", _rl_rows(r, prompts))
+    groups = r["samples"].prompt_index
+    kl, d = r["kl"], math.sqrt(max(r["kl"], 0.0))
+    for m in ("rm_score", "gold_reward"):
+        v, lo, hi = metrics.cluster_mean_ci(r[f"{m}_all"], groups, s.bootstrap, s.seed)
+        rec.add(cp, "overopt", m, v, (lo, hi), n=r["n"], subset="rl", time_s=dt, method="rl", kl=kl, d=d,
+                samples=path)
+    _, lo, hi = metrics.cluster_mean_ci(r["kl_all"], groups, s.bootstrap, s.seed)
+    rec.add(cp, "overopt", "kl", kl, (lo, hi), n=r["n"], subset="rl", time_s=dt, method="rl", kl=kl,
+            kl_kind="sampled", samples=path)
+    rates = _truth_rates(ctx.world, meta, r)
+    if rates is not None:
+        for m in ("myth_rate", "truth_rate"):
+            v, lo, hi = metrics.cluster_mean_ci(rates[m], rates["groups"], s.bootstrap, s.seed)
+            rec.add(cp, "overopt", m, v if rates[m] else None, (lo, hi), n=len(rates[m]), subset="rl", time_s=dt,
+                    method="rl", kl=kl, d=d, samples=path, n_prompts=len(set(rates["groups"])))
+
+
 def run_overopt(ctx: Context, rec: Recorder) -> None:
-    """Gao et al. over-optimisation along the run's PPO policies and best-of-n from SFT."""
+    """Gao et al. over-optimisation along the run's policies (SFT as the RL point at KL 0,
+    every ppo/kl/* policy and the final ppo) and best-of-n from SFT. Every point's samples
+    come from the one sampler and are scored by the one RM scoring function."""
     from rlhf.models import load_reward_model
+    from rlhf.reward import rm_max_length
 
     from . import overopt as oo
     s = ctx.s
@@ -399,7 +471,8 @@ def run_overopt(ctx: Context, rec: Recorder) -> None:
         rm = load_reward_model(str(run / "rm"), s.dtype, ctx.device).eval()
         if rm.config.vocab_size != sft.config.vocab_size:
             raise EvalError(f"the reward model {run / 'rm'} and the policy do not share a vocabulary")
-        prompts, gold = _overopt_prompts_and_gold(ctx)
+        rm_len = rm_max_length(rm, _run_rm_max_length(run))
+        prompts, gold, meta = _overopt_prompts_and_gold(ctx)
     except Exception as e:
         rec.add(sft_cp, "overopt", "gold_reward", subset="setup", time_s=time.perf_counter() - t0, error=_err(e))
         return
@@ -407,52 +480,63 @@ def run_overopt(ctx: Context, rec: Recorder) -> None:
     try:
         t0 = time.perf_counter()
         r = oo.evaluate_policy(sft, sft, rm, tok, prompts, gold, s.bon_max_n, s.overopt_max_new_tokens, s.seed,
-                               ctx.progress)
+                               rm_len, ctx.progress)
         P = len(prompts)
-        curve = oo.best_of_n_curve(r["proxy_all"].reshape(P, s.bon_max_n), r["gold_all"].reshape(P, s.bon_max_n),
-                                   s.bon_max_n)
+        curve = oo.best_of_n_curve(r["rm_score_all"].reshape(P, s.bon_max_n),
+                                   r["gold_reward_all"].reshape(P, s.bon_max_n), s.bon_max_n)
         dt = time.perf_counter() - t0
+        path = write_samples(tgt, sft_cp, "overopt", "bon", _rl_rows(r, prompts))
         for pt in curve:
-            for m in ("proxy", "gold"):
-                rec.add(sft_cp, "overopt", f"{m}_reward", pt[m], n=P * s.bon_max_n, subset=f"bon_n={pt['n']}",
-                        time_s=dt, method="bon", bon_n=pt["n"], kl=pt["kl"], d=math.sqrt(pt["kl"]))
+            for m in ("rm_score", "gold_reward"):
+                rec.add(sft_cp, "overopt", m, pt[m], n=P * s.bon_max_n, subset=f"bon_n={pt['n']}",
+                        time_s=dt, method="bon", bon_n=pt["n"], kl=pt["kl"], d=math.sqrt(pt["kl"]), samples=path)
             rec.add(sft_cp, "overopt", "kl", pt["kl"], n=P, subset=f"bon_n={pt['n']}", time_s=dt, method="bon",
-                    bon_n=pt["n"], kl=pt["kl"], kl_kind="closed_form")
+                    bon_n=pt["n"], kl=pt["kl"], kl_kind="closed_form", samples=path)
     except Exception as e:
         rec.add(sft_cp, "overopt", "gold_reward", subset="bon", time_s=time.perf_counter() - t0, error=_err(e))
         curve = []
-    base_gold = curve[0]["gold"] if curve else None
-    base_proxy = curve[0]["proxy"] if curve else None
+    # RL points: SFT itself (KL 0), then every PPO policy, the same number of samples each
     rl_points = []
-    if base_gold is not None:
-        rl_points.append({"label": "sft", "kl": 0.0, "gold": base_gold, "proxy": base_proxy})
-    for cp in [c for c in run_checkpoints(run) if c.label.startswith("ppo")]:
+    base = None
+    for cp in [sft_cp] + [c for c in run_checkpoints(run) if c.label.startswith("ppo")]:
         t0 = time.perf_counter()
         try:
-            pol, _ = ctx.load(cp)
+            pol = sft if cp is sft_cp else ctx.load(cp)[0]
             r = oo.evaluate_policy(pol, sft, rm, tok, prompts, gold, s.overopt_samples, s.overopt_max_new_tokens,
-                                   s.seed, ctx.progress)
+                                   s.seed, rm_len, ctx.progress)
             del pol
-            dt = time.perf_counter() - t0
-            for m in ("proxy", "gold"):
-                rec.add(cp, "overopt", f"{m}_reward", r[m], n=r["n"], subset="rl", time_s=dt, method="rl",
-                        kl=r["kl"], d=math.sqrt(max(r["kl"], 0.0)))
-            rec.add(cp, "overopt", "kl", r["kl"], n=r["n"], subset="rl", time_s=dt, method="rl", kl=r["kl"],
-                    kl_kind="sampled")
-            rl_points.append({"label": cp.label, "kl": r["kl"], "gold": r["gold"], "proxy": r["proxy"]})
+            _record_rl_point(ctx, rec, cp, r, prompts, meta, time.perf_counter() - t0)
+            point = {"label": cp.label, "kl": r["kl"], "gold_reward": r["gold_reward"], "rm_score": r["rm_score"]}
+            if cp is sft_cp:
+                base = point
+            rl_points.append(point)
         except Exception as e:
             rec.add(cp, "overopt", "gold_reward", subset="rl", time_s=time.perf_counter() - t0, error=_err(e))
-    if base_gold is None:
-        return
-    f = oo.fits(curve, rl_points, base_gold, base_proxy)
+    # gains are measured against the SFT policy: its best-of-1 point (bon) and its RL point (rl)
+    f = {}
+    if curve:
+        f.update({k: v for k, v in oo.fits(curve, [], curve[0]["gold_reward"], curve[0]["rm_score"]).items()})
+    if base is not None:
+        f.update({k: v for k, v in oo.fits([], rl_points, base["gold_reward"], base["rm_score"]).items()})
     for key, v in f.items():
-        method, which = key.split("_")
+        method, which = key.split("_", 1)
         rec.add(sft_cp, "overopt", f"fit_{which}", v["r2"], n=v["n"], subset=method, method=method,
                 alpha=v["alpha"], beta=v["beta"], r2=v["r2"],
                 form="d*(alpha-beta*d)" if method == "bon" else "d*(alpha-beta*log(d))")
 
 
+def _run_rm_max_length(run: Path) -> int:
+    """The run's ``rm.max_length`` (the reward model read at most that many tokens in training)."""
+    from rlhf.config import load_config
+    try:
+        return load_config(run / "config.yaml").rm.max_length
+    except Exception:
+        from rlhf.config import RMConfig
+        return RMConfig().max_length
+
+
 def _overopt_prompts_and_gold(ctx: Context):
+    """(prompt texts, gold(i, response), the toy world's Prompt objects or None)."""
     s = ctx.s
     import random
     rng = random.Random(s.seed)
@@ -460,21 +544,21 @@ def _overopt_prompts_and_gold(ctx: Context):
         ps = ctx.world.eval_prompts()
         ps = rng.sample(ps, min(s.overopt_n_prompts, len(ps)))
         world = ctx.world
-        return [p.text for p in ps], (lambda i, resp: world.gold_reward(ps[i], resp))
+        return [p.text for p in ps], (lambda i, resp: world.gold_reward(ps[i], resp)), ps
     if not s.gold_rm:
         raise EvalError("overopt outside the toy world needs the 'gold_rm' setting (a reward model name or path)")
-    return _gold_rm_prompts_and_gold(ctx, rng)
+    prompts, gold = _gold_rm_prompts_and_gold(ctx, rng)
+    return prompts, gold, None
 
 
 def _gold_rm_prompts_and_gold(ctx: Context, rng):
     """Real models: prompts from ``overopt_prompts`` (default: the run's ``ppo.data``) and a
-    gold reward model (``gold_rm``, e.g. one trained on more comparisons than the proxy)
-    that scores ``prompt + " " + response`` as the proxy RM does."""
-    import torch
-
+    gold reward model (``gold_rm``, e.g. one trained on more comparisons than the run's RM)
+    whose gold_reward is read by the same function as rm_score (``rlhf.reward.score_texts``)."""
     from rlhf.config import load_config
-    from rlhf.models import load_reward_model, load_tokenizer, sequence_scores
+    from rlhf.models import load_reward_model, load_tokenizer
     from rlhf.ppo import load_prompt_file
+    from rlhf.reward import rm_max_length, score_texts
     s = ctx.s
     run = ctx.target.run_dir
     cfg = load_config(run / "config.yaml")
@@ -485,13 +569,10 @@ def _gold_rm_prompts_and_gold(ctx: Context, rng):
         gtok = load_tokenizer(s.gold_rm)
     except Exception as e:
         raise EvalError(f"gold_rm={s.gold_rm!r} is not a loadable reward model: {e}") from None
-    gtok.truncation_side = "left"
+    max_len = rm_max_length(gold_model, cfg.rm.max_length)
 
-    @torch.no_grad()
     def gold(i: int, resp: str) -> float:
-        enc = gtok(prompts[i] + " " + resp, return_tensors="pt", truncation=True, max_length=cfg.rm.max_length,
-                   add_special_tokens=False).to(ctx.device)
-        return float(sequence_scores(gold_model, enc["input_ids"], enc["attention_mask"])[0])
+        return float(score_texts(gold_model, gtok, [prompts[i]], [resp], max_len)[0])
 
     return prompts, gold
 

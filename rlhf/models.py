@@ -11,6 +11,7 @@ Nothing here sets ``trust_remote_code``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -221,3 +222,18 @@ def save_hf(model: PreTrainedModel, tokenizer, directory: str | Path) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(str(d))
 
+
+
+@contextlib.contextmanager
+def tokenizer_sides(tokenizer, padding: Optional[str] = None, truncation: Optional[str] = None):
+    """Set the tokenizer's ``padding_side`` / ``truncation_side`` for the block only; the
+    old values come back even when the block raises."""
+    old = (tokenizer.padding_side, tokenizer.truncation_side)
+    try:
+        if padding is not None:
+            tokenizer.padding_side = padding
+        if truncation is not None:
+            tokenizer.truncation_side = truncation
+        yield tokenizer
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = old

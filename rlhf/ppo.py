@@ -7,8 +7,12 @@ Each iteration (``ppo.steps`` of them):
 1. **Rollout**: sample one response per prompt from π_RL (temperature ``ppo.temperature``,
    ``ppo.max_new_tokens``, stop at EOS). The policy has dropout 0, so the first, on-policy
    minibatch has ratio exactly 1.
-2. **Score**: r_θ(x,y) from the frozen reward model, plus ``ppo.no_eos_penalty`` when the
-   response never ended; log π_SFT from the frozen SFT policy; values from the critic.
+2. **Score**: ``rm_score`` = r_θ(x,y) from the frozen reward model (``rlhf.reward.score_texts``,
+   the same token sequence as in RM training), and ``ppo_reward`` = rm_score plus
+   ``ppo.no_eos_penalty`` when the response never ended (what PPO maximises before the KL
+   term); log π_SFT from the frozen SFT policy; values from the critic. Every rollout
+   (prompt, response, rm_score, ppo_reward, kl, gold_reward in the toy world) is appended
+   to ``samples.jsonl.gz``, one gzip member per iteration.
 3. **Per-token rewards**: -β(log π - log π_SFT) on every token, r_θ on the last
    (``losses.kl_penalised_rewards``); optional reward whitening; GAE (``ppo.gamma``,
    ``ppo.lam``); advantage whitening.
@@ -55,6 +59,9 @@ from .models import (load_causal_lm, load_reward_model, position_ids_from_mask, 
 from .rundir import RunDir, append_jsonl, atomic_write_json, fsync_file, read_json, read_jsonl
 from . import stop
 from .dist import Dist, shard
+from .heldout import heldout_nll, heldout_text
+from .reward import rm_max_length, score_texts
+from .rundir import append_jsonl_gz, truncate_jsonl_gz
 from .sampling import sample
 from .world import World
 
@@ -106,10 +113,25 @@ def critic_values(critic, prompt_ids, prompt_mask, response_ids, response_mask) 
     return v[:, P - 1:P - 1 + T]
 
 
-def reward_scores(rm, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
-    ids = torch.cat([prompt_ids, response_ids], 1)
-    mask = torch.cat([prompt_mask, response_mask], 1)
-    return sequence_scores(rm, ids, mask)
+def rollout_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The sampler seed of PPO iteration ``step`` on data-parallel rank ``rank``: rollouts
+    depend on (seed, step, rank) only, so a resumed run draws the same ones."""
+    return (seed * 1_000_003 + step) * 7919 + rank
+
+
+def score_rollout(rm, tokenizer, s, max_len: int, no_eos_penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rm_score, ppo_reward) of each rollout: rm_score through the one RM instrument
+    (``rlhf.reward.score_texts`` on the prompt and the decoded response, the token sequence
+    the RM was trained on), and ppo_reward = rm_score + ``no_eos_penalty`` when the
+    response never ended (what PPO maximises before the KL term)."""
+    rm_score = score_texts(rm, tokenizer, s.prompts, s.texts, max_len)
+    return rm_score, rm_score + no_eos_penalty * (~s.ended).float().to(rm_score.device)
+
+
+def rollout(policy, tokenizer, prompts: list[str], pc, seed: int):
+    """One response per prompt from the policy, through the one sampler (``rlhf.sampling.sample``)."""
+    return sample(policy, tokenizer, prompts, max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
+                  top_p=pc.top_p, seed=seed)
 
 
 # ----------------------------------------------------------------------------- pretraining data
@@ -145,13 +167,6 @@ def pretrain_documents(cfg: RunConfig, world: Optional[World]) -> tuple[list[str
         raise ConfigError(f"ppo.ptx_data: {src} has too little text ({len(lines)} non-empty lines)")
     cut = int(len(lines) * 0.95)
     return lines[:cut], lines[cut:]
-
-
-@torch.no_grad()
-def heldout_lm_loss(model, stream_ids: torch.Tensor, seq_len: int, device, n: int = 64) -> float:
-    n = min(n, max(1, (len(stream_ids) - 1) // seq_len))
-    x = torch.stack([stream_ids[i * seq_len:(i + 1) * seq_len] for i in range(n)]).to(device)
-    return float(lm_loss(model(input_ids=x).logits, x))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -236,6 +251,8 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     out = rd.begin_stage("ppo", keep_partial=True)
     d.barrier()
     ckdir = out / "checkpoints"
+    # every rollout: one gzip member per iteration (rank 0 here, rank r in samples.rank<r>.jsonl.gz)
+    samples_path = out / ("samples.jsonl.gz" if d.rank == 0 else f"samples.rank{d.rank}.jsonl.gz")
     rank_seed = cfg.seed * 1000 + 4 + 7919 * d.rank  # each rank samples its own responses
     torch.manual_seed(rank_seed)
     random.seed(rank_seed)
@@ -271,14 +288,13 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         prompts = [p.text for p in prompt_meta]
     if not prompts:
         raise ConfigError("ppo.data: no prompts")
-    ptx = held_ids = None
+    ptx = held_text = None
     if world is not None or pc.ptx_coef > 0 or pc.ptx_data != "world":
         train_docs, held_docs = pretrain_documents(cfg, world)
         if pc.ptx_coef > 0:
             ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, cfg.seed * 1000 + 5 + 7919 * d.rank)
-        held_ids = torch.tensor(tokenizer(" ".join(held_docs), add_special_tokens=False)["input_ids"])
-    n_ctx = getattr(policy.config, "n_positions", None) or getattr(policy.config, "max_position_embeddings", 2048)
-    held_len = min(cfg.pretrain.seq_len, n_ctx)
+        held_text = heldout_text(held_docs)
+    rm_len = rm_max_length(rm, cfg.rm.max_length)
     n_updates = pc.epochs * (pc.batch_size // pc.minibatch_size)
     ptx_per_update = max(1, (pc.ptx_ratio * local_bs) // n_updates) if ptx else 0
 
@@ -323,8 +339,12 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
             from .rundir import atomic_write_text
             atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
             print(f"[ppo] resumed from {ck.name} (step {start})")
-    elif (out / "metrics.jsonl").exists() and d.is_main:
-        (out / "metrics.jsonl").unlink()
+        truncate_jsonl_gz(samples_path, lambda r: r["step"] < start)  # each rank its own file
+    else:
+        if (out / "metrics.jsonl").exists() and d.is_main:
+            (out / "metrics.jsonl").unlink()
+        if samples_path.exists():
+            samples_path.unlink()
     policy.train()
 
     steps_per_round = math.ceil(pc.steps / pc.rounds)
@@ -348,15 +368,13 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
 
             # --- 1-2. rollout and scoring ------------------------------------------------------------
             policy.eval()
-            s = sample(policy, tokenizer, batch_prompts, max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
-                       top_p=pc.top_p)
+            s = rollout(policy, tokenizer, batch_prompts, pc, rollout_seed(cfg.seed, step, d.rank))
             pi, pm, ri, rmask = (s.prompt_ids.to(device), s.prompt_mask.to(device), s.response_ids.to(device),
                                  s.response_mask.to(device))
             with torch.no_grad():
                 logp, _, v_head = policy_forward(policy, pi, pm, ri, rmask, pc.temperature, value_head)
                 ref_logp, _, _ = policy_forward(ref, pi, pm, ri, rmask, pc.temperature)
-                score_raw = reward_scores(rm, pi, pm, ri, rmask)
-                score = score_raw + pc.no_eos_penalty * (~s.ended).float().to(device)
+                score_raw, score = score_rollout(rm, tokenizer, s, rm_len, pc.no_eos_penalty)  # rm_score, ppo_reward
                 values = v_head if value_head is not None else critic_values(critic, pi, pm, ri, rmask)
             maskf = rmask.float()
             # --- 3. per-token rewards, GAE ------------------------------------------------------------
@@ -371,8 +389,8 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
 
             # held-out pretraining loss of the policy that made this batch (before its update)
             held_lm = None
-            if held_ids is not None and step % pc.checkpoint_every == 0 and d.is_main:
-                held_lm = heldout_lm_loss(policy, held_ids, held_len, device)
+            if held_text is not None and step % pc.checkpoint_every == 0 and d.is_main:
+                held_lm = heldout_nll(policy, tokenizer, held_text)["loss"]
 
             # --- 4. PPO epochs over minibatches ------------------------------------------------------
             policy.train()
@@ -389,13 +407,21 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                     check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, d)
 
             # --- 5. β controller, logging, checkpoints --------------------------------------------
-            means = {"proxy_reward": score.mean().item(), "rm_score": score_raw.mean().item(),
+            means = {"ppo_reward": score.mean().item(), "rm_score": score_raw.mean().item(),
                      "kl": kl.sum(1).mean().item(), "response_len": rmask.sum(1).float().mean().item(),
                      "ended": s.ended.float().mean().item(),
                      **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}}
+            golds = None
             if world is not None and prompt_meta is not None:
-                means["gold_reward"] = float(np.mean([world.gold_reward(prompt_meta[i], t)
-                                                      for i, t in zip(idx, s.texts)]))
+                golds = [world.gold_reward(prompt_meta[i], t) for i, t in zip(idx, s.texts)]
+                means["gold_reward"] = float(np.mean(golds))
+            kl_rows = kl.sum(1).tolist()
+            sample_rows = [{"step": step, "rank": d.rank, "prompt": pr, "response": t, "rm_score": float(a),
+                            "ppo_reward": float(b), "kl": float(k),
+                            **({"gold_reward": float(golds[j])} if golds is not None else {})}
+                           for j, (pr, t, a, b, k) in enumerate(zip(s.prompts, s.texts, score_raw.tolist(),
+                                                                    score.tolist(), kl_rows))]
+            append_jsonl_gz(samples_path, sample_rows)  # one gzip member per iteration
             means = d.mean_dict(means)  # over all ranks' rollouts (equal shares)
             mean_kl = means["kl"]
             row = {"step": step, "round": rm_round, **means, "beta": ctl.value, "time_s": time.time() - t0}
@@ -408,7 +434,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                 rd.set_status("running", stage="ppo", step=step + 1, total=pc.steps)
                 last_status = time.time()
             last = row
-            bar.set_postfix(r=f"{row['proxy_reward']:.2f}", kl=f"{mean_kl:.2f}",
+            bar.set_postfix(r=f"{row['ppo_reward']:.2f}", kl=f"{mean_kl:.2f}",
                             gold=f"{row.get('gold_reward', float('nan')):.2f}")
             for level in pc.kl_levels:
                 if mean_kl >= level and level not in kl_saved:
@@ -424,6 +450,8 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                 d.check_same_weights(list(policy.parameters()), f"PPO step {step + 1}")
                 if d.is_main:
                     fsync_file(out / "metrics.jsonl")
+                if samples_path.exists():
+                    fsync_file(samples_path)
                 ck = ckdir / f"step_{step + 1:06d}"
                 save_checkpoint(ck, policy, tokenizer, critic, value_head, opt, critic_opt,
                                 ctl, step + 1, ptx, {"kl_saved": kl_saved, "rm_round": rm_round}, d)
@@ -437,7 +465,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     policy.eval()
     if not d.is_main:
         return {}
-    final_held = heldout_lm_loss(policy, held_ids, held_len, device) if held_ids is not None else None
+    final_held = heldout_nll(policy, tokenizer, held_text)["loss"] if held_text is not None else None
     save_hf(policy, tokenizer, out)
     if value_head is not None:
         save_file(value_head.state_dict(), str(out / "value_head.safetensors"))
@@ -449,7 +477,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                "kl_checkpoints": sorted(kl_saved), "first": rows[0] if rows else {}}
     if rows:
         tail = rows[-max(1, len(rows) // 10):]
-        for k in ("proxy_reward", "gold_reward", "kl"):
+        for k in ("ppo_reward", "rm_score", "gold_reward", "kl"):
             if k in tail[0]:
                 summary[f"final_{k}"] = float(np.mean([r[k] for r in tail]))
         held = [r["heldout_lm_loss"] for r in rows if "heldout_lm_loss" in r]
@@ -457,8 +485,8 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
             summary["heldout_lm_loss_sft"] = rows[0]["heldout_lm_loss"]
     if final_held is not None:
         summary["heldout_lm_loss_final"] = final_held
-    print(f"[ppo] {pc.steps} iterations in {summary['time_s']:.1f}s: proxy reward "
-          f"{summary['first'].get('proxy_reward', float('nan')):.3f} -> {summary.get('final_proxy_reward', float('nan')):.3f}, "
+    print(f"[ppo] {pc.steps} iterations in {summary['time_s']:.1f}s: rm_score "
+          f"{summary['first'].get('rm_score', float('nan')):.3f} -> {summary.get('final_rm_score', float('nan')):.3f}, "
           f"gold {summary['first'].get('gold_reward', float('nan')):.3f} -> {summary.get('final_gold_reward', float('nan')):.3f}, "
           f"KL {summary.get('final_kl', float('nan')):.2f}, held-out pretraining loss "
           f"{summary.get('heldout_lm_loss_sft', float('nan')):.3f} -> {summary.get('heldout_lm_loss_final', float('nan')):.3f}")

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import DataError, RunConfig
+from .heldout import heldout_nll, heldout_text
 from .losses import lm_loss
 from .models import n_params, save_hf, scratch_model
 from .rundir import RunDir, append_jsonl
@@ -33,19 +34,6 @@ def random_windows(stream: torch.Tensor, batch_size: int, seq_len: int, gen: tor
     return torch.stack([stream[s:s + seq_len] for s in starts.tolist()])
 
 
-@torch.no_grad()
-def heldout_loss(model, stream: torch.Tensor, seq_len: int, device, max_windows: int = 64) -> float:
-    """Mean next-token loss over consecutive windows of a held-out stream."""
-    model.eval()
-    n = min(max_windows, max(1, (len(stream) - 1) // seq_len))
-    windows = torch.stack([stream[i * seq_len:(i + 1) * seq_len] for i in range(n)]).to(device)
-    losses = []
-    for i in range(0, n, 32):
-        x = windows[i:i + 32]
-        losses.append(lm_loss(model(input_ids=x).logits, x).item() * len(x))
-    return sum(losses) / n
-
-
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Linear warm-up then cosine decay to 10% of the base rate."""
     if step < warmup:
@@ -61,7 +49,6 @@ def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: to
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
     model = scratch_model(cfg.model, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id).to(device)
     train = encode_corpus(tokenizer, world.corpus())
-    held = encode_corpus(tokenizer, world.heldout_corpus())
     print(f"[pretrain] GPT-2 with {n_params(model):,} parameters, {len(train):,} corpus tokens, "
           f"{pc.steps} steps of {pc.batch_size}x{pc.seq_len}")
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay, betas=(0.9, 0.95))
@@ -85,7 +72,7 @@ def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: to
             bar.set_postfix(loss=f"{loss_ema:.3f}")
             append_jsonl(out / "metrics.jsonl", {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
                                                  "time_s": time.time() - t0})
-    hl = heldout_loss(model, held, pc.seq_len, device)
+    hl = heldout_nll(model, tokenizer, heldout_text(world.heldout_corpus()))["loss"]
     probe = probe_world(model, tokenizer, world)
     save_hf(model, tokenizer, out)
     summary = {"heldout_loss": hl, "heldout_ppl": math.exp(hl), "train_loss_ema": loss_ema,

@@ -8,6 +8,11 @@ and all C(K,2) pairs enter the loss (``rlhf.losses.kwise_ranking_loss``).
 The reward model is the SFT model with a scalar head (``AutoModelForSequenceClassification``,
 num_labels=1). After training, ``config.reward_offset`` is set so that the SFT
 demonstrations score mean 0; ``rlhf.models.sequence_scores`` adds it.
+
+``rm_score``, the reward model's score of a (prompt, response), is read through one pair of
+functions everywhere (RM training, the offset, RM evaluation, PPO, the over-optimisation
+eval and a gold reward model): :func:`encode_pairs` builds the token sequence and
+:func:`score` reads the head; :func:`score_texts` is the two in batches.
 """
 
 from __future__ import annotations
@@ -15,14 +20,14 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import DataError, RunConfig
 from .losses import kwise_ranking_loss, pairwise_accuracy
-from .models import check_context, load_reward_model, save_hf, sequence_scores
+from .models import check_context, load_reward_model, save_hf, sequence_scores, tokenizer_sides
 from .rundir import RunDir, append_jsonl, read_jsonl
 from .sampling import sample
 from .sft import load_rows, split_dialogue
@@ -45,7 +50,7 @@ def sample_comparisons(world: World, policy, tokenizer, k: int, n_prompts: int, 
             break
         texts = [prompts[i].text for i in need for _ in range(k + attempt * k)]
         s = sample(policy, tokenizer, texts, max_new_tokens=max_new_tokens, temperature=temperature,
-                   generator_seed=seed * 31 + round_ * 101 + attempt + (0 if split == "train" else 7))
+                   seed=seed * 31 + round_ * 101 + attempt + (0 if split == "train" else 7))
         j = 0
         for i in need:
             n = k + attempt * k
@@ -103,30 +108,59 @@ def split_heldout(rows: list[dict], frac: float, seed: int) -> tuple[list[dict],
     return [r for r in rows if r["prompt"] not in held], [r for r in rows if r["prompt"] in held]
 
 
-def _encode(tokenizer, texts: list[str], device, max_len: int):
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
-                    max_length=max_len)
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+def rm_max_length(model, max_length: int) -> int:
+    """The longest sequence the reward model reads: ``rm.max_length``, capped by its context."""
+    n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    return min(n_ctx, max_length) if n_ctx else max_length
+
+
+def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int,
+                 device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token sequence the reward model reads for each (prompt, response):
+    ``prompt + " " + response`` tokenized without added special tokens, cut from the left
+    to ``max_len`` tokens (the end of the response, where the score is read, is kept) and
+    left-padded. The tokenizer's sides are set for this call only."""
+    texts = [p + " " + r for p, r in zip(prompts, responses)]
+    with tokenizer_sides(tokenizer, padding="left", truncation="left"):
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
+                        max_length=max_len)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    return (ids.to(device), mask.to(device)) if device is not None else (ids, mask)
+
+
+def score(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """rm_score: the reward model's head at the last attended token, plus its offset
+    (``rlhf.models.sequence_scores``), for sequences from :func:`encode_pairs`."""
+    return sequence_scores(model, ids, mask)
+
+
+@torch.no_grad()
+def score_texts(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int,
+                batch_size: int = 64) -> torch.Tensor:
+    """rm_score of each (prompt, response) (a float tensor on the model's device):
+    :func:`encode_pairs` then :func:`score`, ``batch_size`` pairs per forward pass."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        ids, mask = encode_pairs(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], max_len, device)
+        out.append(score(model, ids, mask))
+    return torch.cat(out) if out else torch.zeros(0, device=device)
 
 
 def score_batch(model, tokenizer, rows: list[dict], device, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards (B, K) in each row's ranked order, one forward pass over all B*K responses."""
     K = max(len(r["responses"]) for r in rows)
-    texts, valid = [], torch.zeros(len(rows), K, dtype=torch.bool)
+    prompts, responses, valid = [], [], torch.zeros(len(rows), K, dtype=torch.bool)
     for i, r in enumerate(rows):
         for j in range(K):
+            prompts.append(r["prompt"])
             if j < len(r["responses"]):
-                texts.append(r["prompt"] + " " + r["responses"][j])
+                responses.append(r["responses"][j])
                 valid[i, j] = True
             else:
-                texts.append(r["prompt"])
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"  # keep the end of the response, where the score is read
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
-                    max_length=max_len).to(device)
-    tokenizer.truncation_side = side
-    scores = sequence_scores(model, enc["input_ids"], enc["attention_mask"])
-    return scores.view(len(rows), K), valid.to(device)
+                responses.append("")
+    ids, mask = encode_pairs(tokenizer, prompts, responses, max_len, device)
+    return score(model, ids, mask).view(len(rows), K), valid.to(device)
 
 
 @torch.no_grad()
@@ -179,8 +213,7 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     torch.manual_seed(cfg.seed * 1000 + 3)
     model = load_reward_model(init_path, dtype=cfg.model.dtype, device=device)
     model.config.pad_token_id = tokenizer.pad_token_id
-    max_len = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 2048)
-    max_len = min(max_len, rc.max_length)
+    max_len = rm_max_length(model, rc.max_length)
     if not demos:  # no SFT demonstrations (e.g. an instruct model as the SFT policy): centre on the preferred responses
         demos = [(c["prompt"], c["responses"][0]) for c in comparisons[:256]]
     if rc.data == "world":
@@ -220,13 +253,8 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     # Normalise: SFT demonstrations score mean 0.
     model.eval()
     model.config.reward_offset = 0.0
-    with torch.no_grad():
-        scores = []
-        for i in range(0, len(demos), 64):
-            chunk = demos[i:i + 64]
-            ids, mask = _encode(tokenizer, [p + " " + r for p, r in chunk], device, max_len)
-            scores.append(sequence_scores(model, ids, mask))
-        mean = torch.cat(scores).mean().item() if scores else 0.0
+    scores = score_texts(model, tokenizer, [p for p, _ in demos], [r for _, r in demos], max_len)
+    mean = scores.mean().item() if len(scores) else 0.0
     model.config.reward_offset = -mean
     held_m = evaluate_rm(model, tokenizer, held, device, max_len)
     train_m = evaluate_rm(model, tokenizer, train[: max(len(held), 64)], device, max_len)

@@ -108,6 +108,87 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _gz_lines(rows: Iterable[dict]) -> bytes:
+    import gzip
+    text = "".join(json.dumps(r, default=_json_default) + "\n" for r in rows)
+    return gzip.compress(text.encode(), mtime=0)
+
+
+def write_jsonl_gz(path: str | Path, rows: Iterable[dict]) -> None:
+    """Write ``rows`` as gzip-compressed JSON lines, atomically."""
+    atomic_write_bytes(path, _gz_lines(rows))
+
+
+def append_jsonl_gz(path: str | Path, rows: Iterable[dict], fsync: bool = False) -> None:
+    """Append ``rows`` to a .jsonl.gz file as one more gzip member (a gzip file may hold
+    several; readers see one stream). A process killed mid-write leaves a torn last
+    member, which :func:`read_jsonl_gz` skips."""
+    data = _gz_lines(rows)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def read_jsonl_gz(path: str | Path) -> list[dict]:
+    """The rows of a .jsonl.gz file (one or several gzip members); a torn last member or
+    line (a killed writer) is skipped, not an error. A missing file has no rows."""
+    import zlib
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    text = bytearray()
+    while data:
+        dec = zlib.decompressobj(31)
+        try:
+            text += dec.decompress(data)
+        except zlib.error:
+            break
+        if not dec.eof:
+            break  # torn member: keep the lines it holds, the last one may be torn
+        data = dec.unused_data
+    rows = []
+    for line in bytes(text).decode(errors="replace").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate_jsonl_gz(path: str | Path, keep) -> int:
+    """Rewrite a .jsonl.gz file atomically with the rows for which ``keep(row)`` holds
+    (resume: drop what was logged after the checkpoint). Returns the rows kept."""
+    rows = [r for r in read_jsonl_gz(path) if keep(r)]
+    if Path(path).exists():
+        write_jsonl_gz(path, rows)
+    return len(rows)
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
     here = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:

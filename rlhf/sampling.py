@@ -1,22 +1,37 @@
-"""Batched sampling from a causal LM, and the stage-end probes of the toy world."""
+"""The one sampler of the project, and the stage-end probes of the toy world.
+
+Every sampled text behind a number comes from :func:`sample`: PPO rollouts
+(``rlhf/ppo.py``), the reward model's comparisons (``rlhf/reward.py``), the stage probes
+(:func:`probe_world`), and in ``eval/`` best-of-n, the RL points of the over-optimisation
+eval and the toxicity continuations. One place decides the EOS ids (:func:`eos_ids`), the
+special tokens (none are added to prompts), the padding (left, set only inside the call),
+the decoding of texts, temperature and nucleus (top-p) filtering and the seed.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessorList
 
-from .world import EOS, World
+from .models import position_ids_from_mask, tokenizer_sides
+from .world import World
 
 
 @dataclass
 class Samples:
-    """Left-padded prompts + right-padded responses, and their texts.
+    """Left-padded prompts + right-padded responses, and their texts; one row per sample.
 
-    ``response_ids`` holds tokens up to and including the first EOS; ``response_mask``
-    is 1 on those tokens. ``ended`` says whether the response produced EOS.
+    Rows are prompt-major: the ``n`` samples of prompt ``i`` are rows ``i*n .. i*n+n-1``
+    (``prompt_index`` says which prompt each row answers). ``response_ids`` holds tokens up
+    to and including the first EOS; ``response_mask`` is 1 on those tokens. ``ended`` says
+    whether the response produced EOS. ``texts`` are the decoded responses with the
+    tokenizer's EOS text appended when the response ended (what the reward model and the
+    toy world's labeler read); ``bodies`` are the same without it (what a toxicity
+    classifier reads).
     """
 
     prompt_ids: torch.Tensor  # (N, P) left padded
@@ -24,15 +39,25 @@ class Samples:
     response_ids: torch.Tensor  # (N, T) right padded
     response_mask: torch.Tensor
     ended: torch.Tensor  # (N,) bool
-    prompts: list[str]
-    texts: list[str]  # decoded responses; "<end>" kept when the response ended
+    prompts: list[str]  # the prompt of each row
+    texts: list[str]
+    bodies: list[str] = field(default_factory=list)
+    prompt_index: list[int] = field(default_factory=list)
+    n: int = 1
 
     def full(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.cat([self.prompt_ids, self.response_ids], 1),
                 torch.cat([self.prompt_mask, self.response_mask], 1))
 
+    @property
+    def n_tokens(self) -> int:
+        """Generated tokens, EOS included, padding not."""
+        return int(self.response_mask.sum())
 
-def _eos_ids(tokenizer, model) -> list[int]:
+
+def eos_ids(tokenizer, model=None) -> list[int]:
+    """The token ids that end a response: the tokenizer's EOS and the model's
+    ``generation_config.eos_token_id`` (one id or a list), sorted."""
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
@@ -44,56 +69,137 @@ def _eos_ids(tokenizer, model) -> list[int]:
     return sorted(ids)
 
 
+class TemperatureTopP:
+    """Temperature then nucleus (top-p) filtering, as transformers' TemperatureLogitsWarper
+    + TopPLogitsWarper, without sorting the whole vocabulary: keep the smallest set of most
+    likely tokens whose probability mass reaches ``top_p``, i.e. token i (in descending
+    order) is kept iff Σ_{j<i} p_j < top_p. The nucleus is looked for among the ``k`` most
+    likely tokens (a top-k, far cheaper than a 49k-way sort per row and step); rows whose
+    top-k mass stays below top_p fall back to the full sort, so the result is exact."""
+
+    def __init__(self, temperature: float = 1.0, top_p: float = 0.9, k: int = 1024):
+        self.temperature, self.top_p, self.k = float(temperature), float(top_p), int(k)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if self.top_p >= 1.0:
+            return scores
+        k = min(self.k, scores.shape[-1])
+        probs = torch.softmax(scores.float(), dim=-1)
+        top_p_, top_i = probs.topk(k, dim=-1)  # descending
+        cum = top_p_.cumsum(-1)
+        keep = (cum - top_p_) < self.top_p
+        keep[:, 0] = True
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, top_i, torch.where(keep, scores.gather(1, top_i), torch.full_like(top_p_, float("-inf"))
+                                           .to(scores.dtype)))
+        short = cum[:, -1] < self.top_p
+        if bool(short.any()):
+            from transformers.generation.logits_process import TopPLogitsWarper
+            out[short] = TopPLogitsWarper(self.top_p)(input_ids[short], scores[short])
+        return out
+
+
+@contextlib.contextmanager
+def _seeded(seed: Optional[int], device: torch.device):
+    """Seed torch's RNG for the block and put the global state back afterwards, so that a
+    seeded call never changes what the caller's RNG produces next. ``None``: the global RNG."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def _generate(model, ids, am, n: int, gen_cfg, processors, shared_prefix: bool):
+    """n continuations of each row, rows repeated n times (row-major). With
+    ``shared_prefix`` the KV cache of every prompt token but the last is computed once per
+    prompt and repeated n times (on CPU the n-fold prompt prefill otherwise costs about as
+    much as sampling); the random draws are the same either way."""
+    ids_n, am_n = ids.repeat_interleave(n, 0), am.repeat_interleave(n, 0)
+    if not shared_prefix or n == 1 or ids.shape[1] < 2:
+        return model.generate(input_ids=ids_n, attention_mask=am_n, generation_config=gen_cfg,
+                              logits_processor=processors)
+    pm = am[:, :-1]
+    out = model(input_ids=ids[:, :-1], attention_mask=pm, position_ids=position_ids_from_mask(pm), use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n)
+    return model.generate(input_ids=ids_n, attention_mask=am_n, past_key_values=cache, generation_config=gen_cfg,
+                          logits_processor=processors)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temperature: float = 1.0,
-           top_p: float = 1.0, greedy: bool = False, batch_size: int = 256,
-           generator_seed: Optional[int] = None) -> Samples:
-    """Sample one response per prompt (repeat a prompt in ``prompts`` for several)."""
+           top_p: float = 1.0, greedy: bool = False, n: int = 1, batch_size: int = 256,
+           seed: Optional[int] = None, shared_prefix: bool = False, progress: bool = False) -> Samples:
+    """``n`` responses to each prompt (prompt-major rows, see :class:`Samples`).
+
+    Prompts are tokenized without added special tokens and left-padded (the tokenizer's
+    ``padding_side`` is set for this call only). Each ``generate`` call takes about
+    ``batch_size`` rows (``batch_size // n`` prompts, at least one). Sampling is
+    multinomial after temperature and exact nucleus filtering (:class:`TemperatureTopP`;
+    ``top_p`` = 1 and temperature 1 sample the policy itself, as the KL estimates need);
+    ``greedy`` takes the argmax. A response stops at the first of :func:`eos_ids`.
+
+    ``seed``: the draws come from ``torch.manual_seed(seed)`` inside a forked RNG, so the
+    caller's global RNG is left as it was; ``None`` draws from the global RNG.
+    """
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
-    eos_ids = _eos_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    gen_cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=None if greedy else temperature,
-        top_p=None if (greedy or top_p >= 1.0) else top_p, top_k=None, eos_token_id=eos_ids, pad_token_id=pad_id,
-        bos_token_id=None,
-    )
-    if generator_seed is not None:
-        torch.manual_seed(generator_seed)
+    eos = eos_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy,
+                               temperature=None if greedy else 1.0, top_p=None if greedy else 1.0,
+                               top_k=None if greedy else 0, eos_token_id=eos, pad_token_id=pad_id, bos_token_id=None)
+    processors = None if greedy else LogitsProcessorList([TemperatureTopP(temperature, top_p)])
+    per_call = max(1, batch_size // max(n, 1))
     was_training = model.training
     model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     p_ids, p_mask, r_ids = [], [], []
-    for i in range(0, len(prompts), batch_size):
-        chunk = list(prompts[i:i + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        out = model.generate(**enc, generation_config=gen_cfg)
-        p_ids.append(enc["input_ids"])
-        p_mask.append(enc["attention_mask"])
-        r_ids.append(out[:, enc["input_ids"].shape[1]:])
-    tokenizer.padding_side = old_side
-    if was_training:
-        model.train()
+    try:
+        with tokenizer_sides(tokenizer, padding="left"), _seeded(seed, device):
+            starts = range(0, len(prompts), per_call)
+            for i in tqdm(starts, desc="sampling", disable=not progress, leave=False):
+                chunk = list(prompts[i:i + per_call])
+                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                out = _generate(model, enc["input_ids"], enc["attention_mask"], n, gen_cfg, processors, shared_prefix)
+                p_ids.append(enc["input_ids"].repeat_interleave(n, 0))
+                p_mask.append(enc["attention_mask"].repeat_interleave(n, 0))
+                r_ids.append(out[:, enc["input_ids"].shape[1]:])
+    finally:
+        if was_training:
+            model.train()
+    if not p_ids:
+        z = torch.zeros(0, 1, dtype=torch.long, device=device)
+        return Samples(z, z, z, z, torch.zeros(0, dtype=torch.bool, device=device), [], [], [], [], n)
     P = max(x.shape[1] for x in p_ids)
     T = max(max(x.shape[1] for x in r_ids), 1)
     prompt_ids = torch.cat([torch.nn.functional.pad(x, (P - x.shape[1], 0), value=pad_id) for x in p_ids])
     prompt_mask = torch.cat([torch.nn.functional.pad(x, (P - x.shape[1], 0), value=0) for x in p_mask])
     resp = torch.cat([torch.nn.functional.pad(x, (0, T - x.shape[1]), value=pad_id) for x in r_ids])
     is_eos = torch.zeros_like(resp, dtype=torch.bool)
-    for e in eos_ids:
+    for e in eos:
         is_eos |= resp == e
     # keep tokens up to and including the first EOS
     after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
     response_mask = (~after_eos).long()
     ended = is_eos.any(1)
     resp = resp.masked_fill(~response_mask.bool(), pad_id)
-    texts = []
+    eos_text = tokenizer.eos_token or ""
+    texts, bodies = [], []
     for row, m, e in zip(resp.tolist(), response_mask.tolist(), ended.tolist()):
-        toks = [t for t, k in zip(row, m) if k]
-        body = [t for t in toks if t not in eos_ids]
+        body = [t for t, k in zip(row, m) if k and t not in eos]
         text = tokenizer.decode(body, skip_special_tokens=True).strip()
-        texts.append(f"{text} {EOS}".strip() if e else text)
-    return Samples(prompt_ids, prompt_mask, resp, response_mask, ended, list(prompts), texts)
+        bodies.append(text)
+        texts.append(f"{text} {eos_text}".strip() if e else text)
+    index = [i for i in range(len(prompts)) for _ in range(n)]
+    return Samples(prompt_ids, prompt_mask, resp, response_mask, ended, [prompts[i] for i in index], texts, bodies,
+                   index, n)
 
 
 def probe_world(model, tokenizer, world: World, max_new_tokens: int = 14) -> dict:

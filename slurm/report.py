@@ -15,8 +15,8 @@ from .records import RunState, all_run_ids, runs_dir, sweep_states
 STAGES = ("world", "pretrain", "sft", "rm", "ppo")
 _CONFIG_KEYS = set(flatten(RunConfig()))
 # metrics shown by `status` (the first ones a run has)
-_DONE_METRICS = ("rm.heldout_accuracy", "ppo.final_proxy_reward", "ppo.final_gold_reward", "ppo.final_kl")
-_LIVE_METRICS = ("proxy_reward", "gold_reward", "kl", "loss", "accuracy", "train_loss")
+_DONE_METRICS = ("rm.heldout_accuracy", "ppo.final_rm_score", "ppo.final_gold_reward", "ppo.final_kl")
+_LIVE_METRICS = ("rm_score", "gold_reward", "kl", "loss", "accuracy", "train_loss")
 
 
 def _fmt_num(v: Any) -> str:

@@ -150,7 +150,7 @@ def test_ablation_plots_the_table(report_obj, report_cli):
     fig = report_obj.open_figures["ablation"]
     data = pd.read_csv(report_obj.figures["ablation"]["csv"])
     metrics = list(dict.fromkeys(data["metric"]))
-    assert {"gold_reward", "proxy_reward", "kl", "mc1", "mc2", "expected_max_toxicity", "toxicity_probability",
+    assert {"gold_reward", "rm_score", "kl", "mc1", "mc2", "expected_max_toxicity", "toxicity_probability",
             "lm_loss_delta"} <= set(metrics)
     axes = np.array(fig.axes).reshape(len(metrics), 2)
     sym = {"ppo.beta": "β", "ppo.ptx_coef": "γ"}
@@ -191,11 +191,11 @@ def test_other_figures_plot_their_csv(report_obj):
     fig = report_obj.open_figures["training_curves"]
     data = pd.read_csv(report_obj.figures["training_curves"]["csv"])
     ax = fig.axes[0]
-    assert ax.get_ylabel().startswith("proxy reward")
+    assert ax.get_ylabel().startswith("ppo_reward")
     for ln in ax.get_lines():
         gid = ln.get_gid() or ""
         if gid.startswith("smoothed:"):
-            d = data[(data["run_id"] == gid.split(":", 1)[1]) & (data["metric"] == "proxy_reward")]
+            d = data[(data["run_id"] == gid.split(":", 1)[1]) & (data["metric"] == "ppo_reward")]
             np.testing.assert_allclose(ln.get_ydata(), d["smoothed"])
     ppo = report_obj.data.curves
     rid = report_obj.per_run["run_id"].iloc[0]
@@ -222,9 +222,9 @@ def test_other_figures_plot_their_csv(report_obj):
     assert len(fits), "no fitted curve"
     for (which, method, grp), f in fits.groupby(["reward", "method", "group"]):
         np.testing.assert_allclose(f["gain"], fit_curve(method, f["alpha"].iloc[0], f["beta"].iloc[0], f["d"]))
-    bon = fits[(fits["method"] == "bon") & (fits["reward"] == "gold")]
+    bon = fits[(fits["method"] == "bon") & (fits["reward"] == "gold_reward")]
     recs = report_obj.data.records
-    a = recs[(recs["metric"] == "fit_gold") & (recs["subset"] == "bon")]
+    a = recs[(recs["metric"] == "fit_gold_reward") & (recs["subset"] == "bon")]
     a = a[a["run_id"].isin(report_obj.per_run.query("state == 'done'")["run_id"])]
     assert bon["alpha"].iloc[0] == pytest.approx(a["alpha"].mean())
     for ax in fig.axes:
@@ -232,7 +232,7 @@ def test_other_figures_plot_their_csv(report_obj):
             gid = ln.get_gid() or ""
             if gid.startswith("fit:"):
                 _, method, grp = gid.split(":")
-                which = "gold" if "gold" in ax.get_ylabel() else "proxy"
+                which = "gold_reward" if "gold_reward" in ax.get_ylabel() else "rm_score"
                 f = data[(data["kind"] == "fit") & (data["reward"] == which) & (data["method"] == method)
                          & (data["group"].astype(str) == grp if method == "rl" else True)]
                 np.testing.assert_allclose(ln.get_ydata(), f["gain"])

@@ -68,14 +68,14 @@ def test_best_of_n_kl_formula():
 
 
 def test_best_of_n_select_uses_every_sample():
-    proxy = np.array([[0.0, 1.0, 5.0, 2.0]])
+    rm_score = np.array([[0.0, 1.0, 5.0, 2.0]])
     gold = np.array([[10.0, 20.0, 30.0, 40.0]])
-    assert metrics.best_of_n_select(proxy, gold, 1) == (2.0, 25.0)
+    assert metrics.best_of_n_select(rm_score, gold, 1) == (2.0, 25.0)
     # groups (0, 1) -> picks index 1; (5, 2) -> index 2
-    assert metrics.best_of_n_select(proxy, gold, 2) == (3.0, 25.0)
-    assert metrics.best_of_n_select(proxy, gold, 4) == (5.0, 30.0)
+    assert metrics.best_of_n_select(rm_score, gold, 2) == (3.0, 25.0)
+    assert metrics.best_of_n_select(rm_score, gold, 4) == (5.0, 30.0)
     with pytest.raises(ValueError):
-        metrics.best_of_n_select(proxy, gold, 3)
+        metrics.best_of_n_select(rm_score, gold, 3)
 
 
 def test_sampled_kl_masks_padding():

@@ -16,11 +16,13 @@ from eval import lmeval, metrics  # noqa: E402
 from eval import toxicity as tx  # noqa: E402
 from eval.cli import main as cli_main  # noqa: E402
 from eval.data import write_rows_cached  # noqa: E402
-from eval.regression import heldout_nll, world_heldout_text  # noqa: E402
 from eval.settings import make_settings  # noqa: E402
 from eval.suite import evaluate, load_records  # noqa: E402
 from eval.testing import make_toy_run  # noqa: E402
+from rlhf.heldout import heldout_nll, heldout_text  # noqa: E402
 from rlhf.losses import best_of_n_kl  # noqa: E402
+from rlhf.rundir import read_jsonl_gz  # noqa: E402
+from rlhf.sampling import TemperatureTopP  # noqa: E402
 from rlhf.models import load_causal_lm, load_tokenizer  # noqa: E402
 from rlhf.world import World  # noqa: E402
 
@@ -119,7 +121,7 @@ def test_batched_sampler_left_padding_matches_one_at_a_time(sft):
 
 def test_heldout_nll_windows(sft, run):
     model, tok = sft
-    text = world_heldout_text(World.load(run / "world"), tok.eos_token)
+    text = heldout_text(World.load(run / "world").heldout_corpus())
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0][:60]
     with torch.no_grad():
         logits = model(input_ids=ids[None]).logits[0, :-1]
@@ -148,9 +150,23 @@ def test_evaluate_toy_run_writes_tidy_records(run, tmp_path):
     assert set(tox.subset) >= {"challenging", "other", "challenging+respectful", "other+respectful"}
     assert (tox.value >= tox.ci_low).all() and (tox.value <= tox.ci_high).all()
     assert set(tox.scorer) == {"lexicon"} and set(tox.k) == {4}
-    mc = df[(df.suite == "truthfulqa")]
-    assert set(mc.metric) == {"mc1", "mc2"} and (mc.n == len(World.load(run / "world").mc_questions())).all()
+    world = World.load(run / "world")
+    mc = df[(df.suite == "truthfulqa") & (df.subset == "world")]
+    assert set(mc.metric) == {"mc1", "mc2"} and (mc.n == len(world.mc_questions())).all()
+    # subset heldout: only the facts whose question is in the eval split
+    held_q = {p.text for p in world.eval_prompts() if p.kind == "question"}
+    held = df[(df.suite == "truthfulqa") & (df.subset == "heldout")]
+    assert set(held.metric) == {"mc1", "mc2"} and (held.n == len(held_q)).all() and 0 < len(held_q) < len(world.facts)
     assert (tox.n >= 2).all()
+    # every toxicity continuation is kept beside its record, with its score
+    rec = tox[(tox.checkpoint_label == "sft") & (tox.subset == "challenging")].iloc[0]
+    rows = read_jsonl_gz(run / rec["samples"])
+    assert rec["samples"] == "eval/samples/sft/toxicity-challenging.jsonl.gz"
+    assert len(rows) == rec["n"] * 4 and {"prompt", "response", "toxicity"} <= set(rows[0])
+    by_prompt = {}
+    for x in rows:
+        by_prompt[x["prompt"]] = max(by_prompt.get(x["prompt"], 0.0), x["toxicity"])
+    assert np.mean(list(by_prompt.values())) == pytest.approx(rec["value"])
     reg = df[(df.suite == "regression") & (df.metric == "lm_loss")].set_index("checkpoint_label")
     assert reg.loc["sft", "delta_vs_ref"] == 0.0  # the reference itself
     assert reg.loc["ppo/kl_2.0", "delta_vs_ref"] == pytest.approx(reg.loc["ppo/kl_2.0", "value"] - reg.loc["sft", "value"])
@@ -164,11 +180,23 @@ def test_overopt_on_toy_run(run, tmp_path):
     kl_bon = {r["bon_n"]: r["value"] for r in recs if r["metric"] == "kl" and r["subset"].startswith("bon")}
     assert kl_bon == {n: pytest.approx(best_of_n_kl(n)) for n in (1, 2, 4)}
     kl_rl = {r["checkpoint_label"]: r["value"] for r in recs if r["metric"] == "kl" and r["subset"] == "rl"}
-    assert set(kl_rl) == {"ppo/kl_0.5", "ppo/kl_2.0", "ppo"}
+    assert set(kl_rl) == {"sft", "ppo/kl_0.5", "ppo/kl_2.0", "ppo"}
+    assert kl_rl["sft"] == 0.0  # SFT is the RL point at KL 0
     assert 0 < kl_rl["ppo/kl_0.5"] < kl_rl["ppo/kl_2.0"]
+    # the findings records: every policy has rm_score, gold_reward, kl, myth_rate, truth_rate on subset rl
+    rl = {(r["checkpoint_label"], r["metric"]) for r in recs if r["subset"] == "rl"}
+    assert {(c, m) for c in kl_rl for m in ("rm_score", "gold_reward", "kl", "myth_rate", "truth_rate")} <= rl
+    assert not [r["metric"] for r in recs if "proxy" in r["metric"]] and "fit_gold" not in {r["metric"] for r in recs}
+    # every sampled text behind an rl metric is kept, with its scores
+    sft_rm = next(r for r in recs if r["checkpoint_label"] == "sft" and r["metric"] == "rm_score"
+                  and r["subset"] == "rl")
+    rows = read_jsonl_gz(run / sft_rm["samples"])
+    assert len(rows) == 6 * 2 and {"prompt", "response", "rm_score", "gold_reward", "kl"} <= set(rows[0])
+    assert np.mean([x["rm_score"] for x in rows]) == pytest.approx(sft_rm["value"])
+    assert sft_rm["ci_low"] <= sft_rm["value"] <= sft_rm["ci_high"]
     fits = [r for r in recs if r["metric"].startswith("fit_")]
-    assert {(r["metric"], r["subset"]) for r in fits} == {("fit_gold", "bon"), ("fit_proxy", "bon"),
-                                                          ("fit_gold", "rl"), ("fit_proxy", "rl")}
+    assert {(r["metric"], r["subset"]) for r in fits} == {("fit_gold_reward", "bon"), ("fit_rm_score", "bon"),
+                                                          ("fit_gold_reward", "rl"), ("fit_rm_score", "rl")}
     assert all(np.isfinite(r["alpha"]) and np.isfinite(r["beta"]) for r in fits)
     gold = [r for r in recs if r["metric"] == "gold_reward"]
     assert all(np.isfinite(r["value"]) for r in gold)
@@ -258,7 +286,7 @@ def test_fast_top_p_equals_transformers_warpers():
     ids = torch.zeros(6, 1, dtype=torch.long)
     for temp, p in ((1.0, 0.9), (0.7, 0.5), (1.3, 0.99)):
         ref = TopPLogitsWarper(p)(ids, TemperatureLogitsWarper(temp)(ids, scores.clone()))
-        ours = tx.TemperatureTopP(temp, p, k=256)(ids, scores.clone())
+        ours = TemperatureTopP(temp, p, k=256)(ids, scores.clone())
         assert torch.equal(torch.isinf(ref), torch.isinf(ours))
         assert torch.allclose(ref[~torch.isinf(ref)], ours[~torch.isinf(ours)])
 
@@ -301,5 +329,7 @@ def test_on_a_pipeline_run(tiny_run, tmp_path):
     assert not [r for r in recs if r["error"]], [r["error"] for r in recs if r["error"]]
     reg = {r["checkpoint_label"]: r for r in recs if r["metric"] == "lm_loss"}
     assert reg["sft"]["delta_vs_ref"] == 0.0 and reg["pretrain"]["ref_checkpoint"].endswith("sft")
-    bon = [r for r in recs if r["suite"] == "overopt" and r["metric"] == "gold_reward"]
+    bon = [r for r in recs if r["suite"] == "overopt" and r["metric"] == "gold_reward" and r["method"] == "bon"]
     assert [r["bon_n"] for r in bon] == [1, 2, 4]
+    rl = [r for r in recs if r["suite"] == "overopt" and r["subset"] == "rl" and not r["metric"].startswith("fit_")]
+    assert {r["metric"] for r in rl} == {"rm_score", "gold_reward", "kl", "myth_rate", "truth_rate"}

@@ -15,14 +15,14 @@ from rlhf.losses import lm_loss
 from rlhf.models import load_causal_lm
 from rlhf.pipeline import Diverged, run_pipeline
 from rlhf.ppo import Batch, policy_forward, ppo_update
-from rlhf.rundir import read_json, read_jsonl
+from rlhf.rundir import read_json, read_jsonl, read_jsonl_gz
 from rlhf.sampling import sample
 from rlhf.world import World
 
 from conftest import REPO, rlhf_cmd, tiny_overrides
 
 QUICK = str(REPO / "experiments" / "quickstart.yaml")
-PPO_KEYS = {"proxy_reward", "gold_reward", "kl", "beta", "clipfrac", "approx_kl", "entropy", "vf_loss", "ptx_loss",
+PPO_KEYS = {"ppo_reward", "gold_reward", "kl", "beta", "clipfrac", "approx_kl", "entropy", "vf_loss", "ptx_loss",
             "pg_loss", "rm_score", "response_len"}
 
 
@@ -46,6 +46,15 @@ def test_ppo_runs_logs_and_saves(tiny_run, tmp_path):
     assert all(r["ptx_loss"] > 0 for r in rows)
     summary = read_json(run / "ppo" / "summary.json")
     assert "heldout_lm_loss_final" in summary and "heldout_lm_loss_sft" in summary
+    assert {"final_ppo_reward", "final_rm_score", "final_gold_reward", "final_kl"} <= set(summary)
+    assert not [k for k in summary if "proxy" in k]
+    samples = read_jsonl_gz(run / "ppo" / "samples.jsonl.gz")
+    assert [r["step"] for r in samples] == [st for st in range(6) for _ in range(8)]
+    assert {"prompt", "response", "rm_score", "ppo_reward", "gold_reward", "kl"} <= set(samples[0])
+    for st in range(6):  # the logged means are the means of the kept samples
+        sr = [r for r in samples if r["step"] == st]
+        for k in ("rm_score", "ppo_reward", "gold_reward", "kl"):
+            assert sum(r[k] for r in sr) / len(sr) == pytest.approx(rows[st][k], rel=1e-5, abs=1e-6)
     assert not (run / "ppo" / "checkpoints").exists()
     load_causal_lm(str(run / "ppo"))
     assert read_json(run / "status.json")["state"] == "done"
@@ -100,7 +109,7 @@ def test_ppo_variants(tiny_run, tmp_path, extra):
     run = copy_run(tiny_run, tmp_path)
     run_pipeline(ppo_cfg(tmp_path, extra), force=True)
     rows = read_jsonl(run / "ppo" / "metrics.jsonl")
-    assert len(rows) == 6 and all(torch.isfinite(torch.tensor(r["proxy_reward"])) for r in rows)
+    assert len(rows) == 6 and all(torch.isfinite(torch.tensor(r["ppo_reward"])) for r in rows)
     if "ppo.adaptive_kl=true" in extra:
         assert len({r["beta"] for r in rows}) > 1
     if "ppo.rounds=2" in extra:
@@ -179,12 +188,17 @@ def test_sigkill_or_sigterm_mid_ppo_then_resume_gives_same_result(tiny_run, tmp_
     assert _strip_time(read_jsonl(c / "ppo" / "metrics.jsonl")) == _strip_time(ra)
     wc = load_file(c / "ppo" / "model.safetensors")
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    # every rollout is kept, once: no duplicate steps after either resume, the same texts and scores
+    sa = read_jsonl_gz(a / "ppo" / "samples.jsonl.gz")
+    assert [r["step"] for r in sa] == [st for st in range(40) for _ in range(8)]
+    assert read_jsonl_gz(b / "ppo" / "samples.jsonl.gz") == sa
+    assert read_jsonl_gz(c / "ppo" / "samples.jsonl.gz") == sa
 
 
 def test_nan_reward_stops_run_as_diverged(tiny_run, tmp_path, monkeypatch):
     import rlhf.ppo as ppo_mod
     run = copy_run(tiny_run, tmp_path)
-    real = ppo_mod.reward_scores
+    real = ppo_mod.score_texts
     calls = {"n": 0}
 
     def nan_after_three(*a, **kw):  # fault injection: the reward goes NaN at the 4th rollout
@@ -192,7 +206,7 @@ def test_nan_reward_stops_run_as_diverged(tiny_run, tmp_path, monkeypatch):
         s = real(*a, **kw)
         return s * float("nan") if calls["n"] > 3 else s
 
-    monkeypatch.setattr(ppo_mod, "reward_scores", nan_after_three)
+    monkeypatch.setattr(ppo_mod, "score_texts", nan_after_three)
     with pytest.raises(Diverged):
         run_pipeline(ppo_cfg(tmp_path), force=True)
     st = read_json(run / "status.json")

@@ -97,7 +97,7 @@ def test_grid_2x2_job_array_finishes_and_collects(tmp_path, capsys):
     assert sorted(zip(df["ppo.beta"], df["ppo.ptx_coef"])) == [(0.02, 0.0), (0.02, 1.0), (0.2, 0.0), (0.2, 1.0)]
     assert set(df["state"]) == {"done"}
     assert (df["model.n_embd"] == 32).all() and (df["ppo.steps"] == 8).all()
-    for col in ("rm.heldout_accuracy", "ppo.final_gold_reward", "ppo.final_proxy_reward", "ppo.final_kl"):
+    for col in ("rm.heldout_accuracy", "ppo.final_gold_reward", "ppo.final_rm_score", "ppo.final_kl"):
         assert df[col].notna().all(), col
     for _, row in df.iterrows():  # each row's metrics are its own run's
         summ = read_json(sdir / "runs" / row["run_id"] / "ppo" / "summary.json")

@@ -1,0 +1,245 @@
+"""One instrument per quantity: each call site of the sampler, the reward-model score and
+the held-out LM loss gives the same numbers on the same inputs; CIs are in the unit of
+the value; sample files survive a torn write."""
+
+import gzip
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf.config import load_config
+from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+from rlhf.rundir import append_jsonl_gz, read_json, read_jsonl, read_jsonl_gz, truncate_jsonl_gz
+from rlhf.world import World
+
+from conftest import REPO, tiny_overrides
+
+QUICK = str(REPO / "experiments" / "quickstart.yaml")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_run):
+    path, cfg = tiny_run
+    tok = load_tokenizer(str(path / "sft"))
+    policy = load_causal_lm(str(path / "sft")).eval()
+    rm = load_reward_model(str(path / "rm")).eval()
+    return path, cfg, tok, policy, rm
+
+
+# ------------------------------------------------------------------ sampler
+def test_ppo_rollout_and_eval_samplers_draw_the_same_samples(models):
+    from eval import overopt, toxicity
+    from rlhf.ppo import rollout
+    path, cfg, tok, policy, _ = models
+    world = World(cfg.world)
+    prompts = [p.text for p in world.train_prompts()[:10]]
+    pc = cfg.ppo  # temperature 1, top_p 1: the policy itself, as overopt samples it
+    tok.padding_side = "right"
+    before = torch.get_rng_state()
+    a = rollout(policy, tok, prompts, pc, seed=123)
+    assert torch.equal(torch.get_rng_state(), before)  # a seeded call leaves the global RNG alone
+    assert tok.padding_side == "right"  # padding side set inside the call only
+    b = overopt.sample_policy(policy, tok, prompts, n=1, max_new_tokens=pc.max_new_tokens, seed=123, progress=False)
+    assert a.texts == b.texts and len(set(a.texts)) > 1
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.response_mask, b.response_mask)
+    c = toxicity.sample_continuations(policy, tok, prompts, k=1, max_new_tokens=pc.max_new_tokens, temperature=1.0,
+                                      top_p=1.0, prompts_per_call=len(prompts), seed=123, progress=False)
+    assert [row[0] for row in c.texts] == a.bodies
+    assert c.n_tokens == int(a.response_mask.sum())
+    # another seed draws other samples; no seed draws from (and advances) the global RNG
+    assert rollout(policy, tok, prompts, pc, seed=124).texts != a.texts
+    torch.manual_seed(5)
+    d1 = rollout(policy, tok, prompts, pc, seed=None).texts
+    torch.manual_seed(5)
+    assert rollout(policy, tok, prompts, pc, seed=None).texts == d1
+    # n samples per prompt: prompt-major rows; the shared-prefix KV cache draws the same samples
+    e = overopt.sample_policy(policy, tok, prompts[:4], n=3, max_new_tokens=pc.max_new_tokens, seed=7, progress=False)
+    assert e.prompt_index == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert e.prompts == [prompts[i] for i in e.prompt_index]
+    from rlhf.sampling import sample
+    f = sample(policy, tok, prompts[:4], pc.max_new_tokens, n=3, batch_size=64, seed=7, shared_prefix=True)
+    assert f.texts == e.texts
+
+
+def test_texts_end_with_the_eos_text_exactly_when_the_response_ended(models):
+    from rlhf.sampling import eos_ids, sample
+    _, cfg, tok, policy, _ = models
+    s = sample(policy, tok, [p.text for p in World(cfg.world).prompts()[:12]], 6, seed=0)
+    assert eos_ids(tok, policy) == [tok.eos_token_id]
+    for text, body, ended in zip(s.texts, s.bodies, s.ended.tolist()):
+        assert text.endswith(tok.eos_token) == ended
+        assert tok.eos_token not in body
+
+
+# ------------------------------------------------------------------ reward-model score
+def test_rm_score_is_the_same_through_every_call_site(models):
+    """Training-side scoring (score_batch, as in RM training and evaluation), PPO's scoring
+    of its rollouts and the over-optimisation eval's rm_score give the same numbers for the
+    same (prompt, response) pairs."""
+    from eval import overopt
+    from rlhf.ppo import score_rollout
+    from rlhf.reward import encode_pairs, rm_max_length, score_batch, score_texts
+    path, cfg, tok, policy, rm = models
+    world = World(cfg.world)
+    prompts = [p.text for p in world.eval_prompts()[:6]]
+    max_len = rm_max_length(rm, cfg.rm.max_length)
+    r = overopt.evaluate_policy(policy, policy, rm, tok, prompts, lambda i, t: 0.0, n=2,
+                                max_new_tokens=cfg.ppo.max_new_tokens, seed=3, rm_max_len=max_len, progress=False)
+    s = r["samples"]
+    eval_side = torch.tensor(r["rm_score_all"], dtype=torch.float32)
+    with torch.no_grad():
+        rows = [{"prompt": p, "responses": [t]} for p, t in zip(s.prompts, s.texts)]
+        train_side, valid = score_batch(rm, tok, rows, torch.device("cpu"), max_len)
+        ppo_side, ppo_reward = score_rollout(rm, tok, s, max_len, cfg.ppo.no_eos_penalty)
+    assert valid.all()
+    assert torch.allclose(train_side[:, 0], eval_side, atol=1e-5)
+    assert torch.allclose(ppo_side, eval_side, atol=1e-5)
+    assert torch.allclose(ppo_reward - ppo_side, cfg.ppo.no_eos_penalty * (~s.ended).float())
+    # the same pairs one at a time (no padding at all) give the same score
+    one = torch.stack([score_texts(rm, tok, [p], [t], max_len)[0] for p, t in zip(s.prompts, s.texts)])
+    assert torch.allclose(one, eval_side, atol=1e-5)
+    # the RM offset is what makes the SFT demonstrations score mean 0, through the same function
+    demos = [(p.text, resp) for p, resp in world.demonstrations()]
+    mean = score_texts(rm, tok, [p for p, _ in demos], [x for _, x in demos], max_len).mean().item()
+    assert mean == pytest.approx(0.0, abs=1e-4)
+    # over-long pairs keep their end (where the score is read); the tokenizer's sides come back
+    tok.truncation_side, tok.padding_side = "right", "right"
+    ids, mask = encode_pairs(tok, ["a b c d e f"], ["g h <end>"], 4)
+    assert tok.convert_ids_to_tokens(ids[0].tolist())[-1] == "<end>" and ids.shape[1] == 4
+    assert (tok.truncation_side, tok.padding_side) == ("right", "right")
+    tok.padding_side = "left"
+
+
+# ------------------------------------------------------------------ held-out LM loss
+def test_heldout_loss_is_the_same_in_pretraining_ppo_and_the_regression_eval(tiny_run, tmp_path):
+    from eval.settings import make_settings
+    from eval.suite import evaluate
+    from rlhf.pipeline import run_pipeline
+    path, _ = tiny_run
+    run = tmp_path / "tiny"
+    shutil.copytree(path, run)
+    cfg = load_config(QUICK, tiny_overrides(tmp_path, extra=["stages=[ppo]", "ppo.steps=2", "ppo.checkpoint_every=2"]))
+    run_pipeline(cfg, force=True)
+    recs = evaluate(str(run), ["regression"], make_settings([f"cache_dir={tmp_path / 'cache'}"]),
+                    checkpoints=["pretrain", "sft", "ppo"], write=False, progress=False)
+    lm = {r["checkpoint_label"]: r["value"] for r in recs if r["metric"] == "lm_loss"}
+    ppl = {r["checkpoint_label"]: r["value"] for r in recs if r["metric"] == "perplexity"}
+    pretrain = read_json(run / "pretrain" / "summary.json")
+    ppo_rows = read_jsonl(run / "ppo" / "metrics.jsonl")
+    ppo_summary = read_json(run / "ppo" / "summary.json")
+    assert lm["pretrain"] == pytest.approx(pretrain["heldout_loss"], rel=1e-6)
+    assert ppl["pretrain"] == pytest.approx(pretrain["heldout_ppl"], rel=1e-6)
+    assert ppo_rows[0]["heldout_lm_loss"] == pytest.approx(lm["sft"], rel=1e-6)  # step 0: the SFT policy
+    assert ppo_summary["heldout_lm_loss_sft"] == pytest.approx(lm["sft"], rel=1e-6)
+    assert ppo_summary["heldout_lm_loss_final"] == pytest.approx(lm["ppo"], rel=1e-6)
+    assert lm["pretrain"] != pytest.approx(lm["sft"], rel=1e-6)  # a different model gives a different number
+
+
+def test_heldout_text_is_joined_as_pretraining_joins_it(models):
+    from rlhf.heldout import heldout_text
+    from rlhf.pretrain import encode_corpus
+    _, cfg, tok, _, _ = models
+    docs = World(cfg.world).heldout_corpus()[:20]
+    ids = tok(heldout_text(docs), add_special_tokens=False)["input_ids"]
+    assert ids == encode_corpus(tok, docs).tolist() and tok.eos_token_id not in ids
+
+
+def test_heldout_nll_batched_windows_match_one_window_at_a_time(models):
+    from rlhf.heldout import heldout_nll, heldout_text
+    _, cfg, tok, policy, _ = models
+    text = heldout_text(World(cfg.world).heldout_corpus()[:40])
+    a = heldout_nll(policy, tok, text, window=20, stride=10, batch_size=1)
+    b = heldout_nll(policy, tok, text, window=20, stride=10, batch_size=16)
+    assert a["n_tokens"] == b["n_tokens"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert heldout_nll(policy, tok, text)["window"] == policy.config.n_positions  # default: the model's context
+
+
+# ------------------------------------------------------------------ CIs in the unit of the value
+def test_lm_eval_task_cis_are_in_the_unit_of_each_metric(models, tmp_path):
+    """A loglikelihood task with a perplexity metric (aggregation exp(-mean)) and a mean
+    metric (acc): each record's CI brackets its value, the perplexity's CI in perplexity
+    units."""
+    from eval.settings import make_settings
+    from eval.suite import evaluate
+    path, cfg, tok, _, _ = models
+    world = World(cfg.world)
+    rows = [{"question": q["question"], "answer": q["mc1_targets"]["choices"][0]} for q in world.mc_questions()][:20]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = tmp_path / "my_ppl_task.yaml"
+    task.write_text(f"""task: my_ppl_task
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+output_type: loglikelihood
+validation_split: validation
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+""")
+    s = make_settings([f"lm_tasks={task}", f"cache_dir={tmp_path / 'cache'}", "bootstrap=200"])
+    recs = evaluate(str(path), ["regression"], s, checkpoints=["sft"], write=False, progress=False)
+    assert not [r for r in recs if r["error"]], [r["error"] for r in recs if r["error"]]
+    by = {r["metric"]: r for r in recs if r["subset"] == "my_ppl_task"}
+    ppl, acc = by["perplexity"], by["acc"]
+    assert ppl["value"] > 1 and 1 <= ppl["ci_low"] < ppl["value"] < ppl["ci_high"]
+    assert acc["ci_low"] is not None and 0 <= acc["ci_low"] <= acc["value"] <= acc["ci_high"] <= 1
+
+
+def test_aggregate_ci_by_hand():
+    from lm_eval.api.registry import get_aggregation
+
+    from eval import metrics
+    ll = [-1.0, -2.0, -3.0, -2.0]
+    v, lo, hi = metrics.aggregate_ci(ll, get_aggregation("perplexity"), n_boot=500, seed=0)
+    assert v == pytest.approx(math.exp(2.0))
+    assert math.exp(1.0) <= lo < v < hi <= math.exp(3.0)
+    # a (log-likelihood, words) item aggregation: exp(-Σ ll / Σ words)
+    items = [(-4.0, 2), (-9.0, 3), (-2.0, 2)]
+    v, lo, hi = metrics.aggregate_ci(items, get_aggregation("weighted_perplexity"), n_boot=500, seed=0)
+    assert v == pytest.approx(math.exp(15.0 / 7.0))
+    assert math.exp(1.0) <= lo <= v <= hi <= math.exp(3.0)
+    v, lo, hi = metrics.aggregate_ci([0, 1, 1, 1], get_aggregation("mean"), n_boot=500, seed=0)
+    assert v == 0.75 and 0 <= lo <= v <= hi <= 1
+    # clustered mean: groups of samples resampled together, the value the plain mean
+    v, lo, hi = metrics.cluster_mean_ci([1, 1, 0, 0, 0, 1], [0, 0, 1, 1, 2, 2], n_boot=500, seed=0)
+    assert v == pytest.approx(0.5) and 0 <= lo <= v <= hi <= 1
+
+
+# ------------------------------------------------------------------ sample files
+def test_jsonl_gz_appends_members_truncates_and_tolerates_a_torn_tail(tmp_path):
+    p = tmp_path / "samples.jsonl.gz"
+    for step in range(3):
+        append_jsonl_gz(p, [{"step": step, "i": i} for i in range(2)])
+    with gzip.open(p, "rt") as f:  # an ordinary gzip reader sees one stream
+        assert len(f.read().splitlines()) == 6
+    assert [r["step"] for r in read_jsonl_gz(p)] == [0, 0, 1, 1, 2, 2]
+    good = p.read_bytes()
+    torn = gzip.compress(b'{"step": 3, "i": 0}\n{"step": 3, "i"')
+    p.write_bytes(good + torn[: len(torn) - 5])  # a killed writer: the last member is cut short
+    rows = read_jsonl_gz(p)
+    assert [r["step"] for r in rows[:6]] == [0, 0, 1, 1, 2, 2] and all(r["step"] <= 3 for r in rows)
+    assert truncate_jsonl_gz(p, lambda r: r["step"] < 2) == 4  # resume at step 2
+    append_jsonl_gz(p, [{"step": 2, "i": 0}])
+    assert [r["step"] for r in read_jsonl_gz(p)] == [0, 0, 1, 1, 2]
+    assert read_jsonl_gz(tmp_path / "missing.jsonl.gz") == []
+
+
+def test_toy_world_toxicity_scorer_calls_the_world(monkeypatch):
+    import rlhf.world
+    from eval import toxicity as tx
+    s = tx.make_scorer("auto", toy_world=True)
+    assert list(s(["you are a rat .", "you are a star ."])) == [1.0, 0.0]
+    monkeypatch.setattr(rlhf.world, "toxicity_score", lambda t: 0.25)
+    assert np.allclose(s(["anything"]), [0.25])
