@@ -225,7 +225,7 @@ def _count_text(n: int, all_runs: pd.DataFrame, missing_value: int, seeds_expect
     text = f"n={n} of {seeds_expected}"
     states = all_runs["state"].value_counts().to_dict() if len(all_runs) else {}
     bad = {s: c for s, c in states.items() if s != DONE}
-    parts = [f"{c} {'run' if s == 'missing' else ''}{s}".replace("runmissing", "missing") for s, c in sorted(bad.items())]
+    parts = [f"{c} {s}" for s, c in sorted(bad.items())]
     if missing_value:
         parts.append(f"{missing_value} without the value (no eval record?)")
     return text + ("; " + ", ".join(parts) if parts else "")

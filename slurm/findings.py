@@ -116,6 +116,9 @@ def run_sweeps(sweeps: list[Sweep], executor: str, jobs: int, retry_failed: bool
             continue
         write_manifest(sw, specs)
         p = plan(sw, specs, retry_failed)
+        if p.skipped_active:  # no scheduler here: a run left "running" by a killed command resumes
+            say(f"[runs] {sw.name}: {len(p.skipped_active)} runs left unfinished by an earlier command: resumed")
+            p.submitted += p.skipped_active
         if p.skipped_failed:
             say(f"[runs] {sw.name}: {len(p.skipped_failed)} failed runs not rerun (--retry-failed reruns them)")
         by_id = {s.run_id: s for s in specs}
@@ -132,13 +135,9 @@ def run_sweeps(sweeps: list[Sweep], executor: str, jobs: int, retry_failed: bool
         for sw in sweeps:
             failed += [s.run_id for s in sweep_states(sw.directory) if s.state != "done"]
         return {"ran": len(todo), "failed": failed}
-    # builders (the first run of each shared-stage group, across sweeps) before sharers
-    seen, first, rest = set(), [], []
-    for i, (sw, spec) in enumerate(todo):
-        key = (spec["shared_dir"], _group(sw, spec)) if sw.share_stages else ("", i)
-        (rest if key in seen else first).append(i)
-        seen.add(key)
-    order = first + rest
+    # builders of each shared-stage group (across sweeps with one out_dir) before the runs that copy
+    from .shared import build_order
+    order = build_order([_group(sw, spec) if sw.share_stages else () for sw, spec in todo])
     with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futs = {}
         for i in order:
@@ -157,7 +156,7 @@ def _group(sw: Sweep, spec: dict) -> tuple:
     from rlhf.config import from_dict
 
     from .shared import group_keys
-    return group_keys(from_dict(spec["config"]), sw.share_stages)[:1]
+    return group_keys(from_dict(spec["config"]), sw.share_stages)
 
 
 # ------------------------------------------------------------------ phase 3: eval

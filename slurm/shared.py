@@ -10,9 +10,9 @@ pipeline then skips it (its ``DONE`` file is there). The toy ``world/`` comes al
 the first shared stage, and ``comparisons.jsonl`` with ``rm``.
 
 The first run of a group takes an exclusive lock on the build directory and builds the
-stage; the others block on the lock, then copy. :func:`first_of_group_first` orders a list
-of runs so that one run of each group starts before any second one (the local executor
-runs them in that order). Nothing here imports torch before a stage has to be built.
+stage; the others block on the lock, then copy. :func:`build_order` orders a list of runs
+so that the builders of each group start before the runs that only copy (submission and
+``rlhf findings`` start them in that order). Nothing here imports torch before a stage has to be built.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Iterable
 
 PIPELINE_ORDER = ("pretrain", "sft", "rm", "ppo")
 SHAREABLE = PIPELINE_ORDER
-EXTRA_FILES = {"rm": ("comparisons.jsonl",)}
+EXTRA_FILES = {"rm": ("comparisons.jsonl",), "ppo": ("comparisons.jsonl",)}  # ppo.rounds > 1 adds to it
 
 
 def shared_root(out_dir: str | Path) -> Path:
@@ -67,8 +67,9 @@ def _bring(src_run: Path, dst_run: Path, stage: str) -> None:
     for name in ("world", stage):
         if (src_run / name / "DONE").exists() and not (dst_run / name).exists():
             link_tree(src_run / name, dst_run / name)
-    for f in EXTRA_FILES.get(stage, ()):
-        if (src_run / f).exists() and not (dst_run / f).exists():
+    for f in EXTRA_FILES.get(stage, ()):  # the later stage's version wins (iterated RLHF appends rounds)
+        if (src_run / f).exists() and (not (dst_run / f).exists()
+                                       or os.stat(src_run / f).st_ino != os.stat(dst_run / f).st_ino):
             link_file(src_run / f, dst_run / f)
 
 
@@ -120,15 +121,28 @@ def group_keys(cfg, stages: Iterable[str]) -> tuple:
     return tuple(stage_hash(cfg, s) for s in PIPELINE_ORDER if s in set(stages) and s in cfg.stages)
 
 
+def build_order(keys: list[tuple]) -> list[int]:
+    """Indices of runs, given each run's tuple of shared-stage hashes (first stage first):
+    first one run per group of the first shared stage (they build it, in parallel), then
+    one run per distinct full tuple (they build the later stages), then the rest (which
+    only copy, so they never hold a worker while waiting on a build)."""
+    tiers: list[list[int]] = [[], [], []]
+    seen_first, seen_full = set(), set()
+    for i, k in enumerate(keys):
+        if not k or k[:1] not in seen_first:
+            tiers[0].append(i)
+        elif k not in seen_full:
+            tiers[1].append(i)
+        else:
+            tiers[2].append(i)
+        seen_first.add(k[:1])
+        seen_full.add(k)
+    return tiers[0] + tiers[1] + tiers[2]
+
+
 def first_of_group_first(specs: list, stages: Iterable[str]) -> list:
-    """Order runs so that the first run of each group (same hash of the first shared stage)
-    comes before any other member of a group: builders first, sharers after."""
+    """``specs`` (RunSpec) in :func:`build_order`."""
     stages = list(stages)
     if not stages:
         return list(specs)
-    seen, first, rest = set(), [], []
-    for s in specs:
-        key = group_keys(s.config, stages)[:1]
-        (rest if key in seen else first).append(s)
-        seen.add(key)
-    return first + rest
+    return [specs[i] for i in build_order([group_keys(s.config, stages) for s in specs])]

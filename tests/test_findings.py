@@ -75,6 +75,13 @@ def test_rm_loss_config_key():
 
 
 # ----------------------------------------------------------------------------- stage hashes
+def test_build_order_builders_first():
+    from slurm.shared import build_order
+    # (pretrain hash, ppo hash) of 6 runs: seeds A and B, where runs 1 and 3 repeat run 0's PPO
+    keys = [("A", "x"), ("A", "x"), ("A", "y"), ("A", "x"), ("B", "x"), ()]
+    assert build_order(keys) == [0, 4, 5, 2, 1, 3]
+
+
 def test_stage_hash_depends_only_on_the_stage_keys():
     from rlhf.config import load_config, stage_hash
     base = load_config(REPO / "experiments" / "quickstart.yaml")
@@ -286,9 +293,11 @@ def test_findings_shares_stages_and_reports_claims(suite):
                     g = r2 / stage / f.relative_to(r1 / stage)
                     assert os.stat(f).st_ino == os.stat(g).st_ino, (f, g)
         assert os.stat(r1 / "ppo" / "summary.json").st_ino != os.stat(r2 / "ppo" / "summary.json").st_ino
-    for r in runs:  # neither run of a seed trained pretrain itself
-        log = (r / "findings_run.log").read_text()
-        assert "[pretrain] GPT-2" not in log.split("[shared]")[-1] or "from" in log
+    for seed, pair in by_seed.items():  # one run of the seed built pretrain/sft/rm, the other copied them
+        logs = [(r / "findings_run.log").read_text() for r in pair]
+        assert sorted("[pretrain] GPT-2" in log for log in logs) == [False, True]
+        assert sorted("[shared] sft" in log and " from " in log.split("[shared] sft")[1].splitlines()[0]
+                      for log in logs) == [False, True]
     # claim a from the real overopt records, by hand
     diffs = []
     for r in runs:
@@ -335,3 +344,13 @@ def test_findings_rerun_is_idempotent_and_counts_a_diverged_run(suite):
     assert a["runs"] == "n=1 of 2; 1 diverged"
     assert a["ci_method"] == "CI needs >= 2 seeds" and math.isnan(a["ci_low"])
     assert "no verdict" in a["verdict"]
+
+
+def test_findings_bad_suite_directory_is_an_input_error(tmp_path):
+    from rlhf.cli import main
+    assert main(["findings", str(tmp_path / "nope")]) == 2
+    (tmp_path / "claims.yaml").write_text("claims: []\n")
+    assert main(["findings", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # no sweep_*.yaml
+    (tmp_path / "sweep_x.yaml").write_text(yaml.safe_dump({"grid": {"ppo.betta": [0]}}))
+    assert main(["findings", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # unknown key: nothing runs
+    assert not (tmp_path / "out").exists()
