@@ -227,7 +227,7 @@ def _count_text(n: int, all_runs: pd.DataFrame, missing_value: int, seeds_expect
     bad = {s: c for s, c in states.items() if s != DONE}
     parts = [f"{c} {s}" for s, c in sorted(bad.items())]
     if missing_value:
-        parts.append(f"{missing_value} without the value (no eval record?)")
+        parts.append(f"{missing_value} done without this value (eval record or summary key missing)")
     return text + ("; " + ", ".join(parts) if parts else "")
 
 
@@ -513,21 +513,31 @@ def claim_figure(claim: Claim, rows: list[Row]):
     for fits, the seed-averaged curve and the fit; for monotone rows, the mean per cell."""
     from eval.metrics import bon_form, rl_form
 
-    from .style import COLUMN_IN, new_figure
+    from .style import new_figure
+    import textwrap
     n = len(rows)
-    fig, axes = new_figure(min(COLUMN_IN * n, 13.0), 2.4, ncols=n)
+    ncols = min(n, 4)
+    nrows = (n + ncols - 1) // ncols
+    fig, axes = new_figure(2.6 * ncols, 2.5 * nrows, nrows=nrows, ncols=ncols)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
     data = []
-    for ax, r in zip(axes[0], rows):
-        ax.set_title(f"{r.id}: {r.verdict}", fontsize=8)
+    for i, (ax, r) in enumerate(zip(flat, rows)):
+        short = r.verdict if len(r.verdict) <= 16 else r.verdict.split(" (")[0]
+        ax.set_title("\n".join(textwrap.wrap(f"{r.id}: {r.statistic}", 40)[:2]) + f"\n[{short}]", fontsize=6.5)
+        ylab = "value per seed"
         if r.kind == "overopt_fit" and r.curve is not None and len(r.curve):
             c = r.curve
             ax.plot(c["d"], c["gain"], "o", label="seed mean")
             d = np.linspace(0, float(c["d"].max()), 50)
             form = rl_form if r.spec.get("method", "rl") == "rl" else bon_form
-            ax.plot(d, form(d, float(c["alpha"].iloc[0]), float(c["beta"].iloc[0])), "-", label=f"fit R²={fmt(r.value)}")
+            if not math.isnan(float(c["alpha"].iloc[0])):
+                ax.plot(d, form(d, float(c["alpha"].iloc[0]), float(c["beta"].iloc[0])), "-",
+                        label=f"fit R²={fmt(r.value)}")
             ax.set_xlabel(r"$\sqrt{\mathrm{KL}}$")
             ax.set_ylabel("gold reward gain")
-            ax.legend(fontsize=6)
+            ax.legend(fontsize=5.5, loc="best")
             for _, p in c.iterrows():
                 data.append({"row": r.id, "x": p["d"], "y": p["gain"], "kind": "seed-mean point"})
         elif r.kind == "monotone" and r.curve is not None and len(r.curve):
@@ -539,7 +549,7 @@ def claim_figure(claim: Claim, rows: list[Row]):
             key = r.spec["over"]
             ax.set_xticks(xs, [str(v) for v in c[key]])
             ax.set_xlabel(key)
-            ax.set_ylabel(r.statistic[:30], fontsize=7)
+            ax.set_ylabel("mean, 95% CI", fontsize=6)
             for _, p in c.iterrows():
                 data.append({"row": r.id, "x": p[key], "y": p["mean"], "kind": "cell mean"})
         else:
@@ -552,7 +562,7 @@ def claim_figure(claim: Claim, rows: list[Row]):
                     ax.errorbar([0.5], [r.value], yerr=[[r.value - r.ci_low], [r.ci_high - r.value]], fmt="s",
                                 capsize=3, label="mean, 95% CI")
                 else:
-                    ax.plot([0.5], [r.value], "s", label=f"mean ({NO_CI})")
+                    ax.plot([0.5], [r.value], "s", label="mean (no CI: 1 seed)")
             for rule in r.spec.get("verdict", []) if r.spec.get("verdict") != "reported" else []:
                 m = _RULE.match(str(rule))
                 if m:
@@ -562,11 +572,12 @@ def claim_figure(claim: Claim, rows: list[Row]):
                     ax.axhspan(float(m.group(1)), float(m.group(2)), color="grey", alpha=0.15)
             ax.set_xlim(-0.5, 1.0)
             ax.set_xticks([])
-            ax.set_ylabel(r.statistic[:40], fontsize=7)
-            ax.legend(fontsize=6)
+            ax.set_ylabel(ylab, fontsize=6)
+            if i == 0:
+                ax.legend(fontsize=5.5, loc="best")
             for s, y in zip(seeds, ys):
                 data.append({"row": r.id, "x": s, "y": y, "kind": "seed"})
-    fig.suptitle(f"Claim {claim.id}: {claim.name}", fontsize=9)
+    fig.suptitle(f"Claim {claim.id}: {claim.name}", fontsize=8)
     return fig, pd.DataFrame(data, columns=["row", "x", "y", "kind"])
 
 
