@@ -173,6 +173,10 @@ def write_summary(rep: Report) -> tuple[Path, Path]:
         h.append(f"<figure><img src='figures/{paths['png'].name}' alt='{cap}'><figcaption><b>Figure {i}.</b> {cap} "
                  f"(<a href='figures/{paths['pdf'].name}'>PDF</a>, <a href='figures/{paths['csv'].name}'>data</a>)"
                  "</figcaption></figure>")
+    if rep.claims:
+        from .claims import to_frame
+        h.append("<h2>Claims</h2>")
+        h.append(to_frame(rep.claims).to_html(index=False, na_rep="--", float_format=lambda v: f"{v:.4g}"))
     h.append("<h2>Table 1: main results</h2>")
     h.append(table.to_html(index=False, na_rep="--", float_format=lambda v: f"{v:.4g}"))
     h.append("<h2>Runs not done</h2>")
