@@ -53,7 +53,7 @@ import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -351,8 +351,6 @@ def _monotone_row(data: Data, row: Row, src: dict) -> dict:
     row.curve = pd.DataFrame(cells)
     ns = [c["n"] for c in cells]
     row.n = min(ns) if ns else 0
-    done = runs[runs["state"] == DONE]
-    got = sum(ns)
     bad = runs[runs["state"] != DONE]["state"].value_counts().to_dict()
     row.runs = f"n={row.n}..{max(ns) if ns else 0} per cell, {len(cells)} cells" + \
         ("; " + ", ".join(f"{c} {s}" for s, c in sorted(bad.items())) if bad else "")

@@ -42,10 +42,10 @@ from typing import Optional
 
 import yaml
 
-from rlhf.config import InputError, to_dict
+from rlhf.config import InputError
 from rlhf.rundir import PACKAGES, atomic_write_json, atomic_write_text, read_json
 
-from .sweep import Sweep, SweepError, expand, load_sweep
+from .sweep import Sweep, expand, load_sweep
 
 EVAL_MARKER = "findings_done.json"
 
@@ -400,5 +400,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["run_findings", "write_doc", "eval_plan", "run_sweeps", "load_sweeps", "FindingsError", "to_dict",
-           "SweepError"]
+__all__ = ["run_findings", "write_doc", "eval_plan", "run_sweeps", "load_sweeps", "FindingsError"]

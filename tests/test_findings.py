@@ -10,7 +10,6 @@ import json
 import math
 import os
 import random
-from pathlib import Path
 
 import pandas as pd
 import pytest
