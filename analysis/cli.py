@@ -2,6 +2,7 @@
 
     rlhf report sweeps/sweep_quickstart --out reports/quickstart
     rlhf report sweeps/a sweeps/b/results.parquet runs/quickstart --out reports/all
+    rlhf report findings/sweeps/* --claims experiments/findings/claims.yaml --out findings/report
 
 Each DIR is a sweep directory collected with `rlhf sweep collect` (results.parquet or
 results.csv, runs under runs/), a results table, or a single run directory. Eval records
@@ -22,6 +23,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="DIR",
                    help="sweep directory (after `rlhf sweep collect`), results.parquet/.csv, or run directory")
     p.add_argument("--out", required=True, help="output directory (figures/, tables/, report.md, report.html)")
+    p.add_argument("--claims", default=None, metavar="YAML",
+                   help="a claims file (experiments/findings/claims.yaml): adds the claims table "
+                        "(tables/claims.{md,csv,tex}) and one figure per claim (figures/claim_<id>.*)")
     p.set_defaults(func=run)
     return p
 
@@ -29,13 +33,17 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     from .report import build_report
-    rep = build_report(args.inputs, args.out)  # InputError -> exit status 2 (rlhf/cli.py)
+    rep = build_report(args.inputs, args.out, claims=args.claims)  # InputError -> exit status 2 (rlhf/cli.py)
     per_run = rep.per_run
     print(f"{len(per_run)} runs ({(per_run['state'] == 'done').sum()} done) from {', '.join(rep.data.sources)}")
     for name, paths in rep.figures.items():
         print(f"  figure {name}: {paths['pdf']} {paths['png']} {paths['csv']}")
     for name, path in rep.tables.items():
         print(f"  table {name}: {path}")
+    if rep.claims:
+        print(f"claims: {len(rep.claims)} rows -> {rep.tables['claims_md']}")
+        for r in rep.claims:
+            print(f"  {r.id}: {r.statistic}: {r.value:.4g} {r.ci_method}; {r.runs}: {r.verdict}")
     print(f"summary: {rep.summary_md} and {rep.summary_html}")
     return 0
 

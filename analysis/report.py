@@ -10,6 +10,7 @@ Writes, under the output directory::
     tables/main_results.tex  booktabs, mean ± 95% CI over seeds per cell
     tables/main_results.csv  the same numbers (mean, ci_low, ci_high, n per metric; runs by state)
     tables/runs.csv          one row per run: state, error, conditions, seed, metrics
+    tables/claims.{md,csv,tex}, figures/claim_<id>.*   with ``claims`` (analysis/claims.py)
     report.md, report.html   every figure with a one-line caption, the table, runs not done
 """
 
@@ -48,6 +49,9 @@ class Report:
     per_run: pd.DataFrame | None = None
     table: pd.DataFrame | None = None
     open_figures: dict = field(default_factory=dict)  # name -> Figure, with keep_figures
+    claims: list = field(default_factory=list)  # analysis.claims.Row, with a claims file
+    claim_figures: dict = field(default_factory=dict)  # claim id -> {pdf, png, csv}
+    claims_md: str = ""
 
 
 def _symbols(keys: list[str]) -> str:
@@ -78,7 +82,8 @@ def figure_specs(data: Data, per_run: pd.DataFrame) -> list[FigureSpec]:
     ]
 
 
-def build_report(inputs: list[str | os.PathLike], out: str | os.PathLike, keep_figures: bool = False) -> Report:
+def build_report(inputs: list[str | os.PathLike], out: str | os.PathLike, keep_figures: bool = False,
+                 claims: str | os.PathLike | None = None) -> Report:
     """Read ``inputs`` (sweep directories, results tables, run directories) and write the
     report to ``out``. ``keep_figures`` keeps the matplotlib Figures open on the result
     (``result.open_figures``) for inspection; by default they are closed after saving."""
@@ -106,6 +111,16 @@ def build_report(inputs: list[str | os.PathLike], out: str | os.PathLike, keep_f
                 paths = save(fig, base)
             rep.figures[spec.name] = {"pdf": paths[0], "png": paths[1], "csv": base.with_suffix(".csv")}
             rep.captions[spec.name] = spec.caption
+    if claims:
+        from . import claims as C
+        spec = C.load_claims(claims)
+        rep.claims = C.claims_table(spec, data)
+        rep.claim_figures = C.write_claim_figures(rep.claims, spec, out / "figures")
+        links = {cid: f"../figures/{p['png'].name}" for cid, p in rep.claim_figures.items()}
+        for k, p in C.write_claims(rep.claims, spec, out / "tables", links).items():
+            rep.tables[f"claims_{k}"] = p
+        rep.claims_md = C.to_markdown(rep.claims, spec, {cid: f"figures/{p['png'].name}"
+                                                         for cid, p in rep.claim_figures.items()})
     rep.summary_md, rep.summary_html = write_summary(rep)
     return rep
 
@@ -130,6 +145,10 @@ def write_summary(rep: Report) -> tuple[Path, Path]:
                f"![{rep.captions[name]}](figures/{paths['png'].name})", "",
                f"*Figure {i}.* {rep.captions[name]} "
                f"([PDF](figures/{paths['pdf'].name}), [data](figures/{paths['csv'].name}))", ""]
+    if rep.claims_md:
+        md += ["## Claims", "", "Mean over seeds, Student-t 95% interval clipped to the statistic's range; runs not "
+               "done are counted, never averaged in. CSV: [tables/claims.csv](tables/claims.csv), LaTeX: "
+               "[tables/claims.tex](tables/claims.tex).", "", rep.claims_md, ""]
     md += ["## Table 1: main results", "",
            "Mean ± 95% CI half-width over seeds; LaTeX: [tables/main_results.tex](tables/main_results.tex), "
            "CSV: [tables/main_results.csv](tables/main_results.csv), per run: [tables/runs.csv](tables/runs.csv).",
@@ -154,6 +173,10 @@ def write_summary(rep: Report) -> tuple[Path, Path]:
         h.append(f"<figure><img src='figures/{paths['png'].name}' alt='{cap}'><figcaption><b>Figure {i}.</b> {cap} "
                  f"(<a href='figures/{paths['pdf'].name}'>PDF</a>, <a href='figures/{paths['csv'].name}'>data</a>)"
                  "</figcaption></figure>")
+    if rep.claims:
+        from .claims import to_frame
+        h.append("<h2>Claims</h2>")
+        h.append(to_frame(rep.claims).to_html(index=False, na_rep="--", float_format=lambda v: f"{v:.4g}"))
     h.append("<h2>Table 1: main results</h2>")
     h.append(table.to_html(index=False, na_rep="--", float_format=lambda v: f"{v:.4g}"))
     h.append("<h2>Runs not done</h2>")

@@ -119,6 +119,9 @@ class RMConfig:
     max_new_tokens: int = 16
     epochs: int = 3
     batch_size: int = 8  # prompts (each with K responses) per step
+    # "kwise": all C(K,2) pairs of a prompt in one batch element (InstructGPT); "pairs": every
+    # pair an independent example, shuffled across prompts (rlhf/reward.py: ranking_batches)
+    loss: str = "kwise"
     lr: float = 5e-4
     heldout_frac: float = 0.15
     # toy world: comparisons sampled on facts held out from RM and PPO training, evaluation only
@@ -200,6 +203,7 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("ppo.target_kl", lambda v: v > 0, "> 0"),
     ("ppo.kl_horizon", lambda v: v > 0, "> 0"),
     ("ppo.critic", lambda v: v in ("separate", "head"), "'separate' or 'head'"),
+    ("rm.loss", lambda v: v in ("kwise", "pairs"), "'kwise' or 'pairs'"),
     ("ppo.rounds", lambda v: v >= 1, ">= 1"),
     ("ppo.grad_clip", lambda v: v > 0, "> 0"),
     ("rm.sample_temperature", lambda v: v > 0, "> 0"),
@@ -435,3 +439,33 @@ def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             changes.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
     return changes
+
+
+# Which config keys each stage's result depends on (besides the stages before it). Keys that
+# never change a result (name, out_dir, threads, device, the list of stages) are left out.
+_STAGE_SECTIONS = {"world": ("world",), "pretrain": ("seed", "world", "model", "pretrain"),
+                   "sft": ("seed", "world", "model", "pretrain", "sft"),
+                   "rm": ("seed", "world", "model", "pretrain", "sft", "rm")}
+NOT_A_RESULT_KEY = ("name", "out_dir", "threads", "device", "stages")
+
+
+def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:
+    """The resolved config keys that the result of ``stage`` (world, pretrain, sft, rm, ppo)
+    depends on: world <- world.*; pretrain <- seed, world.*, model.*, pretrain.*; sft <- those
+    + sft.*; rm <- those + rm.*; ppo <- every key but name, out_dir, threads, device, stages."""
+    flat = flatten(cfg)
+    if stage == "ppo":
+        return {k: v for k, v in flat.items() if k not in NOT_A_RESULT_KEY}
+    if stage not in _STAGE_SECTIONS:
+        raise ConfigError(f"unknown stage {stage!r} (known: world, {', '.join(STAGES)})")
+    secs = _STAGE_SECTIONS[stage]
+    return {k: v for k, v in flat.items() if k.split(".")[0] in secs}
+
+
+def stage_hash(cfg: RunConfig, stage: str) -> str:
+    """12 hex digits naming the result of ``stage`` under ``cfg``: two configs with the same
+    hash build byte-for-byte the same stage (deterministic pipeline), so one can reuse it."""
+    import hashlib
+    import json
+    text = json.dumps({"stage": stage, **stage_keys(cfg, stage)}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

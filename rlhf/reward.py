@@ -204,6 +204,42 @@ def evaluate_rm(model, tokenizer, rows: list[dict], device, max_len: int, batch:
     return out
 
 
+def ranking_batches(rows: list[dict], loss: str, batch_size: int, rng: random.Random) -> list[list[dict]]:
+    """One epoch of reward-model batches (``rm.loss``), each a list of ranked rows (best first).
+
+    * ``kwise`` (InstructGPT): the prompts are shuffled and ``batch_size`` of them make a
+      batch; each row keeps all its K responses, so all C(K,2) pairs of a prompt sit in one
+      batch element.
+    * ``pairs``: every pair (y_i, y_j), i < j, of every prompt's ranking becomes its own
+      row ``[y_i, y_j]``; all pairs are shuffled together across prompts, and a batch holds
+      ``batch_size · P`` pairs, P = round(pairs / prompts) (C(K,2) when every prompt has K
+      responses). So an epoch sees exactly the same pairs, and the same number of optimizer
+      steps (ceil(prompts / batch_size) when P = C(K,2)), as ``kwise``; only the grouping
+      differs. With a batch of one prompt's pairs, ``kwise_ranking_loss`` over the K = 2 rows
+      equals the K-wise loss of that prompt (both are the mean of -log σ(r_w - r_l) over its
+      pairs). Each pair is scored on its own (2 forward passes per pair, against K per
+      prompt for ``kwise``: InstructGPT's efficiency argument).
+    """
+    if loss not in ("kwise", "pairs"):
+        raise ValueError(f"rm.loss={loss!r}: expected 'kwise' or 'pairs'")
+    if loss == "kwise":
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        return [[rows[j] for j in order[i:i + batch_size]] for i in range(0, len(order), batch_size)]
+    pairs = []
+    for r in rows:
+        resp = r["responses"]
+        for a in range(len(resp)):
+            for b in range(a + 1, len(resp)):
+                pairs.append({**r, "responses": [resp[a], resp[b]],
+                              "gold": [r["gold"][a], r["gold"][b]] if r.get("gold") else r.get("gold"),
+                              **({"kinds": [r["kinds"][a], r["kinds"][b]]} if r.get("kinds") else {})})
+    rng.shuffle(pairs)
+    per_prompt = max(1, round(len(pairs) / max(1, len(rows))))
+    size = batch_size * per_prompt
+    return [pairs[i:i + size] for i in range(0, len(pairs), size)]
+
+
 def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, comparisons: list[dict],
                        demos: list[tuple[str, str]], device, test: Optional[list[dict]] = None) -> dict:
     """Train on ``comparisons`` (a held-out share of their prompts is kept for
@@ -227,14 +263,11 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.1, 1.0 - s / max(1, n_steps)))
     t0 = time.time()
     step = 0
-    bar = tqdm(total=n_steps, desc=f"reward model (K={comparisons[0] and len(comparisons[0]['responses'])})",
-               mininterval=2.0)
+    bar = tqdm(total=n_steps, desc=f"reward model (K={comparisons[0] and len(comparisons[0]['responses'])}, "
+                                   f"{rc.loss})", mininterval=2.0)
     for epoch in range(rc.epochs):
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        for i in range(0, len(order), rc.batch_size):
+        for rows in ranking_batches(train, rc.loss, rc.batch_size, rng):
             model.train()
-            rows = [train[j] for j in order[i:i + rc.batch_size]]
             r, valid = score_batch(model, tokenizer, rows, device, max_len)
             loss = kwise_ranking_loss(r, valid)
             if not torch.isfinite(loss):

@@ -75,6 +75,13 @@ class SweepRun(submitit.helpers.Checkpointable):
         print(f"[sweep] {spec['run_id']}: job {info['job_id']} restart {info['restarts']} on {info['host']}",
               flush=True)
         try:
+            if spec.get("share_stages"):
+                from .shared import provide_shared_stages
+                try:
+                    provide_shared_stages(cfg, rd.path, spec["shared_dir"], spec["share_stages"])
+                except Exception as e:
+                    rd.set_status("failed", stage="shared", error=f"shared stages: {type(e).__name__}: {e}")
+                    raise
             if n_procs(spec) > 1 and spec.get("launcher", "auto") != "none":
                 self._run_data_parallel(spec, rd)
             else:
@@ -207,3 +214,25 @@ def result_of(rd: RunDir, run_id: str) -> dict:
             out[stage] = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
     return out
 
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m slurm.runner JOB.json``: run one sweep cell from a job spec
+    (``slurm.submit.job_spec``) in this process; exit 0 when the run is done."""
+    import json
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m slurm.runner JOB.json", file=sys.stderr)
+        return 2
+    with open(args[0]) as f:
+        spec = json.load(f)
+    try:
+        res = SweepRun("local")(spec)
+    except BaseException as e:  # noqa: BLE001 - the run directory's status.json says what happened
+        print(f"[sweep] {spec.get('run_id')}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0 if res.get("state") == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

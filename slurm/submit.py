@@ -21,6 +21,7 @@ from rlhf.rundir import append_jsonl, atomic_write_json, read_json
 
 from .records import FAILED_STATES, slurm_reachable, sweep_states
 from .runner import SweepRun
+from .shared import first_of_group_first, shared_root
 from .sweep import EXECUTORS, ClusterError, RunSpec, Sweep, SweepError, expand
 
 
@@ -56,7 +57,18 @@ def job_spec(sweep: Sweep, spec: RunSpec) -> dict:
     return {"run_id": spec.run_id, "run_dir": str(Path(spec.config.out_dir).resolve() / spec.run_id),
             "config": to_dict(spec.config), "gpus": sweep.profile.gpus_per_node, "procs": sweep.profile.procs, "launcher": sweep.profile.launcher,
             "stop_grace_s": max(5, sweep.profile.signal_delay_s // 2),
-            "sweep": sweep.name}
+            "sweep": sweep.name, "share_stages": list(sweep.share_stages),
+            "shared_dir": str(shared_root(sweep.out_dir).resolve())}
+
+
+def write_manifest(sweep: Sweep, specs: list[RunSpec]) -> None:
+    """sweep.json and manifest.json: what makes a directory a sweep directory."""
+    sdir = sweep.directory
+    sdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(sdir / "sweep.json", sweep.to_dict())
+    atomic_write_json(sdir / "manifest.json", {
+        "sweep": sweep.name, "source": sweep.source, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "runs": [{"run_id": r.run_id, "cell": r.cell} for r in specs]})
 
 
 def plan(sweep: Sweep, specs: list[RunSpec], retry_failed: bool) -> Submission:
@@ -113,16 +125,16 @@ def _submit(sweep: Sweep, specs: list[RunSpec], executor: str, retry_failed: boo
         for rid in sub.submitted:
             print(f"  would submit {rid}", file=out)
         return sub, []
-    atomic_write_json(sdir / "sweep.json", sweep.to_dict())
-    atomic_write_json(sdir / "manifest.json", {
-        "sweep": sweep.name, "source": sweep.source, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "runs": [{"run_id": r.run_id, "cell": r.cell} for r in specs]})
+    write_manifest(sweep, specs)
     if not sub.submitted:
         print("nothing to submit", file=out)
         return sub, []
 
     import submitit
     by_id = {r.run_id: r for r in specs}
+    # one run of each shared-stage group first: it builds, the others copy (slurm/shared.py)
+    sub.submitted = [r.run_id for r in first_of_group_first([by_id[rid] for rid in sub.submitted],
+                                                            sweep.share_stages)]
     todo = [job_spec(sweep, by_id[rid]) for rid in sub.submitted]
     folder = (sdir / "submitit" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     while folder.exists():  # two submissions in the same second

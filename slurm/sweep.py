@@ -16,6 +16,8 @@ A sweep file (YAML, usually ``experiments/sweep_*.yaml``)::
     seeds: [0, 1]                  # or a count: 3 = [0, 1, 2]
     max_runs: 1000
     slurm: {partition: gpu, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 32, time_min: 240}
+    share_stages: [pretrain, sft]  # optional: runs that agree on every key a stage depends on
+                                   # build it once (<out_dir>/shared/, slurm/shared.py)
 
 :func:`expand` turns it into :class:`RunSpec` s, each validated with
 :func:`rlhf.config.from_dict`, with a stable, readable run id: the varying key=value pairs
@@ -116,6 +118,7 @@ class Sweep:
     max_runs: int
     profile: ClusterProfile
     source: Optional[str] = None  # the sweep file
+    share_stages: list[str] = field(default_factory=list)  # built once per group of runs (slurm/shared.py)
 
     @property
     def directory(self) -> Path:
@@ -133,7 +136,8 @@ class Sweep:
         return {"name": self.name, "out_dir": self.out_dir,
                 "base": {"config": self.base_config, "overrides": self.base_overrides},
                 "grid": self.grid, "zip": self.zips, "seeds": self.seeds, "max_runs": self.max_runs,
-                "slurm": {k: v for k, v in self.profile.__dict__.items()}, "source": self.source}
+                "slurm": {k: v for k, v in self.profile.__dict__.items()}, "source": self.source,
+                "share_stages": self.share_stages}
 
 
 @dataclass
@@ -148,7 +152,7 @@ class RunSpec:
 
 # ----------------------------------------------------------------------------- loading
 
-_TOP_KEYS = {"name", "out_dir", "base", "grid", "zip", "seeds", "max_runs", "slurm", "cluster"}
+_TOP_KEYS = {"name", "out_dir", "base", "grid", "zip", "seeds", "max_runs", "slurm", "cluster", "share_stages"}
 _KNOWN_CONFIG_KEYS = set(flatten(RunConfig()))
 
 
@@ -329,9 +333,13 @@ def parse_sweep(data: Any, source: Optional[Path] = None, overrides: Optional[li
     if isinstance(mr, bool) or not isinstance(mr, int) or mr < 1:
         raise SweepError(f"max_runs: expected a positive integer, got {mr!r}")
     prof = _profile(data.get("slurm", data.get("cluster")))
+    share = data.get("share_stages") or []
+    from .shared import SHAREABLE
+    if not isinstance(share, list) or any(x not in SHAREABLE for x in share):
+        raise SweepError(f"share_stages: expected a list of {', '.join(SHAREABLE)}, got {data.get('share_stages')!r}")
     return Sweep(name=name, out_dir=str(out_dir or data.get("out_dir") or "sweeps"), base_config=base_config,
                  base_overrides=base_overrides, grid=grid, zips=zips, seeds=seeds, max_runs=mr, profile=prof,
-                 source=str(source) if source else None)
+                 source=str(source) if source else None, share_stages=list(share))
 
 
 # ----------------------------------------------------------------------------- expansion

@@ -1,0 +1,355 @@
+"""The findings suite: rm.loss=pairs, shared stages, the claims table, `rlhf findings`.
+
+The claims machinery is checked twice: on hand-built tables of runs and records (every kind
+of statistic, a claim built to hold and one built to fail, a failed run, one seed), and on
+a tiny real suite run end to end with the local executor (2 seeds x 2 beta cells, shared
+pretrain/sft/rm, `rlhf eval` overopt records, report, docs page, idempotent re-run).
+"""
+
+import json
+import math
+import os
+import random
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, TINY
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+# ----------------------------------------------------------------------------- rm.loss
+def _rows(n_prompts, k):
+    return [{"prompt": f"p{i}", "responses": [f"p{i}r{j}" for j in range(k)], "gold": [float(-j) for j in range(k)],
+             "kinds": ["other"] * k} for i in range(n_prompts)]
+
+
+def test_rm_pairs_one_prompt_equals_kwise_loss_by_hand():
+    from rlhf.losses import kwise_ranking_loss
+    from rlhf.reward import ranking_batches
+    rows = _rows(1, 3)
+    kw = ranking_batches(rows, "kwise", 1, random.Random(0))
+    pr = ranking_batches(rows, "pairs", 1, random.Random(0))
+    assert len(kw) == len(pr) == 1 and len(pr[0]) == 3  # one prompt's C(3,2) pairs in one batch
+    score = {"p0r0": 2.0, "p0r1": 1.0, "p0r2": -1.0}
+    r_kw = torch.tensor([[score[t] for t in kw[0][0]["responses"]]])
+    r_pr = torch.tensor([[score[t] for t in row["responses"]] for row in pr[0]])
+    # by hand: mean of -log sigmoid(diff) over the pairs (0,1), (0,2), (1,2): diffs 1, 3, 2
+    by_hand = (math.log1p(math.exp(-1)) + math.log1p(math.exp(-3)) + math.log1p(math.exp(-2))) / 3
+    assert kwise_ranking_loss(r_kw).item() == pytest.approx(by_hand, abs=1e-6)
+    assert kwise_ranking_loss(r_pr).item() == pytest.approx(by_hand, abs=1e-6)
+    # every pair keeps the labeler's order (the preferred response first)
+    for row in pr[0]:
+        a, b = (int(t[-1]) for t in row["responses"])
+        assert a < b and row["gold"][0] > row["gold"][1]
+
+
+def test_rm_pairs_same_pairs_and_steps_but_shuffled_across_prompts():
+    from rlhf.reward import ranking_batches
+    rows = _rows(20, 4)
+    kw = ranking_batches(rows, "kwise", 8, random.Random(1))
+    pr = ranking_batches(rows, "pairs", 8, random.Random(1))
+    assert len(kw) == len(pr) == 3  # ceil(20/8) optimizer steps per epoch in both
+    assert [len(b) for b in pr] == [48, 48, 24]  # batch_size * C(4,2) pairs
+    kw_pairs = sorted((r["responses"][i], r["responses"][j]) for b in kw for r in b
+                      for i in range(4) for j in range(i + 1, 4))
+    pr_pairs = sorted(tuple(r["responses"]) for b in pr for r in b)
+    assert kw_pairs == pr_pairs  # the same 120 pairs per epoch
+    # the order differs: a pairs batch mixes many prompts; a kwise batch element holds one prompt
+    assert len({r["prompt"] for r in pr[0]}) > 8
+    first_prompts = [r["prompt"] for r in pr[0][:6]]
+    assert len(set(first_prompts)) > 1
+    with pytest.raises(ValueError, match="rm.loss"):
+        ranking_batches(rows, "listwise", 8, random.Random(1))
+
+
+def test_rm_loss_config_key():
+    from rlhf.config import ConfigError, load_config
+    assert load_config(REPO / "experiments" / "quickstart.yaml", ["rm.loss=pairs"]).rm.loss == "pairs"
+    with pytest.raises(ConfigError, match="rm.loss"):
+        load_config(REPO / "experiments" / "quickstart.yaml", ["rm.loss=triples"])
+
+
+# ----------------------------------------------------------------------------- stage hashes
+def test_build_order_builders_first():
+    from slurm.shared import build_order
+    # (pretrain hash, ppo hash) of 6 runs: seeds A and B, where runs 1 and 3 repeat run 0's PPO
+    keys = [("A", "x"), ("A", "x"), ("A", "y"), ("A", "x"), ("B", "x"), ()]
+    assert build_order(keys) == [0, 4, 5, 2, 1, 3]
+
+
+def test_stage_hash_depends_only_on_the_stage_keys():
+    from rlhf.config import load_config, stage_hash
+    base = load_config(REPO / "experiments" / "quickstart.yaml")
+
+    def h(over, stage):
+        return stage_hash(load_config(REPO / "experiments" / "quickstart.yaml", over), stage)
+    for stage in ("world", "pretrain", "sft", "rm", "ppo"):  # name, out_dir, threads, device, stages: no effect
+        assert h(["name=x", "out_dir=/tmp/y", "threads=2", "device=cpu", "stages=[pretrain]"], stage) == \
+            stage_hash(base, stage)
+    assert h(["ppo.beta=0.3"], "rm") == stage_hash(base, "rm") and h(["ppo.beta=0.3"], "ppo") != stage_hash(base, "ppo")
+    assert h(["rm.k=2"], "sft") == stage_hash(base, "sft") and h(["rm.k=2"], "rm") != stage_hash(base, "rm")
+    assert h(["sft.lr=0.01"], "pretrain") == stage_hash(base, "pretrain")
+    assert h(["sft.lr=0.01"], "sft") != stage_hash(base, "sft")
+    assert h(["seed=3"], "world") == stage_hash(base, "world") and h(["seed=3"], "pretrain") != \
+        stage_hash(base, "pretrain")
+    assert h(["world.n_entities=10"], "world") != stage_hash(base, "world")
+
+
+# ----------------------------------------------------------------------------- claims on hand-built data
+def _data(runs, records):
+    from analysis.data import Data
+    rec = pd.DataFrame(records, columns=["run_id", "checkpoint_label", "suite", "metric", "subset", "value",
+                                         "delta_vs_ref", "error"])
+    return Data(runs=pd.DataFrame(runs), records=rec, curves=pd.DataFrame(columns=["run_id", "step"]),
+                sources=["x/sw"])
+
+
+def _claim(rows, cid="t"):
+    from analysis.claims import Claim
+    return Claim(id=cid, name="test", text="", rows=rows)
+
+
+def _rec(run, cp, suite, metric, subset, value, delta=None):
+    return [run, cp, suite, metric, subset, value, delta, None]
+
+
+def test_claims_hold_fail_failed_run_and_one_seed():
+    from analysis.claims import claims_table
+    runs = [{"source": "x/sw", "run_id": f"s{s}", "state": "done", "seed": s, "ppo.beta": 0.0,
+             "ppo.final_kl": 1.0} for s in range(3)]
+    runs.append({"source": "x/sw", "run_id": "s3", "state": "diverged", "seed": 3, "ppo.beta": 0.0,
+                 "ppo.final_kl": float("nan")})
+    recs = []
+    for s, (a, b) in enumerate([(0.5, 0.6), (0.5, 0.7), (0.4, 0.55)]):
+        recs += [_rec(f"s{s}", "sft", "truthfulqa", "mc1", "heldout", a),
+                 _rec(f"s{s}", "ppo", "truthfulqa", "mc1", "heldout", b)]
+    recs.append(_rec("s3", "ppo", "truthfulqa", "mc1", "heldout", 99.0))  # a diverged run: never averaged
+    src = lambda cp: {"sweep": "sw", "record": {"suite": "truthfulqa", "metric": "mc1", "subset": "heldout",  # noqa
+                                                "checkpoint": cp}}
+    rows = claims_table([_claim([
+        {"id": "hold", "kind": "paired", "x": src("ppo"), "y": src("sft"), "range": [-1, 1],
+         "verdict": ["ci_low > 0"]},
+        {"id": "fail", "kind": "paired", "x": src("ppo"), "y": src("sft"), "range": [-1, 1],
+         "verdict": ["ci_high < 0"]},
+        {"id": "clip", "kind": "mean", "x": src("ppo"), "range": [0, 0.7], "verdict": ["ci_high <= 0.7"]},
+    ])], _data(runs, recs))
+    hold, fail, clip = rows
+    # by hand: diffs 0.1, 0.2, 0.15 -> mean 0.15, sd 0.05, t(0.975, 2) = 4.302653 -> half 0.124211
+    assert hold.value == pytest.approx(0.15) and hold.n == 3
+    assert hold.ci_low == pytest.approx(0.15 - 4.302653 * 0.05 / math.sqrt(3), abs=1e-5)
+    assert hold.ci_high == pytest.approx(0.15 + 4.302653 * 0.05 / math.sqrt(3), abs=1e-5)
+    assert hold.ci_method == "t-interval, n=3"
+    assert hold.verdict == "holds" and fail.verdict == "does not hold"
+    assert hold.runs == "n=3 of 4; 1 diverged"
+    # mean 0.6167, CI [0.40, 0.83] clipped to the range's 0.7
+    assert clip.value == pytest.approx((0.6 + 0.7 + 0.55) / 3) and clip.ci_high == 0.7
+
+    # one seed: point value, no CI, no verdict, says why
+    one = _data(runs[:1], recs[:2])
+    (r,) = claims_table([_claim([{"id": "one", "kind": "paired", "x": src("ppo"), "y": src("sft"),
+                                  "verdict": ["ci_low > 0"]}])], one)
+    assert r.value == pytest.approx(0.1) and math.isnan(r.ci_low) and math.isnan(r.ci_high)
+    assert r.ci_method == "CI needs >= 2 seeds" and "CI needs >= 2 seeds" in r.verdict
+    from analysis.claims import ci_text, to_markdown
+    assert ci_text(r) == "CI needs >= 2 seeds"
+    assert "[0.1, 0.1]" not in to_markdown([r], [_claim([])])
+
+
+def test_claims_overopt_monotone_within_ci_and_required_pairs():
+    from analysis.claims import claims_table
+    runs, recs = [], []
+    # beta cells 0, 0.1, 1: final KL 8, 4, 1 (+ seed noise) -> monotone and ends disjoint
+    for b, kl in ((0.0, 8.0), (0.1, 4.0), (1.0, 1.0)):
+        for s in range(3):
+            rid = f"b{b}s{s}"
+            runs.append({"source": "x/sw", "run_id": rid, "state": "done", "seed": s, "ppo.beta": b,
+                         "ppo.final_kl": kl + 0.1 * s, "rm.pairs": 120 - 30 * s, "g": 0.3 + 0.01 * s})
+            if b == 0.0:  # gold rises then falls along sqrt(KL); the RM score keeps rising
+                for cp, k, gold, rm in (("sft", 0.0, 0.0, 0.0), ("ppo/kl_1", 1.0, 0.5 + 0.1 * s, 1.0),
+                                        ("ppo/kl_4", 4.0, 0.6, 2.0), ("ppo", 9.0, 0.2, 3.0)):
+                    recs += [_rec(rid, cp, "overopt", "gold_reward", "rl", gold),
+                             _rec(rid, cp, "overopt", "rm_score", "rl", rm),
+                             _rec(rid, cp, "overopt", "kl", "rl", k)]
+    sw = {"sweep": "sw"}
+    rows = claims_table([_claim([
+        {"id": "drop", "kind": "overopt", "quantity": "gold_drop", "x": {**sw, "where": {"ppo.beta": 0}},
+         "verdict": ["ci_low > 0"]},
+        {"id": "rise", "kind": "overopt", "quantity": "rm_rise", "x": {**sw, "where": {"ppo.beta": 0}},
+         "verdict": ["ci_low > 0"]},
+        {"id": "fit", "kind": "overopt_fit", "method": "rl", "x": {**sw, "where": {"ppo.beta": 0}},
+         "verdict": ["value >= 0.9"]},
+        {"id": "mono", "kind": "monotone", "over": "ppo.beta", "x": {**sw, "summary": "ppo.final_kl"},
+         "verdict": ["monotone"]},
+        {"id": "monofail", "kind": "monotone", "over": "ppo.beta", "x": {**sw, "summary": "g"},
+         "verdict": ["monotone"]},
+        {"id": "within", "kind": "within_ci", "x": {**sw, "where": {"ppo.beta": "min>0"}, "summary": "g"},
+         "y": {**sw, "where": {"ppo.beta": 0}, "summary": "g"}, "verdict": ["within_ci"]},
+        {"id": "pairs", "kind": "mean", "x": {**sw, "where": {"ppo.beta": 0}, "summary": "g"},
+         "require_each_seed": {**sw, "where": {"ppo.beta": 0}, "summary": "rm.pairs", "min": 100},
+         "verdict": ["ci_low > 0"]},
+    ])], _data(runs, recs))
+    drop, rise, fit, mono, monofail, within, pairs = rows
+    # peaks: seed 0 at kl_4 (0.6), seed 1 at kl_1 (0.6, tied with kl_4: the earlier), seed 2 at kl_1
+    # (0.7); final gold 0.2; RM score 1 at kl_1, 2 at kl_4, 3 at the end
+    assert drop.per_seed == pytest.approx({0: 0.4, 1: 0.4, 2: 0.5}) and drop.verdict == "holds"
+    assert rise.per_seed == pytest.approx({0: 1.0, 1: 2.0, 2: 2.0}) and rise.verdict == "holds"
+    # the fit uses eval.metrics.fit_overoptimization on the seed-averaged points
+    from eval.metrics import fit_overoptimization
+    d = [0.0, 1.0, 2.0, 3.0]
+    g = [0.0, 0.6, 0.6, 0.2]
+    assert fit.value == pytest.approx(fit_overoptimization(d, g, "rl")["r2"])
+    assert fit.verdict == ("holds" if fit.value >= 0.9 else "does not hold")
+    assert mono.verdict == "holds" and mono.value == pytest.approx(7.0)
+    assert monofail.verdict == "does not hold"  # the same value in every cell: not monotone
+    assert within.verdict == "holds"
+    assert pairs.verdict == "does not hold" and "need >= 100" in pairs.detail  # seeds 1, 2 have < 100 pairs
+
+
+def test_claims_file_errors_name_the_row(tmp_path):
+    from analysis.claims import ClaimsError, load_claims
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"claims": [{"id": "a", "rows": [{"id": "a1", "kind": "mean", "x": {"sweep": "s"},
+                                                                  "verdict": ["ci_low >> 0"]}]}]}))
+    with pytest.raises(ClaimsError, match=r"\(a\) rows\[0\].*ci_low >> 0"):
+        load_claims(p)
+    claims = load_claims(REPO / "experiments" / "findings" / "claims.yaml")
+    assert [c.id for c in claims] == list("abcdefgh")
+
+
+# ----------------------------------------------------------------------------- the suite, end to end
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("findings")
+    sdir = root / "suite"
+    sdir.mkdir()
+    sweep = {"name": "tiny", "base": {"config": str(REPO / "experiments" / "quickstart.yaml"),
+                                      "overrides": list(TINY)},
+             "grid": {"ppo.beta": [0.0, 0.1]}, "seeds": [0, 1], "share_stages": ["pretrain", "sft", "rm"]}
+    (sdir / "sweep_tiny.yaml").write_text(yaml.safe_dump(sweep))
+    (sdir / "eval.yaml").write_text(yaml.safe_dump({
+        "settings": {"overopt_n_prompts": 4, "overopt_samples": 2, "bon_max_n": 2, "overopt_max_new_tokens": 8},
+        "sweeps": {"tiny": {"suites": ["overopt"], "checkpoints": ["sft", "ppo"]}}}))
+    gold = lambda cp: {"sweep": "tiny", "where": {"ppo.beta": 0},  # noqa: E731
+                       "record": {"suite": "overopt", "metric": "gold_reward", "subset": "rl", "checkpoint": cp}}
+    (sdir / "claims.yaml").write_text(yaml.safe_dump({"claims": [
+        {"id": "a", "name": "RLHF helps", "rows": [{"id": "a", "statistic": "d gold", "kind": "paired",
+                                                     "x": gold("ppo"), "y": gold("sft"), "verdict": ["ci_low > 0"]}]},
+        {"id": "e", "name": "beta controls KL", "rows": [{"id": "e", "statistic": "final KL", "kind": "monotone",
+                                                          "over": "ppo.beta",
+                                                          "x": {"sweep": "tiny", "summary": "ppo.final_kl"},
+                                                          "verdict": ["monotone"]}]}]}))
+    from slurm.findings import run_findings
+    logs = []
+    out = root / "out"
+    run_findings(sdir, "local", None, out, jobs=1, doc=None, command="rlhf findings X", say=logs.append,
+                 until="eval")
+    _add_sft_rl_records(out)
+    res = run_findings(sdir, "local", None, out, jobs=1, doc=root / "docs" / "findings.md", command="rlhf findings X",
+                       say=logs.append)
+    return {"root": root, "out": out, "res": res, "logs": logs, "suite": sdir}
+
+
+def _add_sft_rl_records(out):
+    """Where `rlhf eval` does not yet write the SFT point of the RL curve (subset "rl",
+    checkpoint "sft"), add it in the record format from the SFT samples it did score
+    (best-of-1 is SFT sampling), so that the claims machinery has what it reads."""
+    for r in _sweep_runs(out):
+        path = r / "eval" / "records.jsonl"
+        recs = [json.loads(x) for x in path.read_text().splitlines()]
+        if any(x["checkpoint_label"] == "sft" and x["subset"] == "rl" and x["metric"] == "gold_reward" for x in recs):
+            continue
+        bon1 = {x["metric"]: x for x in recs if x["subset"] == "bon_n=1" and not x.get("error")}
+        with open(path, "a") as f:
+            for metric, src in (("gold_reward", "gold_reward"), ("rm_score", "proxy_reward"), ("kl", None)):
+                base = bon1["gold_reward"]
+                value = 0.0 if src is None else bon1[src]["value"]
+                f.write(json.dumps({**base, "metric": metric, "subset": "rl", "value": value, "method": "rl"}) + "\n")
+
+
+def _sweep_runs(out):
+    return sorted(p for p in (out / "sweeps" / "tiny" / "runs").iterdir() if p.is_dir())
+
+
+def test_findings_shares_stages_and_reports_claims(suite):
+    out, res = suite["out"], suite["res"]
+    assert res["failed_runs"] == [] and res["failed_evals"] == []
+    runs = _sweep_runs(out)
+    assert len(runs) == 4
+    shared = out / "sweeps" / "shared"
+    for stage in ("pretrain", "sft", "rm"):  # built once per seed, in the shared build area
+        assert len(list(shared.glob(f"{stage}-*/{stage}/DONE"))) == 2
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(yaml.safe_load((r / "config.yaml").read_text())["seed"], []).append(r)
+    for seed, (r1, r2) in by_seed.items():
+        for stage in ("world", "pretrain", "sft", "rm"):
+            for f in (r1 / stage).rglob("*"):
+                if f.is_file():  # hard links to one file: byte-identical and not recomputed
+                    g = r2 / stage / f.relative_to(r1 / stage)
+                    assert os.stat(f).st_ino == os.stat(g).st_ino, (f, g)
+        assert os.stat(r1 / "ppo" / "summary.json").st_ino != os.stat(r2 / "ppo" / "summary.json").st_ino
+    for seed, pair in by_seed.items():  # one run of the seed built pretrain/sft/rm, the other copied them
+        logs = [(r / "findings_run.log").read_text() for r in pair]
+        assert sorted("[pretrain] GPT-2" in log for log in logs) == [False, True]
+        assert sorted("[shared] sft" in log and " from " in log.split("[shared] sft")[1].splitlines()[0]
+                      for log in logs) == [False, True]
+    # claim a from the real overopt records, by hand
+    diffs = []
+    for r in runs:
+        cfg = yaml.safe_load((r / "config.yaml").read_text())
+        if cfg["ppo"]["beta"] != 0:
+            continue
+        recs = [json.loads(x) for x in (r / "eval" / "records.jsonl").read_text().splitlines()]
+        g = {x["checkpoint_label"]: x["value"] for x in recs if x["suite"] == "overopt" and x["subset"] == "rl"
+             and x["metric"] == "gold_reward" and not x.get("error")}
+        diffs.append(g["ppo"] - g["sft"])
+    table = pd.read_csv(out / "report" / "tables" / "claims.csv")
+    a = table[table["row"] == "a"].iloc[0]
+    assert a["value"] == pytest.approx(sum(diffs) / 2, abs=1e-9)
+    assert a["n"] == 2 and a["ci_method"] == "t-interval, n=2"
+    assert a["verdict"] == ("holds" if a["ci_low"] > 0 else "does not hold")
+    e = table[table["row"] == "e"].iloc[0]
+    assert e["verdict"] == "does not hold"  # two beta values: monotone needs >= 3
+    for ext in ("png", "pdf", "csv"):
+        assert (out / "report" / "figures" / f"claim_a.{ext}").is_file()
+    assert (out / "report" / "tables" / "claims.tex").read_text().count(r"\toprule") == 1
+    doc = (suite["root"] / "docs" / "findings.md").read_text()
+    assert "rlhf findings X" in doc and "| a ([figure](findings/claim_a.png))" in doc
+    assert (suite["root"] / "docs" / "findings" / "claim_a.png").is_file()
+    assert "torch" in doc and "Wall time per phase" in doc
+
+
+def test_findings_rerun_is_idempotent_and_counts_a_diverged_run(suite):
+    from slurm.findings import run_findings
+    out = suite["out"]
+    # mark seed 1's beta=0 run diverged, as the pipeline leaves it
+    for r in _sweep_runs(out):
+        cfg = yaml.safe_load((r / "config.yaml").read_text())
+        if cfg["ppo"]["beta"] == 0 and cfg["seed"] == 1:
+            st = json.loads((r / "status.json").read_text())
+            st.update(state="diverged", error="NaN in the PPO loss at step 3")
+            (r / "status.json").write_text(json.dumps(st))
+    logs = []
+    res = run_findings(suite["suite"], "local", None, out, jobs=1, doc=suite["root"] / "docs" / "findings.md",
+                       command="rlhf findings X", say=logs.append)
+    text = "\n".join(logs)
+    assert "0 to run" in text and "[eval] 0 run evaluations to do" in text  # nothing redone
+    assert len(res["failed_runs"]) == 1
+    a = pd.read_csv(out / "report" / "tables" / "claims.csv").set_index("row").loc["a"]
+    assert a["runs"] == "n=1 of 2; 1 diverged"
+    assert a["ci_method"] == "CI needs >= 2 seeds" and math.isnan(a["ci_low"])
+    assert "no verdict" in a["verdict"]
+
+
+def test_findings_bad_suite_directory_is_an_input_error(tmp_path):
+    from rlhf.cli import main
+    assert main(["findings", str(tmp_path / "nope")]) == 2
+    (tmp_path / "claims.yaml").write_text("claims: []\n")
+    assert main(["findings", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # no sweep_*.yaml
+    (tmp_path / "sweep_x.yaml").write_text(yaml.safe_dump({"grid": {"ppo.betta": [0]}}))
+    assert main(["findings", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # unknown key: nothing runs
+    assert not (tmp_path / "out").exists()
