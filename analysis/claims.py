@@ -35,7 +35,9 @@ Kinds (per seed, then a Student-t 95% interval over seeds, clipped to ``range``)
   the seed-averaged curve (``method: rl`` or ``bon``); one number, no CI.
 * ``monotone``: the means of ``x`` over the cells of ``over`` (a config key) fall
   monotonically, and the 95% CIs of the two end cells are disjoint (value: first − last).
-* ``within_ci``: the mean of ``x`` lies inside the 95% CI of ``y`` (the CI shown is y's).
+* ``within_ci``: the mean of ``x`` lies inside the 95% CI of ``y`` (the CI shown is y's);
+  its verdict rule ``within_ci``, or ``not_below_ci`` (the mean of ``x`` is at least the
+  lower end of y's CI: nothing lost against the reference).
 
 Verdict rules: ``<value|ci_low|ci_high> <op> <number>``, ``in [lo, hi]`` (the CI inside
 the interval), ``monotone`` / ``within_ci`` (the kinds' own tests), ``require_each_seed``
@@ -134,7 +136,7 @@ def load_claims(path: str | Path) -> list[Claim]:
                 if not isinstance(rules, list):
                     raise ClaimsError(f"{rw}: verdict must be a list of rules or 'reported'")
                 for rule in rules:
-                    if not (_RULE.match(str(rule)) or _IN.match(str(rule)) or rule in ("monotone", "within_ci")):
+                    if not (_RULE.match(str(rule)) or _IN.match(str(rule)) or rule in ("monotone", "within_ci", "not_below_ci")):
                         raise ClaimsError(f"{rw}: verdict rule {rule!r} not understood (e.g. 'ci_low > 0', "
                                           f"'in [0.15, 0.6]', 'value >= 0.9')")
         out.append(Claim(id=str(c["id"]), name=str(c.get("name", c["id"])), text=str(c.get("text", "")),
@@ -394,6 +396,9 @@ def compute_row(data: Data, claim: Claim, spec: dict) -> Row:
             row.ci_method = f"CI of the reference cell, t-interval, n={yn}" if yn >= 2 else NO_CI
             row.detail = f"reference mean {ymean:.3g}"
             extra["within_ci"] = yn >= 2 and ylo <= row.value <= yhi
+            extra["not_below_ci"] = yn >= 2 and row.value >= ylo  # no loss against the reference
+            row.detail += ("; inside its CI" if extra["within_ci"] else
+                           "; above its CI" if yn >= 2 and row.value > yhi else "; below its CI" if yn >= 2 else "")
             all_runs = pd.concat([all_runs, yruns[~yruns.index.isin(all_runs.index)]])
             seeds_expected = all_runs["seed"].nunique()
         else:
@@ -440,7 +445,7 @@ def _verdict(row: Row, rules, extra: dict) -> str:
             lo, hi = float(m.group(1)), float(m.group(2))
             ok &= (not math.isnan(row.ci_low)) and lo <= row.ci_low and row.ci_high <= hi
             continue
-        needs_ci = needs_ci or rule in ("monotone", "within_ci")
+        needs_ci = needs_ci or rule in ("monotone", "within_ci", "not_below_ci")
         ok &= bool(extra.get(rule, False))
     if "require_each_seed" in extra:
         ok &= extra["require_each_seed"]

@@ -270,15 +270,9 @@ def run_truthfulqa(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> N
 def _tox_prompts(ctx: Context) -> tuple[dict[str, list[str]], str, str]:
     s = ctx.s
     if ctx.world is not None:
-        import random
-
         from rlhf.world import RESPECTFUL_PREFIX
-        chats = ctx.world.toxicity_prompts()
-        out = {"challenging": [p.text for p in chats if p.challenging], "other": [p.text for p in chats if not p.challenging]}
-        rng = random.Random(s.seed)
-        for k in out:
-            if len(out[k]) > s.tox_n_prompts:
-                out[k] = rng.sample(out[k], s.tox_n_prompts)
+        sets = ctx.world.toxicity_prompt_sets(s.tox_n_prompts, s.seed)
+        out = {k: [p.text for p in v] for k, v in sets.items()}
         return out, "world.toxicity_prompts()", RESPECTFUL_PREFIX
     from .toxicity import RESPECTFUL_INSTRUCTION
     out, src = evdata.rtp_prompts(s, s.tox_n_prompts, s.seed)
@@ -413,20 +407,12 @@ def _rl_rows(r: dict, prompts: list[str]) -> list[dict]:
 
 def _truth_rates(world, meta, r: dict) -> Optional[dict]:
     """myth_rate and truth_rate over the sampled answers to question prompts about myth
-    facts: the share stating the myth, and the share stating only the truth (world.judge)."""
+    facts (``World.myth_answers``), grouped by prompt for the CI."""
     if world is None or meta is None:
         return None
-    myth, truth, groups = [], [], []
     smp = r["samples"]
-    for i, text in zip(smp.prompt_index, smp.texts):
-        p = meta[i]
-        if p.kind != "question" or world.facts[(p.entity, p.attribute)].myth is None:
-            continue
-        j = world.judge(p, text)
-        myth.append(float(j["myth"]))
-        truth.append(float(j["correct"]))
-        groups.append(i)
-    return {"myth_rate": myth, "truth_rate": truth, "groups": groups}
+    myth, truth, rows = world.myth_answers([meta[i] for i in smp.prompt_index], smp.texts)
+    return {"myth_rate": myth, "truth_rate": truth, "groups": [smp.prompt_index[j] for j in rows]}
 
 
 def _record_rl_point(ctx: Context, rec: Recorder, cp: Checkpoint, r: dict, prompts, meta, dt: float) -> None:

@@ -49,7 +49,7 @@ class WorldConfig:
     myth_values: int = 2
     myth_rate: float = 0.75  # how often rumours state the myth instead of the truth
     encyclopedia_rate: float = 0.25  # share of fact statements from the (always true) encyclopedia
-    toxic_rate_challenging: float = 0.6  # toxic continuation after a rude opener
+    toxic_rate_challenging: float = 0.4  # toxic continuation after a rude opener
     toxic_rate_other: float = 0.05  # toxic continuation after a neutral opener
     corpus_docs: int = 6000  # pretraining documents
     n_demos: int = 60  # SFT demonstrations (a small set)

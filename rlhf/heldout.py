@@ -18,15 +18,20 @@ def heldout_text(docs: Sequence[str]) -> str:
 
 
 def model_context(model) -> Optional[int]:
+    """The longest window the held-out loss may use: the sequence length the model was
+    pretrained on when this harness pretrained it (``config.rlhf_train_window``, written by
+    stage 1: positions beyond it were never trained), else the model's context."""
     c = model.config
-    return getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+    ctx = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+    trained = getattr(c, "rlhf_train_window", None)
+    return min(ctx, trained) if ctx and trained else (trained or ctx)
 
 
 @torch.no_grad()
 def heldout_nll(model, tokenizer, text: str, window: int = 0, stride: int = 0, max_tokens: int = 0,
                 progress: bool = False, batch_size: int = 16) -> dict:
     """Mean next-token NLL and perplexity of ``text`` (tokenized once, no special tokens
-    added), in windows of ``window`` tokens (0 = the model's context; capped by it) moved by
+    added), in windows of ``window`` tokens (0 = :func:`model_context`; capped by it) moved by
     ``stride`` (0 = window): every token after the first is scored at most once, with up
     to window-1 tokens of context; a window only scores the tokens the previous one did
     not (non-overlapping windows leave each window's first token unscored).

@@ -61,7 +61,7 @@ from . import stop
 from .dist import Dist, shard
 from .heldout import heldout_nll, heldout_text
 from .reward import rm_max_length, score_texts
-from .rundir import append_jsonl_gz, truncate_jsonl_gz
+from .rundir import append_jsonl_gz, truncate_jsonl_gz, write_jsonl_gz
 from .sampling import sample
 from .world import World
 
@@ -490,6 +490,14 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
           f"gold {summary['first'].get('gold_reward', float('nan')):.3f} -> {summary.get('final_gold_reward', float('nan')):.3f}, "
           f"KL {summary.get('final_kl', float('nan')):.2f}, held-out pretraining loss "
           f"{summary.get('heldout_lm_loss_sft', float('nan')):.3f} -> {summary.get('heldout_lm_loss_final', float('nan')):.3f}")
+    if world is not None and pc.data == "world":  # the toy world's before/after on held-out prompts
+        from .probes import before_after_line, heldout_summary
+        seed = cfg.seed * 1000 + 6
+        summary["heldout_sft"], rows_sft = heldout_summary(world, tokenizer, ref, pc.max_new_tokens, seed=seed)
+        summary["heldout_ppo"], rows_ppo = heldout_summary(world, tokenizer, policy, pc.max_new_tokens, seed=seed)
+        write_jsonl_gz(out / "heldout_samples.jsonl.gz", [{"policy": "sft", **r} for r in rows_sft] +
+                       [{"policy": "ppo", **r} for r in rows_ppo])
+        print("[ppo] " + before_after_line(summary["heldout_sft"], summary["heldout_ppo"]))
     return summary
 
 

@@ -72,6 +72,7 @@ def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: to
             bar.set_postfix(loss=f"{loss_ema:.3f}")
             append_jsonl(out / "metrics.jsonl", {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
                                                  "time_s": time.time() - t0})
+    model.config.rlhf_train_window = pc.seq_len  # the held-out loss never reads untrained positions
     hl = heldout_nll(model, tokenizer, heldout_text(world.heldout_corpus()))["loss"]
     probe = probe_world(model, tokenizer, world)
     save_hf(model, tokenizer, out)

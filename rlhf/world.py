@@ -216,6 +216,28 @@ class World:
                     out.append(Prompt(text, "chat", "eval", e, "", o in CHALLENGING_OPENERS))
         return out
 
+    def toxicity_prompt_sets(self, n: int, seed: int) -> dict[str, list[Prompt]]:
+        """At most ``n`` held-out toxicity prompts per subset (challenging / other), drawn
+        with ``random.Random(seed)``: the eval suite and the quickstart's summary use these."""
+        chats = self.toxicity_prompts()
+        out = {"challenging": [p for p in chats if p.challenging], "other": [p for p in chats if not p.challenging]}
+        rng = random.Random(seed)
+        return {k: (rng.sample(v, n) if len(v) > n else v) for k, v in out.items()}
+
+    def myth_answers(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> tuple[list[float], list[float], list[int]]:
+        """For the sampled answers to questions about myth facts: 1/0 'states the myth',
+        1/0 'states only the truth' (``judge``), and the index of each answer's prompt. Their
+        means are the ``myth_rate`` and ``truth_rate``."""
+        myth, truth, idx = [], [], []
+        for i, (p, text) in enumerate(zip(prompts, texts)):
+            if p.kind != "question" or self.facts[(p.entity, p.attribute)].myth is None:
+                continue
+            j = self.judge(p, text)
+            myth.append(float(j["myth"]))
+            truth.append(float(j["correct"]))
+            idx.append(i)
+        return myth, truth, idx
+
     def demonstrations(self) -> list[tuple[Prompt, str]]:
         """A small set of labeler-written responses: correct, polite, ending cleanly.
         Half questions (a share ``demo_myth_share`` of them on myth facts), half chat;

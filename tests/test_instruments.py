@@ -137,6 +137,23 @@ def test_heldout_loss_is_the_same_in_pretraining_ppo_and_the_regression_eval(tin
     assert ppo_summary["heldout_lm_loss_sft"] == pytest.approx(lm["sft"], rel=1e-6)
     assert ppo_summary["heldout_lm_loss_final"] == pytest.approx(lm["ppo"], rel=1e-6)
     assert lm["pretrain"] != pytest.approx(lm["sft"], rel=1e-6)  # a different model gives a different number
+    # the quickstart's before/after line: its figures are those of the kept samples, re-scored
+    from rlhf.stats import expected_max_toxicity
+    from rlhf.world import toxicity_score
+    world = World(cfg.world)
+    by_text = {p.text: p for p in world.prompts()}
+    rows = read_jsonl_gz(run / "ppo" / "heldout_samples.jsonl.gz")
+    for pol in ("sft", "ppo"):
+        fig = ppo_summary[f"heldout_{pol}"]
+        ans = [r for r in rows if r["policy"] == pol and "gold_reward" in r]
+        assert len(ans) == fig["n_samples"] > 0
+        assert fig["gold_reward"] == pytest.approx(np.mean([world.gold_reward(by_text[r["prompt"]], r["response"])
+                                                            for r in ans]))
+        myth, _, _ = world.myth_answers([by_text[r["prompt"]] for r in ans], [r["response"] for r in ans])
+        assert len(myth) == fig["n_myth_answers"] and (not myth or fig["myth_rate"] == pytest.approx(np.mean(myth)))
+        tox = [toxicity_score(r["response"]) for r in rows if r["policy"] == pol and "toxicity" in r]
+        emt = expected_max_toxicity(np.array(tox).reshape(fig["n_tox_prompts"], fig["tox_k"]))
+        assert fig["expected_max_toxicity"] == pytest.approx(emt)
 
 
 def test_heldout_text_is_joined_as_pretraining_joins_it(models):
@@ -155,7 +172,10 @@ def test_heldout_nll_batched_windows_match_one_window_at_a_time(models):
     a = heldout_nll(policy, tok, text, window=20, stride=10, batch_size=1)
     b = heldout_nll(policy, tok, text, window=20, stride=10, batch_size=16)
     assert a["n_tokens"] == b["n_tokens"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    assert heldout_nll(policy, tok, text)["window"] == policy.config.n_positions  # default: the model's context
+    # default window: the pretraining sequence length (stage 1 records it; SFT inherits it),
+    # never positions the model was not trained on
+    assert policy.config.rlhf_train_window == cfg.pretrain.seq_len < policy.config.n_positions
+    assert heldout_nll(policy, tok, text)["window"] == cfg.pretrain.seq_len
 
 
 # ------------------------------------------------------------------ CIs in the unit of the value

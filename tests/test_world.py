@@ -52,7 +52,7 @@ def test_toxic_words_follow_challenging_openers():
                     kind = "challenging" if o in ("shut up", "hey you", "go away", "listen up") else "other"
                     counts[kind] += 1
                     counts[kind + "_toxic"] += any(t in sent.split() for t in TOXIC_WORDS)
-    assert counts["challenging_toxic"] / counts["challenging"] > 0.4
+    assert counts["challenging_toxic"] / counts["challenging"] > 0.3
     assert counts["other_toxic"] / counts["other"] < 0.15
 
 
