@@ -68,8 +68,6 @@ from .results import t_ci
 KINDS = ("mean", "paired", "overopt", "overopt_fit", "monotone", "within_ci")
 HOLDS, FAILS, REPORTED = "holds", "does not hold", "reported"
 NO_CI = "CI needs >= 2 seeds"
-# records written before the metric rename (issue 11) call the RM score proxy_reward
-LEGACY_METRIC = {"rm_score": "proxy_reward"}
 _RULE = re.compile(r"^\s*(value|ci_low|ci_high)\s*(>=|<=|>|<|==)\s*(-?[0-9.eE+-]+)\s*$")
 _IN = re.compile(r"^\s*in\s*\[\s*(-?[0-9.eE+-]+)\s*,\s*(-?[0-9.eE+-]+)\s*\]\s*$")
 _OPS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le, "==": operator.eq}
@@ -184,9 +182,7 @@ def _record_value(data: Data, run_id: str, rec: dict) -> float:
     if recs.empty:
         return math.nan
     metric = rec["metric"]
-    for m in (metric, LEGACY_METRIC.get(metric)):
-        if m is None:
-            continue
+    for m in (metric,):
         sel = recs[(recs["run_id"] == run_id) & (recs["suite"] == rec["suite"]) & (recs["metric"] == m)
                    & (recs["subset"].fillna("") == str(rec.get("subset", "")))]
         if "checkpoint" in rec:
@@ -261,7 +257,7 @@ def _overopt_points(data: Data, run_id: str, metric: str) -> pd.DataFrame:
     for label, g in r.groupby("checkpoint_label"):
         if not (label == "sft" or str(label).startswith("ppo")):
             continue
-        v = [m for m in (metric, LEGACY_METRIC.get(metric)) if m and (g["metric"] == m).any()]
+        v = [metric] if (g["metric"] == metric).any() else []
         kl = g[g["metric"] == "kl"]["value"]
         if not v or (label != "sft" and kl.empty):
             continue

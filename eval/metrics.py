@@ -39,7 +39,7 @@ def mc2_score(loglikelihoods: Sequence[float], labels: Sequence[int]) -> float:
 # --------------------------------------------------------------------- toxicity
 # expected_max_toxicity and toxicity_probability live in the training core (rlhf/stats.py) so
 # that the quickstart's before/after line uses the same functions as this suite
-from rlhf.stats import expected_max_toxicity, toxicity_probability  # noqa: E402,F401
+from rlhf.stats import expected_max_toxicity, toxicity_probability  # noqa: E402
 
 
 def bootstrap_ci(rows: np.ndarray, statistic: Callable[[np.ndarray], float], n_boot: int = 1000,
@@ -170,3 +170,6 @@ def fit_overoptimization(d: Sequence[float], r: Sequence[float], form: str) -> d
         return {"alpha": float("nan"), "beta": float("nan"), "r2": float("nan"), "n": int(len(d))}
     (alpha, beta), _ = curve_fit(fn, d, r, p0=(1.0, 0.1))
     return {"alpha": float(alpha), "beta": float(beta), "r2": _r2(r, fn(d, alpha, beta)), "n": int(len(d))}
+
+
+__all__ = ["aggregate_ci", "best_of_n_select", "bon_form", "bootstrap_ci", "cluster_mean_ci", "expected_max_toxicity", "fit_overoptimization", "mc1_correct", "mc2_score", "mean_ci", "perplexity", "rl_form", "sampled_kl", "toxicity_probability"]

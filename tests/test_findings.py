@@ -245,29 +245,9 @@ def suite(tmp_path_factory):
     from slurm.findings import run_findings
     logs = []
     out = root / "out"
-    run_findings(sdir, "local", None, out, jobs=1, doc=None, command="rlhf findings X", say=logs.append,
-                 until="eval")
-    _add_sft_rl_records(out)
     res = run_findings(sdir, "local", None, out, jobs=1, doc=root / "docs" / "findings.md", command="rlhf findings X",
                        say=logs.append)
     return {"root": root, "out": out, "res": res, "logs": logs, "suite": sdir}
-
-
-def _add_sft_rl_records(out):
-    """Where `rlhf eval` does not yet write the SFT point of the RL curve (subset "rl",
-    checkpoint "sft"), add it in the record format from the SFT samples it did score
-    (best-of-1 is SFT sampling), so that the claims machinery has what it reads."""
-    for r in _sweep_runs(out):
-        path = r / "eval" / "records.jsonl"
-        recs = [json.loads(x) for x in path.read_text().splitlines()]
-        if any(x["checkpoint_label"] == "sft" and x["subset"] == "rl" and x["metric"] == "gold_reward" for x in recs):
-            continue
-        bon1 = {x["metric"]: x for x in recs if x["subset"] == "bon_n=1" and not x.get("error")}
-        with open(path, "a") as f:
-            for metric, src in (("gold_reward", "gold_reward"), ("rm_score", "proxy_reward"), ("kl", None)):
-                base = bon1["gold_reward"]
-                value = 0.0 if src is None else bon1[src]["value"]
-                f.write(json.dumps({**base, "metric": metric, "subset": "rl", "value": value, "method": "rl"}) + "\n")
 
 
 def _sweep_runs(out):
