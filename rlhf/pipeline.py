@@ -92,6 +92,18 @@ def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
                 f"or pick another name=...")
 
 
+def _stage_built_with_other_config(rd: RunDir, stage: str, cfg: RunConfig) -> list[str]:
+    """The changes between the config ``stage`` was built with and ``cfg`` that shape it."""
+    saved = rd.path / stage / "config.yaml"
+    if not saved.exists():
+        return []  # made before stages recorded their config: the run's config.yaml was checked
+    try:
+        changes = config_changes(saved.read_bytes().decode("utf-8"), cfg)
+    except Exception:  # noqa: BLE001 - unreadable: the stage's config is unknown, redo it
+        return [f"{saved} is unreadable"]
+    return [c for c in changes if stage in _stages_of_key(c.split(":", 1)[0])]
+
+
 def _check_inputs(rd: RunDir, cfg: RunConfig) -> None:
     """Everything that can be checked before the run directory is touched: the data files
     of the stages to run, and the finished stages they start from."""
@@ -244,8 +256,13 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
 
         for stage in stages:
             if rd.stage_done(stage) and not force:
-                print(f"[{stage}] done already, skipped (--force redoes it)")
-                continue
+                stale = _stage_built_with_other_config(rd, stage, cfg)
+                if not stale:
+                    print(f"[{stage}] done already, skipped (--force redoes it)")
+                    continue
+                # an interrupted --force redo with a changed config: finish it (the old result stays
+                # until the new one is complete)
+                print(f"[{stage}] done with another config ({'; '.join(stale[:4])}): redoing it beside the old result")
             rd.set_status("running", stage=stage, step=0)
             if force and rd.writer:  # redo from scratch, beside the old result: no resuming from old
                 shutil.rmtree(rd.path / f"{stage}.tmp", ignore_errors=True)  # partial state; the finished
