@@ -1,9 +1,13 @@
 """Run every stage of a config in order into one run directory.
 
 ``run_pipeline(cfg)`` is the whole main job: world (when used) -> pretrain -> SFT ->
-reward model -> PPO. A finished stage (its ``DONE`` file exists) is skipped on re-run;
-``force=True`` redoes the listed stages. The run directory's ``status.json`` always says
-where the run is: running / done / failed / diverged / interrupted, with the stage.
+reward model -> PPO. A finished stage (its ``DONE`` file exists) is skipped on re-run
+unless it was built with a config that differs in a key that shapes it (an interrupted
+``--force`` redo: finished now); ``force=True`` redoes the listed stages, each built beside
+the old one and swapped in when complete. Before anything in the run directory is touched
+the data files and the stages each stage starts from are checked; then the directory is
+locked (``rlhf.rundir.RunLock``) for the whole run. The run directory's ``status.json``
+always says where the run is: running / done / failed / diverged / interrupted, with the stage.
 """
 
 from __future__ import annotations

@@ -21,9 +21,11 @@ Each iteration (``ppo.steps`` of them):
 5. **β**: fixed, or the adaptive controller (``ppo.adaptive_kl``, ``ppo.target_kl``,
    ``ppo.kl_horizon``).
 
-Every ``ppo.checkpoint_every`` iterations the full state (policy, critic, optimisers, RNG
-states, step, β controller) goes to ``ppo.tmp/checkpoints/step_N``; a killed run resumes
-from the latest one to the same result. A stop request (SIGTERM or SIGUSR1 to ``rlhf run``,
+Every ``ppo.checkpoint_every`` iterations the full state (policy, critic, optimisers, CPU and
+CUDA RNG states, step, β controller) goes to ``ppo.tmp/checkpoints/step_N``, with a
+``manifest.json`` of sizes and hashes written last and everything fsynced before the rename
+that publishes it; a killed run resumes from the latest one to the same result, and a
+checkpoint that fails its manifest or does not load is reported and the previous one used. A stop request (SIGTERM or SIGUSR1 to ``rlhf run``,
 Slurm's preemption signal in a sweep; see ``rlhf/stop.py``) writes one more checkpoint at
 the end of the iteration in flight and stops, so a preemption loses nothing. Policies are also saved the first time the KL
 passes each of ``ppo.kl_levels`` (``kl/kl_<level>``) for the over-optimisation eval.
