@@ -622,7 +622,9 @@ def retrain_reward_model(cfg: RunConfig, rd: RunDir, out: Path, sft_path: str, t
         summary = train_reward_model(cfg, tmp, sft_path, tokenizer, old + new, load_demonstrations(cfg, world), device)
         atomic_write_json(tmp / "summary.json", summary)
         (tmp / "DONE").write_text("done\n")
+        fsync_tree(tmp)  # on disk before the rename publishes it (a checkpoint may point at it)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
+        fsync_dir(out)
     return load_reward_model(str(target), dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
