@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}{e.strerror or e} (errno {e.errno}); the run directory's finished stages are "
               f"unchanged", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError" and "I/O error" in str(e):  # safetensors' own OS errors
+            print(f"error: writing model weights failed: {e}; the run directory's finished stages are unchanged",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
 
 
 if __name__ == "__main__":

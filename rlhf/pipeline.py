@@ -103,8 +103,10 @@ def _stage_built_with_other_config(rd: RunDir, stage: str, cfg: RunConfig) -> li
         return []  # made before stages recorded their config: the run's config.yaml was checked
     try:
         changes = config_changes(saved.read_bytes().decode("utf-8"), cfg)
-    except Exception:  # noqa: BLE001 - unreadable: the stage's config is unknown, redo it
-        return [f"{saved} is unreadable"]
+    except Exception as e:  # noqa: BLE001 - unreadable: unknown; the run's config.yaml was checked
+        print(f"warning: {saved} is unreadable ({type(e).__name__}): the stage's config is unknown; "
+              f"kept as done", file=sys.stderr)
+        return []
     return [c for c in changes if stage in _stages_of_key(c.split(":", 1)[0])]
 
 
