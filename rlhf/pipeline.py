@@ -186,6 +186,8 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
     t_start = time.time()
     d = dist.from_env()
     rd_path = Path(run_dir or run_dir_for(cfg))
+    if d.world > 1 and cfg.ppo.rounds > 1:
+        raise ConfigError("ppo.rounds > 1 (iterated RLHF) runs in one process only: launch without torchrun")
     if d.is_main:  # one process writes a run directory at a time (rlhf/rundir.py RunLock)
         _check_inputs(RunDir(rd_path), cfg)
         _open_run_dir(rd_path)
@@ -206,8 +208,6 @@ def _run_locked(cfg: RunConfig, force: bool, rd_path: Path, argv: Optional[list[
     run_dir = rd_path
     if d.world <= 1:
         return _run_stages(cfg, force, run_dir, argv, cfg.stages, dist.Dist(), t_start)
-    if cfg.ppo.rounds > 1:
-        raise ConfigError("ppo.rounds > 1 (iterated RLHF) runs in one process only: launch without torchrun")
     pre = [s for s in cfg.stages if s != "ppo"]
     ready = rd_path / dist.READY_FILE
     if d.is_main:

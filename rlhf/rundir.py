@@ -386,8 +386,8 @@ class RunDir:
             return {"state": "missing"}
         if not isinstance(st, dict):
             return {"state": "unknown", "error": "status.json is not a JSON object"}
-        if st.get("state") == "running" and st.get("pid") and st.get("host", socket.gethostname()) == \
-                socket.gethostname() and not pid_alive(st["pid"]):
+        if st.get("state") == "running" and st.get("pid") and st.get("host") == socket.gethostname() \
+                and not pid_alive(st["pid"]):
             st = dict(st, state="interrupted",
                       error=f"the process (pid {st['pid']}) died while running stage {st.get('stage', '?')}")
         return st
