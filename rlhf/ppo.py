@@ -223,17 +223,9 @@ def checkpoints(ckdir: Path) -> list[Path]:
     return sorted((p for p in ckdir.glob("step_*") if p.is_dir() and (p / "state.json").exists()), reverse=True)
 
 
-def latest_checkpoint(ckdir: Path) -> Optional[Path]:
-    """The newest checkpoint whose files match its manifest (older ones are tried in turn)."""
-    for ck in checkpoints(ckdir):
-        if verify_manifest(ck) is None:
-            return ck
-    return None
-
-
-def _load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device, with_critic: bool, value_head, ptx):
+def _load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device, with_critic: bool, value_head):
     """Everything resumable from ``ck``, or an exception (nothing is changed until it all loads):
-    (state.json, policy, critic, critic optimiser, optimiser, trainer state)."""
+    (state.json, policy, critic, critic optimiser, value head, optimiser, trainer state)."""
     pc = cfg.ppo
     st = read_json(ck / "state.json")
     if not isinstance(st, dict) or "step" not in st or "controller" not in st:
@@ -342,7 +334,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         problem = verify_manifest(cand) if (cand / MANIFEST).exists() else None  # older runs: no manifest
         if problem is None:
             try:
-                loaded = _load_checkpoint(cand, cfg, d, device, critic is not None, value_head, ptx)
+                loaded = _load_checkpoint(cand, cfg, d, device, critic is not None, value_head)
             except ConfigError:
                 raise
             except Exception as e:  # noqa: BLE001 - a torn file of any kind: try the previous checkpoint
