@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf.config import InputError, RunConfig, flatten
-from rlhf.rundir import read_json, read_jsonl
+from rlhf.rundir import RunDir, read_json, read_jsonl
 
 # the ablation switches, in the order of the paper's panels: key -> (symbol, meaning)
 SWITCHES = {
@@ -94,22 +94,25 @@ def _is_run_dir(p: Path) -> bool:
 
 def run_row(run_dir: Path) -> dict:
     """One results row for a lone run directory (the columns of ``rlhf sweep collect``)."""
-    import yaml
 
     from rlhf.config import from_dict
-    st = read_json(run_dir / "status.json", {}) or {}
+    st = RunDir(run_dir).status()  # torn -> unknown (with a warning), a dead holder -> interrupted
     state = st.get("state", "missing")
     row = {"run_id": run_dir.name, "state": state, "error": st.get("error", "") if state != DONE else "",
            "stage": st.get("stage", "")}
+    data = RunDir(run_dir).config()  # each stage's section from the config it was built with
+    if data is None:  # torn or not YAML (warned): the row says so, the report goes on
+        row["error"] = (row["error"] + "; " if row["error"] else "") + "config unknown (config.yaml unreadable)"
+        data = {}
     try:
-        cfg = flatten(from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}))
+        cfg = flatten(from_dict(data)) if data else {}
     except Exception as e:  # noqa: BLE001 - a config from another version: report, do not guess
         raise ReportInputError(f"{run_dir}/config.yaml cannot be read: {type(e).__name__}: {e}") from None
     for k, v in cfg.items():
         row[k] = json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
     for stage in STAGES:
         summ = read_json(run_dir / stage / "summary.json", None)
-        if summ:
+        if summ and isinstance(summ, dict):
             flat: dict = {}
             _flatten_summary(stage, summ, flat)
             for k, v in flat.items():

@@ -51,6 +51,47 @@ def run(args) -> int:
     from .toxicity import ScorerError
 
     bad_input = (EvalError, DataError, TaskError, ScorerError, SettingsError, SourceError, ConfigError)
+    created = _dirs_created_by(args)
+    rc = _run(args, bad_input, evaluate, records_table, make_settings)
+    if rc == 2:
+        _remove_new_dirs(created)
+    return rc
+
+
+def _dirs_created_by(args) -> list:
+    """Directories this invocation would create for its records (the default
+    ``runs/eval/<model>/`` and its parents) that do not exist yet."""
+    from pathlib import Path
+
+    from .suite import _safe_name
+    if args.out or Path(args.path).exists():
+        return []
+    out = Path("runs") / "eval" / _safe_name(args.path)
+    return [p for p in (out, out.parent, out.parent.parent) if not p.exists()]
+
+
+def _remove_new_dirs(created: list) -> None:
+    """A failed evaluation of a model that never loaded leaves nothing behind: remove the
+    directories it created when they hold no record with a value."""
+    import shutil
+
+    from rlhf.rundir import read_jsonl
+    for d in created:  # deepest first
+        if not d.is_dir():
+            continue
+        rows = [r for f in d.rglob("records.jsonl") for r in read_jsonl(f)]
+        if any(r.get("value") is not None for r in rows):
+            return
+        if d == created[0]:
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            try:
+                d.rmdir()
+            except OSError:
+                return
+
+
+def _run(args, bad_input, evaluate, records_table, make_settings) -> int:
     try:
         overrides = list(args.overrides)
         if args.data_dir:

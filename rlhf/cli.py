@@ -1,13 +1,15 @@
 """The `rlhf` console command.
 
-    rlhf run CONFIG [key=value ...] [--force]     run every stage into one run directory
+    rlhf run CONFIG [key=value ...] [--force]     run every stage into one run directory (locked
+                                                  while it runs; --force builds beside the old result)
                                                   (SIGTERM/SIGUSR1: PPO checkpoints, then exits 128+sig;
                                                   the same command resumes)
     rlhf config CONFIG [key=value ...]            print the resolved config
     rlhf eval | sweep | report ...                plugins (eval/, slurm/, analysis/)
 
 Plugins register through the entry-point group ``rlhf.commands`` so that the training
-core never imports eval/, slurm/ or analysis/. Bad input exits with status 2.
+core never imports eval/, slurm/ or analysis/. Bad input (config, data, a locked run directory, an
+OS error such as a read-only or full out_dir) exits with status 2.
 """
 
 from __future__ import annotations
@@ -68,15 +70,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None):
+    """Parse ``argv``; ``key=value`` overrides may come anywhere, also after options such as
+    ``--force`` (argparse alone stops collecting positionals at the first option)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:  # read-only or full disk, a file where a directory should be, a name too long
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} (errno {e.errno}); the run directory's finished stages are "
+              f"unchanged", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        if type(e).__name__ == "SafetensorError" and "I/O error" in str(e):  # safetensors' own OS errors
+            print(f"error: writing model weights failed: {e}; the run directory's finished stages are unchanged",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
 
 
 if __name__ == "__main__":

@@ -187,6 +187,8 @@ class RunConfig:
 
 
 STAGES = ("pretrain", "sft", "rm", "ppo")
+_ATTN = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes a name; stage directories add suffixes
 
 # (key, predicate, what it must be). Checked after every load.
 _RANGES: list[tuple[str, Any, str]] = [
@@ -233,6 +235,27 @@ for _key in ("pretrain.steps", "ppo.steps", "ppo.epochs", "ppo.minibatch_size", 
     _RANGES.append((_key, lambda v: v >= 1, ">= 1"))
 for _key in ("ppo.critic_lr",):
     _RANGES.append((_key, lambda v: v > 0, "> 0"))
+_MAX_SEED = 2**31 - 1  # derived seeds (seed * 1_000_003 + ...) must fit the 64-bit generators
+_RANGES += [
+    ("seed", lambda v: 0 <= v <= _MAX_SEED, f"an integer from 0 to {_MAX_SEED}"),
+    ("world.seed", lambda v: 0 <= v <= _MAX_SEED, f"an integer from 0 to {_MAX_SEED}"),
+    ("world.toxic_rate_challenging", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("world.toxic_rate_other", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("ppo.ptx_seq_len", lambda v: v >= 2, ">= 2"),
+    ("rm.max_length", lambda v: v >= 2, ">= 2"),
+    ("pretrain.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("pretrain.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("pretrain.heldout_frac", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("sft.max_examples", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("rm.max_examples", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("ppo.kl_levels", lambda v: all(x > 0 for x in v), "a list of numbers > 0"),
+    ("ppo.vf_coef", lambda v: v >= 0, ">= 0"),
+    ("ppo.max_prompt_tokens", lambda v: v >= 1, ">= 1"),
+    ("model.attn_implementation", lambda v: v in _ATTN, " or ".join(_ATTN)),
+]
+# Keys whose every finite value is meaningful (the gold reward's weights, a penalty).
+_ANY_NUMBER = ("world.w_correct", "world.w_myth", "world.w_wrong", "world.w_toxic", "world.w_unfinished",
+               "world.w_length", "ppo.no_eos_penalty")
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -289,6 +312,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return out
     if tp is str:
+        if value is None:
+            raise ConfigError(f"{key}: must be a string, not null (use \"\" for an empty value)")
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
@@ -365,8 +390,13 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"ppo.rounds={cfg.ppo.rounds} must be <= ppo.steps={cfg.ppo.steps}")
     if cfg.rm.data != "world" and cfg.rm.k != 2:
         raise ConfigError(f"rm.k={cfg.rm.k}: pairwise data ({cfg.rm.data}) only supports rm.k=2")
-    if "/" in cfg.name or cfg.name in ("", ".", ".."):
+    if "/" in cfg.name or "\0" in cfg.name or cfg.name in ("", ".", "..") or cfg.name.startswith("-"):
         raise ConfigError(f"name={cfg.name!r} must be a plain directory name")
+    if len(cfg.name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ConfigError(f"name: {len(cfg.name.encode('utf-8'))} bytes is too long for a directory name "
+                          f"(at most {MAX_NAME_BYTES})")
+    if "\0" in cfg.out_dir or not cfg.out_dir:
+        raise ConfigError(f"out_dir={cfg.out_dir!r} must be a directory path")
     return cfg
 
 
@@ -402,7 +432,11 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot be read ({e.strerror or e})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
@@ -424,16 +458,27 @@ def _flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys that say where and how much of a run to do, not what it computes: a run directory
+# that was moved (name, out_dir), continued with more stages, or run with other threads is
+# the same run.
+NO_RESULT_KEYS = ("name", "out_dir", "stages", "threads")
+
+
 def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
     """What differs between a run directory's saved ``config.yaml`` and ``cfg``, as
-    ``key: old -> new`` lines. A key the saved config lacks is no change when ``cfg`` has
+    ``key: old -> new`` lines (``NO_RESULT_KEYS`` never count). A key the saved config lacks is no change when ``cfg`` has
     its default there: a switch added to the code after the run was made, at the value
     that reproduces the old behaviour."""
-    old = _flatten_dict(yaml.safe_load(old_yaml) or {})
+    old = yaml.safe_load(old_yaml) or {}
+    if not isinstance(old, dict):
+        raise ConfigError("the saved config is not a mapping of config keys")
+    old = _flatten_dict(old)
     new = _flatten_dict(yaml.safe_load(dump_yaml(cfg)))
     defaults = _flatten_dict(yaml.safe_load(dump_yaml(RunConfig())))
     changes = []
     for key in sorted(set(old) | set(new)):
+        if key in NO_RESULT_KEYS:
+            continue
         if key not in old and new.get(key) == defaults.get(key):
             continue
         if old.get(key, "<absent>") != new.get(key, "<absent>"):

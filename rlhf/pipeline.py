@@ -1,9 +1,13 @@
 """Run every stage of a config in order into one run directory.
 
 ``run_pipeline(cfg)`` is the whole main job: world (when used) -> pretrain -> SFT ->
-reward model -> PPO. A finished stage (its ``DONE`` file exists) is skipped on re-run;
-``force=True`` redoes the listed stages. The run directory's ``status.json`` always says
-where the run is: running / done / failed / diverged / interrupted, with the stage.
+reward model -> PPO. A finished stage (its ``DONE`` file exists) is skipped on re-run
+unless it was built with a config that differs in a key that shapes it (an interrupted
+``--force`` redo: finished now); ``force=True`` redoes the listed stages, each built beside
+the old one and swapped in when complete. Before anything in the run directory is touched
+the data files and the stages each stage starts from are checked; then the directory is
+locked (``rlhf.rundir.RunLock``) for the whole run. The run directory's ``status.json``
+always says where the run is: running / done / failed / diverged / interrupted, with the stage.
 """
 
 from __future__ import annotations
@@ -11,15 +15,16 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 
 from . import dist
-from .config import ConfigError, RunConfig, config_changes, dump_yaml
+from .config import STAGES, ConfigError, InputError, RunConfig, config_changes, dump_yaml
 from .models import load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
-from .rundir import RunDir
+from .rundir import RunDir, RunLock, RunLocked
 from .stop import StopRequested
 from .world import World
 
@@ -45,15 +50,97 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _stages_of_key(key: str) -> tuple[str, ...]:
+    """The stages whose results a config key shapes (a stage's own section, and every stage
+    built on it); ``world`` for the toy world, which a run directory never rebuilds."""
+    section = key.split(".", 1)[0]
+    if section == "world":
+        return ("world",)
+    if section in ("seed", "model"):
+        return STAGES
+    if section in STAGES:
+        return STAGES[STAGES.index(section):]
+    return ()  # name, out_dir, device, threads, stages: no result depends on them
+
+
 def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
+    """A run directory holds one config. Without --force any change is refused; with --force a
+    change is allowed only when every finished stage it shapes is redone now, so that no
+    result is ever attributed to a config it was not built with."""
     old = rd.path / "config.yaml"
-    if not old.exists() or force:
+    if not old.exists():
         return
-    changes = config_changes(old.read_text(), cfg)
-    if changes:
+    try:
+        old_text = old.read_bytes().decode("utf-8")
+        changes = config_changes(old_text, cfg)
+    except Exception as e:  # noqa: BLE001 - torn, not UTF-8, not YAML, not a mapping
+        if force:
+            print(f"warning: {old} is unreadable ({type(e).__name__}); --force rewrites it", file=sys.stderr)
+            return
+        raise ConfigError(f"{old} is unreadable ({type(e).__name__}: {str(e)[:200]}): the run directory's config "
+                          f"is unknown; pick another name=..., or --force to redo its stages") from None
+    if not changes:
+        return
+    if not force:
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
         raise ConfigError(f"run directory {rd.path} holds a different config ({shown}): "
                           f"pick another name=..., or --force to redo it")
+    redo = set(cfg.stages)
+    for line in changes:
+        key = line.split(":", 1)[0]
+        kept = [s for s in _stages_of_key(key) if s not in redo and (rd.path / s / "DONE").exists()]
+        if kept:
+            raise ConfigError(
+                f"--force with a changed {line}: it shapes stage(s) {', '.join(kept)} of {rd.path}, which this "
+                f"run does not redo, so their results would be attributed to the new value. Add them to stages=, "
+                f"or pick another name=...")
+
+
+def _stage_built_with_other_config(rd: RunDir, stage: str, cfg: RunConfig) -> list[str]:
+    """The changes between the config ``stage`` was built with and ``cfg`` that shape it."""
+    saved = rd.path / stage / "config.yaml"
+    if not saved.exists():
+        return []  # made before stages recorded their config: the run's config.yaml was checked
+    try:
+        changes = config_changes(saved.read_bytes().decode("utf-8"), cfg)
+    except Exception as e:  # noqa: BLE001 - unreadable: unknown; the run's config.yaml was checked
+        print(f"warning: {saved} is unreadable ({type(e).__name__}): the stage's config is unknown; "
+              f"kept as done", file=sys.stderr)
+        return []
+    return [c for c in changes if stage in _stages_of_key(c.split(":", 1)[0])]
+
+
+def _check_inputs(rd: RunDir, cfg: RunConfig) -> None:
+    """Everything that can be checked before the run directory is touched: the data files
+    of the stages to run, and the finished stages they start from."""
+    from .data import check_data_inputs
+    check_data_inputs(cfg)
+    need = {"sft": "pretrain" if cfg.model.source == "scratch" and not cfg.sft.init else None,
+            "rm": "sft", "ppo": "sft"}
+    for stage in cfg.stages:
+        req = need.get(stage)
+        if req and req not in cfg.stages and not rd.stage_done(req):
+            raise ConfigError(f"stage '{stage}' needs the {req} stage's result, which {rd.path} does not have: "
+                              f"add '{req}' to stages" + (" or set model.source" if req == "pretrain" else ""))
+    if "ppo" in cfg.stages and "rm" not in cfg.stages and not rd.stage_done("rm"):
+        raise ConfigError(f"stage 'ppo' needs the reward model, which {rd.path} does not have: add 'rm' to stages")
+
+
+def _open_run_dir(path: Path) -> None:
+    """Create the run directory, turning OS errors into a message naming the path."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"run directory {path} exists and is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except InputError:
+        raise
+    except OSError as e:
+        where = e.filename or path
+        raise InputError(f"cannot write the run directory {path}: {where}: {e.strerror or e} "
+                         f"(out_dir={path.parent})") from None
 
 
 def prepare_world(rd: RunDir, cfg: RunConfig):
@@ -98,11 +185,29 @@ def run_pipeline(cfg: RunConfig, force: bool = False, run_dir: Optional[str | Pa
     (``rlhf/dist.py``)."""
     t_start = time.time()
     d = dist.from_env()
+    rd_path = Path(run_dir or run_dir_for(cfg))
+    if d.world > 1 and cfg.ppo.rounds > 1:
+        raise ConfigError("ppo.rounds > 1 (iterated RLHF) runs in one process only: launch without torchrun")
+    if d.is_main:  # one process writes a run directory at a time (rlhf/rundir.py RunLock)
+        _check_inputs(RunDir(rd_path), cfg)
+        _open_run_dir(rd_path)
+        try:
+            lock = RunLock(rd_path).acquire()
+        except RunLocked as e:
+            raise InputError(str(e)) from None
+        try:
+            RunDir(rd_path).recover()
+            return _run_locked(cfg, force, rd_path, argv, d, t_start)
+        finally:
+            lock.release()
+    return _run_locked(cfg, force, rd_path, argv, d, t_start)
+
+
+def _run_locked(cfg: RunConfig, force: bool, rd_path: Path, argv: Optional[list[str]], d: "dist.Dist",
+                t_start: float) -> Path:
+    run_dir = rd_path
     if d.world <= 1:
         return _run_stages(cfg, force, run_dir, argv, cfg.stages, dist.Dist(), t_start)
-    if cfg.ppo.rounds > 1:
-        raise ConfigError("ppo.rounds > 1 (iterated RLHF) runs in one process only: launch without torchrun")
-    rd_path = Path(run_dir or run_dir_for(cfg))
     pre = [s for s in cfg.stages if s != "ppo"]
     ready = rd_path / dist.READY_FILE
     if d.is_main:
@@ -157,12 +262,17 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
 
         for stage in stages:
             if rd.stage_done(stage) and not force:
-                print(f"[{stage}] done already, skipped (--force redoes it)")
-                continue
+                stale = _stage_built_with_other_config(rd, stage, cfg)
+                if not stale:
+                    print(f"[{stage}] done already, skipped (--force redoes it)")
+                    continue
+                # an interrupted --force redo with a changed config: finish it (the old result stays
+                # until the new one is complete)
+                print(f"[{stage}] done with another config ({'; '.join(stale[:4])}): redoing it beside the old result")
             rd.set_status("running", stage=stage, step=0)
-            if force and rd.writer:  # redo from scratch: no old result, no resuming from old partial state
-                shutil.rmtree(rd.path / f"{stage}.tmp", ignore_errors=True)
-                shutil.rmtree(rd.path / stage, ignore_errors=True)
+            if force and rd.writer:  # redo from scratch, beside the old result: no resuming from old
+                shutil.rmtree(rd.path / f"{stage}.tmp", ignore_errors=True)  # partial state; the finished
+                # stage stays until finish_stage swaps the new one in
             d.barrier()  # data-parallel PPO: no rank reads ppo.tmp before rank 0 has cleared it
             seed_everything(cfg.seed)
             t0 = time.time()
@@ -182,7 +292,7 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
                 from .ppo import run_ppo
                 summary = run_ppo(cfg, rd, sft_path(), str(rd.stage("rm")), tok, world, device, d)
             summary["stage_time_s"] = time.time() - t0
-            rd.finish_stage(stage, summary)
+            rd.finish_stage(stage, summary, dump_yaml(cfg))
         if not final:
             return rd.path
         wall = time.time() - t_start

@@ -25,9 +25,11 @@ Each iteration (``ppo.steps`` of them):
 5. **β**: fixed, or the adaptive controller (``ppo.adaptive_kl``, ``ppo.target_kl``,
    ``ppo.kl_horizon``).
 
-Every ``ppo.checkpoint_every`` iterations the full state (policy, critic, optimisers, RNG
-states, step, β controller) goes to ``ppo.tmp/checkpoints/step_N``; a killed run resumes
-from the latest one to the same result. A stop request (SIGTERM or SIGUSR1 to ``rlhf run``,
+Every ``ppo.checkpoint_every`` iterations the full state (policy, critic, optimisers, CPU and
+CUDA RNG states, step, β controller) goes to ``ppo.tmp/checkpoints/step_N``, with a
+``manifest.json`` of sizes and hashes written last and everything fsynced before the rename
+that publishes it; a killed run resumes from the latest one to the same result, and a
+checkpoint that fails its manifest or does not load is reported and the previous one used. A stop request (SIGTERM or SIGUSR1 to ``rlhf run``,
 Slurm's preemption signal in a sweep; see ``rlhf/stop.py``) writes one more checkpoint at
 the end of the iteration in flight and stops, so a preemption loses nothing. Policies are also saved the first time the KL
 passes each of ``ppo.kl_levels`` (``kl/kl_<level>``) for the over-optimisation eval.
@@ -38,6 +40,7 @@ comparisons so far.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -53,10 +56,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig
+from .data import filter_prompts, load_prompts, load_text_lines
 from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalised_rewards,
                      lm_loss, logprobs_from_logits, masked_mean, masked_whiten, ppo_clip_loss, value_loss)
 from .models import (load_causal_lm, load_reward_model, position_ids_from_mask, save_hf, sequence_scores)
-from .rundir import RunDir, append_jsonl, atomic_write_json, fsync_file, read_json, read_jsonl
+from .rundir import (MANIFEST, RunDir, append_jsonl, atomic_write_json, fsync_dir, fsync_file, fsync_tree, read_json,
+                     read_jsonl, verify_manifest, write_manifest)
 from . import stop
 from .dist import Dist, shard
 from .heldout import heldout_nll, heldout_text
@@ -159,12 +164,7 @@ def pretrain_documents(cfg: RunConfig, world: Optional[World]) -> tuple[list[str
         if world is None:
             raise ConfigError("ppo.ptx_data=world needs the toy world: give a text file for a real model")
         return world.corpus(), world.heldout_corpus()
-    p = Path(src)
-    if not p.is_file():
-        raise ConfigError(f"ppo.ptx_data: {src} is not a file")
-    lines = [line.strip() for line in p.read_text(errors="replace").splitlines() if line.strip()]
-    if len(lines) < 20:
-        raise ConfigError(f"ppo.ptx_data: {src} has too little text ({len(lines)} non-empty lines)")
+    lines = load_text_lines(src, "ppo.ptx_data")
     cut = int(len(lines) * 0.95)
     return lines[:cut], lines[cut:]
 
@@ -174,9 +174,12 @@ def pretrain_documents(cfg: RunConfig, world: Optional[World]) -> tuple[list[str
 def _rng_state() -> dict:
     """RNG states as plain tensors and numbers (loadable with ``weights_only=True``)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    out = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()  # one per device: bit-exact resume on a GPU
+    return out
 
 
 def _set_rng_state(s: dict) -> None:
@@ -184,6 +187,13 @@ def _set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
     n = s["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    cuda = s.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            print(f"[ppo] warning: the checkpoint has CUDA RNG states for {len(cuda)} devices, this machine has "
+                  f"{torch.cuda.device_count()}: CUDA sampling will not repeat the interrupted run exactly")
 
 
 def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, critic_opt, ctl, step: int,
@@ -214,15 +224,48 @@ def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, crit
     torch.save(state, tmp / "trainer_state.pt")
     atomic_write_json(tmp / "state.json", {"step": step, "controller": ctl.state_dict(), "world_size": d.world,
                                            **extra})
+    write_manifest(tmp)  # sizes and hashes, written last: a checkpoint without it is incomplete
+    fsync_tree(tmp)  # every file and the directory on disk before the rename publishes them
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
+    fsync_dir(path.parent)
     d.barrier()
 
 
-def latest_checkpoint(ckdir: Path) -> Optional[Path]:
-    cks = sorted(p for p in ckdir.glob("step_*") if (p / "state.json").exists())
-    return cks[-1] if cks else None
+def checkpoints(ckdir: Path) -> list[Path]:
+    """Complete-looking checkpoints (``step_N`` with a state.json), newest first."""
+    return sorted((p for p in ckdir.glob("step_*") if p.is_dir() and (p / "state.json").exists()), reverse=True)
+
+
+def _load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device, with_critic: bool, value_head):
+    """Everything resumable from ``ck``, or an exception (nothing is changed until it all loads):
+    (state.json, policy, critic, critic optimiser, value head, optimiser, trainer state)."""
+    pc = cfg.ppo
+    st = read_json(ck / "state.json")
+    if not isinstance(st, dict) or "step" not in st or "controller" not in st:
+        raise ValueError("state.json is unreadable")
+    if st.get("world_size", 1) != d.world:
+        raise ConfigError(f"{ck} was written by {st.get('world_size', 1)} data-parallel processes, this run has "
+                          f"{d.world}: resume with the same number, or --force to start PPO again")
+    policy = load_causal_lm(str(ck / "policy"), dtype=cfg.model.dtype, device=device)
+    params = list(policy.parameters())
+    critic = critic_opt = None
+    if with_critic:
+        critic = load_reward_model(str(ck / "critic"), dtype=cfg.model.dtype, device=device)
+        critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, fused=True)
+    if value_head is not None:
+        value_head = copy.deepcopy(value_head)  # the caller's is untouched unless all of ck loads
+        value_head.load_state_dict(load_file(str(ck / "value_head.safetensors")))
+        params += list(value_head.parameters())
+    opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0, fused=True)
+    state = torch.load(ck / "trainer_state.pt", weights_only=True)
+    opt.load_state_dict(state["opt"])
+    if critic_opt is not None:
+        critic_opt.load_state_dict(state["critic_opt"])
+    if d.rank > 0:  # every rank has its own random streams
+        state.update(torch.load(ck / f"rng_rank{d.rank}.pt", weights_only=True))
+    return st, policy, critic, critic_opt, value_head, opt, state
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -280,7 +323,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
 
     # --- data ---------------------------------------------------------------------------
     if pc.data != "world":
-        prompts = [p for p in load_prompt_file(pc.data) if len(tokenizer(p)["input_ids"]) <= pc.max_prompt_tokens]
+        prompts = filter_prompts(load_prompts(pc.data), tokenizer, pc.max_prompt_tokens)
         prompt_meta = None
         print(f"[ppo] {len(prompts)} prompts of at most {pc.max_prompt_tokens} tokens from {pc.data}")
     else:
@@ -302,28 +345,24 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     start = 0
     kl_saved: list[float] = []
     rm_round = 0
-    ck = latest_checkpoint(ckdir)
-    if ck is not None:
-        st = read_json(ck / "state.json")
+    ck = None
+    for cand in checkpoints(ckdir):
+        problem = verify_manifest(cand) if (cand / MANIFEST).exists() else None  # older runs: no manifest
+        if problem is None:
+            try:
+                loaded = _load_checkpoint(cand, cfg, d, device, critic is not None, value_head)
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a torn file of any kind: try the previous checkpoint
+                problem = f"cannot be loaded ({type(e).__name__}: {str(e)[:200]})"
+        if problem is not None:
+            if d.is_main:
+                print(f"[ppo] checkpoint {cand.name} is damaged: {problem}; falling back to the previous one",
+                      flush=True)
+            continue
+        ck = cand
+        st, policy, critic, critic_opt, value_head, opt, state = loaded
         start = st["step"]
-        if st.get("world_size", 1) != d.world:
-            raise ConfigError(f"{ck} was written by {st.get('world_size', 1)} data-parallel processes, this run has "
-                              f"{d.world}: resume with the same number, or --force to start PPO again")
-        policy = load_causal_lm(str(ck / "policy"), dtype=cfg.model.dtype, device=device)
-        params = list(policy.parameters())
-        if critic is not None:
-            critic = load_reward_model(str(ck / "critic"), dtype=cfg.model.dtype, device=device)
-            critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, fused=True)
-        if value_head is not None:
-            value_head.load_state_dict(load_file(str(ck / "value_head.safetensors")))
-            params += list(value_head.parameters())
-        opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0, fused=True)
-        state = torch.load(ck / "trainer_state.pt", weights_only=True)
-        opt.load_state_dict(state["opt"])
-        if critic_opt is not None:
-            critic_opt.load_state_dict(state["critic_opt"])
-        if d.rank > 0:  # every rank has its own random streams
-            state.update(torch.load(ck / f"rng_rank{d.rank}.pt", weights_only=True))
         _set_rng_state(state["rng"])
         if ptx is not None and state["ptx_rng"] is not None:
             ptx.gen.set_state(state["ptx_rng"])
@@ -333,6 +372,10 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         if rm_round > 0:
             rm = load_reward_model(str(out / f"rm_round{rm_round}"), dtype=cfg.model.dtype,
                                    device=device).eval().requires_grad_(False)
+        break
+    if ck is None and checkpoints(ckdir) and d.is_main:
+        print("[ppo] no usable checkpoint: PPO starts again from step 0", flush=True)
+    if ck is not None:
         # drop metrics logged after the checkpoint: they will be logged again
         if d.is_main:
             rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] < start]
@@ -582,24 +625,7 @@ def check_finite(step: int, values: dict[str, torch.Tensor], d: Optional[Dist] =
                        values={k: [str(x) for x in v] for k, v in bad.items()})
 
 
-def load_prompt_file(path: str) -> list[str]:
-    """Prompts from a JSONL(.gz) file (``prompt`` field, or HH-RLHF ``chosen`` dialogues), a
-    text file (one prompt a line), or a hub dataset with such rows (users with internet)."""
-    from .config import DataError
-    from .sft import load_rows, split_dialogue
-    p = Path(path)
-    if p.suffix == ".txt" and p.exists():
-        return [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    rows = load_rows(path, "ppo.data")
-    out = []
-    for r in rows:
-        if "prompt" in r:
-            out.append(r["prompt"])
-        elif "chosen" in r:
-            out.append(split_dialogue(r["chosen"])[0])
-    if not out:
-        raise DataError(f"ppo.data: {path} holds no prompts")
-    return list(dict.fromkeys(out))
+load_prompt_file = load_prompts  # the name eval/ imports; one loader: rlhf/data.py
 
 
 def retrain_reward_model(cfg: RunConfig, rd: RunDir, out: Path, sft_path: str, tokenizer, world, device, policy,
@@ -624,7 +650,9 @@ def retrain_reward_model(cfg: RunConfig, rd: RunDir, out: Path, sft_path: str, t
         summary = train_reward_model(cfg, tmp, sft_path, tokenizer, old + new, load_demonstrations(cfg, world), device)
         atomic_write_json(tmp / "summary.json", summary)
         (tmp / "DONE").write_text("done\n")
+        fsync_tree(tmp)  # on disk before the rename publishes it (a checkpoint may point at it)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
+        fsync_dir(out)
     return load_reward_model(str(target), dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)

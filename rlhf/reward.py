@@ -30,7 +30,7 @@ from .losses import kwise_ranking_loss, pairwise_accuracy
 from .models import check_context, load_reward_model, save_hf, sequence_scores, tokenizer_sides
 from .rundir import RunDir, append_jsonl, read_jsonl
 from .sampling import sample
-from .sft import load_rows, split_dialogue
+from .data import load_pair_comparisons  # noqa: F401 - rm.data is read and checked in rlhf/data.py
 from .world import World
 
 
@@ -77,27 +77,6 @@ def sample_comparisons(world: World, policy, tokenizer, k: int, n_prompts: int, 
             f"({dropped} of {n_prompts} prompts had fewer than {k} distinct responses after 3 draws): "
             f"lower rm.k or raise rm.sample_temperature")
     return rows
-
-
-def load_pair_comparisons(path: str, max_examples: int = 0) -> list[dict]:
-    """Pairwise comparisons (K=2) from a JSONL(.gz) file with ``chosen``/``rejected``
-    dialogues (HH-RLHF) or ``prompt``/``chosen``/``rejected`` fields; or a hub dataset."""
-    rows = load_rows(path, "rm.data")
-    out = []
-    for r in rows:
-        if "prompt" in r:
-            prompt, chosen, rejected = r["prompt"], r["chosen"], r["rejected"]
-        else:
-            prompt, chosen = split_dialogue(r["chosen"])
-            prompt_r, rejected = split_dialogue(r["rejected"])
-            if prompt_r != prompt or chosen == rejected:
-                continue
-        out.append({"prompt": prompt, "responses": [chosen, rejected], "gold": None, "round": 0})
-        if max_examples and len(out) >= max_examples:
-            break
-    if not out:
-        raise DataError(f"rm.data={path}: no comparisons found")
-    return out
 
 
 def split_heldout(rows: list[dict], frac: float, seed: int) -> tuple[list[dict], list[dict]]:

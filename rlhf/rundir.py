@@ -13,13 +13,26 @@ Layout of a run directory (``<out_dir>/<name>/``)::
                          saved when the KL first passes each level of ppo.kl_levels)
     eval/records.jsonl   one tidy record per (checkpoint, metric), written by `rlhf eval`
 
-Every file is written to a temporary name in the same directory and renamed into
-place, and a stage directory is built under ``<stage>.tmp`` and renamed when done,
-so nothing half-written ever looks complete.
+    <stage>/config.yaml  the resolved config the stage was built with (``config.yaml`` at the
+                         top is the config of the latest invocation; a report reads the stage's)
+    .lock                advisory lock (flock) held by the process writing the run directory;
+                         its text names the holder (pid host)
+
+Every file is written to a temporary name in the same directory, fsynced and renamed into
+place, and a stage directory is built under ``<stage>.tmp`` and swapped in only when
+complete (the old one, if any, stays until then: ``--force`` never destroys a good result
+before the new one exists), so nothing half-written ever looks complete. Files get the
+modes the umask allows (a group-readable umask makes results group-readable).
+
+Readers treat a torn, empty or undecodable run file as unknown: a warning on stderr and the
+reader's default, never a crash.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -31,10 +44,25 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 PACKAGES = ("torch", "transformers", "trl", "tokenizers", "datasets", "accelerate",
             "lm_eval", "pandas", "numpy", "submitit", "safetensors", "rlhf-harness")
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def file_mode() -> int:
+    """The mode an ordinary ``open(..., "w")`` would give a new file under the current umask."""
+    return 0o666 & ~_umask()
+
+
+def warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -42,7 +70,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; results are for the group too
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -68,10 +97,32 @@ def _json_default(o: Any) -> Any:
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
+    """The JSON in ``path``; ``default`` when it is missing, and also (with a warning) when it
+    is empty, torn, not UTF-8 or unreadable: a reader never crashes on one bad run file."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return default
+    except (ValueError, UnicodeDecodeError, OSError) as e:  # JSONDecodeError is a ValueError
+        warn(f"{path}: unreadable ({type(e).__name__}: {str(e)[:120]}): treated as unknown")
+        return default
+
+
+def read_yaml(path: str | Path, default: Any = None) -> Any:
+    """A YAML mapping from ``path`` (``yaml.safe_load``); ``default`` when missing or (with a
+    warning) unreadable, not UTF-8, not YAML or not a mapping."""
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return default
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        warn(f"{path}: unreadable ({type(e).__name__}: {str(e)[:120]}): treated as unknown")
+        return default
+    if not isinstance(data, dict):
+        warn(f"{path}: not a mapping of config keys: treated as unknown")
+        return default
+    return data
 
 
 def append_jsonl(path: str | Path, row: dict, fsync: bool = True) -> None:
@@ -91,20 +142,112 @@ def fsync_file(path: str | Path) -> None:
         os.fsync(f.fileno())
 
 
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory, so that the renames and new names in it survive a power loss."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not fsync directories
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path, fix_modes: bool = True) -> None:
+    """fsync every file and directory under ``root`` (before the rename that publishes it).
+    ``fix_modes`` also gives files that a library wrote 0600 (safetensors does) the mode the
+    umask allows, so that a group can read the results."""
+    root = Path(root)
+    mode = file_mode()
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                continue
+            if fix_modes and (p.stat().st_mode & 0o777) != mode and not os.access(p, os.X_OK):
+                os.chmod(p, mode)
+            fsync_file(p)
+        fsync_dir(dirpath)
+
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(root: str | Path) -> None:
+    """``manifest.json``: size and sha256 of every file under ``root``, written last."""
+    root = Path(root)
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            rel = p.relative_to(root).as_posix()
+            files[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    atomic_write_json(root / MANIFEST, {"files": files})
+
+
+def verify_manifest(root: str | Path) -> Optional[str]:
+    """None when every file of ``root``'s manifest is there with its size and hash; else
+    what is wrong (a missing or torn manifest counts as wrong)."""
+    root = Path(root)
+    try:
+        man = json.loads((root / MANIFEST).read_bytes().decode("utf-8"))
+        files = man["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (written last: the checkpoint is incomplete)"
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, OSError) as e:
+        return f"{MANIFEST} unreadable ({type(e).__name__})"
+    for rel, info in files.items():
+        p = root / rel
+        try:
+            size = p.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != info["size"]:
+            return f"{rel} has {size} bytes, the manifest says {info['size']}"
+        if _sha256(p) != info["sha256"]:
+            return f"{rel} does not match its sha256 in the manifest"
+    return None
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file; a torn or undecodable line (a killed writer) is skipped, with a
+    warning when it is not the last line."""
     rows = []
     try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a torn last line from a killed process
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
     except FileNotFoundError:
-        pass
+        return rows
+    except OSError as e:
+        warn(f"{path}: unreadable ({e}): treated as empty")
+        return rows
+    bad = []
+    for i, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            bad.append(i)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(i)
+    last = max((i for i, raw in enumerate(lines, 1) if raw.strip()), default=0)
+    if [b for b in bad if b != last]:  # a torn last line is the normal trace of a kill
+        warn(f"{path}: skipped {len(bad)} unreadable line(s) (line {bad[0]} first)")
     return rows
 
 
@@ -213,6 +356,83 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
     return out
 
 
+LOCK_FILE = ".lock"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # exists under another user (or cannot tell): assume alive
+    return True
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunLock:
+    """An advisory lock (``flock``) on ``<run>/.lock`` for the whole run; the kernel releases
+    it when the holder exits in any way, kill -9 included. The file's text names the holder
+    (``pid host``); text left with the lock free is a dead holder's, and is taken over."""
+
+    def __init__(self, run_path: str | Path):
+        self.path = Path(run_path) / LOCK_FILE
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunLocked(f"run directory {self.path.parent} is in use by {holder or 'another process'} "
+                                f"(lock {self.path}): wait for it, or pick another name=...") from None
+            raise
+        prev = _read_holder(fd)
+        me = f"pid {os.getpid()} on host {socket.gethostname()}"
+        if prev and prev != me:
+            print(f"[run] taking over the lock of {self.path.parent} from {prev}, which is no longer running",
+                  file=sys.stderr, flush=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)  # an empty lock file: nobody held it when it was left
+        except OSError:
+            pass
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 256, 0).decode("utf-8", "replace").split()
+    except OSError:
+        return ""
+    if len(text) >= 2:
+        return f"pid {text[0]} on host {text[1]}"
+    return ""
+
+
 class RunDir:
     """A run directory. ``RunDir(path).status()`` says what state it is in."""
 
@@ -238,16 +458,31 @@ class RunDir:
 
     # -- status -----------------------------------------------------------------
     def status(self) -> dict:
-        return read_json(self.path / "status.json", {"state": "missing"})
+        """The saved status; ``running`` with a holder that is dead (same host, pid gone) reads as
+        ``interrupted``, and an unreadable status.json as ``unknown``."""
+        st = read_json(self.path / "status.json", None)
+        if st is None:
+            if (self.path / "status.json").exists():
+                return {"state": "unknown", "error": "status.json is unreadable (torn or empty)"}
+            return {"state": "missing"}
+        if not isinstance(st, dict):
+            return {"state": "unknown", "error": "status.json is not a JSON object"}
+        if st.get("state") == "running" and st.get("pid") and st.get("host") == socket.gethostname() \
+                and not pid_alive(st["pid"]):
+            st = dict(st, state="interrupted",
+                      error=f"the process (pid {st['pid']}) died while running stage {st.get('stage', '?')}")
+        return st
 
     def set_status(self, state: str, **info: Any) -> None:
-        """Replace the status: the new state with ``info`` (the stage and pid carry over when
-        not given); keys of earlier states do not linger."""
+        """Replace the status: the new state with ``info`` (the stage, pid and host carry over
+        when not given); keys of earlier states do not linger."""
         if not self.writer:
             return
-        prev = self.status()
-        row = {k: prev[k] for k in ("stage", "pid") if k in prev}
+        prev = read_json(self.path / "status.json", None)
+        prev = prev if isinstance(prev, dict) else {}
+        row = {k: prev[k] for k in ("stage", "pid", "host") if k in prev}
         row.update(info)
+        row.setdefault("host", socket.gethostname())
         row["state"] = state
         row["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(self.path / "status.json", row)
@@ -259,33 +494,76 @@ class RunDir:
     def stage_done(self, name: str) -> bool:
         return (self.path / name / "DONE").exists()
 
+    def recover(self) -> None:
+        """After a crash between the two renames of :meth:`finish_stage`: put the old stage back
+        (``<stage>.old`` without ``<stage>``), or drop an old copy whose new one is in place."""
+        if not self.writer or not self.path.is_dir():
+            return
+        for old in self.path.glob("*.old"):
+            final = self.path / old.name[:-4]
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, final)
+                print(f"[run] restored {final.name}/ (a replacement was interrupted before it was complete)",
+                      file=sys.stderr)
+
     def begin_stage(self, name: str, force: bool = False, keep_partial: bool = False) -> Path:
-        """Return a scratch directory ``<stage>.tmp`` in which the stage writes.
+        """Return a scratch directory ``<stage>.tmp`` in which the stage writes. A finished
+        ``<stage>`` is left alone (``force`` included) until :meth:`finish_stage` replaces it.
 
         ``keep_partial`` keeps an existing scratch directory (for resumable stages).
         """
-        final = self.path / name
         tmp = self.path / f"{name}.tmp"
         if not self.writer:
             return tmp
-        if force and final.exists():
-            shutil.rmtree(final)
         if tmp.exists() and not keep_partial:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         return tmp
 
-    def finish_stage(self, name: str, summary: dict) -> Path:
+    def finish_stage(self, name: str, summary: dict, config_yaml: Optional[str] = None) -> Path:
+        """Publish ``<stage>.tmp`` as ``<stage>``: summary, the stage's config, DONE, every file
+        fsynced, then the swap (the old result is removed only once the new one is in place)."""
         final = self.path / name
         tmp = self.path / f"{name}.tmp"
         if not self.writer:
             return final
         atomic_write_json(tmp / "summary.json", summary)
+        if config_yaml is not None:
+            atomic_write_text(tmp / "config.yaml", config_yaml)
         atomic_write_text(tmp / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+        fsync_tree(tmp)
+        old = self.path / f"{name}.old"
+        if old.exists():
+            shutil.rmtree(old)
         if final.exists():
-            shutil.rmtree(final)
+            os.replace(final, old)
         os.replace(tmp, final)
+        fsync_dir(self.path)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
         return final
 
     def summary(self, name: str) -> dict:
-        return read_json(self.path / name / "summary.json", {})
+        s = read_json(self.path / name / "summary.json", {})
+        return s if isinstance(s, dict) else {}
+
+    def config(self) -> Optional[dict]:
+        """The run's config as the results were built: ``config.yaml`` with each stage's section
+        (``pretrain``, ``sft``, ``rm``, ``ppo``) taken from that stage's own ``config.yaml`` when
+        it has one. None (with a warning) when no config can be read."""
+        data = read_yaml(self.path / "config.yaml", None)
+        for name in ("pretrain", "sft", "rm", "ppo"):
+            st = self.stage_config(name) if self.stage_done(name) else None
+            if st is None:
+                continue
+            if data is None:
+                data = dict(st)
+            elif isinstance(st.get(name), dict):
+                data[name] = st[name]
+        return data
+
+    def stage_config(self, name: str) -> Optional[dict]:
+        """The config ``name`` was built with (``<stage>/config.yaml``); None when unknown."""
+        return read_yaml(self.path / name / "config.yaml", None)

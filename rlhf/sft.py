@@ -6,8 +6,6 @@ checkpointing stay off: on a CPU they make a small model 3-8x slower.
 
 from __future__ import annotations
 
-import gzip
-import json
 import time
 from pathlib import Path
 
@@ -15,63 +13,29 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import DataError, RunConfig
+from .data import load_demonstration_file, split_dialogue  # noqa: F401 - split_dialogue re-exported
 from .models import check_context, load_causal_lm, save_hf
 from .rundir import RunDir, append_jsonl
 from .sampling import probe_world
 from .world import World
 
 
-def read_jsonl_any(path: str | Path) -> list[dict]:
-    p = Path(path)
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def load_rows(path: str, key: str) -> list[dict]:
-    """Rows of a JSONL(.gz) file, or of a hub dataset's train split (users with internet);
-    ``key`` names the setting in the error message."""
-    p = Path(path)
-    if p.exists():
-        return read_jsonl_any(p)
-    try:
-        import datasets
-        return list(datasets.load_dataset(path, split="train"))
-    except Exception as e:  # noqa: BLE001 - any hub/loading failure is a data error here
-        raise DataError(f"{key}: {path} is neither a file nor a loadable dataset ({e})") from None
-
-
 def load_demonstrations(cfg: RunConfig, world: World | None) -> list[tuple[str, str]]:
     """(prompt, response) pairs: the toy world's demonstrations, or a JSONL file with
-    ``prompt``/``response`` fields (or HH-RLHF style ``chosen`` dialogues)."""
+    ``prompt``/``response`` fields (or HH-RLHF style ``chosen`` dialogues), read and checked
+    by :func:`rlhf.data.load_demonstration_file`."""
     src = cfg.sft.data
     if src == "world":
         pairs = [(p.text, r) for p, r in world.demonstrations()]
+        if cfg.sft.max_examples:
+            pairs = pairs[: cfg.sft.max_examples]
     else:
-        p = Path(src)
-        if not p.exists():
+        if not Path(src).exists():
             raise DataError(f"sft.data: {src} does not exist")
-        rows = read_jsonl_any(p)
-        pairs = []
-        for r in rows:
-            if "prompt" in r and "response" in r:
-                pairs.append((r["prompt"], r["response"]))
-            elif "chosen" in r:
-                pairs.append(split_dialogue(r["chosen"]))
-    if cfg.sft.max_examples:
-        pairs = pairs[: cfg.sft.max_examples]
+        pairs = load_demonstration_file(src, cfg.sft.max_examples)
     if not pairs:
         raise DataError(f"sft.data={src}: no demonstrations found")
     return pairs
-
-
-def split_dialogue(text: str) -> tuple[str, str]:
-    """HH-RLHF: everything up to and including the last 'Assistant:' is the prompt."""
-    marker = "\n\nAssistant:"
-    i = text.rfind(marker)
-    if i < 0:
-        raise DataError("an HH-RLHF dialogue without an 'Assistant:' turn")
-    return text[: i + len(marker)], text[i + len(marker):].strip()
 
 
 class _Examples(torch.utils.data.Dataset):

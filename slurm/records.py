@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from rlhf.rundir import read_json, read_jsonl
+from rlhf.rundir import RunDir, read_json, read_jsonl
 
 from .runner import JOB_FILE
 
@@ -118,8 +118,11 @@ def _last_row(path: Path) -> dict:
 
 def run_state(sweep_dir: Path, run_id: str, job: Optional[dict], slurm_state: str = "") -> RunState:
     rd = runs_dir(sweep_dir) / run_id
-    st = read_json(rd / "status.json", None) or {}
+    st = RunDir(rd).status() if (rd / "status.json").exists() else {}  # torn -> unknown, dead pid -> interrupted
+    if st.get("state") == "unknown":  # a broken cell: shown as failed (resubmittable), the sweep goes on
+        st = {"state": "failed", "error": f"broken: {st.get('error', 'status.json unreadable')}"}
     jobinfo = read_json(rd / JOB_FILE, {}) or {}
+    jobinfo = jobinfo if isinstance(jobinfo, dict) else {}
     rs = RunState(run_id=run_id, state="missing", slurm_state=slurm_state, status=st,
                   job_id=(job or {}).get("job_id", ""), executor=(job or {}).get("executor", ""),
                   stage=st.get("stage", ""), restarts=int(jobinfo.get("restarts", 0) or 0),

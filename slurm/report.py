@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import json
 import math
 from pathlib import Path
 from typing import Any, Optional
 
 from rlhf.config import RunConfig, flatten
-from rlhf.rundir import read_json, read_jsonl
+from rlhf.rundir import RunDir, read_json, read_jsonl
 
 from .records import RunState, all_run_ids, runs_dir, sweep_states
 
@@ -31,7 +33,8 @@ def _metrics_text(sweep_dir: Path, st: RunState) -> str:
         parts = []
         for key in _DONE_METRICS:
             stage, name = key.split(".", 1)
-            v = (read_json(rd / stage / "summary.json", {}) or {}).get(name)
+            summ = read_json(rd / stage / "summary.json", {})
+            v = summ.get(name) if isinstance(summ, dict) else None
             if v is not None:
                 parts.append(f"{key}={_fmt_num(v)}")
         return " ".join(parts)
@@ -80,19 +83,24 @@ def _cell_value(v: Any) -> Any:
 
 
 def run_row(sweep_dir: Path, st: RunState) -> dict[str, Any]:
-    import yaml
     rd = runs_dir(sweep_dir) / st.run_id
     row: dict[str, Any] = {"run_id": st.run_id, "state": st.state, "slurm_state": st.slurm_state,
                            "error": st.error, "job_id": st.job_id, "restarts": st.restarts, "stage": st.stage}
-    cfg_path = rd / "config.yaml"
-    if cfg_path.exists():
-        from rlhf.config import from_dict
-        cfg = flatten(from_dict(yaml.safe_load(cfg_path.read_text()) or {}))
-        for k, v in cfg.items():
+    if (rd / "config.yaml").exists():
+        from rlhf.config import ConfigError, from_dict
+        data = RunDir(rd).config()  # each stage's section from the config it was built with
+        try:
+            cfg = flatten(from_dict(data)) if data is not None else None
+        except ConfigError as e:
+            print(f"warning: {rd}/config.yaml: {e}: its config is unknown", file=sys.stderr)
+            cfg = None
+        if cfg is None:
+            row["error"] = (row["error"] + "; " if row["error"] else "") + "config unknown (config.yaml unreadable)"
+        for k, v in (cfg or {}).items():
             row[k] = _cell_value(v)
     for stage in STAGES:
         summ = read_json(rd / stage / "summary.json", None)
-        if not summ:
+        if not summ or not isinstance(summ, dict):
             continue
         metrics: dict[str, Any] = {}
         _flatten_metrics(stage, summ, metrics)

@@ -210,7 +210,7 @@ def result_of(rd: RunDir, run_id: str) -> dict:
     out: dict[str, Any] = {"run_id": run_id, "state": rd.status().get("state", "missing")}
     for stage in ("pretrain", "sft", "rm", "ppo"):
         s = read_json(rd.path / stage / "summary.json")
-        if s:
+        if s and isinstance(s, dict):
             out[stage] = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
     return out
 

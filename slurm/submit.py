@@ -175,7 +175,8 @@ def _wait_local(sub: Submission, jobs: list, out: TextIO) -> None:
             res = job.result()
             sub.results[rid] = res.get("state", "done") if isinstance(res, dict) else "done"
         except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
-            err = (read_json(sub.sweep_dir / "runs" / rid / "status.json", {}) or {}).get("error")
+            st = read_json(sub.sweep_dir / "runs" / rid / "status.json", {})
+            err = st.get("error") if isinstance(st, dict) else None
             if not err:
                 lines = str(e).strip().splitlines()
                 err = lines[-1] if lines else type(e).__name__

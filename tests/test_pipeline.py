@@ -80,10 +80,8 @@ def test_missing_sft_data_fails_cleanly(tmp_path):
     assert r.returncode == 2
     assert "sft.data" in r.stderr and "/nonexistent.jsonl" in r.stderr
     run = tmp_path / "tiny"
-    st = read_json(run / "status.json")
-    assert st["state"] == "failed" and st["stage"] == "sft" and "nonexistent" in st["error"]
-    assert not (run / "sft").exists() and not (run / "sft.tmp").exists()
-    assert (run / "pretrain" / "DONE").exists()
+    # the data file is checked before the run directory is touched
+    assert not (run / "status.json").exists() and not (run / "pretrain").exists()
 
 
 def test_empty_sft_data(tmp_path):
