@@ -491,7 +491,16 @@ def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
 _STAGE_SECTIONS = {"world": ("world",), "pretrain": ("seed", "world", "model", "pretrain"),
                    "sft": ("seed", "world", "model", "pretrain", "sft"),
                    "rm": ("seed", "world", "model", "pretrain", "sft", "rm")}
-NOT_A_RESULT_KEY = ("name", "out_dir", "threads", "device", "stages")
+NOT_A_RESULT_KEY = NO_RESULT_KEYS + ("device",)
+
+
+def stages_shaped_by(key: str) -> tuple[str, ...]:
+    """The stages (world, pretrain, sft, rm, ppo) whose result a config key shapes: the
+    inverse of :func:`stage_keys`, used by the run directory's config checks."""
+    if key in NOT_A_RESULT_KEY:
+        return ()
+    section = key.split(".", 1)[0]
+    return tuple(s for s in ("world",) + STAGES if s == "ppo" or section in _STAGE_SECTIONS[s])
 
 
 def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Optional
 
 
 from . import dist
-from .config import STAGES, ConfigError, InputError, RunConfig, config_changes, dump_yaml
+from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
 from .models import load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
 from .rundir import RunDir, RunLock, RunLocked
 from .stop import StopRequested
@@ -50,19 +50,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _stages_of_key(key: str) -> tuple[str, ...]:
-    """The stages whose results a config key shapes (a stage's own section, and every stage
-    built on it); ``world`` for the toy world, which a run directory never rebuilds."""
-    section = key.split(".", 1)[0]
-    if section == "world":
-        return ("world",)
-    if section in ("seed", "model"):
-        return STAGES
-    if section in STAGES:
-        return STAGES[STAGES.index(section):]
-    return ()  # name, out_dir, device, threads, stages: no result depends on them
-
-
 def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
     """A run directory holds one config. Without --force any change is refused; with --force a
     change is allowed only when every finished stage it shapes is redone now, so that no
@@ -88,7 +75,7 @@ def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
     redo = set(cfg.stages)
     for line in changes:
         key = line.split(":", 1)[0]
-        kept = [s for s in _stages_of_key(key) if s not in redo and (rd.path / s / "DONE").exists()]
+        kept = [s for s in stages_shaped_by(key) if s not in redo and (rd.path / s / "DONE").exists()]
         if kept:
             raise ConfigError(
                 f"--force with a changed {line}: it shapes stage(s) {', '.join(kept)} of {rd.path}, which this "
@@ -107,7 +94,7 @@ def _stage_built_with_other_config(rd: RunDir, stage: str, cfg: RunConfig) -> li
         print(f"warning: {saved} is unreadable ({type(e).__name__}): the stage's config is unknown; "
               f"kept as done", file=sys.stderr)
         return []
-    return [c for c in changes if stage in _stages_of_key(c.split(":", 1)[0])]
+    return [c for c in changes if stage in stages_shaped_by(c.split(":", 1)[0])]
 
 
 def _check_inputs(rd: RunDir, cfg: RunConfig) -> None:

@@ -13,7 +13,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .config import DataError, RunConfig
-from .data import load_demonstration_file, split_dialogue  # noqa: F401 - split_dialogue re-exported
+from .data import load_demonstration_file
 from .models import check_context, load_causal_lm, save_hf
 from .rundir import RunDir, append_jsonl
 from .sampling import probe_world
