@@ -557,9 +557,13 @@ def claim_figure(claim: Claim, rows: list[Row]):
             jitter = np.linspace(-0.15, 0.15, len(ys)) if len(ys) > 1 else np.zeros(len(ys))
             ax.plot(jitter, ys, "o", alpha=0.6, label="seeds")
             if not math.isnan(r.value):
-                if not math.isnan(r.ci_low):
-                    ax.errorbar([0.5], [r.value], yerr=[[r.value - r.ci_low], [r.ci_high - r.value]], fmt="s",
-                                capsize=3, label="mean, 95% CI")
+                if not math.isnan(r.ci_low) and r.kind == "within_ci":  # the CI is the reference cell's
+                    ax.plot([0.5], [r.value], "s", label="mean")
+                    ax.errorbar([0.8], [(r.ci_low + r.ci_high) / 2], yerr=[[(r.ci_high - r.ci_low) / 2]] * 2,
+                                fmt="none", capsize=3, color="grey", label="reference 95% CI")
+                elif not math.isnan(r.ci_low):
+                    ax.errorbar([0.5], [r.value], yerr=[[max(0.0, r.value - r.ci_low)], [max(0.0, r.ci_high - r.value)]],
+                                fmt="s", capsize=3, label="mean, 95% CI")
                 else:
                     ax.plot([0.5], [r.value], "s", label="mean (no CI: 1 seed)")
             for rule in r.spec.get("verdict", []) if r.spec.get("verdict") != "reported" else []:

@@ -140,7 +140,7 @@ class PPOConfig:
     epochs: int = 4  # passes over each batch
     lr: float = 5e-5
     critic_lr: float = 5e-4
-    beta: float = 0.05  # KL penalty coefficient (initial value if adaptive)
+    beta: float = 0.2  # KL penalty coefficient (initial value if adaptive)
     adaptive_kl: bool = False  # Ziegler et al. proportional controller
     target_kl: float = 1.0
     kl_horizon: int = 10000
