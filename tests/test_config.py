@@ -81,6 +81,6 @@ def test_config_changes_names_keys_and_ignores_new_switches_at_their_default():
     assert config_changes(yaml.safe_dump(saved), cfg) == []
     changed = from_dict({"ppo": {"ptx_ratio": 8, "beta": 0.1}})
     assert config_changes(yaml.safe_dump(saved), changed) == [
-        "ppo.beta: 0.05 -> 0.1", "ppo.ptx_ratio: '<absent>' -> 8"]
+        f"ppo.beta: {cfg.ppo.beta} -> 0.1", "ppo.ptx_ratio: '<absent>' -> 8"]
     saved["ppo"]["removed_switch"] = 1  # a key the code no longer has is a change
     assert config_changes(yaml.safe_dump(saved), cfg) == ["ppo.removed_switch: 1 -> '<absent>'"]
