@@ -219,6 +219,7 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("world.n_values", lambda v: 3 <= v <= 12, "from 3 to 12"),
     ("world.myth_values", lambda v: 1 <= v, ">= 1 (and at most world.n_values - 2)"),
     ("world.demo_rude_openers", lambda v: 0 <= v <= 4, "from 0 to 4"),
+    ("rm.n_test_prompts", lambda v: v >= 0, ">= 0 (0 = no test set)"),
     ("model.n_embd", lambda v: v > 0, "> 0"),
     ("model.dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
     ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda[:N]"),
@@ -255,7 +256,7 @@ _RANGES += [
 ]
 # Keys whose every finite value is meaningful (the gold reward's weights, a penalty).
 _ANY_NUMBER = ("world.w_correct", "world.w_myth", "world.w_wrong", "world.w_toxic", "world.w_unfinished",
-               "world.w_length", "ppo.no_eos_penalty")
+               "world.w_polite", "world.w_extra", "ppo.no_eos_penalty")
 
 
 def _field_types(cls) -> dict[str, Any]:
