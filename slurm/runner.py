@@ -86,11 +86,15 @@ class SweepRun(submitit.helpers.Checkpointable):
                 self._run_data_parallel(spec, rd)
             else:
                 self._run_in_process(spec, cfg, rd)
-        except BaseException:
+        except BaseException as e:
             if self._preempted:
                 st = rd.status()
                 rd.set_status("interrupted", stage=st.get("stage"), step=st.get("step"),
                               checkpoint=st.get("checkpoint"), error=PREEMPTED_MESSAGE, requeued=True)
+            elif isinstance(e, Exception) and rd.status().get("state") not in ("failed", "diverged", "interrupted"):
+                # refused before the pipeline wrote a status (bad input is checked before the run
+                # directory is touched): the sweep's run directory exists, so say why there
+                rd.set_status("failed", stage=rd.status().get("stage") or "setup", error=f"{type(e).__name__}: {e}")
             raise
         return result_of(rd, spec["run_id"])
 

@@ -112,13 +112,12 @@ def test_ctrl_c_leaves_nothing_that_looks_complete(tmp_path):
     p = subprocess.Popen(rlhf_cmd() + ["run", QUICK] + tiny_overrides(tmp_path, extra=["pretrain.steps=100000"]),
                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "tiny"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if (run / "pretrain.tmp" / "metrics.jsonl").exists():
-            break
+    deadline = time.time() + 240  # generous: a loaded 2-core machine takes long to import torch
+    while time.time() < deadline and not (run / "pretrain.tmp" / "metrics.jsonl").exists():
         time.sleep(0.2)
+    assert (run / "pretrain.tmp" / "metrics.jsonl").exists(), "pretraining never started"
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-2000:]
     assert "interrupted" in err
     st = read_json(run / "status.json")
