@@ -109,8 +109,11 @@ def test_prompt_longer_than_context(tmp_path):
 
 def test_ctrl_c_leaves_nothing_that_looks_complete(tmp_path):
     env = dict(os.environ, TQDM_DISABLE="1")
+    # SIGINT as at a terminal: a shell's background job (how CI may start pytest) inherits SIGINT
+    # ignored, and Python then keeps it ignored, so restore the default in the child
     p = subprocess.Popen(rlhf_cmd() + ["run", QUICK] + tiny_overrides(tmp_path, extra=["pretrain.steps=100000"]),
-                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / "tiny"
     deadline = time.time() + 240  # generous: a loaded 2-core machine takes long to import torch
     while time.time() < deadline and not (run / "pretrain.tmp" / "metrics.jsonl").exists():
