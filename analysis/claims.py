@@ -107,14 +107,9 @@ class Claim:
 
 # ------------------------------------------------------------------ the file
 def load_claims(path: str | Path) -> list[Claim]:
-    import yaml
+    from rlhf.config import read_yaml_file
     p = Path(path)
-    if not p.is_file():
-        raise ClaimsError(f"claims file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ClaimsError(f"{p}: not valid YAML: {e}") from None
+    data = read_yaml_file(p, ClaimsError, "claims file")
     if not isinstance(data, dict) or not isinstance(data.get("claims"), list):
         raise ClaimsError(f"{p}: expected a mapping with a 'claims' list")
     out = []

@@ -425,21 +425,28 @@ def from_dict(data: dict, overrides: Optional[list[str]] = None) -> RunConfig:
     return validate(cfg)
 
 
+def read_yaml_file(path: str | Path, error: type = ConfigError, what: str = "config file") -> Any:
+    """The YAML document in ``path``; a missing, unreadable, non-UTF-8 or invalid file raises
+    ``error`` (an InputError: exit status 2) naming it. Config, sweep and claims files."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} not found: {p}")
+    try:
+        return yaml.safe_load(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise error(f"{p}: cannot be read ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        raise error(f"{p}: not valid YAML: {e}") from None
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> RunConfig:
     """Defaults <- YAML file <- dotted ``key=value`` overrides, then validated."""
     data: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
-        except OSError as e:
-            raise ConfigError(f"{p}: cannot be read ({e.strerror or e})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        data = read_yaml_file(p) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of config keys")
     return from_dict(data, overrides)

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 import yaml
 
-from rlhf.config import ConfigError, InputError, RunConfig, flatten, from_dict, nest, parse_override
+from rlhf.config import ConfigError, InputError, RunConfig, flatten, from_dict, nest, parse_override, read_yaml_file
 
 DEFAULT_MAX_RUNS = 1000
 EXECUTORS = ("slurm", "local", "debug")
@@ -250,12 +250,7 @@ def load_sweep(path: str | Path, overrides: Optional[list[str]] = None, out_dir:
                max_runs: Optional[int] = None) -> Sweep:
     """Read and check a sweep file. ``overrides`` (key=value) are added to the base config."""
     p = Path(path)
-    if not p.is_file():
-        raise SweepError(f"sweep file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise SweepError(f"{p}: not valid YAML: {e}") from None
+    data = read_yaml_file(p, SweepError, "sweep file")
     return parse_sweep(data, source=p, overrides=overrides, out_dir=out_dir, max_runs=max_runs)
 
 
