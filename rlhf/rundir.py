@@ -376,6 +376,11 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             holder = _read_holder(fd)
+            for _ in range(40):  # the holder writes its name just after taking the lock: give it 2 s
+                if holder:
+                    break
+                time.sleep(0.05)
+                holder = _read_holder(fd)
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise RunLocked(f"run directory {self.path.parent} is in use by {holder or 'another process'} "
