@@ -1,8 +1,10 @@
-"""Stage 4: PPO-ptx (InstructGPT eq. 2), one readable loop.
+"""Stage 4: PPO-ptx (InstructGPT eq. 2), as named phases.
 
     maximise  E_(x,y)~π_RL [ r_θ(x,y) - β log(π_RL(y|x) / π_SFT(y|x)) ]  +  γ E_x~D_pretrain [ log π_RL(x) ]
 
-Each iteration (``ppo.steps`` of them):
+:func:`run_ppo` builds the models or resumes them from the newest good checkpoint, once
+(:func:`start_or_resume`; every optimiser comes from :func:`make_optimizer`), then runs
+``ppo.steps`` iterations of :meth:`PPORun.step`, each one phase after another:
 
 1. **Rollout**: sample one response per prompt from π_RL (temperature ``ppo.temperature``,
    ``ppo.max_new_tokens``, stop at EOS). The policy has dropout 0, so the first, on-policy
@@ -35,12 +37,11 @@ the end of the iteration in flight and stops, so a preemption loses nothing. Pol
 passes each of ``ppo.kl_levels`` (``kl/kl_<level>``) for the over-optimisation eval.
 ``ppo.rounds`` > 1 is iterated RLHF: at the start of each later round the labeler ranks K
 samples of the current policy per prompt and the reward model is retrained on all
-comparisons so far.
+comparisons so far, by the reward stage's own function (``rlhf.reward.run_reward_stage``).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -65,8 +66,9 @@ from .rundir import (MANIFEST, RunDir, append_jsonl, atomic_write_json, fsync_di
 from . import stop
 from .dist import Dist, shard
 from .heldout import heldout_nll, heldout_text
+from .pretrain import encode_corpus, random_windows
 from .reward import rm_max_length, score_texts
-from .rundir import append_jsonl_gz, truncate_jsonl_gz, write_jsonl_gz
+from .rundir import append_jsonl_gz, atomic_write_text, truncate_jsonl_gz, write_jsonl_gz
 from .sampling import sample
 from .world import World
 
@@ -142,17 +144,17 @@ def rollout(policy, tokenizer, prompts: list[str], pc, seed: int):
 # ----------------------------------------------------------------------------- pretraining data
 
 class PretrainStream:
-    """Random windows of the pretraining corpus for the ptx term (own RNG, checkpointed)."""
+    """Random windows of the pretraining corpus for the ptx term: the corpus tokenized and
+    windowed as pretraining does (``rlhf.pretrain.encode_corpus`` / ``random_windows``),
+    with its own RNG (checkpointed)."""
 
     def __init__(self, tokenizer, docs: list[str], seq_len: int, seed: int):
-        text = " ".join(docs)
-        self.ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        self.ids = encode_corpus(tokenizer, docs)
         self.seq_len = seq_len
         self.gen = torch.Generator().manual_seed(seed)
 
     def batch(self, n: int) -> torch.Tensor:
-        starts = torch.randint(0, len(self.ids) - self.seq_len, (n,), generator=self.gen)
-        return torch.stack([self.ids[s:s + self.seq_len] for s in starts.tolist()])
+        return random_windows(self.ids, n, self.seq_len, self.gen)
 
 
 def pretrain_documents(cfg: RunConfig, world: Optional[World]) -> tuple[list[str], list[str]]:
@@ -238,36 +240,6 @@ def checkpoints(ckdir: Path) -> list[Path]:
     return sorted((p for p in ckdir.glob("step_*") if p.is_dir() and (p / "state.json").exists()), reverse=True)
 
 
-def _load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device, with_critic: bool, value_head):
-    """Everything resumable from ``ck``, or an exception (nothing is changed until it all loads):
-    (state.json, policy, critic, critic optimiser, value head, optimiser, trainer state)."""
-    pc = cfg.ppo
-    st = read_json(ck / "state.json")
-    if not isinstance(st, dict) or "step" not in st or "controller" not in st:
-        raise ValueError("state.json is unreadable")
-    if st.get("world_size", 1) != d.world:
-        raise ConfigError(f"{ck} was written by {st.get('world_size', 1)} data-parallel processes, this run has "
-                          f"{d.world}: resume with the same number, or --force to start PPO again")
-    policy = load_causal_lm(str(ck / "policy"), dtype=cfg.model.dtype, device=device)
-    params = list(policy.parameters())
-    critic = critic_opt = None
-    if with_critic:
-        critic = load_reward_model(str(ck / "critic"), dtype=cfg.model.dtype, device=device)
-        critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, fused=True)
-    if value_head is not None:
-        value_head = copy.deepcopy(value_head)  # the caller's is untouched unless all of ck loads
-        value_head.load_state_dict(load_file(str(ck / "value_head.safetensors")))
-        params += list(value_head.parameters())
-    opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0, fused=True)
-    state = torch.load(ck / "trainer_state.pt", weights_only=True)
-    opt.load_state_dict(state["opt"])
-    if critic_opt is not None:
-        critic_opt.load_state_dict(state["critic_opt"])
-    if d.rank > 0:  # every rank has its own random streams
-        state.update(torch.load(ck / f"rng_rank{d.rank}.pt", weights_only=True))
-    return st, policy, critic, critic_opt, value_head, opt, state
-
-
 # ----------------------------------------------------------------------------- the stage
 
 def check_tokenizers_match(policy_tok, rm_path: str) -> None:
@@ -283,45 +255,122 @@ def check_tokenizers_match(policy_tok, rm_path: str) -> None:
             f"({len(policy_tok)} tokens): train the reward model from the same base model")
 
 
-def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, world: Optional[World],
-            device: torch.device, d: Optional[Dist] = None) -> dict:
-    pc = cfg.ppo
-    d = d or Dist()  # data-parallel ranks (rlhf/dist.py); one process by default
-    if pc.batch_size % d.world or pc.minibatch_size % d.world:
-        raise ConfigError(f"ppo.batch_size ({pc.batch_size}) and ppo.minibatch_size ({pc.minibatch_size}) are "
-                          f"global and must divide by the number of data-parallel processes ({d.world})")
-    local_bs, local_mb = pc.batch_size // d.world, pc.minibatch_size // d.world
-    out = rd.begin_stage("ppo", keep_partial=True)
-    d.barrier()
-    ckdir = out / "checkpoints"
-    # every rollout: one gzip member per iteration (rank 0 here, rank r in samples.rank<r>.jsonl.gz)
-    samples_path = out / ("samples.jsonl.gz" if d.rank == 0 else f"samples.rank{d.rank}.jsonl.gz")
-    rank_seed = cfg.seed * 1000 + 4 + 7919 * d.rank  # each rank samples its own responses
-    torch.manual_seed(rank_seed)
-    random.seed(rank_seed)
-    np.random.seed(rank_seed)
+def make_optimizer(params, lr: float) -> torch.optim.AdamW:
+    """The one PPO optimiser (the policy with its value head, and the separate critic):
+    AdamW, eps 1e-5, no weight decay, the fused kernel. A fresh start and a resume both
+    build through here, so a resumed optimiser steps exactly as the uninterrupted one."""
+    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=0.0, fused=True)
 
-    # --- models -------------------------------------------------------------------------
-    check_tokenizers_match(tokenizer, rm_path)
-    policy = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device)
-    ref = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
-    rm = load_reward_model(rm_path, dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
-    if rm.config.vocab_size != policy.config.vocab_size:
-        raise ConfigError(f"reward model vocab {rm.config.vocab_size} != policy vocab {policy.config.vocab_size}")
-    critic = value_head = critic_opt = None
+
+def kl_controller(pc):
+    """β: Ziegler et al.'s adaptive controller (``ppo.adaptive_kl``) or a fixed value."""
+    return AdaptiveKLController(pc.beta, pc.target_kl, pc.kl_horizon) if pc.adaptive_kl else FixedKLController(pc.beta)
+
+
+@dataclass
+class Learner:
+    """What PPO trains: the policy (with its value head for ``ppo.critic=head``) or a
+    separate critic (``ppo.critic=separate``), and their optimisers."""
+
+    policy: torch.nn.Module
+    opt: torch.optim.Optimizer
+    critic: Optional[torch.nn.Module] = None
+    critic_opt: Optional[torch.optim.Optimizer] = None
+    value_head: Optional[torch.nn.Module] = None
+
+
+def build_learner(cfg: RunConfig, policy_path: str, critic_path: str, device,
+                  value_head_file: Optional[str] = None) -> Learner:
+    """The policy from ``policy_path`` and the critic from ``critic_path`` (a sequence
+    classifier), or a value head (zero, or loaded from ``value_head_file``), with their
+    optimisers. A fresh start passes the SFT model and the reward model; a resume passes
+    a checkpoint's folders."""
+    pc = cfg.ppo
+    policy = load_causal_lm(policy_path, dtype=cfg.model.dtype, device=device)
+    critic = critic_opt = value_head = None
     if pc.critic == "separate":
-        critic = load_reward_model(rm_path, dtype=cfg.model.dtype, device=device)
-        critic_opt = torch.optim.AdamW(critic.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, fused=True)
+        critic = load_reward_model(critic_path, dtype=cfg.model.dtype, device=device)
+        critic_opt = make_optimizer(critic.parameters(), pc.critic_lr)
     else:
         hidden = getattr(policy.config, "n_embd", None) or policy.config.hidden_size
         value_head = torch.nn.Linear(hidden, 1).to(device)
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
+        if value_head_file is not None:
+            value_head.load_state_dict(load_file(value_head_file))
     params = list(policy.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
-    opt = torch.optim.AdamW(params, lr=pc.lr, eps=1e-5, weight_decay=0.0, fused=True)
-    ctl = AdaptiveKLController(pc.beta, pc.target_kl, pc.kl_horizon) if pc.adaptive_kl else FixedKLController(pc.beta)
+    return Learner(policy, make_optimizer(params, pc.lr), critic, critic_opt, value_head)
 
-    # --- data ---------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """Where PPO stands: the next iteration, β's controller, the KL levels saved so far
+    and the reward model's round (iterated RLHF)."""
+
+    step: int
+    ctl: object
+    kl_saved: list
+    rm_round: int = 0
+
+
+def load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device) -> tuple[Learner, Progress, dict]:
+    """Everything resumable from ``ck`` (the learner with its optimisers' states, the
+    progress, the trainer state with the RNG states), or an exception."""
+    st = read_json(ck / "state.json")
+    if not isinstance(st, dict) or "step" not in st or "controller" not in st:
+        raise ValueError("state.json is unreadable")
+    if st.get("world_size", 1) != d.world:
+        raise ConfigError(f"{ck} was written by {st.get('world_size', 1)} data-parallel processes, this run has "
+                          f"{d.world}: resume with the same number, or --force to start PPO again")
+    head = str(ck / "value_head.safetensors") if cfg.ppo.critic == "head" else None
+    learner = build_learner(cfg, str(ck / "policy"), str(ck / "critic"), device, value_head_file=head)
+    state = torch.load(ck / "trainer_state.pt", weights_only=True)
+    learner.opt.load_state_dict(state["opt"])
+    if learner.critic_opt is not None:
+        learner.critic_opt.load_state_dict(state["critic_opt"])
+    if d.rank > 0:  # every rank has its own random streams
+        state.update(torch.load(ck / f"rng_rank{d.rank}.pt", weights_only=True))
+    ctl = kl_controller(cfg.ppo)
+    ctl.load_state_dict(st["controller"])
+    return learner, Progress(st["step"], ctl, st.get("kl_saved", []), st.get("rm_round", 0)), state
+
+
+def start_or_resume(cfg: RunConfig, ckdir: Path, sft_path: str, rm_path: str, device,
+                    d: Dist) -> tuple[Learner, Progress, Optional[dict], Optional[Path]]:
+    """The one place PPO's trainable state comes from, each model loaded once: the newest
+    checkpoint in ``ckdir`` that passes its manifest and loads (a damaged one is reported
+    and the previous one tried), else a fresh start from the SFT policy and the reward
+    model. Returns (learner, progress, trainer state or None, checkpoint or None)."""
+    found = checkpoints(ckdir)
+    for cand in found:
+        problem = verify_manifest(cand) if (cand / MANIFEST).exists() else None  # older runs: no manifest
+        if problem is None:
+            try:
+                return (*load_checkpoint(cand, cfg, d, device), cand)
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a torn file of any kind: try the previous checkpoint
+                problem = f"cannot be loaded ({type(e).__name__}: {str(e)[:200]})"
+        if d.is_main:
+            print(f"[ppo] checkpoint {cand.name} is damaged: {problem}; falling back to the previous one", flush=True)
+    if found and d.is_main:
+        print("[ppo] no usable checkpoint: PPO starts again from step 0", flush=True)
+    return build_learner(cfg, sft_path, rm_path, device), Progress(0, kl_controller(cfg.ppo), []), None, None
+
+
+@dataclass
+class PPOData:
+    """What PPO reads: its prompts (with the toy world's prompt objects, for the gold
+    reward), the ptx stream and the held-out pretraining text."""
+
+    prompts: list[str]
+    prompt_meta: Optional[list]
+    ptx: Optional[PretrainStream]
+    held_text: Optional[str]
+
+
+def load_ppo_data(cfg: RunConfig, tokenizer, world: Optional[World], d: Dist) -> PPOData:
+    pc = cfg.ppo
     if pc.data != "world":
         prompts = filter_prompts(load_prompts(pc.data), tokenizer, pc.max_prompt_tokens)
         prompt_meta = None
@@ -337,211 +386,321 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         if pc.ptx_coef > 0:
             ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, cfg.seed * 1000 + 5 + 7919 * d.rank)
         held_text = heldout_text(held_docs)
-    rm_len = rm_max_length(rm, cfg.rm.max_length)
-    n_updates = pc.epochs * (pc.batch_size // pc.minibatch_size)
-    ptx_per_update = max(1, (pc.ptx_ratio * local_bs) // n_updates) if ptx else 0
+    return PPOData(prompts, prompt_meta, ptx, held_text)
 
-    # --- resume ---------------------------------------------------------------------------
-    start = 0
-    kl_saved: list[float] = []
-    rm_round = 0
-    ck = None
-    for cand in checkpoints(ckdir):
-        problem = verify_manifest(cand) if (cand / MANIFEST).exists() else None  # older runs: no manifest
-        if problem is None:
-            try:
-                loaded = _load_checkpoint(cand, cfg, d, device, critic is not None, value_head)
-            except ConfigError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a torn file of any kind: try the previous checkpoint
-                problem = f"cannot be loaded ({type(e).__name__}: {str(e)[:200]})"
-        if problem is not None:
-            if d.is_main:
-                print(f"[ppo] checkpoint {cand.name} is damaged: {problem}; falling back to the previous one",
-                      flush=True)
-            continue
-        ck = cand
-        st, policy, critic, critic_opt, value_head, opt, state = loaded
-        start = st["step"]
-        _set_rng_state(state["rng"])
-        if ptx is not None and state["ptx_rng"] is not None:
-            ptx.gen.set_state(state["ptx_rng"])
-        ctl.load_state_dict(st["controller"])
-        kl_saved = st.get("kl_saved", [])
-        rm_round = st.get("rm_round", 0)
-        if rm_round > 0:
-            rm = load_reward_model(str(out / f"rm_round{rm_round}"), dtype=cfg.model.dtype,
-                                   device=device).eval().requires_grad_(False)
-        break
-    if ck is None and checkpoints(ckdir) and d.is_main:
-        print("[ppo] no usable checkpoint: PPO starts again from step 0", flush=True)
-    if ck is not None:
-        # drop metrics logged after the checkpoint: they will be logged again
-        if d.is_main:
-            rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] < start]
-            from .rundir import atomic_write_text
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-            print(f"[ppo] resumed from {ck.name} (step {start})")
-        truncate_jsonl_gz(samples_path, lambda r: r["step"] < start)  # each rank its own file
-    else:
-        if (out / "metrics.jsonl").exists() and d.is_main:
+
+@dataclass
+class Scored:
+    """A rollout's scores: log π and log π_SFT of its tokens, V(s_t), rm_score and ppo_reward."""
+
+    logp: torch.Tensor
+    ref_logp: torch.Tensor
+    values: torch.Tensor
+    rm_score: torch.Tensor
+    ppo_reward: torch.Tensor
+
+
+class PPORun:
+    """One PPO stage: the models, the data, the progress, and the phases of an iteration
+    (:meth:`step`). Built or resumed once, in :func:`run_ppo`."""
+
+    def __init__(self, cfg: RunConfig, rd: RunDir, out: Path, sft_path: str, rm_path: str, tokenizer,
+                 world: Optional[World], device, d: Dist):
+        pc = self.pc = cfg.ppo
+        self.cfg, self.rd, self.out, self.sft_path, self.tok, self.world, self.device, self.d = \
+            cfg, rd, out, sft_path, tokenizer, world, device, d
+        self.ckdir = out / "checkpoints"
+        # every rollout: one gzip member per iteration (rank 0 here, rank r in samples.rank<r>.jsonl.gz)
+        self.samples_path = out / ("samples.jsonl.gz" if d.rank == 0 else f"samples.rank{d.rank}.jsonl.gz")
+        self.local_bs, self.local_mb = pc.batch_size // d.world, pc.minibatch_size // d.world
+        check_tokenizers_match(tokenizer, rm_path)
+        self.data = load_ppo_data(cfg, tokenizer, world, d)
+        self.ref = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
+        self.learner, self.progress, state, ck = start_or_resume(cfg, self.ckdir, sft_path, rm_path, device, d)
+        self.policy = self.learner.policy
+        r = self.progress.rm_round
+        self.rm = load_reward_model(rm_path if r == 0 else str(out / f"rm_round{r}"), dtype=cfg.model.dtype,
+                                    device=device).eval().requires_grad_(False)
+        if self.rm.config.vocab_size != self.policy.config.vocab_size:
+            raise ConfigError(f"reward model vocab {self.rm.config.vocab_size} != policy vocab "
+                              f"{self.policy.config.vocab_size}")
+        if state is not None:
+            _set_rng_state(state["rng"])
+            if self.data.ptx is not None and state["ptx_rng"] is not None:
+                self.data.ptx.gen.set_state(state["ptx_rng"])
+        self.start_logs(ck)
+        self.rm_len = rm_max_length(self.rm, cfg.rm.max_length)
+        n_updates = pc.epochs * (pc.batch_size // pc.minibatch_size)
+        self.ptx_per_update = max(1, (pc.ptx_ratio * self.local_bs) // n_updates) if self.data.ptx else 0
+        self.steps_per_round = math.ceil(pc.steps / pc.rounds)
+        self.t0, self.last_status, self.last_row = time.time(), -1e9, {}
+        self.bar = tqdm(range(self.progress.step, pc.steps), desc="ppo", initial=self.progress.step, total=pc.steps,
+                        mininterval=2.0, disable=True if not d.is_main else None)
+
+    def start_logs(self, ck: Optional[Path]) -> None:
+        """Resumed: drop what was logged after the checkpoint (it is logged again); fresh: start empty."""
+        out, start = self.out, self.progress.step
+        if ck is not None:
+            if self.d.is_main:
+                rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["step"] < start]
+                atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+                print(f"[ppo] resumed from {ck.name} (step {start})")
+            truncate_jsonl_gz(self.samples_path, lambda r: r["step"] < start)  # each rank its own file
+            return
+        if (out / "metrics.jsonl").exists() and self.d.is_main:
             (out / "metrics.jsonl").unlink()
-        if samples_path.exists():
-            samples_path.unlink()
-    policy.train()
+        if self.samples_path.exists():
+            self.samples_path.unlink()
 
-    steps_per_round = math.ceil(pc.steps / pc.rounds)
-    t0 = time.time()
-    gen_seed_base = cfg.seed * 1_000_003
-    rng = random.Random()
-    bar = tqdm(range(start, pc.steps), desc="ppo", initial=start, total=pc.steps, mininterval=2.0,
-               disable=True if not d.is_main else None)
-    last = {}
-    last_status = -1e9
-    with stop.listening():  # SIGTERM/USR2: checkpoint at the end of this iteration (rlhf/stop.py)
-        for step in bar:
-            # --- iterated RLHF: a new reward model at the start of each later round --------------
-            this_round = step // steps_per_round
-            if this_round > rm_round:
-                rm = retrain_reward_model(cfg, rd, out, sft_path, tokenizer, world, device, policy, this_round)
-                rm_round = this_round
-            rng.seed(gen_seed_base + step)
-            idx = shard([rng.randrange(len(prompts)) for _ in range(pc.batch_size)], d)  # this rank's share
-            batch_prompts = [prompts[i] for i in idx]
+    # ------------------------------------------------------------------------- one iteration
+    def step(self, step: int) -> None:
+        """One PPO iteration: rollout -> score -> advantages -> update epochs -> log and checkpoint."""
+        self.next_reward_model(step)
+        idx, s = self.rollout(step)
+        sc = self.score(s)
+        batch, kl = self.advantages(step, s, sc)
+        held_lm = self.heldout_loss(step)  # of the policy that made this batch, before its update
+        stats = self.update_epochs(step, batch)
+        row = self.log(step, idx, s, sc, kl, stats, held_lm)
+        self.save_kl_levels(step, row["kl"])
+        self.checkpoint(step)
 
-            # --- 1-2. rollout and scoring ------------------------------------------------------------
-            policy.eval()
-            s = rollout(policy, tokenizer, batch_prompts, pc, rollout_seed(cfg.seed, step, d.rank))
-            pi, pm, ri, rmask = (s.prompt_ids.to(device), s.prompt_mask.to(device), s.response_ids.to(device),
-                                 s.response_mask.to(device))
-            with torch.no_grad():
-                logp, _, v_head = policy_forward(policy, pi, pm, ri, rmask, pc.temperature, value_head)
-                ref_logp, _, _ = policy_forward(ref, pi, pm, ri, rmask, pc.temperature)
-                score_raw, score = score_rollout(rm, tokenizer, s, rm_len, pc.no_eos_penalty)  # rm_score, ppo_reward
-                values = v_head if value_head is not None else critic_values(critic, pi, pm, ri, rmask)
-            maskf = rmask.float()
-            # --- 3. per-token rewards, GAE ------------------------------------------------------------
-            rewards, kl = kl_penalised_rewards(score, logp, ref_logp, maskf, ctl.value)
-            if pc.whiten_rewards:
-                rewards = masked_whiten(rewards, maskf, shift_mean=False)
-            adv, ret = gae(rewards, values * maskf, maskf, pc.gamma, pc.lam)
-            if pc.whiten_advantages:
-                adv = masked_whiten(adv, maskf)
-            check_finite(step, {"reward": score, "kl": kl.sum(1), "values": values, "advantages": adv}, d)
-            batch = Batch(pi, pm, ri, maskf, logp, ref_logp, values * maskf, adv, ret)
+    def next_reward_model(self, step: int) -> None:
+        """Iterated RLHF (``ppo.rounds``): at the start of each later round the labeler ranks
+        K samples of the current policy per prompt and the reward model is retrained on all
+        comparisons so far, by the reward stage itself (``rlhf.reward.run_reward_stage``),
+        into ``ppo.tmp/rm_round<r>`` (a checkpoint may point at it)."""
+        this_round = step // self.steps_per_round
+        if this_round <= self.progress.rm_round:
+            return
+        from .reward import run_reward_stage
+        from .sft import load_demonstrations
+        name = f"{self.out.name}/rm_round{this_round}"
+        if not self.rd.stage_done(name):
+            summary = run_reward_stage(self.cfg, self.rd, self.sft_path, self.tok, self.world, self.device,
+                                       load_demonstrations(self.cfg, self.world), round_=this_round,
+                                       policy=self.policy, out_name=name)
+            self.rd.finish_stage(name, summary)
+        self.rm = load_reward_model(str(self.rd.stage(name)), dtype=self.cfg.model.dtype,
+                                    device=self.device).eval().requires_grad_(False)
+        self.progress.rm_round = this_round
 
-            # held-out pretraining loss of the policy that made this batch (before its update)
-            held_lm = None
-            if held_text is not None and step % pc.checkpoint_every == 0 and d.is_main:
-                held_lm = heldout_nll(policy, tokenizer, held_text)["loss"]
+    def rollout(self, step: int):
+        """This rank's share of the iteration's prompts (drawn from (seed, step) only) and one
+        sampled response each."""
+        rng = random.Random(self.cfg.seed * 1_000_003 + step)
+        idx = shard([rng.randrange(len(self.data.prompts)) for _ in range(self.pc.batch_size)], self.d)
+        self.policy.eval()
+        s = rollout(self.policy, self.tok, [self.data.prompts[i] for i in idx], self.pc,
+                    rollout_seed(self.cfg.seed, step, self.d.rank))
+        return idx, s
 
-            # --- 4. PPO epochs over minibatches ------------------------------------------------------
-            policy.train()
-            stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
-                                                             "ptx_loss", "vf_clipfrac")}
-            for epoch in range(pc.epochs):
-                perm = torch.randperm(local_bs)
-                for i in range(0, local_bs, local_mb):
-                    mb = batch.index(perm[i:i + local_mb])
-                    ptx_x = ptx.batch(ptx_per_update).to(device) if ptx is not None else None
-                    st = ppo_update(policy, mb, opt, pc, value_head, critic, critic_opt, ptx_x, d)
-                    for k, v in st.items():
-                        stats[k].append(v)
-                    check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, d)
+    @torch.no_grad()
+    def score(self, s) -> Scored:
+        """log π and log π_SFT of the sampled tokens, V(s_t), rm_score and ppo_reward."""
+        dev, pc, lr = self.device, self.pc, self.learner
+        pi, pm, ri, rmask = (s.prompt_ids.to(dev), s.prompt_mask.to(dev), s.response_ids.to(dev),
+                             s.response_mask.to(dev))
+        logp, _, v_head = policy_forward(self.policy, pi, pm, ri, rmask, pc.temperature, lr.value_head)
+        ref_logp, _, _ = policy_forward(self.ref, pi, pm, ri, rmask, pc.temperature)
+        rm_score, ppo_reward = score_rollout(self.rm, self.tok, s, self.rm_len, pc.no_eos_penalty)
+        values = v_head if lr.value_head is not None else critic_values(lr.critic, pi, pm, ri, rmask)
+        return Scored(logp, ref_logp, values, rm_score, ppo_reward)
 
-            # --- 5. β controller, logging, checkpoints --------------------------------------------
-            means = {"ppo_reward": score.mean().item(), "rm_score": score_raw.mean().item(),
-                     "kl": kl.sum(1).mean().item(), "response_len": rmask.sum(1).float().mean().item(),
-                     "ended": s.ended.float().mean().item(),
-                     **{k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}}
-            golds = None
-            if world is not None and prompt_meta is not None:
-                golds = [world.gold_reward(prompt_meta[i], t) for i, t in zip(idx, s.texts)]
-                means["gold_reward"] = float(np.mean(golds))
-            kl_rows = kl.sum(1).tolist()
-            sample_rows = [{"step": step, "rank": d.rank, "prompt": pr, "response": t, "rm_score": float(a),
-                            "ppo_reward": float(b), "kl": float(k),
-                            **({"gold_reward": float(golds[j])} if golds is not None else {})}
-                           for j, (pr, t, a, b, k) in enumerate(zip(s.prompts, s.texts, score_raw.tolist(),
-                                                                    score.tolist(), kl_rows))]
-            append_jsonl_gz(samples_path, sample_rows)  # one gzip member per iteration
-            means = d.mean_dict(means)  # over all ranks' rollouts (equal shares)
-            mean_kl = means["kl"]
-            row = {"step": step, "round": rm_round, **means, "beta": ctl.value, "time_s": time.time() - t0}
-            ctl.update(mean_kl, pc.batch_size)
-            if held_lm is not None:
-                row["heldout_lm_loss"] = held_lm
-            if d.is_main:
-                append_jsonl(out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
-            if time.time() - last_status >= 5.0 or step + 1 == pc.steps:  # an fsync'd write costs ~8 ms
-                rd.set_status("running", stage="ppo", step=step + 1, total=pc.steps)
-                last_status = time.time()
-            last = row
-            bar.set_postfix(r=f"{row['ppo_reward']:.2f}", kl=f"{mean_kl:.2f}",
-                            gold=f"{row.get('gold_reward', float('nan')):.2f}")
-            for level in pc.kl_levels:
-                if mean_kl >= level and level not in kl_saved:
-                    if d.is_main:
-                        save_hf(policy, tokenizer, out / "kl" / f"kl_{level:g}")
-                        atomic_write_json(out / "kl" / f"kl_{level:g}" / "kl.json",
-                                          {"level": level, "kl": mean_kl, "step": step})
-                    kl_saved.append(level)
-            stop_reason = stop.requested()
-            if d.any(stop_reason is not None):  # all ranks stop at the same iteration
-                stop_reason = stop_reason or "stop requested on another rank"
-            if step + 1 < pc.steps and ((step + 1) % pc.checkpoint_every == 0 or stop_reason):
-                d.check_same_weights(list(policy.parameters()), f"PPO step {step + 1}")
-                if d.is_main:
-                    fsync_file(out / "metrics.jsonl")
-                if samples_path.exists():
-                    fsync_file(samples_path)
-                ck = ckdir / f"step_{step + 1:06d}"
-                save_checkpoint(ck, policy, tokenizer, critic, value_head, opt, critic_opt,
-                                ctl, step + 1, ptx, {"kl_saved": kl_saved, "rm_round": rm_round}, d)
-                if d.is_main:
-                    for old in sorted(ckdir.glob("step_*"))[:-2]:
-                        shutil.rmtree(old, ignore_errors=True)
-                if stop_reason:
-                    bar.close()
-                    raise stop.StopRequested(stop_reason, "ppo", step + 1, str(ck))
-    bar.close()
-    policy.eval()
-    if not d.is_main:
-        return {}
-    final_held = heldout_nll(policy, tokenizer, held_text)["loss"] if held_text is not None else None
-    save_hf(policy, tokenizer, out)
-    if value_head is not None:
-        save_file(value_head.state_dict(), str(out / "value_head.safetensors"))
-    if critic is not None:
-        save_hf(critic, None, out / "critic")
-    shutil.rmtree(ckdir, ignore_errors=True)
-    rows = read_jsonl(out / "metrics.jsonl")
-    summary = {"steps": pc.steps, "final": last, "time_s": time.time() - t0,
-               "kl_checkpoints": sorted(kl_saved), "first": rows[0] if rows else {}}
+    def advantages(self, step: int, s, sc: Scored) -> tuple[Batch, torch.Tensor]:
+        """Per-token KL-penalised rewards, GAE and whitening (:func:`compute_advantages`);
+        returns the batch to learn from and the per-token KL."""
+        maskf = s.response_mask.to(self.device).float()
+        adv, ret, kl = compute_advantages(sc.ppo_reward, sc.logp, sc.ref_logp, sc.values, maskf,
+                                          self.progress.ctl.value, self.pc, self.d)
+        check_finite(step, {"reward": sc.ppo_reward, "kl": kl.sum(1), "values": sc.values, "advantages": adv}, self.d)
+        dev = self.device
+        batch = Batch(s.prompt_ids.to(dev), s.prompt_mask.to(dev), s.response_ids.to(dev), maskf, sc.logp,
+                      sc.ref_logp, sc.values * maskf, adv, ret)
+        return batch, kl
+
+    def heldout_loss(self, step: int) -> Optional[float]:
+        if self.data.held_text is None or step % self.pc.checkpoint_every != 0 or not self.d.is_main:
+            return None
+        return heldout_nll(self.policy, self.tok, self.data.held_text)["loss"]
+
+    def update_epochs(self, step: int, batch: Batch) -> dict[str, float]:
+        """``ppo.epochs`` passes over shuffled minibatches, one :func:`ppo_update` each (with a
+        fresh ptx batch when γ > 0); returns the mean of each update statistic."""
+        pc, lr, ptx = self.pc, self.learner, self.data.ptx
+        self.policy.train()
+        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
+                                                         "ptx_loss", "vf_clipfrac")}
+        for epoch in range(pc.epochs):
+            perm = torch.randperm(self.local_bs)
+            for i in range(0, self.local_bs, self.local_mb):
+                mb = batch.index(perm[i:i + self.local_mb])
+                ptx_x = ptx.batch(self.ptx_per_update).to(self.device) if ptx is not None else None
+                st = ppo_update(self.policy, mb, lr.opt, pc, lr.value_head, lr.critic, lr.critic_opt, ptx_x, self.d)
+                for k, v in st.items():
+                    stats[k].append(v)
+                check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, self.d)
+        return {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
+
+    def log(self, step: int, idx: list[int], s, sc: Scored, kl: torch.Tensor, stats: dict,
+            held_lm: Optional[float]) -> dict:
+        """The iteration's samples (``samples.jsonl.gz``) and its metrics row (means over all
+        ranks' rollouts); β's controller sees the global mean KL."""
+        d, world, meta = self.d, self.world, self.data.prompt_meta
+        kl_rows = kl.sum(1)
+        means = {"ppo_reward": sc.ppo_reward.mean().item(), "rm_score": sc.rm_score.mean().item(),
+                 "kl": kl_rows.mean().item(), "response_len": s.response_mask.sum(1).float().mean().item(),
+                 "ended": s.ended.float().mean().item(), **stats}
+        golds = None
+        if world is not None and meta is not None:
+            golds = [world.gold_reward(meta[i], t) for i, t in zip(idx, s.texts)]
+            means["gold_reward"] = float(np.mean(golds))
+        rows = [{"step": step, "rank": d.rank, "prompt": pr, "response": t, "rm_score": float(a), "ppo_reward": float(b),
+                 "kl": float(k), **({"gold_reward": float(golds[j])} if golds is not None else {})}
+                for j, (pr, t, a, b, k) in enumerate(zip(s.prompts, s.texts, sc.rm_score.tolist(),
+                                                          sc.ppo_reward.tolist(), kl_rows.tolist()))]
+        append_jsonl_gz(self.samples_path, rows)  # one gzip member per iteration
+        means = d.mean_dict(means)  # over all ranks' rollouts (equal shares)
+        ctl = self.progress.ctl
+        row = {"step": step, "round": self.progress.rm_round, **means, "beta": ctl.value,
+               "time_s": time.time() - self.t0}
+        ctl.update(means["kl"], self.pc.batch_size)
+        if held_lm is not None:
+            row["heldout_lm_loss"] = held_lm
+        if d.is_main:
+            append_jsonl(self.out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
+        if time.time() - self.last_status >= 5.0 or step + 1 == self.pc.steps:  # an fsync'd write costs ~8 ms
+            self.rd.set_status("running", stage="ppo", step=step + 1, total=self.pc.steps)
+            self.last_status = time.time()
+        self.last_row = row
+        self.bar.set_postfix(r=f"{row['ppo_reward']:.2f}", kl=f"{row['kl']:.2f}",
+                             gold=f"{row.get('gold_reward', float('nan')):.2f}")
+        return row
+
+    def save_kl_levels(self, step: int, mean_kl: float) -> None:
+        """The policy, the first time the KL passes each of ``ppo.kl_levels``."""
+        for level in self.pc.kl_levels:
+            if mean_kl >= level and level not in self.progress.kl_saved:
+                if self.d.is_main:
+                    where = self.out / "kl" / f"kl_{level:g}"
+                    save_hf(self.policy, self.tok, where)
+                    atomic_write_json(where / "kl.json", {"level": level, "kl": mean_kl, "step": step})
+                self.progress.kl_saved.append(level)
+
+    def checkpoint(self, step: int) -> None:
+        """Every ``ppo.checkpoint_every`` iterations, and when a stop was requested on any rank
+        (then raise :class:`stop.StopRequested` once it is written)."""
+        d, lr = self.d, self.learner
+        self.progress.step = step + 1
+        reason = stop.requested()
+        if d.any(reason is not None):  # all ranks stop at the same iteration
+            reason = reason or "stop requested on another rank"
+        if step + 1 >= self.pc.steps or ((step + 1) % self.pc.checkpoint_every and not reason):
+            return
+        d.check_same_weights(list(self.policy.parameters()), f"PPO step {step + 1}")
+        if d.is_main:
+            fsync_file(self.out / "metrics.jsonl")
+        if self.samples_path.exists():
+            fsync_file(self.samples_path)
+        ck = self.ckdir / f"step_{step + 1:06d}"
+        save_checkpoint(ck, self.policy, self.tok, lr.critic, lr.value_head, lr.opt, lr.critic_opt, self.progress.ctl,
+                        step + 1, self.data.ptx, {"kl_saved": self.progress.kl_saved,
+                                                  "rm_round": self.progress.rm_round}, d)
+        if d.is_main:
+            for old in sorted(self.ckdir.glob("step_*"))[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+        if reason:
+            self.bar.close()
+            raise stop.StopRequested(reason, "ppo", step + 1, str(ck))
+
+    # ------------------------------------------------------------------------- the end
+    def finish(self) -> dict:
+        """Save the final policy (and critic), summarise, and (toy world) the before/after line."""
+        self.bar.close()
+        self.policy.eval()
+        if not self.d.is_main:
+            return {}
+        out, lr, held_text = self.out, self.learner, self.data.held_text
+        final_held = heldout_nll(self.policy, self.tok, held_text)["loss"] if held_text is not None else None
+        save_hf(self.policy, self.tok, out)
+        if lr.value_head is not None:
+            save_file(lr.value_head.state_dict(), str(out / "value_head.safetensors"))
+        if lr.critic is not None:
+            save_hf(lr.critic, None, out / "critic")
+        shutil.rmtree(self.ckdir, ignore_errors=True)
+        summary = summarise(read_jsonl(out / "metrics.jsonl"), self.pc.steps, self.last_row, time.time() - self.t0,
+                            self.progress.kl_saved, final_held)
+        if self.world is not None and self.pc.data == "world":  # the toy world's before/after on held-out prompts
+            from .probes import before_after_line, heldout_summary
+            seed = self.cfg.seed * 1000 + 6
+            mx = self.pc.max_new_tokens
+            summary["heldout_sft"], rows_sft = heldout_summary(self.world, self.tok, self.ref, mx, seed=seed)
+            summary["heldout_ppo"], rows_ppo = heldout_summary(self.world, self.tok, self.policy, mx, seed=seed)
+            write_jsonl_gz(out / "heldout_samples.jsonl.gz", [{"policy": "sft", **r} for r in rows_sft] +
+                           [{"policy": "ppo", **r} for r in rows_ppo])
+            print("[ppo] " + before_after_line(summary["heldout_sft"], summary["heldout_ppo"]))
+        return summary
+
+
+def summarise(rows: list[dict], steps: int, last: dict, time_s: float, kl_saved: list,
+              final_held: Optional[float]) -> dict:
+    """The stage summary: first and last rows, ``final_*`` = mean of the last 10% of
+    iterations, the held-out pretraining loss before and after; prints one line."""
+    summary = {"steps": steps, "final": last, "time_s": time_s, "kl_checkpoints": sorted(kl_saved),
+               "first": rows[0] if rows else {}}
     if rows:
         tail = rows[-max(1, len(rows) // 10):]
         for k in ("ppo_reward", "rm_score", "gold_reward", "kl"):
             if k in tail[0]:
                 summary[f"final_{k}"] = float(np.mean([r[k] for r in tail]))
-        held = [r["heldout_lm_loss"] for r in rows if "heldout_lm_loss" in r]
-        if held and rows[0]["step"] == 0 and "heldout_lm_loss" in rows[0]:
+        if rows[0]["step"] == 0 and "heldout_lm_loss" in rows[0]:
             summary["heldout_lm_loss_sft"] = rows[0]["heldout_lm_loss"]
     if final_held is not None:
         summary["heldout_lm_loss_final"] = final_held
-    print(f"[ppo] {pc.steps} iterations in {summary['time_s']:.1f}s: rm_score "
-          f"{summary['first'].get('rm_score', float('nan')):.3f} -> {summary.get('final_rm_score', float('nan')):.3f}, "
-          f"gold {summary['first'].get('gold_reward', float('nan')):.3f} -> {summary.get('final_gold_reward', float('nan')):.3f}, "
-          f"KL {summary.get('final_kl', float('nan')):.2f}, held-out pretraining loss "
-          f"{summary.get('heldout_lm_loss_sft', float('nan')):.3f} -> {summary.get('heldout_lm_loss_final', float('nan')):.3f}")
-    if world is not None and pc.data == "world":  # the toy world's before/after on held-out prompts
-        from .probes import before_after_line, heldout_summary
-        seed = cfg.seed * 1000 + 6
-        summary["heldout_sft"], rows_sft = heldout_summary(world, tokenizer, ref, pc.max_new_tokens, seed=seed)
-        summary["heldout_ppo"], rows_ppo = heldout_summary(world, tokenizer, policy, pc.max_new_tokens, seed=seed)
-        write_jsonl_gz(out / "heldout_samples.jsonl.gz", [{"policy": "sft", **r} for r in rows_sft] +
-                       [{"policy": "ppo", **r} for r in rows_ppo])
-        print("[ppo] " + before_after_line(summary["heldout_sft"], summary["heldout_ppo"]))
+    nan = float("nan")
+    print(f"[ppo] {steps} iterations in {time_s:.1f}s: rm_score "
+          f"{summary['first'].get('rm_score', nan):.3f} -> {summary.get('final_rm_score', nan):.3f}, "
+          f"gold {summary['first'].get('gold_reward', nan):.3f} -> {summary.get('final_gold_reward', nan):.3f}, "
+          f"KL {summary.get('final_kl', nan):.2f}, held-out pretraining loss "
+          f"{summary.get('heldout_lm_loss_sft', nan):.3f} -> {summary.get('heldout_lm_loss_final', nan):.3f}")
     return summary
+
+
+def compute_advantages(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, values: torch.Tensor,
+                       mask: torch.Tensor, beta: float, pc, d: Optional[Dist] = None):
+    """Per-token rewards -β(log π - log π_SFT) with the score on the last token
+    (``losses.kl_penalised_rewards``), optional reward whitening (``ppo.whiten_rewards``),
+    GAE (``ppo.gamma``, ``ppo.lam``) and advantage whitening (``ppo.whiten_advantages``).
+    Returns (advantages, returns, per-token KL)."""
+    rewards, kl = kl_penalised_rewards(score, logp, ref_logp, mask, beta)
+    if pc.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    adv, ret = gae(rewards, values * mask, mask, pc.gamma, pc.lam)
+    if pc.whiten_advantages:
+        adv = masked_whiten(adv, mask)
+    return adv, ret, kl
+
+
+def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, world: Optional[World],
+            device: torch.device, d: Optional[Dist] = None) -> dict:
+    """Stage 4 (see the module docstring): build or resume once, then ``ppo.steps`` iterations
+    of :meth:`PPORun.step`; returns the stage summary (rank 0; ``{}`` on other ranks)."""
+    pc = cfg.ppo
+    d = d or Dist()  # data-parallel ranks (rlhf/dist.py); one process by default
+    if pc.batch_size % d.world or pc.minibatch_size % d.world:
+        raise ConfigError(f"ppo.batch_size ({pc.batch_size}) and ppo.minibatch_size ({pc.minibatch_size}) are "
+                          f"global and must divide by the number of data-parallel processes ({d.world})")
+    out = rd.begin_stage("ppo", keep_partial=True)
+    d.barrier()
+    rank_seed = cfg.seed * 1000 + 4 + 7919 * d.rank  # each rank samples its own responses
+    torch.manual_seed(rank_seed)
+    random.seed(rank_seed)
+    np.random.seed(rank_seed)
+    run = PPORun(cfg, rd, out, sft_path, rm_path, tokenizer, world, device, d)
+    with stop.listening():  # SIGTERM/USR2: checkpoint at the end of this iteration (rlhf/stop.py)
+        for step in run.bar:
+            run.step(step)
+    return run.finish()
 
 
 def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float = 1.0,
@@ -626,33 +785,3 @@ def check_finite(step: int, values: dict[str, torch.Tensor], d: Optional[Dist] =
 
 
 load_prompt_file = load_prompts  # the name eval/ imports; one loader: rlhf/data.py
-
-
-def retrain_reward_model(cfg: RunConfig, rd: RunDir, out: Path, sft_path: str, tokenizer, world, device, policy,
-                         round_: int):
-    """Iterated RLHF: rank K samples of the current policy per prompt, add them to all
-    comparisons so far, retrain the RM from the SFT model into ``ppo.tmp/rm_round<r>``."""
-    from .reward import sample_comparisons, train_reward_model
-    from .rundir import atomic_write_text
-    from .sft import load_demonstrations
-    target = out / f"rm_round{round_}"
-    if not (target / "DONE").exists():
-        rc = cfg.rm
-        new = sample_comparisons(world, policy, tokenizer, rc.k, rc.n_prompts, rc.sample_temperature,
-                                 rc.max_new_tokens, cfg.seed, round_)
-        store = rd.path / "comparisons.jsonl"
-        old = [r for r in read_jsonl(store) if r.get("round", 0) < round_]
-        atomic_write_text(store, "".join(json.dumps(r) + "\n" for r in old + new))
-        tmp = out / f"rm_round{round_}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        summary = train_reward_model(cfg, tmp, sft_path, tokenizer, old + new, load_demonstrations(cfg, world), device)
-        atomic_write_json(tmp / "summary.json", summary)
-        (tmp / "DONE").write_text("done\n")
-        fsync_tree(tmp)  # on disk before the rename publishes it (a checkpoint may point at it)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-        fsync_dir(out)
-    return load_reward_model(str(target), dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
