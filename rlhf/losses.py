@@ -21,14 +21,25 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: Optional[int] = None) 
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (mean kept when ``shift_mean`` is False)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce=None) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (mean kept when ``shift_mean`` is False):
+
+        n = Σ m,   mean = Σ m·x / n,   var = Σ m·(x - mean)² / n
+
+    ``reduce`` sums a tensor over data-parallel ranks (``rlhf.dist.Dist.all_sum``); the sums
+    above are then over the masked entries of every rank, i.e. the statistics of the
+    global batch, as one process holding all of it would compute them."""
+    reduce = reduce or (lambda t: t)
+    m = mask.to(x.dtype)
+    s = reduce(torch.stack([(x * m).sum(), m.sum()]))
+    n = s[1].clamp(min=1.0)
+    mean = s[0] / n
+    var = reduce(((x - mean) ** 2 * m).sum()) / n
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
-    return out * mask.to(x.dtype)
+    return out * m
 
 
 def kwise_ranking_loss(rewards: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -208,13 +208,13 @@ def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, crit
         shutil.rmtree(tmp)
     if d.is_main:
         tmp.mkdir(parents=True)
-    d.barrier()
+    d.barrier(f"rank 0 creating {tmp}")
     if not d.is_main:
         torch.save({"rng": _rng_state(), "ptx_rng": ptx.gen.get_state() if ptx else None},
                    tmp / f"rng_rank{d.rank}.pt")
-    d.barrier()
+    d.barrier(f"the ranks writing their RNG states into {tmp}")
     if not d.is_main:
-        d.barrier()  # rank 0 renames the directory
+        d.barrier(f"rank 0 writing and publishing {path}")  # rank 0 renames the directory
         return
     save_hf(policy, tokenizer, tmp / "policy")
     if critic is not None:
@@ -232,7 +232,7 @@ def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, crit
         shutil.rmtree(path)
     tmp.rename(path)
     fsync_dir(path.parent)
-    d.barrier()
+    d.barrier(f"rank 0 writing and publishing {path}")
 
 
 def checkpoints(ckdir: Path) -> list[Path]:
@@ -671,13 +671,16 @@ def compute_advantages(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.
     """Per-token rewards -β(log π - log π_SFT) with the score on the last token
     (``losses.kl_penalised_rewards``), optional reward whitening (``ppo.whiten_rewards``),
     GAE (``ppo.gamma``, ``ppo.lam``) and advantage whitening (``ppo.whiten_advantages``).
-    Returns (advantages, returns, per-token KL)."""
+    Data-parallel (``d``), each rank holds its share of the batch and both whitenings use
+    the statistics of the global batch, as one process would. Returns (advantages,
+    returns, per-token KL)."""
+    reduce = d.all_sum if d is not None and d.active else None
     rewards, kl = kl_penalised_rewards(score, logp, ref_logp, mask, beta)
     if pc.whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False)
+        rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=reduce)
     adv, ret = gae(rewards, values * mask, mask, pc.gamma, pc.lam)
     if pc.whiten_advantages:
-        adv = masked_whiten(adv, mask)
+        adv = masked_whiten(adv, mask, reduce=reduce)
     return adv, ret, kl
 
 
@@ -691,7 +694,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
         raise ConfigError(f"ppo.batch_size ({pc.batch_size}) and ppo.minibatch_size ({pc.minibatch_size}) are "
                           f"global and must divide by the number of data-parallel processes ({d.world})")
     out = rd.begin_stage("ppo", keep_partial=True)
-    d.barrier()
+    d.barrier("rank 0 opening the PPO stage directory")
     rank_seed = cfg.seed * 1000 + 4 + 7919 * d.rank  # each rank samples its own responses
     torch.manual_seed(rank_seed)
     random.seed(rank_seed)
@@ -731,9 +734,16 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
                ptx_x: Optional[torch.Tensor] = None, d: Optional[Dist] = None) -> dict[str, float]:
     """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx).
     With γ > 0 the ptx batch shares the policy's forward pass (see policy_ptx_forward).
-    Data-parallel (``d``): each rank holds its share of the minibatch and the gradients are
-    averaged over ranks before clipping and the step."""
+
+    Data-parallel (``d``): each rank holds its share of the minibatch. Its token means (the
+    surrogate, the value loss and the logged token statistics) are weighted by its share of
+    the minibatch's response tokens (``Dist.token_share``) and the gradients are then
+    averaged over ranks before clipping and the step, so every rank steps with the gradient
+    of the global minibatch's loss, as one process would; the ptx batches are the same size
+    on every rank, so their mean needs no weight. The returned statistics, averaged over
+    ranks, are the global minibatch's."""
     d = d or Dist()
+    w = d.token_share(mb.response_mask)
     use_ptx = ptx_x is not None and pc.ptx_coef > 0
     if use_ptx:
         logp, logits, v, ptx_loss = policy_ptx_forward(policy, mb, ptx_x, pc.temperature, value_head)
@@ -741,14 +751,15 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
         logp, logits, v = policy_forward(policy, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
                                          pc.temperature, value_head)
     pg_loss, st = ppo_clip_loss(logp, mb.logprobs, mb.advantages, mb.response_mask, pc.clip_eps)
-    loss = pg_loss
-    out = {"pg_loss": pg_loss.item(), "clipfrac": float(st["clipfrac"]), "approx_kl": float(st["approx_kl"])}
+    loss = w * pg_loss
+    out = {"pg_loss": w * pg_loss.item(), "clipfrac": w * float(st["clipfrac"]),
+           "approx_kl": w * float(st["approx_kl"])}
     with torch.no_grad():
-        out["entropy"] = float(masked_mean(entropy_from_logits(logits), mb.response_mask))
+        out["entropy"] = w * float(masked_mean(entropy_from_logits(logits), mb.response_mask))
     if value_head is not None:
         vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
-        loss = loss + pc.vf_coef * vf_loss
-        out["vf_loss"], out["vf_clipfrac"] = vf_loss.item(), float(vf_frac)
+        loss = loss + pc.vf_coef * w * vf_loss
+        out["vf_loss"], out["vf_clipfrac"] = w * vf_loss.item(), w * float(vf_frac)
     if use_ptx:
         loss = loss + pc.ptx_coef * ptx_loss
         out["ptx_loss"] = ptx_loss.item()
@@ -762,11 +773,11 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
         v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
         vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
         critic_opt.zero_grad(set_to_none=True)
-        vf_loss.backward()
+        (w * vf_loss).backward()
         d.average_gradients(list(critic.parameters()))
         torch.nn.utils.clip_grad_norm_(critic.parameters(), pc.grad_clip)
         critic_opt.step()
-        out["vf_loss"], out["vf_clipfrac"] = vf_loss.item(), float(vf_frac)
+        out["vf_loss"], out["vf_clipfrac"] = w * vf_loss.item(), w * float(vf_frac)
     return out
 
 
