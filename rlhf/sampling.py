@@ -5,18 +5,18 @@ Every sampled text behind a number comes from :func:`sample`: PPO rollouts
 (:func:`probe_world`), and in ``eval/`` best-of-n, the RL points of the over-optimisation
 eval and the toxicity continuations. One place decides the EOS ids (:func:`eos_ids`), the
 special tokens (none are added to prompts), the padding (left, set only inside the call),
-the decoding of texts, temperature and nucleus (top-p) filtering and the seed.
+the decoding of texts, temperature and nucleus (top-p) filtering and the seed (a
+``torch.Generator``: the global RNG is never re-seeded). Tokens come from a lean KV-cache
+loop (:func:`_decode`) that draws exactly what transformers' ``generate`` draws for the
+same seed (``tests/test_instruments.py`` checks it) without its per-token overhead.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
-
 from .models import position_ids_from_mask, tokenizer_sides
 from .world import World
 
@@ -97,45 +97,64 @@ class TemperatureTopP:
         short = cum[:, -1] < self.top_p
         if bool(short.any()):
             from transformers.generation.logits_process import TopPLogitsWarper
-            out[short] = TopPLogitsWarper(self.top_p)(input_ids[short], scores[short])
+            out[short] = TopPLogitsWarper(self.top_p)(None if input_ids is None else input_ids[short], scores[short])
         return out
 
 
-@contextlib.contextmanager
-def _seeded(seed: Optional[int], device: torch.device):
-    """Seed torch's RNG for the block and put the global state back afterwards, so that a
-    seeded call never changes what the caller's RNG produces next. ``None``: the global RNG."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+def _accepts(model, name: str) -> bool:
+    import inspect
+    return name in inspect.signature(model.forward).parameters
 
 
 @torch.no_grad()
-def _generate(model, ids, am, n: int, gen_cfg, processors, shared_prefix: bool):
-    """n continuations of each row, rows repeated n times (row-major). With
-    ``shared_prefix`` the KV cache of every prompt token but the last is computed once per
-    prompt and repeated n times (on CPU the n-fold prompt prefill otherwise costs about as
-    much as sampling); the random draws are the same either way."""
+def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_id: int, warp, greedy: bool,
+            gen: Optional[torch.Generator], shared_prefix: bool) -> torch.Tensor:
+    """n continuations of each row (rows repeated n times, row-major), at most
+    ``max_new_tokens`` tokens, finished rows padded with ``pad_id``: a KV-cache loop that
+    calls the model once per token and does nothing else, drawing exactly as transformers'
+    ``generate`` would (the same model calls with ``logits_to_keep=1``, float32 scores,
+    ``warp``, softmax, one multinomial draw per row per step, finished rows included), but
+    from ``gen``. With ``shared_prefix`` the KV cache of every prompt token but the last is
+    computed once per prompt and repeated n times (on CPU the n-fold prompt prefill
+    otherwise costs about as much as sampling); the draws are the same either way."""
+    from transformers import DynamicCache
+    keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     ids_n, am_n = ids.repeat_interleave(n, 0), am.repeat_interleave(n, 0)
-    if not shared_prefix or n == 1 or ids.shape[1] < 2:
-        return model.generate(input_ids=ids_n, attention_mask=am_n, generation_config=gen_cfg,
-                              logits_processor=processors)
-    pm = am[:, :-1]
-    out = model(input_ids=ids[:, :-1], attention_mask=pm, position_ids=position_ids_from_mask(pm), use_cache=True)
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(n)
-    return model.generate(input_ids=ids_n, attention_mask=am_n, past_key_values=cache, generation_config=gen_cfg,
-                          logits_processor=processors)
+    pos = position_ids_from_mask(am_n)
+    if shared_prefix and n > 1 and ids.shape[1] >= 2:
+        pm = am[:, :-1]
+        cache = model(input_ids=ids[:, :-1], attention_mask=pm, position_ids=position_ids_from_mask(pm),
+                      use_cache=True).past_key_values
+        cache.batch_repeat_interleave(n)
+        x, x_pos = ids_n[:, -1:], pos[:, -1:]
+    else:
+        cache = DynamicCache(config=model.config)
+        x, x_pos = ids_n, pos
+    N = ids_n.shape[0]
+    alive = torch.ones(N, dtype=torch.bool, device=ids.device)
+    out = []
+    for t in range(max_new_tokens):
+        logits = model(input_ids=x, attention_mask=am_n, position_ids=x_pos, past_key_values=cache, use_cache=True,
+                       **keep).logits[:, -1].float()
+        if greedy:
+            nxt = logits.argmax(-1)
+        else:
+            nxt = torch.multinomial(torch.softmax(warp(logits), dim=-1), 1, generator=gen).squeeze(1)
+        nxt = torch.where(alive, nxt, pad_id)
+        out.append(nxt)
+        alive &= ~torch.isin(nxt, eos)
+        if t + 1 == max_new_tokens or not bool(alive.any()):
+            break
+        x, x_pos = nxt[:, None], x_pos[:, -1:] + 1
+        am_n = torch.cat([am_n, am_n.new_ones(N, 1)], 1)
+    return torch.stack(out, 1) if out else ids_n.new_zeros(N, 0)
 
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temperature: float = 1.0,
            top_p: float = 1.0, greedy: bool = False, n: int = 1, batch_size: int = 256,
-           seed: Optional[int] = None, shared_prefix: bool = False, progress: bool = False) -> Samples:
+           seed: Optional[int] = None, shared_prefix: bool = False, progress: bool = False,
+           generator: Optional[torch.Generator] = None) -> Samples:
     """``n`` responses to each prompt (prompt-major rows, see :class:`Samples`).
 
     Prompts are tokenized without added special tokens and left-padded (the tokenizer's
@@ -145,32 +164,35 @@ def sample(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temper
     ``top_p`` = 1 and temperature 1 sample the policy itself, as the KL estimates need);
     ``greedy`` takes the argmax. A response stops at the first of :func:`eos_ids`.
 
-    ``seed``: the draws come from ``torch.manual_seed(seed)`` inside a forked RNG, so the
-    caller's global RNG is left as it was; ``None`` draws from the global RNG.
+    ``seed``: the draws come from a ``torch.Generator`` seeded with it (the same draws as
+    ``torch.manual_seed(seed)`` then ``generate``), so no global state changes: not the
+    RNG, not the tokenizer (its ``padding_side`` comes back), not the model's train/eval
+    mode. ``generator``: draw from this one instead (it advances). Neither: the global RNG.
     """
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     eos = eos_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy,
-                               temperature=None if greedy else 1.0, top_p=None if greedy else 1.0,
-                               top_k=None if greedy else 0, eos_token_id=eos, pad_token_id=pad_id, bos_token_id=None)
-    processors = None if greedy else LogitsProcessorList([TemperatureTopP(temperature, top_p)])
+    eos_t = torch.tensor(eos, dtype=torch.long, device=device)
+    tt = TemperatureTopP(temperature, top_p)
+    warp = (lambda x: x) if greedy or (temperature == 1.0 and top_p >= 1.0) else (lambda x: tt(None, x))  # noqa: E731
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     per_call = max(1, batch_size // max(n, 1))
     was_training = model.training
     model.eval()
     p_ids, p_mask, r_ids = [], [], []
     try:
-        with tokenizer_sides(tokenizer, padding="left"), _seeded(seed, device):
+        with tokenizer_sides(tokenizer, padding="left"):
             starts = range(0, len(prompts), per_call)
             for i in tqdm(starts, desc="sampling", disable=not progress, leave=False):
                 chunk = list(prompts[i:i + per_call])
                 enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                out = _generate(model, enc["input_ids"], enc["attention_mask"], n, gen_cfg, processors, shared_prefix)
+                r_ids.append(_decode(model, enc["input_ids"], enc["attention_mask"], n, max_new_tokens, eos_t, pad_id,
+                                     warp, greedy, generator, shared_prefix))
                 p_ids.append(enc["input_ids"].repeat_interleave(n, 0))
                 p_mask.append(enc["attention_mask"].repeat_interleave(n, 0))
-                r_ids.append(out[:, enc["input_ids"].shape[1]:])
     finally:
         if was_training:
             model.train()

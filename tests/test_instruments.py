@@ -263,3 +263,31 @@ def test_toy_world_toxicity_scorer_calls_the_world(monkeypatch):
     assert list(s(["you are a rat .", "you are a star ."])) == [1.0, 0.0]
     monkeypatch.setattr(rlhf.world, "toxicity_score", lambda t: 0.25)
     assert np.allclose(s(["anything"]), [0.25])
+
+
+def test_the_sampler_draws_what_generate_draws_from_a_generator_and_touches_no_global_state(models):
+    """rlhf.sampling's KV-cache loop against transformers' generate with the same seed (the
+    global RNG seeded for generate, a torch.Generator for ours): the same tokens, for plain
+    sampling, temperature + top-p and n samples per prompt; the global RNG is not drawn from."""
+    from transformers import GenerationConfig, LogitsProcessorList
+    from rlhf.sampling import TemperatureTopP, eos_ids, sample
+    _, cfg, tok, policy, _ = models
+    prompts = [p.text for p in World(cfg.world).train_prompts()[:6]]
+    for temperature, top_p, n in ((1.0, 1.0, 1), (1.3, 0.8, 2)):
+        before = torch.get_rng_state()
+        ours = sample(policy, tok, prompts, 10, temperature=temperature, top_p=top_p, n=n,
+                      generator=torch.Generator().manual_seed(11))
+        assert torch.equal(torch.get_rng_state(), before)
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        eos = eos_ids(tok, policy)
+        gen_cfg = GenerationConfig(max_new_tokens=10, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                   eos_token_id=eos, pad_token_id=tok.pad_token_id, bos_token_id=None)
+        torch.manual_seed(11)
+        ref = policy.generate(input_ids=enc["input_ids"].repeat_interleave(n, 0),
+                              attention_mask=enc["attention_mask"].repeat_interleave(n, 0), generation_config=gen_cfg,
+                              logits_processor=LogitsProcessorList([TemperatureTopP(temperature, top_p)]))
+        ref = ref[:, enc["input_ids"].shape[1]:]
+        T = ref.shape[1]
+        assert torch.equal(ours.response_ids[:, :T][ours.response_mask[:, :T].bool()],
+                           ref[ours.response_mask[:, :T].bool()])
+        assert ours.response_ids.shape[1] == T and len(set(ours.texts)) > 1
