@@ -42,6 +42,9 @@ comparisons so far, by the reward stage's own function (``rlhf.reward.run_reward
 
 from __future__ import annotations
 
+import functools
+import gc
+import inspect
 import json
 import math
 import random
@@ -93,16 +96,24 @@ class Batch:
 
 # ----------------------------------------------------------------------------- forward passes
 
+@functools.lru_cache(maxsize=None)
+def _keeps_logits(model_cls) -> bool:
+    """Whether a model class's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
+
+
 def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
                    value_head: Optional[torch.nn.Module] = None):
     """Log-probs (B, T) of the response tokens, the logits behind them, and (with a value
-    head) the values V(s_t) of the states before each response token."""
+    head) the values V(s_t) of the states before each response token. The LM head runs on
+    the T + 1 last positions only (``logits_to_keep``), not on the prompt's."""
     ids = torch.cat([prompt_ids, response_ids], 1)
     mask = torch.cat([prompt_mask, response_mask], 1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                output_hidden_states=value_head is not None)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
-    logits = out.logits[:, P - 1:P - 1 + T] / temperature
+    keep = {"logits_to_keep": T + 1} if _keeps_logits(type(model)) else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                output_hidden_states=value_head is not None, **keep)
+    logits = out.logits[:, out.logits.shape[1] - T - 1:-1] / temperature
     logp = logprobs_from_logits(logits, response_ids)
     values = None
     if value_head is not None:
@@ -136,9 +147,10 @@ def score_rollout(rm, tokenizer, s, max_len: int, no_eos_penalty: float) -> tupl
 
 
 def rollout(policy, tokenizer, prompts: list[str], pc, seed: int):
-    """One response per prompt from the policy, through the one sampler (``rlhf.sampling.sample``)."""
+    """One response per prompt from the policy, through the one sampler (``rlhf.sampling.sample``),
+    with log π of each sampled token from the sampling pass itself."""
     return sample(policy, tokenizer, prompts, max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
-                  top_p=pc.top_p, seed=seed)
+                  top_p=pc.top_p, seed=seed, logprobs=True)
 
 
 # ----------------------------------------------------------------------------- pretraining data
@@ -497,11 +509,15 @@ class PPORun:
 
     @torch.no_grad()
     def score(self, s) -> Scored:
-        """log π and log π_SFT of the sampled tokens, V(s_t), rm_score and ppo_reward."""
+        """log π and log π_SFT of the sampled tokens, V(s_t), rm_score and ppo_reward. log π
+        comes from the sampling pass (no policy forward) unless the value head needs one."""
         dev, pc, lr = self.device, self.pc, self.learner
         pi, pm, ri, rmask = (s.prompt_ids.to(dev), s.prompt_mask.to(dev), s.response_ids.to(dev),
                              s.response_mask.to(dev))
-        logp, _, v_head = policy_forward(self.policy, pi, pm, ri, rmask, pc.temperature, lr.value_head)
+        if lr.value_head is None and s.logprobs is not None:
+            logp, v_head = s.logprobs.to(dev), None
+        else:
+            logp, _, v_head = policy_forward(self.policy, pi, pm, ri, rmask, pc.temperature, lr.value_head)
         ref_logp, _, _ = policy_forward(self.ref, pi, pm, ri, rmask, pc.temperature)
         rm_score, ppo_reward = score_rollout(self.rm, self.tok, s, self.rm_len, pc.no_eos_penalty)
         values = v_head if lr.value_head is not None else critic_values(lr.critic, pi, pm, ri, rmask)
@@ -536,7 +552,8 @@ class PPORun:
             for i in range(0, self.local_bs, self.local_mb):
                 mb = batch.index(perm[i:i + self.local_mb])
                 ptx_x = ptx.batch(self.ptx_per_update).to(self.device) if ptx is not None else None
-                st = ppo_update(self.policy, mb, lr.opt, pc, lr.value_head, lr.critic, lr.critic_opt, ptx_x, self.d)
+                st = ppo_update(self.policy, mb, lr.opt, pc, lr.value_head, lr.critic, lr.critic_opt, ptx_x, self.d,
+                                on_policy=epoch == 0 and i == 0)
                 for k, v in st.items():
                     stats[k].append(v)
                 check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, self.d)
@@ -700,10 +717,15 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     random.seed(rank_seed)
     np.random.seed(rank_seed)
     run = PPORun(cfg, rd, out, sft_path, rm_path, tokenizer, world, device, d)
-    with stop.listening():  # SIGTERM/USR2: checkpoint at the end of this iteration (rlhf/stop.py)
-        for step in run.bar:
-            run.step(step)
-    return run.finish()
+    gc.collect()
+    gc.freeze()  # the models and libraries stay for the whole stage: the collector skips them meanwhile
+    try:
+        with stop.listening():  # SIGTERM/USR2: checkpoint at the end of this iteration (rlhf/stop.py)
+            for step in run.bar:
+                run.step(step)
+        return run.finish()
+    finally:
+        gc.unfreeze()
 
 
 def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float = 1.0,
@@ -731,9 +753,13 @@ def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float
 
 
 def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_opt=None,
-               ptx_x: Optional[torch.Tensor] = None, d: Optional[Dist] = None) -> dict[str, float]:
+               ptx_x: Optional[torch.Tensor] = None, d: Optional[Dist] = None,
+               on_policy: bool = False) -> dict[str, float]:
     """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx).
     With γ > 0 the ptx batch shares the policy's forward pass (see policy_ptx_forward).
+    ``on_policy``: the first update of an iteration, before any step, so π_old = π: the old
+    log-probs are this forward's own (detached) and the ratio is exactly 1, whatever float
+    rounding separates them from the sampling pass's log-probs in ``mb.logprobs``.
 
     Data-parallel (``d``): each rank holds its share of the minibatch. Its token means (the
     surrogate, the value loss and the logged token statistics) are weighted by its share of
@@ -750,7 +776,8 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
     else:
         logp, logits, v = policy_forward(policy, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
                                          pc.temperature, value_head)
-    pg_loss, st = ppo_clip_loss(logp, mb.logprobs, mb.advantages, mb.response_mask, pc.clip_eps)
+    old = logp.detach() if on_policy else mb.logprobs
+    pg_loss, st = ppo_clip_loss(logp, old, mb.advantages, mb.response_mask, pc.clip_eps)
     loss = w * pg_loss
     out = {"pg_loss": w * pg_loss.item(), "clipfrac": w * float(st["clipfrac"]),
            "approx_kl": w * float(st["approx_kl"])}

@@ -44,6 +44,7 @@ class Samples:
     bodies: list[str] = field(default_factory=list)
     prompt_index: list[int] = field(default_factory=list)
     n: int = 1
+    logprobs: Optional[torch.Tensor] = None  # (N, T) log π(y_t | x, y_<t) at the temperature, when asked for
 
     def full(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.cat([self.prompt_ids, self.response_ids], 1),
@@ -108,7 +109,8 @@ def _accepts(model, name: str) -> bool:
 
 @torch.no_grad()
 def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_id: int, warp, greedy: bool,
-            gen: Optional[torch.Generator], shared_prefix: bool) -> torch.Tensor:
+            gen: Optional[torch.Generator], shared_prefix: bool,
+            temperature: Optional[float] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """n continuations of each row (rows repeated n times, row-major), at most
     ``max_new_tokens`` tokens, finished rows padded with ``pad_id``: a KV-cache loop that
     calls the model once per token and does nothing else, drawing exactly as transformers'
@@ -116,7 +118,9 @@ def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_
     ``warp``, softmax, one multinomial draw per row per step, finished rows included), but
     from ``gen``. With ``shared_prefix`` the KV cache of every prompt token but the last is
     computed once per prompt and repeated n times (on CPU the n-fold prompt prefill
-    otherwise costs about as much as sampling); the draws are the same either way."""
+    otherwise costs about as much as sampling); the draws are the same either way.
+    Returns the tokens and, given a ``temperature``, log softmax(logits / temperature) of
+    each drawn token (what a forward pass over the sequence gives, up to float rounding)."""
     from transformers import DynamicCache
     keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     ids_n, am_n = ids.repeat_interleave(n, 0), am.repeat_interleave(n, 0)
@@ -132,7 +136,7 @@ def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_
         x, x_pos = ids_n, pos
     N = ids_n.shape[0]
     alive = torch.ones(N, dtype=torch.bool, device=ids.device)
-    out = []
+    out, lps = [], []
     for t in range(max_new_tokens):
         logits = model(input_ids=x, attention_mask=am_n, position_ids=x_pos, past_key_values=cache, use_cache=True,
                        **keep).logits[:, -1].float()
@@ -142,19 +146,24 @@ def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_
             nxt = torch.multinomial(torch.softmax(warp(logits), dim=-1), 1, generator=gen).squeeze(1)
         nxt = torch.where(alive, nxt, pad_id)
         out.append(nxt)
+        if temperature is not None:
+            lps.append(torch.log_softmax(logits / temperature, dim=-1).gather(1, nxt[:, None]).squeeze(1))
         alive &= ~torch.isin(nxt, eos)
         if t + 1 == max_new_tokens or not bool(alive.any()):
             break
         x, x_pos = nxt[:, None], x_pos[:, -1:] + 1
         am_n = torch.cat([am_n, am_n.new_ones(N, 1)], 1)
-    return torch.stack(out, 1) if out else ids_n.new_zeros(N, 0)
+    tokens = torch.stack(out, 1) if out else ids_n.new_zeros(N, 0)
+    if temperature is None:
+        return tokens, None
+    return tokens, torch.stack(lps, 1) if lps else torch.zeros(N, 0, device=ids.device)
 
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temperature: float = 1.0,
            top_p: float = 1.0, greedy: bool = False, n: int = 1, batch_size: int = 256,
            seed: Optional[int] = None, shared_prefix: bool = False, progress: bool = False,
-           generator: Optional[torch.Generator] = None) -> Samples:
+           generator: Optional[torch.Generator] = None, logprobs: bool = False) -> Samples:
     """``n`` responses to each prompt (prompt-major rows, see :class:`Samples`).
 
     Prompts are tokenized without added special tokens and left-padded (the tokenizer's
@@ -168,6 +177,8 @@ def sample(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temper
     ``torch.manual_seed(seed)`` then ``generate``), so no global state changes: not the
     RNG, not the tokenizer (its ``padding_side`` comes back), not the model's train/eval
     mode. ``generator``: draw from this one instead (it advances). Neither: the global RNG.
+    ``logprobs``: also return log π(y_t) of each sampled token at ``temperature``
+    (:attr:`Samples.logprobs`; PPO's old log-probs, without another forward pass).
     """
     from tqdm.auto import tqdm
 
@@ -182,15 +193,17 @@ def sample(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temper
     per_call = max(1, batch_size // max(n, 1))
     was_training = model.training
     model.eval()
-    p_ids, p_mask, r_ids = [], [], []
+    p_ids, p_mask, r_ids, r_lps = [], [], [], []
     try:
         with tokenizer_sides(tokenizer, padding="left"):
             starts = range(0, len(prompts), per_call)
             for i in tqdm(starts, desc="sampling", disable=not progress, leave=False):
                 chunk = list(prompts[i:i + per_call])
                 enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                r_ids.append(_decode(model, enc["input_ids"], enc["attention_mask"], n, max_new_tokens, eos_t, pad_id,
-                                     warp, greedy, generator, shared_prefix))
+                toks, lps = _decode(model, enc["input_ids"], enc["attention_mask"], n, max_new_tokens, eos_t, pad_id,
+                                    warp, greedy, generator, shared_prefix, temperature if logprobs else None)
+                r_ids.append(toks)
+                r_lps.append(lps)
                 p_ids.append(enc["input_ids"].repeat_interleave(n, 0))
                 p_mask.append(enc["attention_mask"].repeat_interleave(n, 0))
     finally:
@@ -212,6 +225,9 @@ def sample(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temper
     response_mask = (~after_eos).long()
     ended = is_eos.any(1)
     resp = resp.masked_fill(~response_mask.bool(), pad_id)
+    lp = None
+    if logprobs:
+        lp = torch.cat([torch.nn.functional.pad(x, (0, T - x.shape[1])) for x in r_lps]) * response_mask
     eos_text = tokenizer.eos_token or ""
     texts, bodies = [], []
     for row, m, e in zip(resp.tolist(), response_mask.tolist(), ended.tolist()):
@@ -221,7 +237,7 @@ def sample(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temper
         texts.append(f"{text} {eos_text}".strip() if e else text)
     index = [i for i in range(len(prompts)) for _ in range(n)]
     return Samples(prompt_ids, prompt_mask, resp, response_mask, ended, [prompts[i] for i in index], texts, bodies,
-                   index, n)
+                   index, n, lp)
 
 
 def probe_world(model, tokenizer, world: World, max_new_tokens: int = 14) -> dict:

@@ -61,17 +61,34 @@ def test_ppo_runs_logs_and_saves(tiny_run, tmp_path):
 
 
 def test_first_minibatch_is_on_policy(tiny_run):
+    """The old log-probs come from the sampling pass (no extra forward): they match a forward
+    pass to float rounding, and the first update of an iteration still sees ratio exactly 1
+    (its own forward's log-probs are π_old), so its clip fraction and approximate KL are 0
+    and its surrogate is exactly -mean(A)."""
+    from rlhf.losses import masked_mean
     path, cfg = tiny_run
     tok = AutoTokenizer.from_pretrained(path / "sft")
     policy = load_causal_lm(str(path / "sft"))
     prompts = [p.text for p in World(cfg.world).train_prompts()[:6]]
-    s = sample(policy, tok, prompts, max_new_tokens=6)
+    s = sample(policy, tok, prompts, max_new_tokens=6, seed=3, temperature=0.9, logprobs=True)
+    m = s.response_mask.float()
     with torch.no_grad():
         policy.eval()
-        a, _, _ = policy_forward(policy, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
-        policy.train()  # dropout 0: training mode gives the same log-probs, so ratio = 1
-        b, _, _ = policy_forward(policy, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask)
+        a, _, _ = policy_forward(policy, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask, 0.9)
+        policy.train()  # dropout 0: training mode gives the same log-probs
+        b, _, _ = policy_forward(policy, s.prompt_ids, s.prompt_mask, s.response_ids, s.response_mask, 0.9)
     assert torch.equal(a, b)
+    assert torch.allclose(s.logprobs * m, a * m, atol=1e-5)
+    adv = torch.randn(m.shape, generator=torch.Generator().manual_seed(0)) * m
+    mb = Batch(s.prompt_ids, s.prompt_mask, s.response_ids, m, s.logprobs, s.logprobs, torch.zeros_like(m), adv,
+               torch.zeros_like(m))
+    opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+    pc = cfg.ppo.__class__(**{**cfg.ppo.__dict__, "temperature": 0.9})
+    st = ppo_update(policy, mb, opt, pc, on_policy=True)
+    assert st["approx_kl"] == 0.0 and st["clipfrac"] == 0.0
+    assert st["pg_loss"] == -masked_mean(adv, m).item()
+    off = ppo_update(policy, mb, opt, pc)  # the sampling pass's log-probs as π_old: not bit-identical
+    assert abs(off["approx_kl"]) < 1e-8
 
 
 def test_ptx_changes_the_update_gradient_by_gamma_grad_lm(tiny_run):
