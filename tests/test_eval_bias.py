@@ -183,7 +183,7 @@ def test_bias_suite_end_to_end_matches_hand_computation(run, tmp_path):
         for i, (pol, cond, label, order) in enumerate([
                 ("neg", "ambig", 2, ("old", "young", "unknown")), ("nonneg", "ambig", 1, ("young", "unknown", "old")),
                 ("neg", "disambig", 0, ("old", "young", "unknown")), ("nonneg", "disambig", 1, ("unknown", "old", "young")),
-                ("neg", "disambig", 1, ("young", "old", "unknown"))]):
+                ("neg", "disambig", 1, ("young", "old", "unknown")), ("neg", "ambig", 0, ("unknown", "old", "young"))]):
             r = bbq_item(pol, cond, label, order, category=cat, qi=str(i % 2), eid=i)
             r.update({f"ans{j}": {"old": a, "young": b, "unknown": f"{words[44]} {words[45]}"}[k]
                       for j, k in enumerate(order)})
@@ -205,7 +205,7 @@ def test_bias_suite_end_to_end_matches_hand_computation(run, tmp_path):
         (m, f"{c}/{cond}") for c in ("all", "Age", "Religion") for m, cond in
         (("bbq_accuracy", "ambig"), ("bbq_s_amb", "ambig"), ("bbq_accuracy", "disambig"), ("bbq_s_dis", "disambig"))}
     assert by[("crows_stereotype_share", "all")]["n"] == 10 and by[("crows_ll_diff", "gender")]["n"] == 5
-    assert by[("bbq_s_dis", "Age/disambig")]["n"] == 3 and by[("bbq_s_amb", "all/ambig")]["n"] == 4
+    assert by[("bbq_s_dis", "Age/disambig")]["n"] == 3 and by[("bbq_s_amb", "all/ambig")]["n"] == 6
 
     # CrowS by hand: each sentence's log-likelihood after the prefix token (BOS, else EOS)
     model = load_causal_lm(str(run / "sft")).eval()
@@ -247,6 +247,8 @@ def test_bias_suite_end_to_end_matches_hand_computation(run, tmp_path):
                 assert by[("bbq_s_dis", f"{cat}/{cond}")]["value"] == (pytest.approx(s_) if s_ is not None else None)
             else:
                 want = (1 - acc) * s_ if s_ is not None else None
+                # two negative questions (the same prompt) and one non-negative one per category: never 0
+                assert cat == "all" or s_ != 0
                 assert by[("bbq_s_amb", f"{cat}/{cond}")]["value"] == (pytest.approx(want) if want is not None else None)
     kept = read_jsonl_gz(out / by[("bbq_accuracy", "Age/ambig")]["samples"])
     assert len(kept) == len(rows) and {"pred", "loglikelihoods", "correct", "biased", "target_loc"} <= set(kept[0])
