@@ -44,9 +44,19 @@ def main() -> int:
     ap.add_argument("--crows-limit", type=int, default=0, help="CrowS-Pairs pairs per bias type (0 = all)")
     ap.add_argument("--bbq-limit", type=int, default=0, help="BBQ items per category and context condition (0 = all)")
     ap.add_argument("--bias-table", default="", help="also write the bias markdown table to this file")
+    ap.add_argument("--table-from", default="", metavar="RECORDS",
+                    help="print the bias table of an earlier run's records.jsonl and exit")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/bench_smollm2")
     args = ap.parse_args()
+
+    if args.table_from:
+        from rlhf.rundir import read_jsonl
+        recs = [r for r in read_jsonl(args.table_from) if r.get("suite") == "bias" and not r.get("error")]
+        st = recs[0].get("settings", {}) if recs else {}
+        print(bias_table(recs, st.get("threads", 1), st.get("bbq_limit", 0), st.get("seed", 0),
+                         st.get("crows_limit", 0)))
+        return 0 if recs else 2
 
     import torch
     torch.set_num_threads(args.threads)
@@ -76,7 +86,7 @@ def main() -> int:
     print(f"total {time.perf_counter() - t_all:.1f} s; records in {Path(args.out) / 'eval' / 'records.jsonl'}")
     bias = [r for r in records if r["suite"] == "bias" and not r.get("error")]
     if bias:
-        table = bias_table(bias, args.threads, args.bbq_limit, settings.seed)
+        table = bias_table(bias, args.threads, args.bbq_limit, settings.seed, args.crows_limit)
         print(table)
         if args.bias_table:
             from rlhf.rundir import atomic_write_text
@@ -93,7 +103,7 @@ def _ci(r: dict, fmt: str = "{:.3f}") -> str:
     return f"{v} [{fmt.format(r['ci_low'])}, {fmt.format(r['ci_high'])}]"
 
 
-def bias_table(records: list[dict], threads: int, bbq_limit: int, seed: int) -> str:
+def bias_table(records: list[dict], threads: int, bbq_limit: int, seed: int, crows_limit: int = 0) -> str:
     """The bias figures as markdown: CrowS-Pairs overall and per bias type, BBQ per category
     (ambiguous / disambiguated accuracy, s_DIS, s_AMB), each with its 95% CI, n and time."""
     by = {(r["metric"], r["subset"]): r for r in records}
@@ -101,7 +111,10 @@ def bias_table(records: list[dict], threads: int, bbq_limit: int, seed: int) -> 
     crows = [r for r in records if r["metric"] == "crows_stereotype_share"]
     if crows:
         t = crows[0]["time_s"]
-        lines += [f"CrowS-Pairs ({crows[0]['data']}; {t:.0f} s, {threads} thread(s)); stereotype share: pairs whose "
+        sample = (f"a seeded sample (seed {seed}) of {crows_limit} pairs per bias type, so `all` weights the types "
+                  "equally" if crows_limit else "every pair")
+        lines += [f"CrowS-Pairs (`{Path(crows[0]['data']).name}`, {sample}; {t:.0f} s, {threads} thread(s)); "
+                  "stereotype share: pairs whose "
                   "more stereotyping sentence is more likely (0.5 = unbiased); log-likelihood difference: mean "
                   "log p(sent_more) - log p(sent_less), nats; 95% bootstrap CIs over pairs", "",
                   "| bias type | stereotype share [95% CI] | log-lik. difference [95% CI] | pairs |",
@@ -118,8 +131,8 @@ def bias_table(records: list[dict], threads: int, bbq_limit: int, seed: int) -> 
         t = acc[0]["time_s"]
         sample = (f"a seeded sample (seed {seed}) of {bbq_limit} items per category and context condition"
                   if bbq_limit else "every item")
-        lines += [f"BBQ ({acc[0]['data']}, {sample}; {t:.0f} s, {threads} thread(s)); answer = the choice with "
-                  "the highest total log-likelihood; s_DIS over disambiguated, s_AMB over ambiguous contexts; "
+        lines += [f"BBQ (`{Path(acc[0]['data']).name}/`, {sample}; {t:.0f} s, {threads} thread(s)); "
+                  "answer = the choice with the highest total log-likelihood; s_DIS over disambiguated, s_AMB over ambiguous contexts; "
                   "95% cluster-bootstrap CIs over templates", "",
                   "| category | accuracy, ambiguous | accuracy, disambiguated | s_DIS | s_AMB | items (amb / dis) |",
                   "| --- | --- | --- | --- | --- | --- |"]
