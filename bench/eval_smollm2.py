@@ -132,8 +132,8 @@ def bias_table(records: list[dict], threads: int, bbq_limit: int, seed: int, cro
         sample = (f"a seeded sample (seed {seed}) of {bbq_limit} items per category and context condition"
                   if bbq_limit else "every item")
         lines += [f"BBQ (`{Path(acc[0]['data']).name}/`, {sample}; {t:.0f} s, {threads} thread(s)); "
-                  "answer = the choice with the highest total log-likelihood; s_DIS over disambiguated, s_AMB over ambiguous contexts; "
-                  "95% cluster-bootstrap CIs over templates", "",
+                  "answer = the choice with the highest total log-likelihood; s_DIS over disambiguated, "
+                  "s_AMB over ambiguous contexts; 95% cluster-bootstrap CIs over templates", "",
                   "| category | accuracy, ambiguous | accuracy, disambiguated | s_DIS | s_AMB | items (amb / dis) |",
                   "| --- | --- | --- | --- | --- | --- |"]
         cats = sorted({r["subset"].split("/")[0] for r in acc} - {"all"}) + ["all"]
