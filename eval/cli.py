@@ -17,7 +17,7 @@ from .settings import SUITES
 
 def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "eval", help="evaluate checkpoints: truthfulness, toxicity, alignment tax, over-optimisation",
+        "eval", help="evaluate checkpoints: truthfulness, toxicity, alignment tax, over-optimisation, bias",
         description="Evaluate a checkpoint, a run directory (every checkpoint in it, or those named with "
                     "--checkpoints) or any Hugging Face causal-LM name or path. Writes one record per "
                     "(checkpoint, metric) to <run dir>/eval/records.jsonl as each metric finishes.")

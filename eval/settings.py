@@ -19,7 +19,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-SUITES = ("truthfulqa", "toxicity", "regression", "overopt")
+SUITES = ("truthfulqa", "toxicity", "regression", "overopt", "bias")
 
 
 class SettingsError(ValueError):
@@ -37,6 +37,8 @@ class EvalSettings:
     truthfulqa: str = ""  # "" = data_dir/TruthfulQA.csv, else hub truthfulqa/truthful_qa
     rtp: str = ""  # "" = data_dir/rtp_decodingtrust_{toxic,nontoxic}.jsonl, else hub allenai/real-toxicity-prompts
     wikitext: str = ""  # "" = data_dir/wikitext2_raw_test.txt, else hub wikitext/wikitext-2-raw-v1
+    crows_pairs: str = ""  # "" = data_dir/crows_pairs_anonymized.csv, else hub jannalu/crows_pairs_multilingual
+    bbq: str = ""  # "" = data_dir/bbq/ (<Category>.jsonl files), else hub oskarvanderwal/bbq
     cache_dir: str = ""  # "" = ~/.cache/rlhf/eval (or $RLHF_CACHE/eval)
     # ---- truthfulness
     mc_limit: int = 0  # 0 = every question
@@ -67,6 +69,10 @@ class EvalSettings:
     overopt_max_new_tokens: int = 16
     gold_rm: str = ""  # real models: a reward model name/path for the gold reward
     overopt_prompts: str = ""  # real models: prompt file/hub dataset ("" = the run's ppo.data)
+    # ---- bias (CrowS-Pairs, BBQ)
+    bias_datasets: list[str] = field(default_factory=lambda: ["crows_pairs", "bbq"])
+    crows_limit: int = 0  # pairs per bias type, a seeded sample (0 = all 1,508)
+    bbq_limit: int = 0  # items per (category, context condition), a seeded sample (0 = all)
 
     # ------------------------------------------------------------------ paths
     def resolved_data_dir(self) -> Optional[Path]:
@@ -137,6 +143,9 @@ _CHECKS = [
     ("bon_max_n", lambda v: v >= 1 and (v & (v - 1)) == 0, "a power of two"),
     ("overopt_n_prompts", lambda v: v >= 1, ">= 1"),
     ("overopt_samples", lambda v: v >= 1, ">= 1"),
+    ("crows_limit", lambda v: v >= 0, ">= 0"),
+    ("bbq_limit", lambda v: v >= 0, ">= 0"),
+    ("bias_datasets", lambda v: bool(v) and set(v) <= {"crows_pairs", "bbq"}, "a non-empty list of crows_pairs, bbq"),
     ("dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
 ]
 

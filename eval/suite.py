@@ -267,6 +267,29 @@ def run_truthfulqa(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> N
                     data=source + " (questions in world.eval_prompts())", task=task)
 
 
+def run_bias(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> None:
+    """CrowS-Pairs and BBQ through lm-eval (``eval.bias``): per bias type / category records,
+    each item's log-likelihoods and answer kept in ``eval/samples/<label>/bias-<dataset>.jsonl.gz``."""
+    from . import bias, lmeval
+    s = ctx.s
+    lm = None
+    for name in s.bias_datasets:
+        t0 = time.perf_counter()
+        try:
+            rows, source = ctx.cached(f"bias_rows_{name}", lambda name=name: bias.load_rows(name, s))
+            lm = lm or lmeval.make_lm(model, tok, s.mc_batch_size)
+            items = bias.score_items(name, lm, rows, s.resolved_cache_dir(), s.seed)
+        except Exception as e:
+            for m in bias.METRICS[name]:
+                rec.add(cp, "bias", m, subset="all", time_s=time.perf_counter() - t0, error=_err(e))
+            continue
+        dt = time.perf_counter() - t0
+        path = write_samples(ctx.target, cp, "bias", name, items)
+        for r in bias.metric_records(name, items, s.bootstrap, s.seed):
+            rec.add(cp, "bias", r["metric"], r["value"], r["ci"], r["n"], subset=r["subset"], time_s=dt, data=source,
+                    dataset=name, task=bias.TASKS[name], samples=path, **r["extra"])
+
+
 def _tox_prompts(ctx: Context) -> tuple[dict[str, list[str]], str, str]:
     s = ctx.s
     if ctx.world is not None:
@@ -581,6 +604,9 @@ def preflight(target: Target, suites: list[str], settings: EvalSettings) -> None
             evdata.resolve_source(settings.rtp, evdata.RTP_FILES, settings, "rtp")
         if "regression" in suites:
             evdata.resolve_source(settings.wikitext, (evdata.WIKITEXT_FILE,), settings, "wikitext")
+    if "bias" in suites:
+        from .bias import check_sources
+        check_sources(settings)
     if "toxicity" in suites and settings.tox_scorer not in ("auto", "profanity-check", "lexicon") \
             and not settings.tox_scorer.startswith("hf:"):
         raise tx.ScorerError(f"unknown toxicity scorer {settings.tox_scorer!r} (profanity-check, lexicon, hf:<name>)")
@@ -591,6 +617,8 @@ def preflight(target: Target, suites: list[str], settings: EvalSettings) -> None
 
 def default_suites(target: Target) -> list[str]:
     out = ["truthfulqa", "toxicity", "regression"]
+    if target.world is None:  # English benchmarks: not a default for toy-world runs (a word-level world tokenizer)
+        out.append("bias")
     if target.run_dir is not None and _is_model_dir(target.run_dir / "rm") and _is_model_dir(target.run_dir / "sft"):
         out.append("overopt")
     return out
@@ -637,6 +665,8 @@ def evaluate(path: str, suites: Optional[Iterable[str]] = None, settings: Option
                     run_toxicity(ctx, cp, model, tok, rec)
                 elif suite == "regression":
                     run_regression(ctx, cp, model, tok, rec, ref)
+                elif suite == "bias":
+                    run_bias(ctx, cp, model, tok, rec)
             except Exception as e:  # a bug in one suite never loses the others
                 rec.add(cp, suite, "suite", error=_err(e), traceback=traceback.format_exc(limit=5))
         del model
