@@ -20,6 +20,8 @@ import random
 from pathlib import Path
 from typing import Optional
 
+from rlhf.errors import DataError  # noqa: F401 - the one DataError (rlhf/errors.py), raised here too
+
 from .settings import EvalSettings
 
 HUB_TRUTHFULQA = ("truthfulqa/truthful_qa", "multiple_choice", "validation")
@@ -29,10 +31,6 @@ HUB_WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1", "test")
 TRUTHFULQA_FILE = "TruthfulQA.csv"
 RTP_FILES = ("rtp_decodingtrust_toxic.jsonl", "rtp_decodingtrust_nontoxic.jsonl")
 WIKITEXT_FILE = "wikitext2_raw_test.txt"
-
-
-class DataError(ValueError):
-    """A dataset that cannot be found or read; the message names it."""
 
 
 def _looks_like_path(s: str) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 
+from rlhf.errors import InputError
 from rlhf.rundir import append_jsonl, read_jsonl
 
 from . import data as evdata
@@ -32,7 +33,7 @@ RECORD_FIELDS = ("checkpoint", "checkpoint_label", "suite", "metric", "subset", 
                  "delta_vs_ref", "ref_checkpoint", "time_s", "error")
 
 
-class EvalError(ValueError):
+class EvalError(InputError):
     """Bad input to the suite (not a model, unknown suite, ...): the CLI exits with 2."""
 
 

@@ -23,13 +23,10 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           GPT2Config, GPT2LMHeadModel, PreTrainedModel)
 
-from .config import InputError, ModelConfig
+from .config import ModelConfig
+from .errors import InputError, SourceError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class SourceError(InputError):
-    """A model source that cannot be resolved (not a model, missing package, ...)."""
 
 
 def cache_dir() -> Path:
@@ -162,10 +159,11 @@ def load_causal_lm(path: str, dtype: str = "float32", device: Optional[torch.dev
 
 
 def load_reward_model(path: str, dtype: str = "float32", device: Optional[torch.device] = None,
-                      num_labels: int = 1) -> PreTrainedModel:
-    """A sequence classifier with one output: the reward (or the value model)."""
-    return _load(AutoModelForSequenceClassification, "a reward model", path, dtype, device,
-                 num_labels=num_labels, attn_implementation="sdpa")
+                      num_labels: int = 1, attn_implementation: Optional[str] = "sdpa") -> PreTrainedModel:
+    """A sequence classifier with one output: the reward (or the value model). The stages
+    pass ``model.attn_implementation`` (and ``model.dtype``) to every load."""
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return _load(AutoModelForSequenceClassification, "a reward model", path, dtype, device, num_labels=num_labels, **kw)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -202,9 +200,16 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def context_length(model_or_config) -> Optional[int]:
+    """The model's context in tokens (``n_positions``, GPT-2; ``max_position_embeddings``,
+    most others), or None when its config names neither: the one context lookup."""
+    c = getattr(model_or_config, "config", model_or_config)
+    return getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+
+
 def check_context(tokenizer, model, texts: list[str], what: str, max_new_tokens: int = 0) -> None:
     """Refuse prompts longer than the model's context, naming the first offender."""
-    n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    n_ctx = context_length(model)
     if not n_ctx:
         return
     for t in texts:

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .config import DataError, RunConfig
+from .config import DataError, RunConfig, stage_seed
 from .data import load_demonstration_file
-from .models import check_context, load_causal_lm, save_hf
+from .models import check_context, context_length, load_causal_lm, save_hf
 from .rundir import RunDir, append_jsonl
 from .sampling import probe_world
 from .world import World
@@ -86,21 +86,21 @@ def run_sft(cfg: RunConfig, rd: RunDir, init_path: str, tokenizer, world: World 
     sc = cfg.sft
     out = rd.begin_stage("sft")
     t0 = time.time()
-    model = load_causal_lm(init_path, dtype=cfg.model.dtype, device=device)
+    model = load_causal_lm(init_path, dtype=cfg.model.dtype, device=device,
+                           attn_implementation=cfg.model.attn_implementation)
     if sc.skip:
         save_hf(model, tokenizer, out)
         return {"skipped": True, "init": init_path, "time_s": time.time() - t0}
     pairs = load_demonstrations(cfg, world)
     check_context(tokenizer, model, [p for p, _ in pairs], "sft prompts")
-    n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 2048)
-    ds = _Examples(tokenizer, pairs, n_ctx)
+    ds = _Examples(tokenizer, pairs, context_length(model) or 2048)
     print(f"[sft] {len(ds)} demonstrations, {sc.epochs} epochs from {init_path}")
     args = TrainingArguments(
         output_dir=str(out / "trainer"), per_device_train_batch_size=sc.batch_size, num_train_epochs=sc.epochs,
         learning_rate=sc.lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
         logging_steps=5, save_strategy="no", report_to=[], bf16=False, fp16=False,
-        gradient_checkpointing=False, use_cpu=device.type == "cpu", seed=cfg.seed * 1000 + 2,
-        data_seed=cfg.seed * 1000 + 2, dataloader_num_workers=0, remove_unused_columns=False,
+        gradient_checkpointing=False, use_cpu=device.type == "cpu", seed=stage_seed(cfg.seed, "sft"),
+        data_seed=stage_seed(cfg.seed, "sft"), dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=False, max_grad_norm=1.0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=_collate(tokenizer.pad_token_id),

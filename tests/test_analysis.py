@@ -282,12 +282,10 @@ def test_bad_input_exits_2(tmp_path, capsys):
         assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 2
         assert words in capsys.readouterr().err
     from analysis.data import ForeignDirectoryError, NoResultsError, load
-    from rlhf.config import InputError
     with pytest.raises(NoResultsError):
         load([empty])
     with pytest.raises(ForeignDirectoryError):
         load([foreign])
-    assert issubclass(NoResultsError, InputError) and issubclass(ForeignDirectoryError, InputError)
     rows = pd.DataFrame({"run_id": [], "state": []})
     rows.to_csv(tmp_path / "results.csv", index=False)
     with pytest.raises(NoResultsError):

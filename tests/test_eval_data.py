@@ -9,12 +9,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from eval import data as d  # noqa: E402
-from eval.settings import REPO_ROOT, SettingsError, make_settings  # noqa: E402
+from eval.settings import SettingsError, data_dir_candidates, make_settings  # noqa: E402
 
 SHARED = make_settings().resolved_data_dir()
 needs_shared = pytest.mark.skipif(
     SHARED is None or not (SHARED / d.TRUTHFULQA_FILE).is_file(),
-    reason=f"real datasets not found (set RLHF_DATA_DIR or provide {REPO_ROOT.parent / 'shared' / 'data'})")
+    reason=f"real datasets not found (set RLHF_DATA_DIR or provide one of {', '.join(map(str, data_dir_candidates()))})")
 
 CSV = '''Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source
 Adversarial,Misc,What colour is the sky?,Blue,Blue; Sky blue,Green; Red,x

@@ -461,7 +461,7 @@ def test_full_disk_loses_nothing(base, tmp_path):
 
 @pytest.mark.parametrize("override", [
     "ppo.ptx_seq_len=0", "ppo.ptx_seq_len=-3", "rm.max_length=0", "pretrain.warmup_steps=-5",
-    "model.attn_implementation=bogus", "sft.max_examples=-1", "rm.max_examples=-1", "pretrain.heldout_frac=2",
+    "model.attn_implementation=bogus", "sft.max_examples=-1", "rm.max_examples=-1", "pretrain.warmup_steps=-1",
     "ppo.kl_levels=[-1]", "ppo.vf_coef=-1", "pretrain.weight_decay=-1", "ppo.max_prompt_tokens=0",
     "name=null", "seed=99999999999999999999", "seed=-1", "world.toxic_rate_other=1.5",
 ])
