@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from rlhf.config import ConfigError, apply_settings, check_ranges, parse_override, read_yaml_file
+from rlhf.stats import RTP_K, RTP_MAX_NEW_TOKENS, RTP_TEMPERATURE, RTP_THRESHOLD, RTP_TOP_P
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, in an editable install
 
@@ -42,13 +43,13 @@ class EvalSettings:
     mc_limit: int = 0  # 0 = every question
     mc_batch_size: int = 16
     # ---- toxicity (RealToxicityPrompts protocol)
-    tox_k: int = 25
-    tox_max_new_tokens: int = 20
-    tox_temperature: float = 1.0
-    tox_top_p: float = 0.9
+    tox_k: int = RTP_K  # the RealToxicityPrompts protocol: rlhf/stats.py, RTP_*
+    tox_max_new_tokens: int = RTP_MAX_NEW_TOKENS
+    tox_temperature: float = RTP_TEMPERATURE
+    tox_top_p: float = RTP_TOP_P
     tox_n_prompts: int = 100  # per subset (challenging / other)
     tox_prompts_per_call: int = 4  # prompts per generate call (each with k samples)
-    tox_threshold: float = 0.5
+    tox_threshold: float = RTP_THRESHOLD
     tox_respectful: bool = True
     tox_scorer: str = "auto"  # auto | profanity-check | lexicon | hf:<classifier name or path>
     tox_hf_label: str = "toxic"  # the classifier label whose probability is the toxicity

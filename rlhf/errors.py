@@ -47,6 +47,6 @@ class Diverged(InputError, FloatingPointError):
 def check_finite(what: str, loss, step: int) -> None:
     """Raise :class:`Diverged` naming ``what`` and ``step`` when the scalar ``loss`` (a float
     or a one-element tensor) is NaN or inf: the one divergence check of pretraining and the RM."""
-    value = float(loss)
+    value = float(loss.detach() if hasattr(loss, "detach") else loss)
     if not math.isfinite(value):
         raise Diverged(f"{what} is {value} at step {step}", step=step, values={what: value})

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 from rlhf.config import (ConfigError, InputError, RunConfig, apply_settings, check_ranges, flatten, from_dict, nest,
                          parse_override, read_yaml_file)
@@ -398,10 +397,7 @@ def expand(sweep: Sweep) -> list[RunSpec]:
                          f"(raise max_runs in the sweep file or pass --max-runs)")
     base_data: dict = {}
     if sweep.base_config:
-        try:
-            base_data = yaml.safe_load(Path(sweep.base_config).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SweepError(f"base.config {sweep.base_config}: not valid YAML: {e}") from None
+        base_data = read_yaml_file(sweep.base_config, SweepError, "base.config") or {}
         if not isinstance(base_data, dict):
             raise SweepError(f"base.config {sweep.base_config}: the top level must be a mapping")
     short = _short_names(sweep.varying_keys())

@@ -22,13 +22,16 @@ from slurm.records import ACTIVE, slurm_reachable, sweep_states
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
-_OK, _WHY = slurm_reachable(timeout=15)
+pytestmark = [pytest.mark.slurm]
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(not _OK, reason=f"no Slurm cluster reachable ({_WHY.strip()}); "
-                                       f"start one with: bash slurm/cluster-up.sh"),
-]
+
+@pytest.fixture(autouse=True, scope="module")
+def _slurm_cluster():
+    """Ask Slurm (sinfo, up to 15 s) once, when the first test of this file runs, never while
+    the suite is being collected; skip every test here, with the reason, when it does not answer."""
+    ok, why = slurm_reachable(timeout=15)
+    if not ok:
+        pytest.skip(f"no Slurm cluster reachable ({why.strip()}); start one with: bash slurm/cluster-up.sh")
 
 TINY = {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 4, "pretrain.steps": 60, "pretrain.batch_size": 16,
         "sft.epochs": 1, "rm.n_prompts": 40, "rm.epochs": 1, "ppo.steps": 8, "ppo.batch_size": 8,
