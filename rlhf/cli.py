@@ -27,6 +27,29 @@ from .config import InputError, dump_yaml, load_config
 EXIT_BAD_INPUT = 2
 
 
+# What the libraries print, by environment (read when they are imported, inherited by the runs
+# that a sweep or the findings suite starts): quiet, or their defaults with --verbose.
+_QUIET_ENV = {"TRANSFORMERS_VERBOSITY": ("error", "warning"), "HF_HUB_DISABLE_PROGRESS_BARS": ("1", "0"),
+              "HF_DATASETS_DISABLE_PROGRESS_BARS": ("1", "0")}
+
+
+def library_output(verbose: bool = False) -> None:
+    """Without ``verbose`` (every ``rlhf`` command without ``--verbose``) transformers and
+    datasets log errors only and the hub draws no progress bars (``Loading weights``,
+    ``Writing model shards``, downloads): each long stage shows its own one bar and its
+    summary lines. ``verbose`` brings the libraries' output back. Set before the libraries
+    are imported; applied to them as well when they already are."""
+    for key, (quiet, loud) in _QUIET_ENV.items():
+        os.environ[key] = loud if verbose else quiet
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.utils as hub
+        (hub.enable_progress_bars if verbose else hub.disable_progress_bars)()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tlog
+        (tlog.set_verbosity_warning if verbose else tlog.set_verbosity_error)()
+        (tlog.enable_progress_bar if verbose else tlog.disable_progress_bar)()
+
+
 def _cmd_run(args) -> int:
     from .pipeline import run_pipeline
     from .stop import StopRequested, cli_handlers
@@ -54,6 +77,9 @@ def _cmd_config(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhf", description="RLHF research harness (InstructGPT recipe)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the libraries' own logs, warnings and progress bars (transformers, datasets); "
+                        "may stand anywhere on the line")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the stages of a config (pretrain, sft, rm, ppo)")
     r.add_argument("config", help="YAML config, e.g. experiments/quickstart.yaml")
@@ -103,6 +129,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None):
     appended to ``args.overrides`` after the ``--set`` ones. A subcommand without settings
     refuses them."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:  # a global option, accepted anywhere on the line
+        argv = ["--verbose"] + [w for w in argv if w != "--verbose"]
     takes_value = _value_options(parser, argv)
     over, rest = [], []
     for i, w in enumerate(argv):
@@ -121,6 +149,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    library_output(verbose="--verbose" in argv)  # before the plugins import the libraries
     parser = build_parser()
     args = parse_args(parser, argv)
     try:

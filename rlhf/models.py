@@ -117,7 +117,15 @@ def scratch_model(cfg: ModelConfig, vocab_size: int, pad_id: int, eos_id: int) -
         activation_function="gelu_pytorch_tanh",  # GPT-2's gelu_new as one fused kernel (~10% faster on CPU)
     )
     config._attn_implementation = cfg.attn_implementation
-    return GPT2LMHeadModel(config)
+    return _causal_lm_loss(GPT2LMHeadModel(config))
+
+
+def _causal_lm_loss(model: PreTrainedModel) -> PreTrainedModel:
+    """GPT-2's class name does not say which loss it has (transformers then warns that its
+    ``loss_type`` is unknown and picks the causal-LM loss); say it."""
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -155,7 +163,7 @@ def _load(auto_cls, what: str, path: str, dtype: str, device: Optional[torch.dev
 def load_causal_lm(path: str, dtype: str = "float32", device: Optional[torch.device] = None,
                    attn_implementation: Optional[str] = "sdpa") -> PreTrainedModel:
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return _load(AutoModelForCausalLM, "a causal LM", path, dtype, device, **kw)
+    return _causal_lm_loss(_load(AutoModelForCausalLM, "a causal LM", path, dtype, device, **kw))
 
 
 def load_reward_model(path: str, dtype: str = "float32", device: Optional[torch.device] = None,

@@ -61,7 +61,7 @@ def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: to
         for g in opt.param_groups:
             g["lr"] = lr_at(step, pc.steps, pc.warmup_steps, pc.lr)
         x = random_windows(train, pc.batch_size, pc.seq_len, gen).to(device)
-        loss = lm_loss(model(input_ids=x).logits, x)
+        loss = lm_loss(model(input_ids=x, attention_mask=torch.ones_like(x)).logits, x)
         check_finite("pretrain loss", loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
 from .config import DataError, RunConfig, stage_seed
 from .data import load_demonstration_file
@@ -73,6 +73,13 @@ def _collate(pad_id):
     return fn
 
 
+class _Bar(ProgressCallback):
+    """Trainer's progress bar without its printed log dicts (they go to metrics.jsonl)."""
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        pass
+
+
 class _JsonlLogger(TrainerCallback):
     def __init__(self, path):
         self.path = path
@@ -99,12 +106,14 @@ def run_sft(cfg: RunConfig, rd: RunDir, init_path: str, tokenizer, world: World 
         output_dir=str(out / "trainer"), per_device_train_batch_size=sc.batch_size, num_train_epochs=sc.epochs,
         learning_rate=sc.lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
         logging_steps=5, save_strategy="no", report_to=[], bf16=False, fp16=False,
-        gradient_checkpointing=False, use_cpu=device.type == "cpu", seed=stage_seed(cfg.seed, "sft"),
+        use_cpu=device.type == "cpu", seed=stage_seed(cfg.seed, "sft"),
         data_seed=stage_seed(cfg.seed, "sft"), dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=False, max_grad_norm=1.0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=_collate(tokenizer.pad_token_id),
                       callbacks=[_JsonlLogger(out / "metrics.jsonl")])
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_Bar(max_str_len=100))
     result = trainer.train()
     model = trainer.model
     model.eval()
