@@ -74,7 +74,12 @@ def _collate(pad_id):
 
 
 class _Bar(ProgressCallback):
-    """Trainer's progress bar without its printed log dicts (they go to metrics.jsonl)."""
+    """Trainer's progress bar, named, without its printed log dicts (they go to metrics.jsonl)."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        super().on_train_begin(args, state, control, **kw)
+        if self.training_bar is not None:
+            self.training_bar.set_description("sft")
 
     def on_log(self, args, state, control, logs=None, **kw):
         pass
