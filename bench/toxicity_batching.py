@@ -35,7 +35,8 @@ def main() -> int:
 
     from eval.toxicity import sample_continuations, sample_one_at_a_time
     if args.model == "toy":
-        from eval.testing import make_toy_run
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from toy_run import make_toy_run  # the tests' fixture (tests/toy_run.py)
         from rlhf.world import World
         d = make_toy_run(Path(tempfile.mkdtemp()) / "run")
         from eval.models import load_policy
