@@ -544,7 +544,7 @@ def _gold_rm_prompts_and_gold(ctx: Context, rng):
     whose gold_reward is read by the same function as rm_score (``rlhf.reward.score_texts``)."""
     from rlhf.config import load_config
     from rlhf.models import load_reward_model, load_tokenizer
-    from rlhf.ppo import load_prompt_file
+    from rlhf.data import load_prompts as load_prompt_file
     from rlhf.reward import rm_max_length, score_texts
     s = ctx.s
     run = ctx.target.run_dir

@@ -7,7 +7,6 @@ checkpointing stay off: on a CPU they make a small model 3-8x slower.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 from transformers import ProgressCallback, Trainer, TrainerCallback, TrainingArguments
@@ -29,9 +28,7 @@ def load_demonstrations(cfg: RunConfig, world: World | None) -> list[tuple[str, 
         pairs = [(p.text, r) for p, r in world.demonstrations()]
         if cfg.sft.max_examples:
             pairs = pairs[: cfg.sft.max_examples]
-    else:
-        if not Path(src).exists():
-            raise DataError(f"sft.data: {src} does not exist")
+    else:  # a local file or a hub dataset, read and checked like every data file
         pairs = load_demonstration_file(src, cfg.sft.max_examples)
     if not pairs:
         raise DataError(f"sft.data={src}: no demonstrations found")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -376,6 +377,19 @@ def test_bad_data_file_names_file_and_line(tmp_path, loader, data, want):
     with pytest.raises(DataError) as e:
         fn(path)
     assert want in str(e.value) and path in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["sft.data", "rm.data", "ppo.data", "ppo.ptx_data"])
+def test_every_data_setting_says_the_same_for_a_missing_file_or_a_directory(tmp_path, key):
+    from rlhf import data as D
+    from rlhf.config import DataError
+    fn = {"sft.data": D.load_demonstration_file, "rm.data": D.load_pair_comparisons, "ppo.data": D.load_prompts,
+          "ppo.ptx_data": D.load_text_lines}[key]
+    missing = str(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match=f"^{re.escape(key)}: {re.escape(missing)} does not exist$"):
+        fn(missing, key=key)
+    with pytest.raises(DataError, match=f"^{re.escape(key)}: {re.escape(str(tmp_path))} is a directory"):
+        fn(str(tmp_path), key=key)
 
 
 def test_skipped_rows_are_counted_and_printed(tmp_path, capsys):
