@@ -62,6 +62,13 @@ class Skipped:
         if self.count:
             print(self.report(), flush=True)
 
+    def finish(self, rows: list, what: str) -> list:
+        """``rows`` after printing what was skipped; none at all is a DataError that says why."""
+        self.print()
+        if not rows:
+            raise DataError(f"{self.key}={self.path}: no {what} found" + (f" ({self.report()})" if self.count else ""))
+        return rows
+
 
 def _where(key: str, path: Any, line: int) -> str:
     return f"{key}: {path}, line {line}"
@@ -176,10 +183,7 @@ def load_demonstration_file(path: str, max_examples: int = 0, key: str = "sft.da
             sk.add("rows without 'prompt' and 'response' (or 'chosen')", line)
         if max_examples and len(pairs) >= max_examples:
             break
-    sk.print()
-    if not pairs:
-        raise DataError(f"{key}={path}: no demonstrations found" + (f" ({sk.report()})" if sk.count else ""))
-    return pairs
+    return sk.finish(pairs, "demonstrations")
 
 
 def load_pair_comparisons(path: str, max_examples: int = 0, key: str = "rm.data") -> list[dict]:
@@ -212,10 +216,7 @@ def load_pair_comparisons(path: str, max_examples: int = 0, key: str = "rm.data"
         out.append({"prompt": prompt, "responses": [chosen, rejected], "gold": None, "round": 0})
         if max_examples and len(out) >= max_examples:
             break
-    sk.print()
-    if not out:
-        raise DataError(f"{key}={path}: no comparisons found" + (f" ({sk.report()})" if sk.count else ""))
-    return out
+    return sk.finish(out, "comparisons")
 
 
 def load_prompts(path: str, key: str = "ppo.data") -> list[str]:
