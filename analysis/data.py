@@ -148,7 +148,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
 def _read_records(run_dir: str) -> pd.DataFrame:
     if not run_dir:
         return pd.DataFrame()
-    from eval.suite import load_records
+    from rlhf_eval.suite import load_records
     df = load_records(run_dir)
     return df
 

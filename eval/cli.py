@@ -1,7 +1,7 @@
 """`rlhf eval PATH [--suite ...]`: the evaluation suite as a subcommand.
 
-Registered through the entry point group ``rlhf.commands`` (``eval = "eval.cli:register"``);
-also runnable alone: ``python -m eval.cli PATH ...``. Exit status: 0 when every metric
+Registered through the entry point group ``rlhf.commands`` (``eval = "rlhf_eval.cli:register"``);
+also runnable alone: ``python -m rlhf_eval.cli PATH ...``. Exit status: 0 when every metric
 succeeded, 2 for bad input (not a model, missing dataset, unknown task or scorer, bad
 setting) or when any metric recorded an error, 1 for an unexpected crash.
 """

@@ -1,6 +1,6 @@
 """The evaluation suite: what to evaluate, running each metric, writing tidy records.
 
-    from eval.suite import evaluate
+    from rlhf_eval.suite import evaluate
     records = evaluate("runs/quickstart", suites=["truthfulqa", "toxicity"], settings=make_settings(["tox_k=5"]))
 
 ``evaluate`` takes a checkpoint folder, a run directory (every checkpoint in it, or those

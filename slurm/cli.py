@@ -86,7 +86,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m slurm.cli ...`` = ``rlhf sweep ...``"""
+    """``python -m rlhf_slurm.cli ...`` = ``rlhf sweep ...``"""
     from rlhf.cli import main as rlhf_main
     return rlhf_main(["sweep", *(sys.argv[1:] if argv is None else argv)])
 

@@ -104,8 +104,8 @@ def report_cli(sweep, tmp_path_factory):
 @pytest.fixture(scope="session")
 def report_obj(sweep, tmp_path_factory):
     """The report built in-process, Figures kept open to read their plotted data back."""
-    from analysis.report import build_report
-    from analysis.style import paper_style
+    from rlhf_analysis.report import build_report
+    from rlhf_analysis.style import paper_style
     with paper_style():
         rep = build_report([sweep], tmp_path_factory.mktemp("report_obj"), keep_figures=True)
     yield rep
@@ -147,7 +147,7 @@ def _mean_lines(ax):
 def test_ablation_plots_the_mean_over_seeds_of_the_runs(report_obj, report_cli):
     """The points drawn in the ablation panels (and their CSV) are the mean over the done
     runs of each cell, computed here from the per-run table with a plain groupby rather than
-    analysis.results.aggregate, which draws them; the main table's means are the same."""
+    rlhf_analysis.results.aggregate, which draws them; the main table's means are the same."""
     table = pd.read_csv(report_cli / "tables" / "main_results.csv")
     runs = pd.read_csv(report_cli / "tables" / "runs.csv")
     done = runs[runs["state"] == "done"]
@@ -195,7 +195,7 @@ def test_table_equals_runs_and_records(report_cli, sweep):
 
 
 def test_other_figures_plot_their_csv(report_obj):
-    from analysis.figures import fit_curve
+    from rlhf_analysis.figures import fit_curve
     # training curves: the smoothed line of each run is the CSV's, the raw values the run's metrics.jsonl
     fig = report_obj.open_figures["training_curves"]
     data = pd.read_csv(report_obj.figures["training_curves"]["csv"])
@@ -290,7 +290,7 @@ def test_bad_input_exits_2(tmp_path, capsys):
                         (foreign / "notes.txt", "not a results table")):
         assert main(["report", str(path), "--out", str(tmp_path / "out")]) == 2
         assert words in capsys.readouterr().err
-    from analysis.data import ForeignDirectoryError, NoResultsError, load
+    from rlhf_analysis.data import ForeignDirectoryError, NoResultsError, load
     with pytest.raises(NoResultsError):
         load([empty])
     with pytest.raises(ForeignDirectoryError):
@@ -303,7 +303,7 @@ def test_bad_input_exits_2(tmp_path, capsys):
 
 # ------------------------------------------------------------------ style
 def test_figures_are_paper_ready(report_obj):
-    from analysis.style import overlapping_texts, texts_outside
+    from rlhf_analysis.style import overlapping_texts, texts_outside
     for name, fig in report_obj.open_figures.items():
         w = fig.get_size_inches()[0]
         assert w in (3.25, 6.75), (name, w)
@@ -333,7 +333,7 @@ def test_figures_are_paper_ready(report_obj):
 
 
 def test_t_ci():
-    from analysis.results import aggregate, state_summary, t_ci
+    from rlhf_analysis.results import aggregate, state_summary, t_ci
     m, lo, hi, n = t_ci([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and hi - m == pytest.approx(4.302652729911275 * 1.0 / np.sqrt(3))
     assert np.isnan(t_ci([1.0])[1]) and t_ci([])[3] == 0 and t_ci([1.0, float("nan")])[3] == 1

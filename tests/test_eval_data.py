@@ -8,8 +8,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from eval import data as d  # noqa: E402
-from eval.settings import SettingsError, data_dir_candidates, make_settings  # noqa: E402
+from rlhf_eval import data as d  # noqa: E402
+from rlhf_eval.settings import SettingsError, data_dir_candidates, make_settings  # noqa: E402
 
 SHARED = make_settings().resolved_data_dir()
 needs_shared = pytest.mark.skipif(

@@ -12,12 +12,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from eval import lmeval, metrics  # noqa: E402
-from eval import toxicity as tx  # noqa: E402
-from eval.cli import main as cli_main  # noqa: E402
-from eval.data import write_rows_cached  # noqa: E402
-from eval.settings import make_settings  # noqa: E402
-from eval.suite import evaluate, load_records  # noqa: E402
+from rlhf_eval import lmeval, metrics  # noqa: E402
+from rlhf_eval import toxicity as tx  # noqa: E402
+from rlhf_eval.cli import main as cli_main  # noqa: E402
+from rlhf_eval.data import write_rows_cached  # noqa: E402
+from rlhf_eval.settings import make_settings  # noqa: E402
+from rlhf_eval.suite import evaluate, load_records  # noqa: E402
 from toy_run import make_toy_run  # noqa: E402 - tests/toy_run.py, a fixture, not shipped
 from rlhf.heldout import heldout_nll, heldout_text  # noqa: E402
 from rlhf.rundir import read_jsonl_gz  # noqa: E402

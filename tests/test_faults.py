@@ -180,7 +180,7 @@ def test_force_refuses_a_change_to_a_stage_it_does_not_redo(copy):
 
 
 def test_partial_force_records_each_stages_config(copy):
-    from analysis.data import run_row
+    from rlhf_analysis.data import run_row
     from rlhf.rundir import RunDir
     r = run_cli(tiny(copy.parent, extra=["stages=[ppo]", "ppo.beta=0.1"]) + ["--force"])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -298,10 +298,10 @@ def test_checkpoint_manifest_is_verified(tmp_path):
 
 @pytest.mark.parametrize("torn", ["", '{"state": "runn'])
 def test_torn_status_and_files_are_unknown_not_a_crash(copy, torn, capsys):
-    from analysis.data import run_row
+    from rlhf_analysis.data import run_row
     from rlhf.rundir import read_jsonl
-    from slurm.records import run_state
-    from slurm.report import run_row as sweep_row
+    from rlhf_slurm.records import run_state
+    from rlhf_slurm.report import run_row as sweep_row
     (copy / "status.json").write_text(torn)
     (copy / "rm" / "summary.json").write_text(torn)
     m = copy / "ppo" / "metrics.jsonl"

@@ -6,7 +6,9 @@ import subprocess
 
 from conftest import REPO
 
-RULES = {"rlhf": {"eval", "analysis", "slurm"}, "eval": {"analysis", "slurm"}, "slurm": {"eval", "analysis"}}
+RULES = {"rlhf": {"rlhf_eval", "rlhf_analysis", "rlhf_slurm"},
+         "rlhf_eval": {"rlhf_analysis", "rlhf_slurm"},
+         "rlhf_slurm": {"rlhf_eval", "rlhf_analysis"}}
 
 
 def imported_packages(path):
@@ -56,3 +58,16 @@ def test_ci_runs_the_readme_test_command(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "ci_mark").read_text() == f"ran-from-{tmp_path.name}\n"
     assert f"+ {probe}" in r.stdout
+
+
+def test_installs_no_generic_top_level_names():
+    """pip install puts rlhf, rlhf_eval, rlhf_analysis and rlhf_slurm into site-packages (the
+    folders stay eval/, analysis/, slurm/), never a generic name such as eval; test fixtures
+    (tests/) are not shipped."""
+    import tomllib
+    st = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    top = {p.split(".")[0] for p in st["packages"]} | set(st["package-dir"])
+    assert top == {"rlhf", "rlhf_eval", "rlhf_analysis", "rlhf_slurm"}
+    assert all(package_folder(p).is_dir() for p in top)
+    assert not any(p.startswith("tests") for p in st["packages"])
+    assert not (REPO / "eval" / "testing.py").exists()

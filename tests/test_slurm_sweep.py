@@ -18,7 +18,7 @@ import yaml
 
 from rlhf.cli import main as rlhf_main
 from rlhf.rundir import read_json, read_jsonl
-from slurm.records import ACTIVE, slurm_reachable, sweep_states
+from rlhf_slurm.records import ACTIVE, slurm_reachable, sweep_states
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -119,7 +119,7 @@ def test_grid_2x2_job_array_finishes_and_collects(tmp_path, capsys):
 
 def start_reference(f: Path, tmp_path: Path) -> subprocess.Popen:
     """The same sweep, never preempted, on this machine (local executor), meanwhile."""
-    return subprocess.Popen([sys.executable, "-m", "slurm.cli", str(f), "--executor", "local",
+    return subprocess.Popen([sys.executable, "-m", "rlhf_slurm.cli", str(f), "--executor", "local",
                              "--out-dir", str(tmp_path / "ref")], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

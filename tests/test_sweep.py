@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from rlhf.cli import main as rlhf_main
-from slurm.sweep import expand, load_sweep, parse_sweep
+from rlhf_slurm.sweep import expand, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -95,7 +95,7 @@ def test_max_runs_is_configurable(tmp_path, capsys):
 def test_run_ids_hash_only_keys_off_their_defaults(monkeypatch):
     """A switch added to the code at its default changes no run id (a resubmitted sweep finds
     its finished runs); the same switch at another value does."""
-    import slurm.sweep as sw
+    import rlhf_slurm.sweep as sw
     from rlhf.config import from_dict
     cfg = from_dict({"ppo": {"beta": 0.05}, "seed": 2})
     before = sw.config_hash(cfg)
