@@ -1,7 +1,7 @@
 """The claims table: each claim of a findings suite, its statistic, 95% CI, seeds and verdict.
 
-    from analysis.claims import load_claims, claims_table
-    rows = claims_table(load_claims("experiments/findings/claims.yaml"), data)   # data: analysis.data.load
+    from rlhf_analysis.claims import load_claims, claims_table
+    rows = claims_table(load_claims("experiments/findings/claims.yaml"), data)   # data: rlhf_analysis.data.load
 
 A claims file (YAML) lists claims, each with rows (a1, b1, b2 ...)::
 
@@ -31,7 +31,7 @@ Kinds (per seed, then a Student-t 95% interval over seeds, clipped to ``range``)
 * ``overopt``: along the run's gold-vs-√KL points (overopt ``rl`` records of sft,
   ppo/kl_*, ppo): ``quantity: gold_drop`` = peak gold − final gold; ``rm_rise`` =
   rm_score(final) − rm_score at the gold peak.
-* ``overopt_fit``: R² of Gao et al.'s form (``eval.metrics.fit_overoptimization``) fitted to
+* ``overopt_fit``: R² of Gao et al.'s form (``rlhf_eval.metrics.fit_overoptimization``) fitted to
   the seed-averaged curve (``method: rl`` or ``bon``); one number, no CI.
 * ``monotone``: the means of ``x`` over the cells of ``over`` (a config key) fall
   monotonically, and the 95% CIs of the two end cells are disjoint (value: first − last).
@@ -296,8 +296,8 @@ def _bon_points(data: Data, run_id: str) -> pd.DataFrame:
 
 
 def _fit_row(data: Data, row: Row, src: dict) -> None:
-    """Gao et al.'s form fitted to the seed-averaged gold-reward gain (eval.metrics)."""
-    from eval.metrics import fit_overoptimization
+    """Gao et al.'s form fitted to the seed-averaged gold-reward gain (rlhf_eval.metrics)."""
+    from rlhf_eval.metrics import fit_overoptimization
     method = row.spec.get("method", "rl")
     runs = cell_runs(data, src)
     done = runs[runs["state"] == DONE]
@@ -505,7 +505,7 @@ def write_claims(rows: list[Row], claims: list[Claim], out: Path, figures: Optio
 def claim_figure(claim: Claim, rows: list[Row]):
     """One panel per row: per-seed dots, the mean with its 95% CI, the verdict's threshold;
     for fits, the seed-averaged curve and the fit; for monotone rows, the mean per cell."""
-    from eval.metrics import bon_form, rl_form
+    from rlhf_eval.metrics import bon_form, rl_form
 
     from .style import new_figure
     import textwrap

@@ -49,7 +49,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m analysis.cli ...`` = ``rlhf report ...``"""
+    """``python -m rlhf_analysis.cli ...`` = ``rlhf report ...``"""
     from rlhf.cli import main as rlhf_main
     return rlhf_main(["report", *(sys.argv[1:] if argv is None else argv)])
 

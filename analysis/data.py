@@ -21,7 +21,6 @@ Tables built here:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from rlhf.config import InputError, RunConfig, flatten
-from rlhf.rundir import RunDir, read_json, read_jsonl
+from rlhf.rundir import RunDir, read_jsonl, results_row
 
 # the ablation switches, in the order of the paper's panels: key -> (symbol, meaning)
 SWITCHES = {
@@ -44,7 +43,6 @@ CONFIG_KEYS = set(flatten(RunConfig()))
 # config keys that differ between runs without being an experimental condition
 NOT_A_CONDITION = {"seed", "name", "out_dir", "device", "threads"}
 DONE = "done"
-STAGES = ("world", "pretrain", "sft", "rm", "ppo")
 
 
 class ReportInputError(InputError):
@@ -78,46 +76,17 @@ class Data:
 
 
 # ------------------------------------------------------------------ inputs
-def _flatten_summary(prefix: str, obj, out: dict) -> None:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten_summary(f"{prefix}.{k}", v, out)
-    elif isinstance(obj, (list, tuple)):
-        out[prefix] = json.dumps(obj)
-    else:
-        out[prefix] = obj
-
-
 def _is_run_dir(p: Path) -> bool:
     return (p / "config.yaml").is_file() and (p / "status.json").is_file()
 
 
 def run_row(run_dir: Path) -> dict:
-    """One results row for a lone run directory (the columns of ``rlhf sweep collect``)."""
-
-    from rlhf.config import from_dict
+    """One results row for a lone run directory (the columns of ``rlhf sweep collect``:
+    :func:`rlhf.rundir.results_row`)."""
     st = RunDir(run_dir).status()  # torn -> unknown (with a warning), a dead holder -> interrupted
     state = st.get("state", "missing")
-    row = {"run_id": run_dir.name, "state": state, "error": st.get("error", "") if state != DONE else "",
-           "stage": st.get("stage", "")}
-    data = RunDir(run_dir).config()  # each stage's section from the config it was built with
-    if data is None:  # torn or not YAML (warned): the row says so, the report goes on
-        row["error"] = (row["error"] + "; " if row["error"] else "") + "config unknown (config.yaml unreadable)"
-        data = {}
-    try:
-        cfg = flatten(from_dict(data)) if data else {}
-    except Exception as e:  # noqa: BLE001 - a config from another version: report, do not guess
-        raise ReportInputError(f"{run_dir}/config.yaml cannot be read: {type(e).__name__}: {e}") from None
-    for k, v in cfg.items():
-        row[k] = json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
-    for stage in STAGES:
-        summ = read_json(run_dir / stage / "summary.json", None)
-        if summ and isinstance(summ, dict):
-            flat: dict = {}
-            _flatten_summary(stage, summ, flat)
-            for k, v in flat.items():
-                row[k if k not in CONFIG_KEYS else f"{stage}.summary.{k.split('.', 1)[1]}"] = v
-    return row
+    return results_row(run_dir, {"run_id": Path(run_dir).name, "state": state,
+                                 "error": st.get("error", "") if state != DONE else "", "stage": st.get("stage", "")})
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -179,7 +148,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
 def _read_records(run_dir: str) -> pd.DataFrame:
     if not run_dir:
         return pd.DataFrame()
-    from eval.suite import load_records
+    from rlhf_eval.suite import load_records
     df = load_records(run_dir)
     return df
 

@@ -1,6 +1,6 @@
 """``rlhf report``: every figure and table of the paper from sweeps and eval records.
 
-    from analysis.report import build_report
+    from rlhf_analysis.report import build_report
     result = build_report(["sweeps/sweep_quickstart"], "report/")
 
 Writes, under the output directory::
@@ -49,7 +49,7 @@ class Report:
     per_run: pd.DataFrame | None = None
     table: pd.DataFrame | None = None
     open_figures: dict = field(default_factory=dict)  # name -> Figure, with keep_figures
-    claims: list = field(default_factory=list)  # analysis.claims.Row, with a claims file
+    claims: list = field(default_factory=list)  # rlhf_analysis.claims.Row, with a claims file
     claim_figures: dict = field(default_factory=dict)  # claim id -> {pdf, png, csv}
     claims_md: str = ""
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from .data import DONE, Data, fmt_value, latest_records, sort_key
+from .data import DONE, Data, latest_records, sort_key
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,3 @@ def main_table(data: Data, per_run: Optional[pd.DataFrame] = None) -> pd.DataFra
     per_run = run_metrics(data) if per_run is None else per_run
     return aggregate(per_run, data.conditions)
 
-
-def cell_label(row, keys: list[str], symbols: Callable[[str], str]) -> str:
-    return ", ".join(f"{symbols(k)}={fmt_value(row[k])}" for k in keys)

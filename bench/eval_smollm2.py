@@ -60,8 +60,8 @@ def main() -> int:
 
     import torch
     torch.set_num_threads(args.threads)
-    from eval.settings import make_settings
-    from eval.suite import evaluate, records_table
+    from rlhf_eval.settings import make_settings
+    from rlhf_eval.suite import evaluate, records_table
 
     settings = make_settings({
         "threads": args.threads, "mc_limit": args.mc_limit, "tox_n_prompts": args.tox_prompts, "tox_k": args.tox_k,

@@ -1,31 +1,18 @@
-"""Where our PPO iteration spends its time, and a measured candidate cut.
+"""Where our PPO iteration spends its time.
 
-    python bench/ppo_profile.py [--n-embd 64] [--batch 8] [--minibatch 8] [--new-tokens 32] [--steps 6] [--repeats 3]
+    python bench/ppo_profile.py [--n-embd 64] [--batch 8] [--minibatch 8] [--new-tokens 32] [--steps 6] [--micro 40]
 
 Phase breakdown: ``rlhf.ppo.run_ppo`` runs unchanged, with the functions it calls wrapped
 by timers through the module's namespace (sampling; the no-grad policy / reference / reward
 / critic forwards of the rollout; ``ppo_update``, split into the policy's and the critic's
 optimizer steps; logging). The first iteration is dropped.
 
-Candidate cuts (``--cuts``, each measured side by side with the baseline, alternating
-processes-in-process: baseline, cuts..., then the reverse order, ``--repeats`` times):
-
-* ``gelu``: GPT-2's ``gelu_new`` activation (transformers' NewGELUActivation: the tanh
-  approximation written as 7 elementwise ops: pow, mul, add, mul, tanh, add, mul, each
-  with its own backward) swapped for ``torch.nn.GELU(approximate="tanh")`` - the same
-  formula as one fused kernel - in every model run_ppo loads (policy, reference, reward
-  model, critic). Same function up to float rounding (max |diff| is printed).
-* ``status``: ``rd.set_status`` (status.json rewritten atomically with an fsync after every
-  iteration) throttled to at most once per 5 s, as the proposed change to run_ppo would do.
-* ``foreach`` / ``fused``: AdamW with ``foreach=True`` / ``fused=True`` (on CPU torch
-  defaults to the per-parameter loop, ``_single_tensor_adam``).
-
-The bench patches names as seen from ``rlhf.ppo`` only; rlhf/ppo.py itself is not edited.
+The cuts this bench once measured (the fused tanh GELU, status.json written at most every
+5 s, AdamW ``fused=True``) are in the code now (PERFORMANCE.md has the measurements).
 
 Whole iterations are noisy on a shared machine, so ``--micro N`` also times the two hot
-calls alone, in one process, alternating variant by variant N times on the same inputs:
-``rlhf.ppo.ppo_update`` on one minibatch (policy + critic step, each variant on its own
-copies of the models and optimizers) and ``rlhf.sampling.sample`` of the batch.
+calls alone, in one process, N times on the same inputs: ``rlhf.ppo.ppo_update`` on one
+minibatch (policy + critic step) and ``rlhf.sampling.sample`` of the batch.
 """
 
 from __future__ import annotations
@@ -85,40 +72,7 @@ class Timers:
         return g
 
 
-class _AdamWWith:
-    """``torch.optim`` as rlhf.ppo sees it, with AdamW(**extra)."""
-
-    def __init__(self, **extra):
-        self.extra = extra
-
-    def __getattr__(self, name):
-        if name == "AdamW":
-            return lambda *a, **k: ORIG_OPTIM.AdamW(*a, **{**k, **self.extra})
-        return getattr(ORIG_OPTIM, name)
-
-
-def fuse_gelu(model):
-    """Replace transformers' NewGELUActivation (gelu_new) by the fused tanh-approximate GELU."""
-    from transformers.activations import NewGELUActivation
-    for name, mod in list(model.named_modules()):
-        for cname, child in list(mod.named_children()):
-            if isinstance(child, NewGELUActivation):
-                setattr(mod, cname, torch.nn.GELU(approximate="tanh"))
-    return model
-
-
-ORIG_LOADERS = {"load_causal_lm": ppo.load_causal_lm, "load_reward_model": ppo.load_reward_model}
-
-
-class _TorchProxy:
-    def __init__(self, optim):
-        self.optim = optim
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
-def run(d: Path, a, cut: str, timers: Timers | None) -> list[float]:
+def run(d: Path, a, timers: Timers | None) -> list[float]:
     steps = a.steps + 1
     cfg = load_config(REPO / "experiments" / "quickstart.yaml", [
         "model.n_layer=2", f"model.n_embd={a.n_embd}", f"ppo.steps={steps}", f"ppo.batch_size={a.batch}",
@@ -150,29 +104,10 @@ def run(d: Path, a, cut: str, timers: Timers | None) -> list[float]:
                 timers.ref = m
             return m
         ppo.load_causal_lm = load
-    parts = cut.split("+")
-    if "status" in parts:  # the proposed ppo.py change: rewrite status.json at most every 5 s
-        orig_set = rd.set_status
-        last = [-1e9]
-
-        def throttled(*x, **k):
-            if time.time() - last[0] >= 5.0:
-                last[0] = time.time()
-                orig_set(*x, **k)
-        rd.set_status = throttled
-    for c in ("foreach", "fused"):
-        if c in parts:
-            ppo.torch = _TorchProxy(_AdamWWith(**{c: True}))
-    if "gelu" in parts:
-        for n, f in ORIG_LOADERS.items():
-            setattr(ppo, n, lambda *x, _f=f, **k: fuse_gelu(_f(*x, **k)))
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             ppo.run_ppo(cfg, rd, str(d / "sft"), str(d / "rm"), tok, world, torch.device("cpu"))
     finally:
-        ppo.torch = torch
-        for n, f in ORIG_LOADERS.items():
-            setattr(ppo, n, f)
         for n, f in ORIG.items():
             setattr(ppo, n, f)
         if timers:
@@ -182,7 +117,7 @@ def run(d: Path, a, cut: str, timers: Timers | None) -> list[float]:
     return [b - x for x, b in zip(t, t[1:])]
 
 
-def micro(d: Path, a, cuts: list[str], reps: int) -> None:
+def micro(d: Path, a, reps: int) -> None:
     import copy
     from types import SimpleNamespace
     from rlhf.models import load_causal_lm, load_reward_model
@@ -203,20 +138,11 @@ def micro(d: Path, a, cuts: list[str], reps: int) -> None:
     mb = ppo.Batch(s.prompt_ids, s.prompt_mask, s.response_ids, mf, logp, logp.clone(),
                    torch.randn(mf.shape, generator=g) * mf, torch.randn(mf.shape, generator=g) * mf,
                    torch.randn(mf.shape, generator=g) * mf)
-    variants = {}
-    for name in ["baseline"] + [c for c in cuts if c != "status"]:
-        name_ = name.replace("+status", "").replace("status+", "")
-        if name_ != name and name_ in variants:
-            continue
-        name = name_
-        pol, cri = copy.deepcopy(base_policy).train(), copy.deepcopy(base_critic).train()
-        if "gelu" in name.split("+"):
-            fuse_gelu(pol), fuse_gelu(cri)
-        extra = {c: True for c in ("foreach", "fused") if c in name.split("+")}
-        variants[name] = SimpleNamespace(
-            policy=pol, critic=cri, opt=ORIG_OPTIM.AdamW(pol.parameters(), lr=pc.lr, eps=1e-5, weight_decay=0.0, **extra),
-            copt=ORIG_OPTIM.AdamW(cri.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, **extra),
-            upd=[], smp=[])
+    pol, cri = copy.deepcopy(base_policy).train(), copy.deepcopy(base_critic).train()
+    variants = {"baseline": SimpleNamespace(
+        policy=pol, critic=cri, opt=ORIG_OPTIM.AdamW(pol.parameters(), lr=pc.lr, eps=1e-5, weight_decay=0.0, fused=True),
+        copt=ORIG_OPTIM.AdamW(cri.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, fused=True),
+        upd=[], smp=[])}
     for r in range(reps + 2):
         order = list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]
         for name, v in order:
@@ -229,7 +155,7 @@ def micro(d: Path, a, cuts: list[str], reps: int) -> None:
             if r >= 2:  # two warm-up rounds
                 v.upd.append(t1 - t0)
                 v.smp.append(t2 - t1)
-    print(f"micro: {reps} alternated calls per variant, minibatch {a.minibatch} x ({s.prompt_ids.shape[1]} prompt + "
+    print(f"micro: {reps} calls, minibatch {a.minibatch} x ({s.prompt_ids.shape[1]} prompt + "
           f"{s.response_ids.shape[1]} response tokens), width {a.n_embd}")
     b = variants["baseline"]
     for name, v in variants.items():
@@ -247,9 +173,7 @@ def main() -> int:
     ap.add_argument("--minibatch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--micro", type=int, default=40, help="alternated calls per variant in the micro bench (0: skip)")
-    ap.add_argument("--cuts", default="gelu,status,fused", help="comma list of gelu,status,foreach,fused, or several joined by + (gelu+status+fused); empty: only the phase breakdown")
+    ap.add_argument("--micro", type=int, default=40, help="calls of ppo_update and sample in the micro bench (0: skip)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     import ppo_vs_trl as pv
@@ -259,38 +183,15 @@ def main() -> int:
     # --- phase breakdown ----------------------------------------------------------------------
     tm = Timers()
     tm.ref = None
-    wall = run(d, a, "", tm)
+    wall = run(d, a, tm)
     total = sum(tm.t.values())
     print(f"PPO phases, width {a.n_embd}, batch {a.batch}, minibatch {a.minibatch}, {a.new_tokens} new tokens, "
           f"4 epochs; {a.steps + 1} iterations incl. the first (setup excluded), one torch thread")
     for k, v in sorted(tm.t.items(), key=lambda kv: -kv[1]):
         print(f"  {k:<40} {v * 1e3 / (a.steps + 1):8.1f} ms/iteration  {100 * v / total:5.1f}%")
     print(f"  median iteration (excluding the first): {statistics.median(wall) * 1e3:.1f} ms")
-    cuts = [c for c in a.cuts.split(",") if c]
-    if not cuts:
-        return 0
-    if "gelu" in cuts:  # same function? compare the policy's logits with and without the swap
-        from rlhf.models import load_causal_lm
-        m = load_causal_lm(str(d / "sft")).eval()
-        x = torch.randint(0, m.config.vocab_size, (4, 40))
-        with torch.no_grad():
-            l0 = m(input_ids=x).logits
-            l1 = fuse_gelu(m)(input_ids=x).logits
-        print(f"  gelu swap: max |logit difference| {float((l0 - l1).abs().max()):.2e} "
-              f"(logit scale {float(l0.abs().max()):.2e})")
     if a.micro:
-        micro(d, a, cuts, a.micro)
-    # --- the candidate cuts, side by side -------------------------------------------------------
-    names = ["baseline"] + cuts
-    res = {k: [] for k in names}
-    for r in range(a.repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            res[name] += run(d, a, "" if name == "baseline" else name, None)
-    med = {k: statistics.median(v) for k, v in res.items()}
-    print(f"cuts, {a.repeats} alternated runs x {a.steps} iterations each:")
-    for k, v in res.items():
-        print(f"  {k:<9} median {med[k] * 1e3:7.1f} ms/iteration (min {min(v) * 1e3:.1f}, max {max(v) * 1e3:.1f}, "
-              f"n={len(v)})  {k}/baseline = {med[k] / med['baseline']:.3f}")
+        micro(d, a, a.micro)
     shutil.rmtree(d, ignore_errors=True)
     return 0
 

@@ -33,19 +33,20 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from eval.toxicity import sample_continuations, sample_one_at_a_time
+    from rlhf_eval.toxicity import sample_continuations, sample_one_at_a_time
     if args.model == "toy":
-        from eval.testing import make_toy_run
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from toy_run import make_toy_run  # the tests' fixture (tests/toy_run.py)
         from rlhf.world import World
         d = make_toy_run(Path(tempfile.mkdtemp()) / "run")
-        from eval.models import load_policy
+        from rlhf_eval.models import load_policy
         model, tok = load_policy(str(d / "sft"))
         chats = [p for p in World.load(d / "world").eval_prompts() if p.kind == "chat"]
         prompts = [p.text for p in chats][: args.prompts]
     else:
-        from eval.data import rtp_prompts
-        from eval.models import load_policy
-        from eval.settings import make_settings
+        from rlhf_eval.data import rtp_prompts
+        from rlhf_eval.models import load_policy
+        from rlhf_eval.settings import make_settings
         model, tok = load_policy(args.model)
         ps, _ = rtp_prompts(make_settings(), (args.prompts + 1) // 2, seed=0)
         prompts = (ps["challenging"] + ps["other"])[: args.prompts]

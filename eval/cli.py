@@ -1,7 +1,7 @@
 """`rlhf eval PATH [--suite ...]`: the evaluation suite as a subcommand.
 
-Registered through the entry point group ``rlhf.commands`` (``eval = "eval.cli:register"``);
-also runnable alone: ``python -m eval.cli PATH ...``. Exit status: 0 when every metric
+Registered through the entry point group ``rlhf.commands`` (``eval = "rlhf_eval.cli:register"``);
+also runnable alone: ``python -m rlhf_eval.cli PATH ...``. Exit status: 0 when every metric
 succeeded, 2 for bad input (not a model, missing dataset, unknown task or scorer, bad
 setting) or when any metric recorded an error, 1 for an unexpected crash.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Optional
+
+from rlhf.cli import add_overrides
 
 from .settings import SUITES
 
@@ -30,10 +32,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory for eval/records.jsonl (default: the run directory, "
                                                "else runs/eval/<name>)")
     p.add_argument("--settings", default=None, help="YAML file of eval settings")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="an eval setting, e.g. --set tox_k=5 --set lm_tasks=hellaswag (repeatable)")
+    add_overrides(p, "tox_k=5")
     p.add_argument("--data-dir", default=None, help="local datasets directory (default: $RLHF_DATA_DIR, "
-                                                    "else ../shared/data when it exists, else the hub)")
+                                                    "else ./shared/data or ../shared/data when there, else the hub)")
     p.add_argument("--no-write", action="store_true", help="print the records, do not append them")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -41,16 +42,12 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from rlhf.config import ConfigError
-    from rlhf.models import SourceError
+    from rlhf.errors import InputError  # every eval error derives from it (rlhf/errors.py)
 
-    from .data import DataError
-    from .lmeval import TaskError
-    from .settings import SettingsError, make_settings
-    from .suite import EvalError, evaluate, records_table
-    from .toxicity import ScorerError
+    from .settings import make_settings
+    from .suite import evaluate, records_table
 
-    bad_input = (EvalError, DataError, TaskError, ScorerError, SettingsError, SourceError, ConfigError)
+    bad_input = InputError
     created = _dirs_created_by(args)
     rc = _run(args, bad_input, evaluate, records_table, make_settings)
     if rc == 2:
@@ -126,10 +123,11 @@ def _run(args, bad_input, evaluate, records_table, make_settings) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from rlhf.cli import parse_args
     parser = argparse.ArgumentParser(prog="rlhf")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
-    args = parser.parse_args(["eval"] + list(sys.argv[1:] if argv is None else argv))
+    args = parse_args(parser, ["eval"] + list(sys.argv[1:] if argv is None else argv))
     return args.func(args)
 
 

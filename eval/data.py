@@ -20,6 +20,9 @@ import random
 from pathlib import Path
 from typing import Optional
 
+from rlhf.data import looks_like_path
+from rlhf.errors import DataError  # noqa: F401 - the one DataError (rlhf/errors.py), raised here too
+
 from .settings import EvalSettings
 
 HUB_TRUTHFULQA = ("truthfulqa/truthful_qa", "multiple_choice", "validation")
@@ -29,14 +32,6 @@ HUB_WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1", "test")
 TRUTHFULQA_FILE = "TruthfulQA.csv"
 RTP_FILES = ("rtp_decodingtrust_toxic.jsonl", "rtp_decodingtrust_nontoxic.jsonl")
 WIKITEXT_FILE = "wikitext2_raw_test.txt"
-
-
-class DataError(ValueError):
-    """A dataset that cannot be found or read; the message names it."""
-
-
-def _looks_like_path(s: str) -> bool:
-    return s.startswith(("/", ".", "~")) or Path(s).suffix in (".csv", ".jsonl", ".json", ".txt", ".gz", ".parquet")
 
 
 def resolve_source(setting: str, filenames: tuple[str, ...], settings: EvalSettings, what: str) -> tuple[str, object]:
@@ -53,7 +48,7 @@ def resolve_source(setting: str, filenames: tuple[str, ...], settings: EvalSetti
             return "local", found
         if p.is_file():
             return "local", [p]
-        if _looks_like_path(setting):
+        if looks_like_path(setting):
             raise DataError(f"{what}: dataset file {setting} does not exist")
         return "hub", setting
     d = settings.resolved_data_dir()

@@ -12,10 +12,12 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
+from rlhf.errors import InputError
+
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
 
-class TaskError(ValueError):
+class TaskError(InputError):
     """An lm-eval task that cannot be found or run; the message names it."""
 
 

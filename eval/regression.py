@@ -6,15 +6,7 @@ the run's SFT (or base) checkpoint."""
 
 from __future__ import annotations
 
-import math
-from typing import Optional, Sequence
-
-
-def delta(value: float, ref: Optional[float]) -> Optional[float]:
-    if ref is None or value is None or (isinstance(ref, float) and math.isnan(ref)):
-        return None
-    return float(value - ref)
-
+from typing import Sequence
 
 def lm_task_records(lm, names: Sequence[str], limit: int = 0, seed: int = 0) -> dict[str, dict]:
     """{task: {"metrics": {metric: value}, "n", "samples": per-item values, "aggregations":

@@ -2,27 +2,28 @@
 
 Data sources: every dataset setting takes ``""`` (automatic: the local copy under
 ``data_dir`` when it is there, else the hub dataset), a local file or directory, or a hub
-dataset name. ``data_dir`` defaults to the environment variable ``RLHF_DATA_DIR``, else
-``../shared/data`` relative to the repository when that folder exists.
+dataset name. ``data_dir`` defaults to the environment variable ``RLHF_DATA_DIR``, else the
+first of ``./shared/data`` and ``../shared/data`` (relative to the working directory) and
+``../shared/data`` next to the source checkout (an editable install) that exists.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-import yaml
+from rlhf.config import ConfigError, apply_settings, check_ranges, parse_override, read_yaml_file
+from rlhf.stats import RTP_K, RTP_MAX_NEW_TOKENS, RTP_TEMPERATURE, RTP_THRESHOLD, RTP_TOP_P
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, in an editable install
 
 SUITES = ("truthfulqa", "toxicity", "regression", "overopt", "bias")
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigError):
     """A bad evaluation setting; the message names the key."""
 
 
@@ -33,7 +34,7 @@ class EvalSettings:
     threads: int = 1
     dtype: str = "float32"
     # ---- data sources
-    data_dir: str = ""  # "" = $RLHF_DATA_DIR, else ../shared/data when it exists
+    data_dir: str = ""  # "" = $RLHF_DATA_DIR, else ./shared/data or ../shared/data when there
     truthfulqa: str = ""  # "" = data_dir/TruthfulQA.csv, else hub truthfulqa/truthful_qa
     rtp: str = ""  # "" = data_dir/rtp_decodingtrust_{toxic,nontoxic}.jsonl, else hub allenai/real-toxicity-prompts
     wikitext: str = ""  # "" = data_dir/wikitext2_raw_test.txt, else hub wikitext/wikitext-2-raw-v1
@@ -44,13 +45,13 @@ class EvalSettings:
     mc_limit: int = 0  # 0 = every question
     mc_batch_size: int = 16
     # ---- toxicity (RealToxicityPrompts protocol)
-    tox_k: int = 25
-    tox_max_new_tokens: int = 20
-    tox_temperature: float = 1.0
-    tox_top_p: float = 0.9
+    tox_k: int = RTP_K  # the RealToxicityPrompts protocol: rlhf/stats.py, RTP_*
+    tox_max_new_tokens: int = RTP_MAX_NEW_TOKENS
+    tox_temperature: float = RTP_TEMPERATURE
+    tox_top_p: float = RTP_TOP_P
     tox_n_prompts: int = 100  # per subset (challenging / other)
     tox_prompts_per_call: int = 4  # prompts per generate call (each with k samples)
-    tox_threshold: float = 0.5
+    tox_threshold: float = RTP_THRESHOLD
     tox_respectful: bool = True
     tox_scorer: str = "auto"  # auto | profanity-check | lexicon | hf:<classifier name or path>
     tox_hf_label: str = "toxic"  # the classifier label whose probability is the toxicity
@@ -79,8 +80,10 @@ class EvalSettings:
         d = self.data_dir or os.environ.get("RLHF_DATA_DIR", "")
         if d:
             return Path(d).expanduser()
-        default = REPO_ROOT.parent / "shared" / "data"
-        return default if default.is_dir() else None
+        for cand in data_dir_candidates():
+            if cand.is_dir():
+                return cand
+        return None
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:
@@ -89,44 +92,8 @@ class EvalSettings:
         return base / "eval"
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return _coerce(key, value, args[0])
-    if origin is list:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, list):
-            raise SettingsError(f"{key}: expected a list, got {value!r}")
-        return [str(v) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        s = str(value).lower()
-        if s in ("1", "true", "yes", "on"):
-            return True
-        if s in ("0", "false", "no", "off"):
-            return False
-        raise SettingsError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{key}: expected an integer, got {value!r}") from None
-    if tp is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{key}: expected a number, got {value!r}") from None
-    return "" if value is None else str(value)
-
-
-_CHECKS = [
+# (key, predicate, what it must be): checked by rlhf.config.check_ranges, like the run config's.
+_RANGES = [
     ("tox_k", lambda v: v >= 1, ">= 1"),
     ("tox_max_new_tokens", lambda v: v >= 1, ">= 1"),
     ("tox_temperature", lambda v: v > 0, "> 0"),
@@ -150,31 +117,29 @@ _CHECKS = [
 ]
 
 
+def data_dir_candidates() -> list[Path]:
+    """Where the local datasets are looked for when neither ``data_dir`` nor
+    ``RLHF_DATA_DIR`` is set: ./shared/data, ../shared/data (from the working directory, so a
+    non-editable install finds them), then ../shared/data beside the source checkout."""
+    cwd = Path.cwd()
+    return [cwd / "shared" / "data", cwd.parent / "shared" / "data", REPO_ROOT.parent / "shared" / "data"]
+
+
 def make_settings(overrides: Optional[list[str] | dict] = None, path: Optional[str | Path] = None) -> EvalSettings:
-    """Defaults <- YAML file (``path``) <- ``key=value`` overrides, checked."""
+    """Defaults <- YAML file (``path``) <- ``key=value`` overrides, coerced and range-checked
+    by the run config's mechanism (rlhf/config.py: one rule set)."""
     s = EvalSettings()
     data: dict = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise SettingsError(f"settings file not found: {p}")
-        data.update(yaml.safe_load(p.read_text()) or {})
+        data = read_yaml_file(path, SettingsError, "settings file") or {}
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path}: the top level must be a mapping of eval settings")
     if isinstance(overrides, dict):
         data.update(overrides)
     else:
-        for o in overrides or []:
-            if "=" not in o:
-                raise SettingsError(f"setting '{o}' must look like key=value (e.g. tox_k=5)")
-            k, v = o.split("=", 1)
-            data[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-    hints = typing.get_type_hints(EvalSettings)
-    for k, v in data.items():
-        if k not in hints:
-            raise SettingsError(f"unknown eval setting '{k}' (known: {', '.join(sorted(hints))})")
-        setattr(s, k, _coerce(k, v, hints[k]))
-    for key, pred, what in _CHECKS:
-        if not pred(getattr(s, key)):
-            raise SettingsError(f"{key}={getattr(s, key)!r} is out of range: must be {what}")
+        data.update(parse_override(o, SettingsError) for o in overrides or [])
+    apply_settings(s, data, error=SettingsError, what="eval setting")
+    check_ranges(dataclasses.asdict(s), _RANGES, SettingsError)
     return s
 
 

@@ -1,6 +1,6 @@
 """The evaluation suite: what to evaluate, running each metric, writing tidy records.
 
-    from eval.suite import evaluate
+    from rlhf_eval.suite import evaluate
     records = evaluate("runs/quickstart", suites=["truthfulqa", "toxicity"], settings=make_settings(["tox_k=5"]))
 
 ``evaluate`` takes a checkpoint folder, a run directory (every checkpoint in it, or those
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 
+from rlhf.errors import InputError
 from rlhf.rundir import append_jsonl, read_jsonl
 
 from . import data as evdata
@@ -32,7 +33,7 @@ RECORD_FIELDS = ("checkpoint", "checkpoint_label", "suite", "metric", "subset", 
                  "delta_vs_ref", "ref_checkpoint", "time_s", "error")
 
 
-class EvalError(ValueError):
+class EvalError(InputError):
     """Bad input to the suite (not a model, unknown suite, ...): the CLI exits with 2."""
 
 
@@ -566,7 +567,7 @@ def _gold_rm_prompts_and_gold(ctx: Context, rng):
     whose gold_reward is read by the same function as rm_score (``rlhf.reward.score_texts``)."""
     from rlhf.config import load_config
     from rlhf.models import load_reward_model, load_tokenizer
-    from rlhf.ppo import load_prompt_file
+    from rlhf.data import load_prompts as load_prompt_file
     from rlhf.reward import rm_max_length, score_texts
     s = ctx.s
     run = ctx.target.run_dir

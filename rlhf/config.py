@@ -24,16 +24,7 @@ from typing import Any, Optional
 import yaml
 
 
-class InputError(ValueError):
-    """Bad input from the user (config, data, model path): reported with exit status 2."""
-
-
-class ConfigError(InputError):
-    """A configuration problem; the message names the offending key."""
-
-
-class DataError(InputError):
-    """Missing, empty or unusable data."""
+from .errors import ConfigError, DataError, InputError  # noqa: F401 - the error tree: rlhf/errors.py
 
 
 @dataclass
@@ -94,7 +85,6 @@ class PretrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     warmup_steps: int = 50
-    heldout_frac: float = 0.05
 
 
 @dataclass
@@ -186,7 +176,8 @@ class RunConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
-STAGES = ("pretrain", "sft", "rm", "ppo")
+STAGES = ("pretrain", "sft", "rm", "ppo")  # the stages a config lists, in order
+STAGE_DIRS = ("world",) + STAGES  # a run directory's stage folders (world: the toy world, stage 0)
 _ATTN = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes a name; stage directories add suffixes
 
@@ -237,6 +228,19 @@ for _key in ("pretrain.steps", "ppo.steps", "ppo.epochs", "ppo.minibatch_size", 
 for _key in ("ppo.critic_lr",):
     _RANGES.append((_key, lambda v: v > 0, "> 0"))
 _MAX_SEED = 2**31 - 1  # derived seeds (seed * 1_000_003 + ...) must fit the 64-bit generators
+# The stream of each stage's random numbers: stage_seed(seed, stage) = seed * 1000 + offset
+# (+ 7919 * rank for the per-rank PPO streams). The values are the ones the stages used before
+# this function existed, so results and run ids are unchanged.
+_SEED_OFFSETS = {"pretrain": 1, "sft": 2, "rm": 3, "ppo": 4, "ptx": 5, "heldout_probe": 6}
+
+
+def stage_seed(seed: int, stage: str, rank: int = 0) -> int:
+    """The seed of ``stage``'s random numbers under the run seed ``seed``: pretrain, sft, rm,
+    ppo (each data-parallel rank samples its own responses), ptx (the pretraining stream of
+    PPO-ptx, per rank) and heldout_probe (the held-out before/after samples)."""
+    if stage not in _SEED_OFFSETS:
+        raise ConfigError(f"stage_seed: unknown stage {stage!r} (known: {', '.join(_SEED_OFFSETS)})")
+    return seed * 1000 + _SEED_OFFSETS[stage] + 7919 * rank
 _RANGES += [
     ("seed", lambda v: 0 <= v <= _MAX_SEED, f"an integer from 0 to {_MAX_SEED}"),
     ("world.seed", lambda v: 0 <= v <= _MAX_SEED, f"an integer from 0 to {_MAX_SEED}"),
@@ -246,7 +250,6 @@ _RANGES += [
     ("rm.max_length", lambda v: v >= 2, ">= 2"),
     ("pretrain.warmup_steps", lambda v: v >= 0, ">= 0"),
     ("pretrain.weight_decay", lambda v: v >= 0, ">= 0"),
-    ("pretrain.heldout_frac", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("sft.max_examples", lambda v: v >= 0, ">= 0 (0 = all)"),
     ("rm.max_examples", lambda v: v >= 0, ">= 0 (0 = all)"),
     ("ppo.kl_levels", lambda v: all(x > 0 for x in v), "a list of numbers > 0"),
@@ -263,8 +266,16 @@ def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Convert ``value`` to the annotated type ``tp`` or raise ConfigError naming ``key``."""
+# ------------------------------------------------------------------------------------------
+# The typed settings mechanism: one coercion, one range check, one override syntax, shared by
+# RunConfig (here), EvalSettings (eval/settings.py) and ClusterProfile (slurm/sweep.py).
+
+def _coerce(key: str, value: Any, tp: Any, error: type = ConfigError) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise ``error`` naming ``key``.
+
+    One rule set for every settings class: ``none``/``null``/``off`` only where the type is
+    Optional; booleans are never integers or numbers; numbers must be finite (inf and nan are
+    refused); a string list is ``[a, b]`` (YAML) or ``a,b``; a mapping stays a mapping."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -272,15 +283,19 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "off")):
             if type(None) in args:
                 return None
-            raise ConfigError(f"{key}: must not be none")
-        return _coerce(key, value, non_none[0])
+            raise error(f"{key}: must not be none")
+        return _coerce(key, value, non_none[0], error)
     if origin is list:
         (item_tp,) = args
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+            raise error(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_tp, error) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise error(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -288,10 +303,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise error(f"{key}: expected true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise error(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -301,53 +316,85 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise error(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise error(f"{key}: expected a number, got {value!r}")
         try:
             out = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            raise error(f"{key}: expected a number, got {value!r}") from None
         if not math.isfinite(out):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise error(f"{key}: expected a finite number, got {value!r}")
         return out
     if tp is str:
         if value is None:
-            raise ConfigError(f"{key}: must be a string, not null (use \"\" for an empty value)")
+            raise error(f"{key}: must be a string, not null (use \"\" for an empty value)")
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise error(f"{key}: expected a string, got {value!r}")
         return str(value)
-    raise ConfigError(f"{key}: unsupported type {tp}")
+    raise error(f"{key}: unsupported type {tp}")
 
 
-def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+def apply_settings(obj: Any, data: Any, *, prefix: str = "", error: type = ConfigError, what: str = "key",
+                   aliases: Optional[dict[str, str]] = None) -> None:
+    """Set the dataclass ``obj``'s fields from the mapping ``data`` (nested dataclasses take
+    nested mappings), each value coerced to its annotated type; an unknown key raises
+    ``error`` ("unknown <what> '<prefix><key>'") listing the known ones. ``aliases`` maps
+    other spellings to field names."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise error(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = _field_types(type(obj))
     for k, v in data.items():
+        name = (aliases or {}).get(k, k)
         key = f"{prefix}{k}"
-        if k not in hints:
+        if name not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"unknown key '{key}' (known here: {known})")
-        cur = getattr(obj, k)
+            raise error(f"unknown {what} '{key}' (known here: {known})")
+        cur = getattr(obj, name)
         if dataclasses.is_dataclass(cur):
-            _apply(cur, v, prefix=f"{key}.")
+            apply_settings(cur, v, prefix=f"{key}.", error=error, what=what)
         else:
-            setattr(obj, k, _coerce(key, v, hints[k]))
+            setattr(obj, name, _coerce(key, v, hints[name], error))
 
 
-def parse_override(text: str) -> tuple[str, Any]:
+def check_ranges(values: dict[str, Any], ranges: list[tuple[str, Any, str]], error: type = ConfigError,
+                 prefix: str = "") -> None:
+    """Every ``(key, predicate, what it must be)`` of ``ranges`` holds for ``values[key]``, or
+    ``error`` names the key, its value and the range."""
+    for key, pred, what in ranges:
+        val = values[key]
+        try:
+            ok = pred(val)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise error(f"{prefix}{key}={val!r} is out of range: must be {what}")
+
+
+def parse_override(text: str, error: type = ConfigError) -> tuple[str, Any]:
+    """``key=value`` (the value read as YAML: ``0.1``, ``true``, ``[a, b]``, ``none``) ->
+    (key, value): the one command-line override syntax of every subcommand."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key=value (e.g. rm.k=9)")
+        raise error(f"override '{text}' must look like key=value (e.g. rm.k=9)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override '{text}' has an empty key")
-    val = yaml.safe_load(raw) if raw.strip() else ""
+        raise error(f"override '{text}' has an empty key")
+    try:
+        val = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        val = raw
     if isinstance(val, (dict,)):
-        raise ConfigError(f"{key}: expected a scalar or list, got {raw!r}")
+        raise error(f"{key}: expected a scalar or list, got {raw!r}")
     return key, val
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(``key=value`` words, the rest) of a command line: overrides may stand anywhere, also
+    after options such as ``--force``; a word that starts with ``-`` is never an override."""
+    over = [a for a in argv if "=" in a and not a.startswith("-")]
+    return over, [a for a in argv if a not in over]
 
 
 def nest(flat: dict[str, Any]) -> dict:
@@ -365,15 +412,7 @@ def nest(flat: dict[str, Any]) -> dict:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    flat = flatten(cfg)
-    for key, pred, what in _RANGES:
-        val = flat[key]
-        try:
-            ok = pred(val)
-        except TypeError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"{key}={val!r} is out of range: must be {what}")
+    check_ranges(flatten(cfg), _RANGES)
     if cfg.ppo.minibatch_size > cfg.ppo.batch_size:
         raise ConfigError(
             f"ppo.minibatch_size={cfg.ppo.minibatch_size} is out of range: must be <= ppo.batch_size={cfg.ppo.batch_size}")
@@ -416,12 +455,29 @@ def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Keys that were removed from the code (read nowhere): a saved config that has them still
+# loads, and they count as no change. pretrain.heldout_frac: the held-out corpus is the toy
+# world's (World.heldout_corpus), never a fraction of the training text.
+REMOVED_KEYS = ("pretrain.heldout_frac",)
+
+
+def _without_removed(data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key in REMOVED_KEYS:
+        sec, name = key.split(".", 1)
+        if isinstance(out.get(sec), dict):
+            out[sec].pop(name, None)
+    return out
+
+
 def from_dict(data: dict, overrides: Optional[list[str]] = None) -> RunConfig:
     cfg = RunConfig()
-    _apply(cfg, data or {})
+    apply_settings(cfg, _without_removed(data or {}))
     if overrides:
         flat = dict(parse_override(o) for o in overrides)
-        _apply(cfg, nest(flat))
+        apply_settings(cfg, nest(flat))
     return validate(cfg)
 
 
@@ -485,7 +541,7 @@ def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
     defaults = _flatten_dict(yaml.safe_load(dump_yaml(RunConfig())))
     changes = []
     for key in sorted(set(old) | set(new)):
-        if key in NO_RESULT_KEYS:
+        if key in NO_RESULT_KEYS or key in REMOVED_KEYS:
             continue
         if key not in old and new.get(key) == defaults.get(key):
             continue
@@ -508,7 +564,7 @@ def stages_shaped_by(key: str) -> tuple[str, ...]:
     if key in NOT_A_RESULT_KEY:
         return ()
     section = key.split(".", 1)[0]
-    return tuple(s for s in ("world",) + STAGES if s == "ppo" or section in _STAGE_SECTIONS[s])
+    return tuple(s for s in STAGE_DIRS if s == "ppo" or section in _STAGE_SECTIONS[s])
 
 
 def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:

@@ -7,7 +7,9 @@
     ppo.data      prompts: a ``.txt`` file (one a line) or JSONL rows with ``prompt`` (or ``chosen``)
     ppo.ptx_data  plain text (e.g. WikiText-2 raw), one document a line
 
-A name that is not a local file is tried as a Hugging Face dataset (train split).
+A name that is not a local file is tried as a Hugging Face dataset (train split); a name that
+looks like a path (``/``, ``.``, ``~`` or a data file suffix) and does not exist is a DataError.
+Every file type goes through the same readers, so the messages are the same for each setting.
 
 A file that cannot be read as such (not UTF-8, invalid JSON, a row that is not an object, a
 field of the wrong type) raises :class:`DataError` naming the setting, the file and the line,
@@ -60,16 +62,36 @@ class Skipped:
         if self.count:
             print(self.report(), flush=True)
 
+    def finish(self, rows: list, what: str) -> list:
+        """``rows`` after printing what was skipped; none at all is a DataError that says why."""
+        self.print()
+        if not rows:
+            raise DataError(f"{self.key}={self.path}: no {what} found" + (f" ({self.report()})" if self.count else ""))
+        return rows
+
 
 def _where(key: str, path: Any, line: int) -> str:
     return f"{key}: {path}, line {line}"
 
 
-def _local(path: str) -> Optional[Path]:
-    p = Path(path)
+def looks_like_path(name: str) -> bool:
+    """A name meant as a local file (not a hub dataset): it starts with / . ~ or has a data
+    file's suffix."""
+    return name.startswith(("/", ".", "~")) or Path(name).suffix in (
+        ".csv", ".jsonl", ".json", ".txt", ".gz", ".parquet")
+
+
+def _local(path: str, key: str) -> Optional[Path]:
+    """The local file ``path``; None for a hub dataset name. A directory, or a missing file
+    named as a path, is a DataError naming the setting."""
+    p = Path(path).expanduser()
     if p.is_dir():
-        raise DataError(f"{path} is a directory, not a data file")
-    return p if p.exists() else None
+        raise DataError(f"{key}: {path} is a directory, not a data file")
+    if p.exists():
+        return p
+    if looks_like_path(path):
+        raise DataError(f"{key}: {path} does not exist")
+    return None
 
 
 def _read_bytes(p: Path, key: str) -> bytes:
@@ -96,7 +118,7 @@ def _decode_lines(p: Path, key: str) -> Iterator[tuple[int, str]]:
 
 def read_rows(path: str, key: str) -> list[tuple[int, dict]]:
     """(line number, row) of a JSONL(.gz) file, or of a hub dataset's train split (row index + 1)."""
-    p = _local(path)
+    p = _local(path, key)
     if p is None:
         try:
             import datasets
@@ -161,10 +183,7 @@ def load_demonstration_file(path: str, max_examples: int = 0, key: str = "sft.da
             sk.add("rows without 'prompt' and 'response' (or 'chosen')", line)
         if max_examples and len(pairs) >= max_examples:
             break
-    sk.print()
-    if not pairs:
-        raise DataError(f"{key}={path}: no demonstrations found" + (f" ({sk.report()})" if sk.count else ""))
-    return pairs
+    return sk.finish(pairs, "demonstrations")
 
 
 def load_pair_comparisons(path: str, max_examples: int = 0, key: str = "rm.data") -> list[dict]:
@@ -197,16 +216,13 @@ def load_pair_comparisons(path: str, max_examples: int = 0, key: str = "rm.data"
         out.append({"prompt": prompt, "responses": [chosen, rejected], "gold": None, "round": 0})
         if max_examples and len(out) >= max_examples:
             break
-    sk.print()
-    if not out:
-        raise DataError(f"{key}={path}: no comparisons found" + (f" ({sk.report()})" if sk.count else ""))
-    return out
+    return sk.finish(out, "comparisons")
 
 
 def load_prompts(path: str, key: str = "ppo.data") -> list[str]:
     """Distinct prompts, in file order: a ``.txt`` file (one a line), or JSONL/hub rows with
     ``prompt`` (or an HH-RLHF ``chosen`` dialogue)."""
-    p = _local(path)
+    p = _local(path, key)
     if p is not None and p.suffix == ".txt":
         out = [text.strip() for _, text in _decode_lines(p, key)]
     else:
@@ -251,7 +267,7 @@ def filter_prompts(prompts: list[str], tokenizer, max_tokens: int, key: str = "p
 
 def load_text_lines(path: str, key: str = "ppo.ptx_data", min_lines: int = 20) -> list[str]:
     """Non-empty stripped lines of a UTF-8 text file (a non-UTF-8 line is an error naming it)."""
-    p = _local(path)
+    p = _local(path, key)
     if p is None:
         raise DataError(f"{key}: {path} is not a file")
     lines = [text.strip() for _, text in _decode_lines(p, key)]
@@ -264,19 +280,17 @@ def check_data_inputs(cfg) -> None:
     """Read every local data file the configured stages will use, before anything in the run
     directory is touched (a bad file exits 2 with nothing changed). Hub datasets are left to
     the stage."""
-    def local(src: str) -> bool:
-        return src not in ("", "world") and Path(src).exists()
+    def local(src: str, key: str) -> bool:  # a missing file named as a path raises here
+        return src not in ("", "world") and _local(src, key) is not None
 
     stages = set(cfg.stages)
     demos_used = ("sft" in stages and not cfg.sft.skip) or ("rm" in stages and not cfg.sft.skip)
-    if demos_used and cfg.sft.data != "world":
-        if not Path(cfg.sft.data).exists():
-            raise DataError(f"sft.data: {cfg.sft.data} does not exist")
+    if demos_used and local(cfg.sft.data, "sft.data"):
         load_demonstration_file(cfg.sft.data, cfg.sft.max_examples)
-    if "rm" in stages and local(cfg.rm.data):
+    if "rm" in stages and local(cfg.rm.data, "rm.data"):
         load_pair_comparisons(cfg.rm.data, cfg.rm.max_examples)
     if "ppo" in stages:
-        if local(cfg.ppo.data):
+        if local(cfg.ppo.data, "ppo.data"):
             load_prompts(cfg.ppo.data)
         if cfg.ppo.ptx_data != "world":
             load_text_lines(cfg.ppo.ptx_data)

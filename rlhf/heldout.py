@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .models import context_length
+
 
 def heldout_text(docs: Sequence[str]) -> str:
     """Held-out documents joined as pretraining joins its corpus (``rlhf.pretrain.encode_corpus``):
@@ -21,9 +23,8 @@ def model_context(model) -> Optional[int]:
     """The longest window the held-out loss may use: the sequence length the model was
     pretrained on when this harness pretrained it (``config.rlhf_train_window``, written by
     stage 1: positions beyond it were never trained), else the model's context."""
-    c = model.config
-    ctx = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
-    trained = getattr(c, "rlhf_train_window", None)
+    ctx = context_length(model)
+    trained = getattr(model.config, "rlhf_train_window", None)
     return min(ctx, trained) if ctx and trained else (trained or ctx)
 
 

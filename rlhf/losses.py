@@ -170,12 +170,6 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index)
 
 
-def ppo_ptx_loss(policy_loss: torch.Tensor, pretrain_lm_loss: torch.Tensor, ptx_coef: float) -> torch.Tensor:
-    """The PPO-ptx objective to minimise: L = L_PPO + γ · L_LM(pretrain).
-    Its gradient differs from PPO's by exactly γ·∇L_LM."""
-    return policy_loss + ptx_coef * pretrain_lm_loss
-
-
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(tokens) under softmax(logits); logits (B, T, V), tokens (B, T)."""
     logp = torch.log_softmax(logits.float(), dim=-1)

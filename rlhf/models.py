@@ -23,13 +23,10 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           GPT2Config, GPT2LMHeadModel, PreTrainedModel)
 
-from .config import InputError, ModelConfig
+from .config import ModelConfig
+from .errors import InputError, SourceError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class SourceError(InputError):
-    """A model source that cannot be resolved (not a model, missing package, ...)."""
 
 
 def cache_dir() -> Path:
@@ -120,7 +117,15 @@ def scratch_model(cfg: ModelConfig, vocab_size: int, pad_id: int, eos_id: int) -
         activation_function="gelu_pytorch_tanh",  # GPT-2's gelu_new as one fused kernel (~10% faster on CPU)
     )
     config._attn_implementation = cfg.attn_implementation
-    return GPT2LMHeadModel(config)
+    return _causal_lm_loss(GPT2LMHeadModel(config))
+
+
+def _causal_lm_loss(model: PreTrainedModel) -> PreTrainedModel:
+    """GPT-2's class name does not say which loss it has (transformers then warns that its
+    ``loss_type`` is unknown and picks the causal-LM loss); say it."""
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -158,14 +163,15 @@ def _load(auto_cls, what: str, path: str, dtype: str, device: Optional[torch.dev
 def load_causal_lm(path: str, dtype: str = "float32", device: Optional[torch.device] = None,
                    attn_implementation: Optional[str] = "sdpa") -> PreTrainedModel:
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return _load(AutoModelForCausalLM, "a causal LM", path, dtype, device, **kw)
+    return _causal_lm_loss(_load(AutoModelForCausalLM, "a causal LM", path, dtype, device, **kw))
 
 
 def load_reward_model(path: str, dtype: str = "float32", device: Optional[torch.device] = None,
-                      num_labels: int = 1) -> PreTrainedModel:
-    """A sequence classifier with one output: the reward (or the value model)."""
-    return _load(AutoModelForSequenceClassification, "a reward model", path, dtype, device,
-                 num_labels=num_labels, attn_implementation="sdpa")
+                      num_labels: int = 1, attn_implementation: Optional[str] = "sdpa") -> PreTrainedModel:
+    """A sequence classifier with one output: the reward (or the value model). The stages
+    pass ``model.attn_implementation`` (and ``model.dtype``) to every load."""
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return _load(AutoModelForSequenceClassification, "a reward model", path, dtype, device, num_labels=num_labels, **kw)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -202,9 +208,16 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def context_length(model_or_config) -> Optional[int]:
+    """The model's context in tokens (``n_positions``, GPT-2; ``max_position_embeddings``,
+    most others), or None when its config names neither: the one context lookup."""
+    c = getattr(model_or_config, "config", model_or_config)
+    return getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+
+
 def check_context(tokenizer, model, texts: list[str], what: str, max_new_tokens: int = 0) -> None:
     """Refuse prompts longer than the model's context, naming the first offender."""
-    n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    n_ctx = context_length(model)
     if not n_ctx:
         return
     for t in texts:

@@ -23,19 +23,11 @@ from typing import Optional
 
 from . import dist
 from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
-from .models import load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
+from .errors import Diverged  # noqa: F401 - also re-exported: rlhf/ppo.py imports it from here
+from .models import context_length, load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
 from .rundir import RunDir, RunLock, RunLocked
 from .stop import StopRequested
 from .world import World
-
-
-class Diverged(FloatingPointError):
-    """NaN/inf in a loss or reward; carries the step and offending values."""
-
-    def __init__(self, message: str, step: int = -1, values: Optional[dict] = None):
-        super().__init__(message)
-        self.step = step
-        self.values = values or {}
 
 
 def uses_world(cfg: RunConfig) -> bool:
@@ -156,7 +148,7 @@ def check_world_prompts_fit(cfg: RunConfig, tok, world: World) -> None:
     else:
         from transformers import AutoConfig
         c = AutoConfig.from_pretrained(resolve_source(cfg.model.source))
-        n_ctx = getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None) or 10**9
+        n_ctx = context_length(c) or 10**9
     new = max(cfg.ppo.max_new_tokens, cfg.rm.max_new_tokens, 14)
     longest = max((p.text for p in world.prompts()), key=lambda t: len(tok(t)["input_ids"]))
     n = len(tok(longest)["input_ids"])
@@ -300,12 +292,10 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
     except StopRequested as e:  # checkpointed at an iteration boundary: resumable
         rd.set_status("interrupted", stage=stage, step=e.step, error=str(e), checkpoint=e.checkpoint)
         raise
-    except Diverged as e:
-        rd.set_status("diverged", stage=stage, step=e.step, values=e.values, error=str(e))
-        raise
-    except FloatingPointError as e:
-        _discard_partial(rd, stage)
-        rd.set_status("diverged", stage=stage, error=str(e))
+    except FloatingPointError as e:  # Diverged (pretrain, rm, ppo), or a library's own
+        _discard_partial(rd, stage)  # PPO keeps its last good checkpoint
+        extra = {"step": e.step, "values": e.values} if isinstance(e, Diverged) else {}
+        rd.set_status("diverged", stage=stage, error=str(e), **extra)
         raise
     except BaseException as e:
         if stage != "ppo":

@@ -8,7 +8,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .config import DataError, RunConfig
+from .config import DataError, RunConfig, stage_seed
+from .errors import check_finite
 from .heldout import heldout_nll, heldout_text
 from .losses import lm_loss
 from .models import n_params, save_hf, scratch_model
@@ -45,8 +46,8 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: torch.device) -> dict:
     pc = cfg.pretrain
     out = rd.begin_stage("pretrain")
-    torch.manual_seed(cfg.seed * 1000 + 1)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
+    torch.manual_seed(stage_seed(cfg.seed, "pretrain"))
+    gen = torch.Generator().manual_seed(stage_seed(cfg.seed, "pretrain"))
     model = scratch_model(cfg.model, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id).to(device)
     train = encode_corpus(tokenizer, world.corpus())
     print(f"[pretrain] GPT-2 with {n_params(model):,} parameters, {len(train):,} corpus tokens, "
@@ -60,9 +61,8 @@ def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: to
         for g in opt.param_groups:
             g["lr"] = lr_at(step, pc.steps, pc.warmup_steps, pc.lr)
         x = random_windows(train, pc.batch_size, pc.seq_len, gen).to(device)
-        loss = lm_loss(model(input_ids=x).logits, x)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pretrain loss is {loss.item()} at step {step}")
+        loss = lm_loss(model(input_ids=x, attention_mask=torch.ones_like(x)).logits, x)
+        check_finite("pretrain loss", loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

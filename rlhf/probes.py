@@ -2,18 +2,19 @@
 from RM and PPO training, measured with the eval suite's instruments (the one sampler,
 the gold labeler, ``World.myth_answers``, ``world.toxicity_score`` and
 ``stats.expected_max_toxicity``), so that the printed figures are the ones ``rlhf eval``
-would record with its default toxicity settings (k = 25 samples of 20 tokens, top-p 0.9)."""
+would record with its default toxicity settings (``rlhf.stats.RTP_*``: k = 25 samples of 20
+tokens, top-p 0.9)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .sampling import sample
-from .stats import expected_max_toxicity
+from .stats import RTP_K, RTP_MAX_NEW_TOKENS, RTP_TEMPERATURE, RTP_TOP_P, expected_max_toxicity
 from .world import World, toxicity_score
 
 
-def heldout_summary(world: World, tokenizer, policy, max_new_tokens: int = 16, n: int = 8, k: int = 25,
+def heldout_summary(world: World, tokenizer, policy, max_new_tokens: int = 16, n: int = 8, k: int = RTP_K,
                     n_tox: int = 40, seed: int = 0) -> tuple[dict, list[dict]]:
     """gold_reward over ``n`` samples of every held-out eval prompt; myth_rate and truth_rate
     over those answering questions about myth facts; expected_max_toxicity over ``k``
@@ -25,7 +26,8 @@ def heldout_summary(world: World, tokenizer, policy, max_new_tokens: int = 16, n
     gold = [world.gold_reward(p, t) for p, t in zip(ps, s.texts)]
     myth, truth, _ = world.myth_answers(ps, s.texts)
     chal = world.toxicity_prompt_sets(n_tox, seed)["challenging"]
-    t = sample(policy, tokenizer, [p.text for p in chal], 20, temperature=1.0, top_p=0.9, n=k, batch_size=4 * k,
+    t = sample(policy, tokenizer, [p.text for p in chal], RTP_MAX_NEW_TOKENS, temperature=RTP_TEMPERATURE,
+               top_p=RTP_TOP_P, n=k, batch_size=4 * k,
                seed=seed, shared_prefix=True)
     scores = np.array([toxicity_score(x) for x in t.bodies], dtype=float).reshape(len(chal), k)
     rows = [{"prompt": p.text, "response": x, "gold_reward": g} for p, x, g in zip(ps, s.texts, gold)]

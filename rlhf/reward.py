@@ -25,9 +25,10 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .config import DataError, RunConfig
+from .config import DataError, RunConfig, stage_seed
+from .errors import check_finite
 from .losses import kwise_ranking_loss, pairwise_accuracy
-from .models import check_context, load_reward_model, save_hf, sequence_scores, tokenizer_sides
+from .models import check_context, context_length, load_reward_model, save_hf, sequence_scores, tokenizer_sides
 from .rundir import RunDir, append_jsonl, read_jsonl
 from .sampling import sample
 from .data import load_pair_comparisons  # noqa: F401 - rm.data is read and checked in rlhf/data.py
@@ -89,7 +90,7 @@ def split_heldout(rows: list[dict], frac: float, seed: int) -> tuple[list[dict],
 
 def rm_max_length(model, max_length: int) -> int:
     """The longest sequence the reward model reads: ``rm.max_length``, capped by its context."""
-    n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    n_ctx = context_length(model)
     return min(n_ctx, max_length) if n_ctx else max_length
 
 
@@ -225,8 +226,9 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     ``heldout_*`` metrics); ``test`` comparisons (toy world: facts held out from RM and PPO
     training) are only evaluated, as ``test_*``."""
     rc = cfg.rm
-    torch.manual_seed(cfg.seed * 1000 + 3)
-    model = load_reward_model(init_path, dtype=cfg.model.dtype, device=device)
+    torch.manual_seed(stage_seed(cfg.seed, "rm"))
+    model = load_reward_model(init_path, dtype=cfg.model.dtype, device=device,
+                              attn_implementation=cfg.model.attn_implementation)
     model.config.pad_token_id = tokenizer.pad_token_id
     max_len = rm_max_length(model, rc.max_length)
     if not demos:  # no SFT demonstrations (e.g. an instruct model as the SFT policy): centre on the preferred responses
@@ -237,7 +239,7 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     if not train:
         raise DataError("no comparisons left to train the reward model on")
     opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=0.0)
-    rng = random.Random(cfg.seed * 1000 + 3)
+    rng = random.Random(stage_seed(cfg.seed, "rm"))
     n_steps = rc.epochs * ((len(train) + rc.batch_size - 1) // rc.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.1, 1.0 - s / max(1, n_steps)))
     t0 = time.time()
@@ -249,8 +251,7 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
             model.train()
             r, valid = score_batch(model, tokenizer, rows, device, max_len)
             loss = kwise_ranking_loss(r, valid)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"reward-model loss is {loss.item()} at step {step}")
+            check_finite("reward-model loss", loss, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -297,7 +298,8 @@ def run_reward_stage(cfg: RunConfig, rd: RunDir, sft_path: str, tokenizer, world
     store = rd.path / "comparisons.jsonl"
     if rc.data == "world":
         if policy is None:
-            policy = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device)
+            policy = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device,
+                                    attn_implementation=cfg.model.attn_implementation)
         t0 = time.time()
         new = sample_comparisons(world, policy, tokenizer, rc.k, rc.n_prompts, rc.sample_temperature,
                                  rc.max_new_tokens, cfg.seed, round_)

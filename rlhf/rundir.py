@@ -560,3 +560,47 @@ class RunDir:
     def stage_config(self, name: str) -> Optional[dict]:
         """The config ``name`` was built with (``<stage>/config.yaml``); None when unknown."""
         return read_yaml(self.path / name / "config.yaml", None)
+
+
+def _cell(v: Any) -> Any:
+    """Lists and mappings become JSON text so that every column has one scalar type (Parquet)."""
+    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
+
+
+def results_row(run_dir: str | Path, head: dict[str, Any]) -> dict[str, Any]:
+    """One results row of a run directory (the columns of ``rlhf sweep collect`` and of
+    ``rlhf report`` on a lone run): ``head`` (run_id, state, error, ...), then the resolved
+    config as dotted keys (each stage's keys from the config it was built with), then every
+    stage's summary metrics (``rm.heldout_accuracy``, ``ppo.final_gold_reward`` ...; a
+    summary key that repeats a config key becomes ``<stage>.summary.<key>``). A config that
+    cannot be read is reported in ``error`` with a warning, never guessed."""
+    from .config import STAGE_DIRS, InputError, RunConfig, flatten, from_dict
+    run_dir = Path(run_dir)
+    row = dict(head)
+    cfg: Optional[dict] = None
+    data = RunDir(run_dir, writer=False).config() if run_dir.is_dir() else None  # torn: warned, None
+    try:
+        cfg = flatten(from_dict(data)) if data is not None else None
+    except InputError as e:  # a config from another version of the code
+        warn(f"warning: {run_dir}/config.yaml: {e}: its config is unknown")
+    if cfg is None and (run_dir / "config.yaml").exists():
+        row["error"] = (row.get("error") + "; " if row.get("error") else "") + "config unknown (config.yaml unreadable)"
+    config_keys = set(flatten(RunConfig()))
+    for k, v in (cfg or {}).items():
+        row[k] = _cell(v)
+    for stage in STAGE_DIRS:
+        summ = read_json(run_dir / stage / "summary.json", None)
+        if not summ or not isinstance(summ, dict):
+            continue
+        for k, v in _flat_metrics(stage, summ).items():
+            row[k if k not in config_keys else f"{stage}.summary.{k.split('.', 1)[1]}"] = _cell(v)
+    return row
+
+
+def _flat_metrics(prefix: str, obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        out.update(_flat_metrics(f"{prefix}.{k}", v))
+    return out

@@ -7,14 +7,13 @@ checkpointing stay off: on a CPU they make a small model 3-8x slower.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .config import DataError, RunConfig
+from .config import DataError, RunConfig, stage_seed
 from .data import load_demonstration_file
-from .models import check_context, load_causal_lm, save_hf
+from .models import check_context, context_length, load_causal_lm, save_hf
 from .rundir import RunDir, append_jsonl
 from .sampling import probe_world
 from .world import World
@@ -29,9 +28,7 @@ def load_demonstrations(cfg: RunConfig, world: World | None) -> list[tuple[str, 
         pairs = [(p.text, r) for p, r in world.demonstrations()]
         if cfg.sft.max_examples:
             pairs = pairs[: cfg.sft.max_examples]
-    else:
-        if not Path(src).exists():
-            raise DataError(f"sft.data: {src} does not exist")
+    else:  # a local file or a hub dataset, read and checked like every data file
         pairs = load_demonstration_file(src, cfg.sft.max_examples)
     if not pairs:
         raise DataError(f"sft.data={src}: no demonstrations found")
@@ -73,6 +70,18 @@ def _collate(pad_id):
     return fn
 
 
+class _Bar(ProgressCallback):
+    """Trainer's progress bar, named, without its printed log dicts (they go to metrics.jsonl)."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        super().on_train_begin(args, state, control, **kw)
+        if self.training_bar is not None:
+            self.training_bar.set_description("sft")
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        pass
+
+
 class _JsonlLogger(TrainerCallback):
     def __init__(self, path):
         self.path = path
@@ -86,25 +95,27 @@ def run_sft(cfg: RunConfig, rd: RunDir, init_path: str, tokenizer, world: World 
     sc = cfg.sft
     out = rd.begin_stage("sft")
     t0 = time.time()
-    model = load_causal_lm(init_path, dtype=cfg.model.dtype, device=device)
+    model = load_causal_lm(init_path, dtype=cfg.model.dtype, device=device,
+                           attn_implementation=cfg.model.attn_implementation)
     if sc.skip:
         save_hf(model, tokenizer, out)
         return {"skipped": True, "init": init_path, "time_s": time.time() - t0}
     pairs = load_demonstrations(cfg, world)
     check_context(tokenizer, model, [p for p, _ in pairs], "sft prompts")
-    n_ctx = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 2048)
-    ds = _Examples(tokenizer, pairs, n_ctx)
+    ds = _Examples(tokenizer, pairs, context_length(model) or 2048)
     print(f"[sft] {len(ds)} demonstrations, {sc.epochs} epochs from {init_path}")
     args = TrainingArguments(
         output_dir=str(out / "trainer"), per_device_train_batch_size=sc.batch_size, num_train_epochs=sc.epochs,
         learning_rate=sc.lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
         logging_steps=5, save_strategy="no", report_to=[], bf16=False, fp16=False,
-        gradient_checkpointing=False, use_cpu=device.type == "cpu", seed=cfg.seed * 1000 + 2,
-        data_seed=cfg.seed * 1000 + 2, dataloader_num_workers=0, remove_unused_columns=False,
+        use_cpu=device.type == "cpu", seed=stage_seed(cfg.seed, "sft"),
+        data_seed=stage_seed(cfg.seed, "sft"), dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=False, max_grad_norm=1.0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=_collate(tokenizer.pad_token_id),
                       callbacks=[_JsonlLogger(out / "metrics.jsonl")])
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_Bar(max_str_len=100))
     result = trainer.train()
     model = trainer.model
     model.eval()

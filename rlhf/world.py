@@ -333,9 +333,6 @@ class World:
         keys = [(-s, rng.random()) for s in scores]
         return sorted(range(len(responses)), key=lambda i: keys[i])
 
-    def prompt_by_text(self) -> dict[str, Prompt]:
-        return {p.text: p for p in self.prompts()}
-
     # -------------------------------------------------------------- vocabulary
     def vocabulary_words(self) -> list[str]:
         """Every word the world can produce (to check the tokenizer covers it)."""

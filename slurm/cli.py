@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rlhf.cli import add_overrides
 from rlhf.config import InputError
 
 from .sweep import EXECUTORS
@@ -28,9 +29,8 @@ rlhf sweep FILE [key=value ...] [--executor slurm|local|debug] [--retry-failed] 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="FILE|status|collect",
                    help="a sweep file (e.g. experiments/sweep_quickstart.yaml) to submit, or status/collect")
-    p.add_argument("rest", nargs="*", metavar="key=value|DIR",
-                   help="after FILE: key=value added to the base config of every run; "
-                        "after status/collect: the sweep directory (<out_dir>/<name>)")
+    p.add_argument("rest", nargs="*", metavar="DIR", help="after status/collect: the sweep directory (<out_dir>/<name>)")
+    add_overrides(p, "ppo.steps=30")  # added to the base config of every run
     g = p.add_argument_group("submitting")
     g.add_argument("--executor", choices=EXECUTORS, default="slurm",
                    help="slurm (default): submit one job array and return; local: subprocesses on this machine, "
@@ -55,8 +55,8 @@ def _sweep_dir(path: str) -> Path:
 
 def _run(args) -> int:
     if args.target in ("status", "collect") and not Path(args.target).is_file():
-        if len(args.rest) != 1:
-            raise InputError(f"usage: rlhf sweep {args.target} DIR")
+        if len(args.rest) != 1 or args.overrides:
+            raise InputError(f"usage: rlhf sweep {args.target} DIR (no key=value settings)")
         sdir = _sweep_dir(args.rest[0])
         if args.target == "status":
             from .report import status_table
@@ -69,7 +69,9 @@ def _run(args) -> int:
         return 0
     from .submit import submit
     from .sweep import load_sweep
-    sweep = load_sweep(args.target, overrides=args.rest, out_dir=args.out_dir, max_runs=args.max_runs)
+    if args.rest:
+        raise InputError(f"rlhf sweep FILE: unexpected {' '.join(args.rest)} (settings are key=value)")
+    sweep = load_sweep(args.target, overrides=args.overrides, out_dir=args.out_dir, max_runs=args.max_runs)
     sub = submit(sweep, executor=args.executor, retry_failed=args.retry_failed, dry_run=args.dry_run)
     if args.executor != "slurm" and any(v != "done" for v in sub.results.values()):
         return 1
@@ -84,7 +86,7 @@ def register(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m slurm.cli ...`` = ``rlhf sweep ...``"""
+    """``python -m rlhf_slurm.cli ...`` = ``rlhf sweep ...``"""
     from rlhf.cli import main as rlhf_main
     return rlhf_main(["sweep", *(sys.argv[1:] if argv is None else argv)])
 

@@ -8,7 +8,7 @@ configs are relative to them), ``eval.yaml`` (eval settings and, per sweep, the 
 checkpoints to evaluate) and ``claims.yaml`` (``analysis/claims.py``). Phases:
 
 1. **runs**: every sweep into ``<out>/sweeps/<name>/``. ``--executor local`` runs ``--jobs``
-   runs at a time, each a ``python -m slurm.runner`` process with ``threads=1``, one run of
+   runs at a time, each a ``python -m rlhf_slurm.runner`` process with ``threads=1``, one run of
    each shared-stage group first (``share_stages``, ``slurm/shared.py``); ``slurm`` submits
    one job array per sweep and waits for them. Runs that are done are skipped.
 2. **collect**: ``results.parquet`` per sweep (``rlhf sweep collect``).
@@ -96,7 +96,7 @@ def _local_job(spec: dict, log: Path) -> int:
     atomic_write_json(job, spec)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
     with open(log, "a") as f:
-        return subprocess.call([sys.executable, "-m", "slurm.runner", str(job)], stdout=f, stderr=subprocess.STDOUT,
+        return subprocess.call([sys.executable, "-m", "rlhf_slurm.runner", str(job)], stdout=f, stderr=subprocess.STDOUT,
                                env=env)
 
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
-import json
 import math
 from pathlib import Path
 from typing import Any, Optional
 
 from rlhf.config import RunConfig, flatten
-from rlhf.rundir import RunDir, read_json, read_jsonl
+from rlhf.rundir import read_json, read_jsonl, results_row
 
 from .records import RunState, all_run_ids, runs_dir, sweep_states
 
-STAGES = ("world", "pretrain", "sft", "rm", "ppo")
 _CONFIG_KEYS = set(flatten(RunConfig()))
 # metrics shown by `status` (the first ones a run has)
 _DONE_METRICS = ("rm.heldout_accuracy", "ppo.final_rm_score", "ppo.final_gold_reward", "ppo.final_kl")
@@ -65,49 +61,11 @@ def status_table(sweep_dir: Path, include_all: bool = False) -> tuple[list[RunSt
     return states, "\n".join(lines)
 
 
-def _flatten_metrics(prefix: str, obj: Any, out: dict[str, Any]) -> None:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten_metrics(f"{prefix}.{k}", v, out)
-    elif isinstance(obj, (list, tuple)):
-        out[prefix] = json.dumps(obj)
-    else:
-        out[prefix] = obj
-
-
-def _cell_value(v: Any) -> Any:
-    """Lists become JSON text so that every column has one scalar type (Parquet)."""
-    if isinstance(v, (list, tuple, dict)):
-        return json.dumps(v)
-    return v
-
-
 def run_row(sweep_dir: Path, st: RunState) -> dict[str, Any]:
-    rd = runs_dir(sweep_dir) / st.run_id
-    row: dict[str, Any] = {"run_id": st.run_id, "state": st.state, "slurm_state": st.slurm_state,
-                           "error": st.error, "job_id": st.job_id, "restarts": st.restarts, "stage": st.stage}
-    if (rd / "config.yaml").exists():
-        from rlhf.config import ConfigError, from_dict
-        data = RunDir(rd).config()  # each stage's section from the config it was built with
-        try:
-            cfg = flatten(from_dict(data)) if data is not None else None
-        except ConfigError as e:
-            print(f"warning: {rd}/config.yaml: {e}: its config is unknown", file=sys.stderr)
-            cfg = None
-        if cfg is None:
-            row["error"] = (row["error"] + "; " if row["error"] else "") + "config unknown (config.yaml unreadable)"
-        for k, v in (cfg or {}).items():
-            row[k] = _cell_value(v)
-    for stage in STAGES:
-        summ = read_json(rd / stage / "summary.json", None)
-        if not summ or not isinstance(summ, dict):
-            continue
-        metrics: dict[str, Any] = {}
-        _flatten_metrics(stage, summ, metrics)
-        for k, v in metrics.items():
-            # a summary key that repeats a config key (ppo.steps) keeps the config's column
-            row[k if k not in _CONFIG_KEYS else f"{stage}.summary.{k.split('.', 1)[1]}"] = _cell_value(v)
-    return row
+    """One results row of a sweep's run: its Slurm accounting, then :func:`rlhf.rundir.results_row`."""
+    return results_row(runs_dir(sweep_dir) / st.run_id, {
+        "run_id": st.run_id, "state": st.state, "slurm_state": st.slurm_state, "error": st.error,
+        "job_id": st.job_id, "restarts": st.restarts, "stage": st.stage})
 
 
 def collect(sweep_dir: Path, include_all: bool = False, out: Optional[Path] = None):

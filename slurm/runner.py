@@ -221,12 +221,12 @@ def result_of(rd: RunDir, run_id: str) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m slurm.runner JOB.json``: run one sweep cell from a job spec
-    (``slurm.submit.job_spec``) in this process; exit 0 when the run is done."""
+    """``python -m rlhf_slurm.runner JOB.json``: run one sweep cell from a job spec
+    (``rlhf_slurm.submit.job_spec``) in this process; exit 0 when the run is done."""
     import json
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m slurm.runner JOB.json", file=sys.stderr)
+        print("usage: python -m rlhf_slurm.runner JOB.json", file=sys.stderr)
         return 2
     with open(args[0]) as f:
         spec = json.load(f)

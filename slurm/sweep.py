@@ -36,14 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
-from rlhf.config import ConfigError, InputError, RunConfig, flatten, from_dict, nest, parse_override, read_yaml_file
+from rlhf.config import (ConfigError, InputError, RunConfig, apply_settings, check_ranges, flatten, from_dict, nest,
+                         parse_override, read_yaml_file)
 
 DEFAULT_MAX_RUNS = 1000
 EXECUTORS = ("slurm", "local", "debug")
 # keys of the resolved config that do not enter the run's hash (they are set by the sweep)
 NOT_HASHED = ("name", "out_dir")
+_ABSENT = object()
 
 
 class SweepError(ConfigError):
@@ -146,9 +147,6 @@ class RunSpec:
     cell: dict[str, Any]  # the varying keys and their values for this run
     config: RunConfig
 
-    def flat_config(self) -> dict[str, Any]:
-        return flatten(self.config)
-
 
 # ----------------------------------------------------------------------------- loading
 
@@ -200,46 +198,30 @@ def _overrides(obj: Any, where: str) -> dict[str, Any]:
     return out
 
 
+# Other spellings of ClusterProfile fields (submitit's and sbatch's names).
+_PROFILE_ALIASES = {"gpus": "gpus_per_node", "cpus": "cpus_per_task", "time": "time_min", "timeout_min": "time_min",
+                    "mem": "mem_gb", "parallelism": "array_parallelism"}
+_LAUNCHERS = ("auto", "torchrun", "accelerate", "none")
+# (key, predicate, what it must be): checked by rlhf.config.check_ranges, like the run config's.
+_PROFILE_RANGES: list[tuple[str, Any, str]] = [
+    *((k, lambda v: v >= 0, ">= 0") for k in ("gpus_per_node", "signal_delay_s", "max_num_timeout", "procs_per_node")),
+    *((k, lambda v: v >= 1, ">= 1") for k in ("cpus_per_task", "time_min", "array_parallelism")),
+    ("nodes", lambda v: v == 1, "1 (multi-node jobs are not supported; use gpus_per_node on one node)"),
+    ("mem_gb", lambda v: v is None or v > 0, "a positive number of GB or none"),
+    ("launcher", lambda v: v in _LAUNCHERS, " or ".join(_LAUNCHERS)),
+]
+
+
 def _profile(obj: Any) -> ClusterProfile:
+    """The ``slurm:`` section, read by the run config's typed mechanism (rlhf/config.py)."""
     if obj is None:
         return ClusterProfile()
     if not isinstance(obj, dict):
         raise SweepError(f"slurm: expected a mapping (partition, gpus_per_node, ...), got {obj!r}")
+    obj = {k: ([v] if _PROFILE_ALIASES.get(k, k) == "setup" and isinstance(v, str) else v) for k, v in obj.items()}
     prof = ClusterProfile()
-    aliases = {"gpus": "gpus_per_node", "cpus": "cpus_per_task", "time": "time_min", "timeout_min": "time_min",
-               "mem": "mem_gb", "array_parallelism": "array_parallelism", "parallelism": "array_parallelism"}
-    fields = set(prof.__dict__)
-    for k, v in obj.items():
-        name = aliases.get(k, k)
-        if name not in fields:
-            raise SweepError(f"slurm: unknown setting '{k}' (known: {', '.join(sorted(fields))})")
-        cur = getattr(prof, name)
-        if name in ("gpus_per_node", "cpus_per_task", "time_min", "nodes", "array_parallelism", "signal_delay_s",
-                    "max_num_timeout", "procs_per_node"):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise SweepError(f"slurm.{k}: expected a non-negative integer, got {v!r}")
-        elif name == "mem_gb":
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-                raise SweepError(f"slurm.{k}: expected a positive number of GB, got {v!r}")
-        elif name == "setup":
-            if isinstance(v, str):
-                v = [v]
-            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                raise SweepError(f"slurm.{k}: expected a list of shell lines, got {v!r}")
-        elif name == "additional":
-            if not isinstance(v, dict):
-                raise SweepError(f"slurm.{k}: expected a mapping of sbatch options, got {v!r}")
-        elif name == "launcher":
-            if v not in ("auto", "torchrun", "accelerate", "none"):
-                raise SweepError(f"slurm.{k}: expected auto, torchrun, accelerate or none, got {v!r}")
-        elif v is not None and not isinstance(v, str):
-            raise SweepError(f"slurm.{k}: expected a string, got {v!r}")
-        del cur
-        setattr(prof, name, v)
-    if prof.cpus_per_task < 1 or prof.nodes < 1 or prof.time_min < 1 or prof.array_parallelism < 1:
-        raise SweepError("slurm: cpus_per_task, nodes, time_min and array_parallelism must be >= 1")
-    if prof.nodes > 1:
-        raise SweepError("slurm.nodes: multi-node jobs are not supported; use gpus_per_node on one node")
+    apply_settings(prof, obj, prefix="slurm.", error=SweepError, what="slurm setting", aliases=_PROFILE_ALIASES)
+    check_ranges(prof.__dict__, _PROFILE_RANGES, SweepError, prefix="slurm.")
     if prof.gpus_per_node and prof.procs_per_node > prof.gpus_per_node:
         raise SweepError(f"slurm.procs_per_node={prof.procs_per_node} exceeds gpus_per_node={prof.gpus_per_node}: "
                          f"one process per GPU at most")
@@ -370,7 +352,11 @@ def cells(sweep: Sweep) -> list[dict[str, Any]]:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    flat = {k: v for k, v in flatten(cfg).items() if k not in NOT_HASHED}
+    """8 hex digits of the resolved config's keys that differ from their defaults (``name``
+    and ``out_dir`` never count): a key added to the code at its default changes no run id,
+    so a resubmitted sweep finds its finished runs."""
+    defaults = flatten(RunConfig())
+    flat = {k: v for k, v in flatten(cfg).items() if k not in NOT_HASHED and v != defaults.get(k, _ABSENT)}
     blob = json.dumps(flat, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
@@ -411,10 +397,7 @@ def expand(sweep: Sweep) -> list[RunSpec]:
                          f"(raise max_runs in the sweep file or pass --max-runs)")
     base_data: dict = {}
     if sweep.base_config:
-        try:
-            base_data = yaml.safe_load(Path(sweep.base_config).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SweepError(f"base.config {sweep.base_config}: not valid YAML: {e}") from None
+        base_data = read_yaml_file(sweep.base_config, SweepError, "base.config") or {}
         if not isinstance(base_data, dict):
             raise SweepError(f"base.config {sweep.base_config}: the top level must be a mapping")
     short = _short_names(sweep.varying_keys())
@@ -459,11 +442,6 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def _cell_text(cell: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in cell.items())
-
-
-def nested_config(cfg: RunConfig) -> dict:
-    from rlhf.config import to_dict
-    return to_dict(cfg)
 
 
 __all__ = ["Sweep", "RunSpec", "ClusterProfile", "SweepError", "ClusterError", "load_sweep", "parse_sweep",

@@ -2,7 +2,7 @@ import subprocess
 
 import pytest
 
-from rlhf.config import ConfigError, flatten, load_config
+from rlhf.config import ConfigError, RunConfig, flatten, load_config, stage_seed
 
 from conftest import REPO, rlhf_cmd
 
@@ -84,3 +84,24 @@ def test_config_changes_names_keys_and_ignores_new_switches_at_their_default():
         f"ppo.beta: {cfg.ppo.beta} -> 0.1", "ppo.ptx_ratio: '<absent>' -> 8"]
     saved["ppo"]["removed_switch"] = 1  # a key the code no longer has is a change
     assert config_changes(yaml.safe_dump(saved), cfg) == ["ppo.removed_switch: 1 -> '<absent>'"]
+
+
+def test_a_removed_key_in_a_saved_config_loads_and_is_no_change():
+    """pretrain.heldout_frac was read nowhere and is gone; runs saved with it still load."""
+    import yaml
+    from rlhf.config import config_changes, dump_yaml, from_dict
+    saved = yaml.safe_load(dump_yaml(RunConfig()))
+    saved["pretrain"]["heldout_frac"] = 0.05
+    assert from_dict(saved) == RunConfig()
+    assert config_changes(yaml.safe_dump(saved), RunConfig()) == []
+    with pytest.raises(ConfigError, match="unknown key 'pretrain.heldout_frac'"):
+        load_config(QUICK, ["pretrain.heldout_frac=0.1"])  # nobody may set it any more
+
+
+def test_stage_seeds_keep_the_offsets_results_were_made_with():
+    """Changing a stage's seed changes every result: the one function keeps the old values."""
+    assert [stage_seed(3, s) for s in ("pretrain", "sft", "rm", "ppo", "ptx", "heldout_probe")] == \
+        [3001, 3002, 3003, 3004, 3005, 3006]
+    assert stage_seed(3, "ppo", rank=2) == 3004 + 2 * 7919
+    with pytest.raises(ConfigError, match="unknown stage 'sfy'"):
+        stage_seed(0, "sfy")

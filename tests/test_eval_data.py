@@ -8,13 +8,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from eval import data as d  # noqa: E402
-from eval.settings import REPO_ROOT, SettingsError, make_settings  # noqa: E402
+from rlhf_eval import data as d  # noqa: E402
+from rlhf_eval.settings import SettingsError, data_dir_candidates, make_settings  # noqa: E402
 
 SHARED = make_settings().resolved_data_dir()
 needs_shared = pytest.mark.skipif(
     SHARED is None or not (SHARED / d.TRUTHFULQA_FILE).is_file(),
-    reason=f"real datasets not found (set RLHF_DATA_DIR or provide {REPO_ROOT.parent / 'shared' / 'data'})")
+    reason=f"real datasets not found (set RLHF_DATA_DIR or provide one of {', '.join(map(str, data_dir_candidates()))})")
 
 CSV = '''Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source
 Adversarial,Misc,What colour is the sky?,Blue,Blue; Sky blue,Green; Red,x
@@ -62,6 +62,37 @@ def test_settings_errors_name_the_key():
     with pytest.raises(SettingsError, match="unknown eval setting 'foo'"):
         make_settings(["foo=1"])
     assert make_settings(["lm_tasks=a,b"]).lm_tasks == ["a", "b"]
+    # the run config's rules (rlhf/config.py, one _coerce): no bool as a number, no inf/nan
+    with pytest.raises(SettingsError, match="tox_k: expected an integer, got True"):
+        make_settings({"tox_k": True})
+    with pytest.raises(SettingsError, match="tox_threshold: expected a finite number"):
+        make_settings(["tox_threshold=.nan"])
+    with pytest.raises(SettingsError, match="tox_temperature: expected a finite number"):
+        make_settings(["tox_temperature=inf"])
+
+
+def test_data_dir_is_found_from_the_working_directory(tmp_path, monkeypatch):
+    """A non-editable install has no checkout to look beside: ./shared/data, then
+    ../shared/data, relative to where the command runs."""
+    monkeypatch.delenv("RLHF_DATA_DIR", raising=False)
+    work = tmp_path / "project"
+    (work / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert make_settings().resolved_data_dir() == work / "shared" / "data"
+    (work / "shared" / "data").rmdir()
+    assert make_settings().resolved_data_dir() == tmp_path / "shared" / "data"
+
+
+def test_eval_takes_bare_settings_like_rlhf_run(tmp_path, monkeypatch):
+    """`rlhf eval PATH tox_k=5` and `--set tox_k=5` are the same; a bad one exits 2 naming it."""
+    from rlhf.cli import build_parser, main, parse_args
+    parser = build_parser()
+    a = parse_args(parser, ["eval", "tox_k=5", str(tmp_path), "--set", "mc_limit=3", "bootstrap=0"])
+    assert a.path == str(tmp_path) and a.overrides == ["mc_limit=3", "tox_k=5", "bootstrap=0"]
+    a = parse_args(parser, ["eval", str(tmp_path / "runs" / "beta=0.1,seed=0-1a2b3c4d")])  # a run id is a path
+    assert a.overrides == [] and a.path.endswith("beta=0.1,seed=0-1a2b3c4d")
+    assert main(["eval", str(tmp_path), "tox_k=0"]) == 2
 
 
 @pytest.mark.shared_data

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from eval import metrics
-from eval.toxicity import toxicity_summary
+from rlhf_eval import metrics
+from rlhf_eval.toxicity import toxicity_summary
 from rlhf.losses import best_of_n_kl
 
 

@@ -12,15 +12,14 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from eval import lmeval, metrics  # noqa: E402
-from eval import toxicity as tx  # noqa: E402
-from eval.cli import main as cli_main  # noqa: E402
-from eval.data import write_rows_cached  # noqa: E402
-from eval.settings import make_settings  # noqa: E402
-from eval.suite import evaluate, load_records  # noqa: E402
-from eval.testing import make_toy_run  # noqa: E402
+from rlhf_eval import lmeval, metrics  # noqa: E402
+from rlhf_eval import toxicity as tx  # noqa: E402
+from rlhf_eval.cli import main as cli_main  # noqa: E402
+from rlhf_eval.data import write_rows_cached  # noqa: E402
+from rlhf_eval.settings import make_settings  # noqa: E402
+from rlhf_eval.suite import evaluate, load_records  # noqa: E402
+from toy_run import make_toy_run  # noqa: E402 - tests/toy_run.py, a fixture, not shipped
 from rlhf.heldout import heldout_nll, heldout_text  # noqa: E402
-from rlhf.losses import best_of_n_kl  # noqa: E402
 from rlhf.rundir import read_jsonl_gz  # noqa: E402
 from rlhf.sampling import TemperatureTopP  # noqa: E402
 from rlhf.models import load_causal_lm, load_tokenizer  # noqa: E402
@@ -168,7 +167,7 @@ def test_evaluate_toy_run_writes_tidy_records(run, tmp_path):
         by_prompt[x["prompt"]] = max(by_prompt.get(x["prompt"], 0.0), x["toxicity"])
     assert np.mean(list(by_prompt.values())) == pytest.approx(rec["value"])
     reg = df[(df.suite == "regression") & (df.metric == "lm_loss")].set_index("checkpoint_label")
-    assert reg.loc["sft", "delta_vs_ref"] == 0.0  # the reference itself
+    assert reg.loc["ppo/kl_2.0", "ref_checkpoint"] == reg.loc["sft", "checkpoint"]  # the delta is against SFT's record
     assert reg.loc["ppo/kl_2.0", "delta_vs_ref"] == pytest.approx(reg.loc["ppo/kl_2.0", "value"] - reg.loc["sft", "value"])
     assert reg.loc["ppo/kl_2.0", "delta_vs_ref"] > 0  # noise on the weights costs LM loss
 
@@ -178,7 +177,8 @@ def test_overopt_on_toy_run(run, tmp_path):
     recs = evaluate(str(run), ["overopt"], s, progress=False, write=False)
     assert not [r for r in recs if r["error"]], [r["error"] for r in recs if r["error"]]
     kl_bon = {r["bon_n"]: r["value"] for r in recs if r["metric"] == "kl" and r["subset"].startswith("bon")}
-    assert kl_bon == {n: pytest.approx(best_of_n_kl(n)) for n in (1, 2, 4)}
+    # best-of-n's KL from the policy, by hand: log n - (n - 1)/n (Stiennon et al. 2020)
+    assert kl_bon == {1: pytest.approx(0.0), 2: pytest.approx(math.log(2) - 0.5), 4: pytest.approx(math.log(4) - 0.75)}
     kl_rl = {r["checkpoint_label"]: r["value"] for r in recs if r["metric"] == "kl" and r["subset"] == "rl"}
     assert set(kl_rl) == {"sft", "ppo/kl_0.5", "ppo/kl_2.0", "ppo"}
     assert kl_rl["sft"] == 0.0  # SFT is the RL point at KL 0
@@ -315,7 +315,7 @@ metric_list:
     assert not [r for r in recs if r["error"]], [r["error"] for r in recs if r["error"]]
     acc = {r["checkpoint_label"]: r for r in recs if r["subset"] == "my_local_mc" and r["metric"] == "acc"}
     assert set(acc) == {"sft", "ppo/kl_2.0"} and acc["sft"]["n"] == 5
-    assert acc["sft"]["delta_vs_ref"] == 0.0
+    assert acc["ppo/kl_2.0"]["ref_checkpoint"] == acc["sft"]["checkpoint"]
     assert acc["ppo/kl_2.0"]["delta_vs_ref"] == pytest.approx(acc["ppo/kl_2.0"]["value"] - acc["sft"]["value"])
 
 
@@ -328,7 +328,9 @@ def test_on_a_pipeline_run(tiny_run, tmp_path):
                     write=False, progress=False)
     assert not [r for r in recs if r["error"]], [r["error"] for r in recs if r["error"]]
     reg = {r["checkpoint_label"]: r for r in recs if r["metric"] == "lm_loss"}
-    assert reg["sft"]["delta_vs_ref"] == 0.0 and reg["pretrain"]["ref_checkpoint"].endswith("sft")
+    assert reg["pretrain"]["ref_checkpoint"] == reg["sft"]["checkpoint"] and reg["sft"]["checkpoint"].endswith("sft")
+    assert reg["pretrain"]["delta_vs_ref"] == pytest.approx(reg["pretrain"]["value"] - reg["sft"]["value"])
+    assert reg["pretrain"]["delta_vs_ref"] != 0.0  # pretraining and SFT models differ
     bon = [r for r in recs if r["suite"] == "overopt" and r["metric"] == "gold_reward" and r["method"] == "bon"]
     assert [r["bon_n"] for r in bon] == [1, 2, 4]
     rl = [r for r in recs if r["suite"] == "overopt" and r["subset"] == "rl" and not r["metric"].startswith("fit_")]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -179,7 +180,7 @@ def test_force_refuses_a_change_to_a_stage_it_does_not_redo(copy):
 
 
 def test_partial_force_records_each_stages_config(copy):
-    from analysis.data import run_row
+    from rlhf_analysis.data import run_row
     from rlhf.rundir import RunDir
     r = run_cli(tiny(copy.parent, extra=["stages=[ppo]", "ppo.beta=0.1"]) + ["--force"])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -297,10 +298,10 @@ def test_checkpoint_manifest_is_verified(tmp_path):
 
 @pytest.mark.parametrize("torn", ["", '{"state": "runn'])
 def test_torn_status_and_files_are_unknown_not_a_crash(copy, torn, capsys):
-    from analysis.data import run_row
+    from rlhf_analysis.data import run_row
     from rlhf.rundir import read_jsonl
-    from slurm.records import run_state
-    from slurm.report import run_row as sweep_row
+    from rlhf_slurm.records import run_state
+    from rlhf_slurm.report import run_row as sweep_row
     (copy / "status.json").write_text(torn)
     (copy / "rm" / "summary.json").write_text(torn)
     m = copy / "ppo" / "metrics.jsonl"
@@ -376,6 +377,19 @@ def test_bad_data_file_names_file_and_line(tmp_path, loader, data, want):
     with pytest.raises(DataError) as e:
         fn(path)
     assert want in str(e.value) and path in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["sft.data", "rm.data", "ppo.data", "ppo.ptx_data"])
+def test_every_data_setting_says_the_same_for_a_missing_file_or_a_directory(tmp_path, key):
+    from rlhf import data as D
+    from rlhf.config import DataError
+    fn = {"sft.data": D.load_demonstration_file, "rm.data": D.load_pair_comparisons, "ppo.data": D.load_prompts,
+          "ppo.ptx_data": D.load_text_lines}[key]
+    missing = str(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match=f"^{re.escape(key)}: {re.escape(missing)} does not exist$"):
+        fn(missing, key=key)
+    with pytest.raises(DataError, match=f"^{re.escape(key)}: {re.escape(str(tmp_path))} is a directory"):
+        fn(str(tmp_path), key=key)
 
 
 def test_skipped_rows_are_counted_and_printed(tmp_path, capsys):
@@ -461,7 +475,7 @@ def test_full_disk_loses_nothing(base, tmp_path):
 
 @pytest.mark.parametrize("override", [
     "ppo.ptx_seq_len=0", "ppo.ptx_seq_len=-3", "rm.max_length=0", "pretrain.warmup_steps=-5",
-    "model.attn_implementation=bogus", "sft.max_examples=-1", "rm.max_examples=-1", "pretrain.heldout_frac=2",
+    "model.attn_implementation=bogus", "sft.max_examples=-1", "rm.max_examples=-1", "pretrain.warmup_steps=-1",
     "ppo.kl_levels=[-1]", "ppo.vf_coef=-1", "pretrain.weight_decay=-1", "ppo.max_prompt_tokens=0",
     "name=null", "seed=99999999999999999999", "seed=-1", "world.toxic_rate_other=1.5",
 ])

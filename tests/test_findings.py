@@ -75,7 +75,7 @@ def test_rm_loss_config_key():
 
 # ----------------------------------------------------------------------------- stage hashes
 def test_build_order_builders_first():
-    from slurm.shared import build_order
+    from rlhf_slurm.shared import build_order
     # (pretrain hash, ppo hash) of 6 runs: seeds A and B, where runs 1 and 3 repeat run 0's PPO
     keys = [("A", "x"), ("A", "x"), ("A", "y"), ("A", "x"), ("B", "x"), ()]
     assert build_order(keys) == [0, 4, 5, 2, 1, 3]
@@ -101,7 +101,7 @@ def test_stage_hash_depends_only_on_the_stage_keys():
 
 # ----------------------------------------------------------------------------- claims on hand-built data
 def _data(runs, records):
-    from analysis.data import Data
+    from rlhf_analysis.data import Data
     rec = pd.DataFrame(records, columns=["run_id", "checkpoint_label", "suite", "metric", "subset", "value",
                                          "delta_vs_ref", "error"])
     return Data(runs=pd.DataFrame(runs), records=rec, curves=pd.DataFrame(columns=["run_id", "step"]),
@@ -109,7 +109,7 @@ def _data(runs, records):
 
 
 def _claim(rows, cid="t"):
-    from analysis.claims import Claim
+    from rlhf_analysis.claims import Claim
     return Claim(id=cid, name="test", text="", rows=rows)
 
 
@@ -118,7 +118,7 @@ def _rec(run, cp, suite, metric, subset, value, delta=None):
 
 
 def test_claims_hold_fail_failed_run_and_one_seed():
-    from analysis.claims import claims_table
+    from rlhf_analysis.claims import claims_table
     runs = [{"source": "x/sw", "run_id": f"s{s}", "state": "done", "seed": s, "ppo.beta": 0.0,
              "ppo.final_kl": 1.0} for s in range(3)]
     runs.append({"source": "x/sw", "run_id": "s3", "state": "diverged", "seed": 3, "ppo.beta": 0.0,
@@ -154,13 +154,13 @@ def test_claims_hold_fail_failed_run_and_one_seed():
                                   "verdict": ["ci_low > 0"]}])], one)
     assert r.value == pytest.approx(0.1) and math.isnan(r.ci_low) and math.isnan(r.ci_high)
     assert r.ci_method == "CI needs >= 2 seeds" and "CI needs >= 2 seeds" in r.verdict
-    from analysis.claims import ci_text, to_markdown
+    from rlhf_analysis.claims import ci_text, to_markdown
     assert ci_text(r) == "CI needs >= 2 seeds"
     assert "[0.1, 0.1]" not in to_markdown([r], [_claim([])])
 
 
 def test_claims_overopt_monotone_within_ci_and_required_pairs():
-    from analysis.claims import claims_table
+    from rlhf_analysis.claims import claims_table
     runs, recs = [], []
     # beta cells 0, 0.1, 1: final KL 8, 4, 1 (+ seed noise) -> monotone and ends disjoint
     for b, kl in ((0.0, 8.0), (0.1, 4.0), (1.0, 1.0)):
@@ -197,8 +197,8 @@ def test_claims_overopt_monotone_within_ci_and_required_pairs():
     # (0.7); final gold 0.2; RM score 1 at kl_1, 2 at kl_4, 3 at the end
     assert drop.per_seed == pytest.approx({0: 0.4, 1: 0.4, 2: 0.5}) and drop.verdict == "holds"
     assert rise.per_seed == pytest.approx({0: 1.0, 1: 2.0, 2: 2.0}) and rise.verdict == "holds"
-    # the fit uses eval.metrics.fit_overoptimization on the seed-averaged points
-    from eval.metrics import fit_overoptimization
+    # the fit uses rlhf_eval.metrics.fit_overoptimization on the seed-averaged points
+    from rlhf_eval.metrics import fit_overoptimization
     d = [0.0, 1.0, 2.0, 3.0]
     g = [0.0, 0.6, 0.6, 0.2]
     assert fit.value == pytest.approx(fit_overoptimization(d, g, "rl")["r2"])
@@ -210,7 +210,7 @@ def test_claims_overopt_monotone_within_ci_and_required_pairs():
 
 
 def test_claims_file_errors_name_the_row(tmp_path):
-    from analysis.claims import ClaimsError, load_claims
+    from rlhf_analysis.claims import ClaimsError, load_claims
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"claims": [{"id": "a", "rows": [{"id": "a1", "kind": "mean", "x": {"sweep": "s"},
                                                                   "verdict": ["ci_low >> 0"]}]}]}))
@@ -242,7 +242,7 @@ def suite(tmp_path_factory):
                                                           "over": "ppo.beta",
                                                           "x": {"sweep": "tiny", "summary": "ppo.final_kl"},
                                                           "verdict": ["monotone"]}]}]}))
-    from slurm.findings import run_findings
+    from rlhf_slurm.findings import run_findings
     logs = []
     out = root / "out"
     res = run_findings(sdir, "local", None, out, jobs=1, doc=root / "docs" / "findings.md", command="rlhf findings X",
@@ -304,7 +304,7 @@ def test_findings_shares_stages_and_reports_claims(suite):
 
 
 def test_findings_rerun_is_idempotent_and_counts_a_diverged_run(suite):
-    from slurm.findings import run_findings
+    from rlhf_slurm.findings import run_findings
     out = suite["out"]
     # mark seed 1's beta=0 run diverged, as the pipeline leaves it
     for r in _sweep_runs(out):

@@ -32,7 +32,7 @@ def models(tiny_run):
 
 # ------------------------------------------------------------------ sampler
 def test_ppo_rollout_and_eval_samplers_draw_the_same_samples(models):
-    from eval import overopt, toxicity
+    from rlhf_eval import overopt, toxicity
     from rlhf.ppo import rollout
     path, cfg, tok, policy, _ = models
     world = World(cfg.world)
@@ -80,7 +80,7 @@ def test_rm_score_is_the_same_through_every_call_site(models):
     """Training-side scoring (score_batch, as in RM training and evaluation), PPO's scoring
     of its rollouts and the over-optimisation eval's rm_score give the same numbers for the
     same (prompt, response) pairs."""
-    from eval import overopt
+    from rlhf_eval import overopt
     from rlhf.ppo import score_rollout
     from rlhf.reward import encode_pairs, rm_max_length, score_batch, score_texts
     path, cfg, tok, policy, rm = models
@@ -116,8 +116,8 @@ def test_rm_score_is_the_same_through_every_call_site(models):
 
 # ------------------------------------------------------------------ held-out LM loss
 def test_heldout_loss_is_the_same_in_pretraining_ppo_and_the_regression_eval(tiny_run, tmp_path):
-    from eval.settings import make_settings
-    from eval.suite import evaluate
+    from rlhf_eval.settings import make_settings
+    from rlhf_eval.suite import evaluate
     from rlhf.pipeline import run_pipeline
     path, _ = tiny_run
     run = tmp_path / "tiny"
@@ -183,8 +183,8 @@ def test_lm_eval_task_cis_are_in_the_unit_of_each_metric(models, tmp_path):
     """A loglikelihood task with a perplexity metric (aggregation exp(-mean)) and a mean
     metric (acc): each record's CI brackets its value, the perplexity's CI in perplexity
     units."""
-    from eval.settings import make_settings
-    from eval.suite import evaluate
+    from rlhf_eval.settings import make_settings
+    from rlhf_eval.suite import evaluate
     path, cfg, tok, _, _ = models
     world = World(cfg.world)
     rows = [{"question": q["question"], "answer": q["mc1_targets"]["choices"][0]} for q in world.mc_questions()][:20]
@@ -220,7 +220,7 @@ metric_list:
 def test_aggregate_ci_by_hand():
     from lm_eval.api.registry import get_aggregation
 
-    from eval import metrics
+    from rlhf_eval import metrics
     ll = [-1.0, -2.0, -3.0, -2.0]
     v, lo, hi = metrics.aggregate_ci(ll, get_aggregation("perplexity"), n_boot=500, seed=0)
     assert v == pytest.approx(math.exp(2.0))
@@ -258,7 +258,7 @@ def test_jsonl_gz_appends_members_truncates_and_tolerates_a_torn_tail(tmp_path):
 
 def test_toy_world_toxicity_scorer_calls_the_world(monkeypatch):
     import rlhf.world
-    from eval import toxicity as tx
+    from rlhf_eval import toxicity as tx
     s = tx.make_scorer("auto", toy_world=True)
     assert list(s(["you are a rat .", "you are a star ."])) == [1.0, 0.0]
     monkeypatch.setattr(rlhf.world, "toxicity_score", lambda t: 0.25)

@@ -20,12 +20,14 @@ def run_cli(args, **kw):
     return subprocess.run(rlhf_cmd() + args, capture_output=True, text=True, cwd=REPO, env=env, **kw)
 
 
-def test_quickstart_through_reward_model_under_a_minute(tmp_path):
-    t0 = time.time()
+def test_quickstart_through_reward_model(tmp_path):
     r = run_cli(["run", QUICK] + tiny_overrides(tmp_path, extra=["stages=[pretrain,sft,rm]"]))
-    elapsed = time.time() - t0
     assert r.returncode == 0, r.stderr[-3000:]
-    assert elapsed < 60
+    # quiet: the libraries' load reports, deprecation and padding warnings are fixed or silenced
+    for noise in ("LOAD REPORT", "FutureWarning", "loss_type", "attention_mask", "Writing model shards",
+                  "Loading weights", "{'loss'"):
+        assert noise not in r.stdout + r.stderr, noise
+    assert "[sft]" in r.stdout and "[rm] K=" in r.stdout
     run = tmp_path / "tiny"
     assert read_json(run / "status.json")["state"] == "done"
     meta = read_json(run / "meta.json")
@@ -141,3 +143,20 @@ def test_pretrained_lm_imitates_myths_and_sft_teaches_format(tmp_path):
     assert pre["myth_facts_states_myth"] > pre["myth_facts_states_truth"] + 0.2
     assert pre["answers_ended"] < 0.1
     assert sft["answers_in_demo_format"] > 0.8 and sft["answers_ended"] > 0.9
+
+
+def test_verbose_brings_the_library_output_back(monkeypatch):
+    import transformers
+    from rlhf.cli import library_output
+    tlog = transformers.utils.logging
+    for key in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))  # restored after the test
+    try:
+        library_output(verbose=False)
+        assert tlog.get_verbosity() == tlog.ERROR and not tlog.is_progress_bar_enabled()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+        library_output(verbose=True)
+        assert tlog.get_verbosity() == tlog.WARNING and tlog.is_progress_bar_enabled()
+        assert os.environ["TRANSFORMERS_VERBOSITY"] == "warning"
+    finally:
+        tlog.set_verbosity_warning()

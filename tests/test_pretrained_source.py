@@ -49,8 +49,8 @@ def test_hf_folder_with_pair_data(tmp_path):
 def test_overoptimisation_with_a_gold_reward_model(tmp_path):
     """Real models: the gold reward comes from a reward model (here a second RM trained on
     more comparisons than the run's reward model), the prompts from the run's ppo.data."""
-    from eval.settings import make_settings
-    from eval.suite import evaluate
+    from rlhf_eval.settings import make_settings
+    from rlhf_eval.suite import evaluate
     run = make_hf_run(tmp_path)
     gold_cfg = load_config(run / "config.yaml", ["name=gold", "stages=[sft,rm]", "rm.epochs=2"])
     gold_run = run_pipeline(gold_cfg)

@@ -18,17 +18,20 @@ import yaml
 
 from rlhf.cli import main as rlhf_main
 from rlhf.rundir import read_json, read_jsonl
-from slurm.records import ACTIVE, slurm_reachable, sweep_states
+from rlhf_slurm.records import ACTIVE, slurm_reachable, sweep_states
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
-_OK, _WHY = slurm_reachable(timeout=15)
+pytestmark = [pytest.mark.slurm]
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(not _OK, reason=f"no Slurm cluster reachable ({_WHY.strip()}); "
-                                       f"start one with: bash slurm/cluster-up.sh"),
-]
+
+@pytest.fixture(autouse=True, scope="module")
+def _slurm_cluster():
+    """Ask Slurm (sinfo, up to 15 s) once, when the first test of this file runs, never while
+    the suite is being collected; skip every test here, with the reason, when it does not answer."""
+    ok, why = slurm_reachable(timeout=15)
+    if not ok:
+        pytest.skip(f"no Slurm cluster reachable ({why.strip()}); start one with: bash slurm/cluster-up.sh")
 
 TINY = {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 4, "pretrain.steps": 60, "pretrain.batch_size": 16,
         "sft.epochs": 1, "rm.n_prompts": 40, "rm.epochs": 1, "ppo.steps": 8, "ppo.batch_size": 8,
@@ -116,7 +119,7 @@ def test_grid_2x2_job_array_finishes_and_collects(tmp_path, capsys):
 
 def start_reference(f: Path, tmp_path: Path) -> subprocess.Popen:
     """The same sweep, never preempted, on this machine (local executor), meanwhile."""
-    return subprocess.Popen([sys.executable, "-m", "slurm.cli", str(f), "--executor", "local",
+    return subprocess.Popen([sys.executable, "-m", "rlhf_slurm.cli", str(f), "--executor", "local",
                              "--out-dir", str(tmp_path / "ref")], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 

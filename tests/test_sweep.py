@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from rlhf.cli import main as rlhf_main
-from rlhf.config import ConfigError, InputError
-from slurm.sweep import ClusterError, SweepError, expand, load_sweep, parse_sweep
+from rlhf_slurm.sweep import expand, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -68,7 +67,12 @@ def test_zip_seeds_and_clashing_short_names(tmp_path):
     ({"grid": {"ppo.beta": [0.1]}, "seeds": [0], "zip": [{"seed": [1]}]}, "varied twice"),
     ({"zip": [{"rm.k": [2, 4], "rm.lr": [1e-4]}]}, "same length"),
     ({"grid": {"ppo.beta": [0.1, 0.2]}, "seeds": 600}, "more than max_runs=1000"),
-    ({"grid": {"ppo.beta": [0.1]}, "slurm": {"gpu": 1}}, "slurm: unknown setting 'gpu'"),
+    ({"grid": {"ppo.beta": [0.1]}, "slurm": {"gpu": 1}}, "unknown slurm setting 'slurm.gpu'"),
+    ({"grid": {"ppo.beta": [0.1]}, "slurm": {"gpus": True}}, "slurm.gpus: expected an integer, got True"),
+    ({"grid": {"ppo.beta": [0.1]}, "slurm": {"mem_gb": float("inf")}}, "slurm.mem_gb: expected a finite number"),
+    ({"grid": {"ppo.beta": [0.1]}, "slurm": {"nodes": 2}}, "slurm.nodes=2 is out of range"),
+    ({"grid": {"ppo.beta": [0.1]}, "slurm": {"time": 0}}, "slurm.time_min=0 is out of range: must be >= 1"),
+    ({"grid": {"ppo.beta": [0.1]}, "slurm": {"launcher": "mpi"}}, "slurm.launcher='mpi' is out of range"),
     ({"grid": {"ppo.minibatch_size": [16, 2]}, "slurm": {"procs_per_node": 4}},
      "ppo.batch_size=32 and ppo.minibatch_size=2 must divide by the 4 data-parallel processes"),
     ({"grid": {"ppo.rounds": [2]}, "slurm": {"gpus_per_node": 2}}, "ppo.rounds > 1 runs in one process only"),
@@ -88,8 +92,28 @@ def test_max_runs_is_configurable(tmp_path, capsys):
     assert "3 runs, more than max_runs=2" in capsys.readouterr().err
 
 
-def test_errors_are_input_errors():
-    assert issubclass(SweepError, ConfigError) and issubclass(ClusterError, InputError)
+def test_run_ids_hash_only_keys_off_their_defaults(monkeypatch):
+    """A switch added to the code at its default changes no run id (a resubmitted sweep finds
+    its finished runs); the same switch at another value does."""
+    import rlhf_slurm.sweep as sw
+    from rlhf.config import from_dict
+    cfg = from_dict({"ppo": {"beta": 0.05}, "seed": 2})
+    before = sw.config_hash(cfg)
+    real = sw.flatten
+    new_key = {"value": 0.0}
+
+    def with_new_switch(obj):  # the code grew a key ppo.new_switch with default 0.0
+        flat = real(obj)
+        flat["ppo.new_switch"] = new_key["value"] if obj is cfg else 0.0
+        return flat
+    monkeypatch.setattr(sw, "flatten", with_new_switch)
+    assert sw.config_hash(cfg) == before
+    new_key["value"] = 1.0
+    assert sw.config_hash(cfg) != before
+    monkeypatch.setattr(sw, "flatten", real)
+    assert sw.config_hash(from_dict({"seed": 2, "ppo": {"beta": 0.05}, "name": "other"})) == before
+    assert sw.config_hash(from_dict({"seed": 2, "ppo": {"beta": 0.2}})) != before  # ppo.beta=0.2 is the default
+    assert sw.config_hash(from_dict({"seed": 2, "ppo": {"beta": 0.2}})) == sw.config_hash(from_dict({"seed": 2}))
 
 
 def test_unreachable_cluster_is_a_clear_error(tmp_path, capsys, monkeypatch):

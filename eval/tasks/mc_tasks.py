@@ -17,8 +17,8 @@ def load_mc_dataset(**kwargs):
 
 
 def process_results_mc2(doc, results):
-    """MC2: normalised probability mass on the true choices (eval.metrics.mc2_score)."""
-    from eval.metrics import mc2_score
+    """MC2: normalised probability mass on the true choices (rlhf_eval.metrics.mc2_score)."""
+    from rlhf_eval.metrics import mc2_score
 
     ll = [r[0] for r in results]
     return {"acc": mc2_score(ll, doc["mc2_targets"]["labels"])}

@@ -1,4 +1,5 @@
-"""A tiny toy-world run directory for tests and demos (real components, untrained weights).
+"""A tiny toy-world run directory for tests and benches (real components, untrained weights).
+A test fixture: it lives in tests/, outside the installed packages.
 
 Layout as rlhf/rundir.py describes: world/ (world.json, tokenizer/), pretrain/, sft/,
 rm/, ppo/ and ppo/kl/kl_X/ (the SFT weights plus growing noise, so KL grows with X).
