@@ -3,7 +3,7 @@
 Data (the local copies in ``data_dir`` or the hub datasets by name) -> rows in one schema
 -> lm-eval tasks ``rlhf_crows_pairs`` and ``rlhf_bbq`` (``eval/tasks``) -> one result per
 item -> the metrics below, overall and per bias type / category, with bootstrap CIs from
-``eval.metrics``.
+``rlhf_eval.metrics``.
 
 CrowS-Pairs: each pair is scored by the total log-likelihood of each sentence given the
 model's prefix token (BOS, else EOS), as lm-eval's ``crows_pairs_english`` does. Records:
@@ -32,7 +32,7 @@ category and over all categories (``all``), subsets ``<category>/ambig`` and
 BBQ CIs are a cluster bootstrap: templates (category, ``question_index``) are resampled,
 since the items of one template differ only in names, order and polarity; each resample's
 value is computed from the summed counts (:func:`bbq_scores_from_counts`), via
-``eval.metrics.bootstrap_ci``.
+``rlhf_eval.metrics.bootstrap_ci``.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from rlhf.data import looks_like_path
+
 from . import metrics
-from .data import DataError, _hub, _looks_like_path, write_rows_cached
+from .data import DataError, _hub, write_rows_cached
 from .settings import EvalSettings
 
 DATASETS = ("crows_pairs", "bbq")
@@ -243,7 +245,7 @@ def _source(setting: str, default_local: Optional[Path], what: str) -> tuple[str
         p = Path(setting).expanduser()
         if p.exists():
             return "local", p
-        if _looks_like_path(setting):
+        if looks_like_path(setting):
             raise DataError(f"{what}: dataset file {setting} does not exist")
         return "hub", setting
     if default_local is not None and default_local.exists():

@@ -269,7 +269,7 @@ def run_truthfulqa(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> N
 
 
 def run_bias(ctx: Context, cp: Checkpoint, model, tok, rec: Recorder) -> None:
-    """CrowS-Pairs and BBQ through lm-eval (``eval.bias``): per bias type / category records,
+    """CrowS-Pairs and BBQ through lm-eval (``rlhf_eval.bias``): per bias type / category records,
     each item's log-likelihoods and answer kept in ``eval/samples/<label>/bias-<dataset>.jsonl.gz``."""
     from . import bias, lmeval
     s = ctx.s

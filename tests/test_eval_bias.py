@@ -13,12 +13,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from eval import bias  # noqa: E402
-from eval.cli import main as cli_main  # noqa: E402
-from eval.data import DataError  # noqa: E402
-from eval.settings import SettingsError, make_settings  # noqa: E402
-from eval.suite import evaluate, load_records  # noqa: E402
-from eval.testing import make_toy_run  # noqa: E402
+from rlhf_eval import bias  # noqa: E402
+from rlhf_eval.cli import main as cli_main  # noqa: E402
+from rlhf_eval.data import DataError  # noqa: E402
+from rlhf_eval.settings import SettingsError, make_settings  # noqa: E402
+from rlhf_eval.suite import evaluate, load_records  # noqa: E402
+from toy_run import make_toy_run  # noqa: E402
 from rlhf.models import load_causal_lm, load_tokenizer  # noqa: E402
 from rlhf.rundir import read_jsonl_gz  # noqa: E402
 
@@ -172,7 +172,7 @@ def test_bias_suite_end_to_end_matches_hand_computation(run, tmp_path):
     """Real lm-eval on the toy run's SFT model over small fixture files (world words, so the
     word-level tokenizer tells the sentences apart): every record recomputed from
     log-likelihoods taken straight from the model."""
-    from eval.testing import tiny_world
+    from toy_run import tiny_world
     words = [w for w in tiny_world(0).vocabulary_words() if w.isalpha()]
     pairs = [(f"{words[i]} {words[i + 1]} {words[i + 2]} .", f"{words[i + 3]} {words[i + 1]} {words[i + 2]} .",
               "gender" if i % 2 else "race-color") for i in range(0, 30, 3)]
