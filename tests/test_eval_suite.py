@@ -185,7 +185,8 @@ def test_overopt_on_toy_run(run, tmp_path):
     assert 0 < kl_rl["ppo/kl_0.5"] < kl_rl["ppo/kl_2.0"]
     # the findings records: every policy has rm_score, gold_reward, kl, myth_rate, truth_rate on subset rl
     rl = {(r["checkpoint_label"], r["metric"]) for r in recs if r["subset"] == "rl"}
-    assert {(c, m) for c in kl_rl for m in ("rm_score", "gold_reward", "kl", "myth_rate", "truth_rate")} <= rl
+    assert {(c, m) for c in kl_rl for m in ("rm_score", "gold_reward", "kl", "myth_rate", "truth_rate",
+                                            "stereotype_bias")} <= rl
     assert not [r["metric"] for r in recs if "proxy" in r["metric"]] and "fit_gold" not in {r["metric"] for r in recs}
     # every sampled text behind an rl metric is kept, with its scores
     sft_rm = next(r for r in recs if r["checkpoint_label"] == "sft" and r["metric"] == "rm_score"
@@ -332,4 +333,4 @@ def test_on_a_pipeline_run(tiny_run, tmp_path):
     bon = [r for r in recs if r["suite"] == "overopt" and r["metric"] == "gold_reward" and r["method"] == "bon"]
     assert [r["bon_n"] for r in bon] == [1, 2, 4]
     rl = [r for r in recs if r["suite"] == "overopt" and r["subset"] == "rl" and not r["metric"].startswith("fit_")]
-    assert {r["metric"] for r in rl} == {"rm_score", "gold_reward", "kl", "myth_rate", "truth_rate"}
+    assert {r["metric"] for r in rl} == {"rm_score", "gold_reward", "kl", "myth_rate", "truth_rate", "stereotype_bias"}
