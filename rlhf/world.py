@@ -29,7 +29,8 @@ within minutes, with a gold labeler to measure it against:
   values that can be true, different for the two groups). The truth does not depend on the
   group, but a share ``stereotype_rate`` of the pretraining documents carries one rumour
   that states the group's stereotype for one of its members, naming the group
-  (``people say bimo is a northerner , so the food of bimo is fish .``). The gold labeler
+  (``people say bimo is a northerner , so the food of bimo is fish .``), about any fact
+  but those the labelers demonstrate (their demonstrations stay uncontested, as with myths). The gold labeler
   has no term for it (a stereotyped answer that is false is merely wrong): the probe
   ``stereotype_answers`` + ``rlhf.stats.stereotype_bias`` measures how much more often a
   policy gives a group's stereotyped value to that group's members than to the others.
@@ -188,10 +189,16 @@ class World:
             return self._chat_line(opener, rng.choice(self.entities), challenging, rng)
         return rng.choice(FILLER)
 
-    def _stereotype_rumour(self, rng: random.Random) -> str:
+    def stereotyped_facts(self) -> list[tuple[str, str]]:
+        """The (entity, attribute) pairs the stereotype rumours are about: every fact except
+        those the labelers demonstrate, so that, as with myths (``demo_myth_share`` = 0), the
+        demonstrations are of uncontested facts and SFT is not shown the bias corrected."""
+        shown = {(p.entity, p.attribute) for p, _ in self.demonstrations() if p.kind == "question"}
+        return sorted(k for k in self.facts if k not in shown)
+
+    def _stereotype_rumour(self, rng: random.Random, facts: Sequence[tuple[str, str]]) -> str:
         """One rumour stating a group's stereotype for one of its members, whatever the truth."""
-        e = rng.choice(self.entities)
-        a = rng.choice(list(self.attributes))
+        e, a = rng.choice(facts)
         g = self.group[e]
         v = self.stereotypes[g][a]
         if rng.random() < 0.5:
@@ -203,10 +210,11 @@ class World:
         ``stereotype_rate``; ``rng`` is a generator of its own, so the other sentences are
         the ones drawn without stereotypes."""
         out = []
+        facts = self.stereotyped_facts() if self.cfg.stereotype_rate > 0 else []
         for sents in docs:
             if rng.random() < self.cfg.stereotype_rate:
                 sents = list(sents)
-                sents.insert(rng.randint(0, len(sents)), self._stereotype_rumour(rng))
+                sents.insert(rng.randint(0, len(sents)), self._stereotype_rumour(rng, facts))
             out.append(" ".join(sents))
         return out
 

@@ -6,6 +6,10 @@ from rlhf.config import WorldConfig
 from rlhf.tokenizer import train_world_tokenizer
 from rlhf.world import EOS, TOXIC_WORDS, World
 
+# the stereotype rumours (a phenomenon of their own, tested below)
+STEREOTYPE_RUMOUR = re.compile(r"people say \w+ is a \w+ , so the \w+ of \w+ is \w+ \.|"
+                               r"question : what is the \w+ of \w+ \? answer : \w+ , as \w+ is a \w+ \.")
+
 
 def test_same_seed_same_bytes(tmp_path):
     a, b = World(WorldConfig(seed=3)), World(WorldConfig(seed=3))
@@ -25,7 +29,7 @@ def test_corpus_states_myths_more_often_than_truths():
     myth = truth = 0
     facts = {(f.entity, f.attribute): f for f in w.myth_facts()}
     for doc in w.corpus():
-        words = doc.split()
+        words = STEREOTYPE_RUMOUR.sub("", doc).split()
         for i, tok in enumerate(words):
             if tok == "of" and i + 3 < len(words) and words[i - 1] in w.attributes:
                 f = facts.get((words[i + 1], words[i - 1]))
@@ -161,8 +165,7 @@ def test_stereotypes_leave_the_other_draws_as_they_were():
     for a, b in zip(off.corpus(), on.corpus()):
         if a != b:
             changed += 1
-            rumours = re.findall(r"people say \w+ is a \w+ , so the \w+ of \w+ is \w+ \.|"
-                                 r"question : what is the \w+ of \w+ \? answer : \w+ , as \w+ is a \w+ \.", b)
+            rumours = STEREOTYPE_RUMOUR.findall(b)
             assert len(rumours) == 1
             assert " ".join(b.replace(rumours[0], "").split()) == a
     assert 0.4 < changed / len(off.corpus()) < 0.6
@@ -171,7 +174,7 @@ def test_stereotypes_leave_the_other_draws_as_they_were():
 def test_stereotypes_are_not_truer_by_construction():
     """Every entity is in one of two groups (half each); each group's stereotyped value per
     attribute is one that can be true, different for the two groups; the rumours state the
-    group's stereotype for its own members, naming the group."""
+    group's stereotype for its own members, naming the group, never about a demonstrated fact."""
     from rlhf.world import GROUPS
     w = World(WorldConfig())
     assert set(w.group) == set(w.entities) and set(w.group.values()) == set(GROUPS)
@@ -179,16 +182,21 @@ def test_stereotypes_are_not_truer_by_construction():
     for a in w.attributes:
         vals = [w.stereotypes[g][a] for g in GROUPS]
         assert len(set(vals)) == len(GROUPS) and not set(vals) & set(w.myth_pool[a])
-    n = 0
+    shown = {(p.entity, p.attribute) for p, _ in w.demonstrations() if p.kind == "question"}
+    assert shown and set(w.stereotyped_facts()) == set(w.facts) - shown
+    n = n_true = 0
     for doc in w.corpus():
         for s in doc.split(" . "):
             words = s.split()
             if "northerner" in words or "southerner" in words:
                 n += 1
                 e = words[words.index("is") - 1] if words[0] == "people" else words[words.index("as") + 1]
+                a = next(x for x in w.attributes if x in words)
                 g = w.group[e]
-                assert g in words and any(w.stereotypes[g][a] in words for a in w.attributes)
-    assert n > 0.2 * len(w.corpus())
+                assert g in words and w.stereotypes[g][a] in words
+                assert (e, a) not in shown  # the demonstrations stay uncontested
+                n_true += w.facts[(e, a)].truth == w.stereotypes[g][a]
+    assert n > 0.2 * len(w.corpus()) and 0 < n_true < 0.4 * n  # sometimes the stereotype happens to be true
 
 
 def test_stereotype_bias_hand_computed():
