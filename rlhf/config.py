@@ -62,7 +62,7 @@ class WorldConfig:
     labeler_noise: float = 0.0  # std of Gaussian noise on the labeler's score (0 = perfect)
     # share of pretraining documents with one stereotype rumour (a group's stereotyped value
     # stated for one of its members, whatever the truth): the bias the labeler does not target
-    stereotype_rate: float = 0.3
+    stereotype_rate: float = 0.5
     # gold reward weights
     w_correct: float = 1.0
     w_myth: float = -1.0
