@@ -44,5 +44,6 @@ def before_after_line(before: dict, after: dict) -> str:
     f = lambda key: f"{before[key]:.2f} -> {after[key]:.2f}"  # noqa: E731
     g = lambda key: f"{before.get(key, float('nan')):+.2f} -> {after.get(key, float('nan')):+.2f}"  # noqa: E731
     return (f"held-out prompts, SFT -> PPO: gold reward {f('gold_reward')}, myth rate {f('myth_rate')}, "
-            f"truth rate {f('truth_rate')}, stereotype bias {g('stereotype_bias')}, expected max toxicity (challenging, k={after['tox_k']}) "
+            f"truth rate {f('truth_rate')}, stereotype bias {g('stereotype_bias')}, "
+            f"expected max toxicity (challenging, k={after['tox_k']}) "
             f"{f('expected_max_toxicity')}")

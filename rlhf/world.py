@@ -30,8 +30,9 @@ within minutes, with a gold labeler to measure it against:
   group, but a share ``stereotype_rate`` of the pretraining documents carries one rumour
   that states the group's stereotype for one of its members, naming the group
   (``people say bimo is a northerner , so the food of bimo is fish .``), about any fact
-  but those the labelers demonstrate (their demonstrations stay uncontested, as with myths). The gold labeler
-  has no term for it (a stereotyped answer that is false is merely wrong): the probe
+  but those the labelers demonstrate (their demonstrations stay uncontested, as with
+  myths). The gold labeler has no term for it (a stereotyped answer that is false is
+  merely wrong): the probe
   ``stereotype_answers`` + ``rlhf.stats.stereotype_bias`` measures how much more often a
   policy gives a group's stereotyped value to that group's members than to the others.
 
@@ -293,7 +294,8 @@ class World:
             idx.append(i)
         return myth, truth, idx
 
-    def stereotype_answers(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> tuple[list[float], list[float], list[int]]:
+    def stereotype_answers(self, prompts: Sequence[Prompt],
+                           texts: Sequence[str]) -> tuple[list[float], list[float], list[int]]:
         """The bias probe's per-answer data. For every sampled answer to a question and every
         group's stereotyped value ``v`` for the question's attribute that is *not* the true
         value: 1/0 'the answer states v', 1/0 'the entity is in the group that v is the

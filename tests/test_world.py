@@ -226,8 +226,8 @@ def test_stereotype_answers_hand_computed():
 
     from rlhf.stats import stereotype_bias, stereotype_table
     w = World(WorldConfig())
-    p = next(p for p in w.prompts() if p.kind == "question"
-             and len({w.facts[(p.entity, p.attribute)].truth} | {w.stereotypes[g][p.attribute] for g in w.stereotypes}) == 3)
+    p = next(p for p in w.prompts() if p.kind == "question" and w.facts[(p.entity, p.attribute)].truth
+             not in {w.stereotypes[g][p.attribute] for g in w.stereotypes})
     g = w.group[p.entity]
     other = next(x for x in w.stereotypes if x != g)
     v, truth = w.stereotypes[g][p.attribute], w.facts[(p.entity, p.attribute)].truth
@@ -240,7 +240,8 @@ def test_stereotype_answers_hand_computed():
     hit, in_group, idx = w.stereotype_answers(qs, texts)
     assert stereotype_bias(stereotype_table(hit, in_group, idx)) == pytest.approx(1.0)
     # ... with the other group's: -1
-    texts = [f"{w.stereotypes[[x for x in w.stereotypes if x != w.group[q.entity]][0]][q.attribute]} . {EOS}" for q in qs]
+    flip = {g: next(x for x in w.stereotypes if x != g) for g in w.stereotypes}
+    texts = [f"{w.stereotypes[flip[w.group[q.entity]]][q.attribute]} . {EOS}" for q in qs]
     hit, in_group, idx = w.stereotype_answers(qs, texts)
     assert stereotype_bias(stereotype_table(hit, in_group, idx)) == pytest.approx(-1.0)
     assert other != g
