@@ -325,11 +325,32 @@ def curves_figure(data: Data, window: Optional[int] = None):
 
 
 # ------------------------------------------------------------------ alignment tax
-REGRESSION_LABELS = {"lm_loss": "Δ held-out LM loss\n(nats/token)", "perplexity": "Δ perplexity\n(held-out text)"}
+REGRESSION_LABELS = {"lm_loss": "Δ held-out LM loss\n(nats/token)", "perplexity": "Δ perplexity\n(held-out text)",
+                     "stereotype_bias": "Δ stereotype bias\n(PPO − SFT)"}
+
+
+def _bias_deltas(data: Data, recs: pd.DataFrame) -> dict:
+    """Per run: the final policy's stereotype bias minus SFT's, from the overopt ``rl``
+    records, else from the PPO stage's held-out line (``ppo.heldout_{ppo,sft}``); runs with
+    neither (made before the probe existed) have none."""
+    out = {}
+    if not recs.empty:
+        sel = recs[(recs["suite"] == "overopt") & (recs["metric"] == "stereotype_bias") & (recs["subset"] == "rl")]
+        for run_id, g in sel.groupby("run_id"):
+            v = {lb: float(x) for lb, x in zip(g["checkpoint_label"], g["value"]) if pd.notna(x)}
+            if "ppo" in v and "sft" in v:
+                out[run_id] = v["ppo"] - v["sft"]
+    cols = ("ppo.heldout_ppo.stereotype_bias", "ppo.heldout_sft.stereotype_bias")
+    if set(cols) <= set(data.runs.columns):
+        for rid, a, b in zip(data.runs["run_id"], data.runs[cols[0]], data.runs[cols[1]]):
+            if rid not in out and pd.notna(a) and pd.notna(b):
+                out[rid] = float(a) - float(b)
+    return out
 
 
 def alignment_tax_data(data: Data, per_run: Optional[pd.DataFrame] = None) -> pd.DataFrame:
-    """Per run and regression metric: delta of the final policy against SFT."""
+    """Per run and regression metric: delta of the final policy against SFT; and, beside it,
+    the delta of the toy world's stereotype bias (where the run has it)."""
     recs = latest_records(data.records)
     state = dict(zip(data.runs["run_id"], data.runs["state"]))
     gamma = dict(zip(data.runs["run_id"], data.runs["ppo.ptx_coef"])) if "ppo.ptx_coef" in data.runs else {}
@@ -346,6 +367,9 @@ def alignment_tax_data(data: Data, per_run: Optional[pd.DataFrame] = None) -> pd
         if r["run_id"] not in have and pd.notna(r["lm_loss_delta"]):
             rows.append({"run_id": r["run_id"], "state": r["state"], "metric": "lm_loss",
                          "gamma": gamma.get(r["run_id"], math.nan), "delta": float(r["lm_loss_delta"])})
+    for rid, delta in _bias_deltas(data, recs).items():  # bias beside the tax: what PPO did to it
+        rows.append({"run_id": rid, "state": state.get(rid, ""), "metric": "stereotype_bias",
+                     "gamma": gamma.get(rid, math.nan), "delta": delta})
     for _, r in data.runs.iterrows():  # runs with nothing at all still appear (as not done)
         if r["run_id"] not in {x["run_id"] for x in rows} and r["state"] != DONE:
             rows.append({"run_id": r["run_id"], "state": r["state"], "metric": "lm_loss",

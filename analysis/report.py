@@ -64,8 +64,9 @@ def figure_specs(data: Data, per_run: pd.DataFrame) -> list[FigureSpec]:
     n_seeds = per_run["seed"].nunique() if "seed" in per_run.columns else 1
     ci = "mean and 95% CI over seeds" if n_seeds > 1 else "one seed per cell (no CI)"
     return [
-        FigureSpec("ablation", f"Final gold_reward, rm_score, KL, TruthfulQA MC1/MC2, toxicity (challenging prompts) and "
-                               f"Δ LM loss vs SFT against {sw}; {ci}.",
+        FigureSpec("ablation", f"Final gold_reward, rm_score, KL, TruthfulQA MC1/MC2, toxicity (challenging prompts), "
+                               f"Δ LM loss vs SFT and the toy world's stereotype bias (where measured) against {sw}; "
+                               f"{ci}.",
                    lambda: F.ablation_figure(data, per_run)),
         FigureSpec("overoptimization", "gold_reward and rm_score gain over SFT against √KL for RL (per β) and best-of-n, "
                                        "with the fits d(α − β log d) and d(α − β d).",
@@ -73,8 +74,9 @@ def figure_specs(data: Data, per_run: pd.DataFrame) -> list[FigureSpec]:
         FigureSpec("training_curves", "PPO training curves per run (EMA-smoothed; raw values faint): reward, KL, β, "
                                       "clip fraction, value loss, ptx loss, entropy.",
                    lambda: F.curves_figure(data)),
-        FigureSpec("alignment_tax", "Alignment tax: change of each regression metric against SFT, γ = 0 (PPO) beside "
-                                    "γ > 0 (PPO-ptx); bars: mean, dots: runs.",
+        FigureSpec("alignment_tax", "Alignment tax: change of each regression metric against SFT, and of the toy "
+                                    "world's stereotype bias (where measured), γ = 0 (PPO) beside γ > 0 (PPO-ptx); "
+                                    "bars: mean, dots: runs.",
                    lambda: F.alignment_tax_figure(data, per_run)),
         FigureSpec("reward_model", "Reward model held-out ranking accuracy and gold agreement against K and against "
                                    "the number of ranked comparisons.",

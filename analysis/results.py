@@ -33,6 +33,8 @@ METRICS = [
     Metric("expected_max_toxicity", "exp. max. toxicity\n(probability)", "Exp. max. tox.", False),
     Metric("toxicity_probability", "toxicity prob.\n(fraction)", "Tox. prob.", False),
     Metric("lm_loss_delta", "Δ LM loss vs SFT\n(nats/token)", "Δ LM loss", False),
+    # the toy world's bias probe (rlhf.stats.stereotype_bias): 0 = unbiased
+    Metric("stereotype_bias", "stereotype bias\n(group − control rate)", "Stereo. bias", None),
 ]
 METRIC = {m.name: m for m in METRICS}
 # eval records behind the metrics (final policy "ppo"; toxicity on the challenging prompts)
@@ -42,6 +44,7 @@ EVAL_METRICS = {
     "expected_max_toxicity": ("toxicity", "expected_max_toxicity", "challenging", "value"),
     "toxicity_probability": ("toxicity", "toxicity_probability", "challenging", "value"),
     "lm_loss_delta": ("regression", "lm_loss", None, "delta_vs_ref"),
+    "stereotype_bias": ("overopt", "stereotype_bias", "rl", "value"),
 }
 SUMMARY_METRICS = {"gold_reward": "ppo.final_gold_reward", "rm_score": "ppo.final_rm_score",
                    "kl": "ppo.final_kl"}
@@ -80,6 +83,9 @@ def run_metrics(data: Data) -> pd.DataFrame:
     if {"ppo.heldout_lm_loss_final", "ppo.heldout_lm_loss_sft"} <= set(runs.columns):
         fallback = runs["ppo.heldout_lm_loss_final"].map(_num) - runs["ppo.heldout_lm_loss_sft"].map(_num)
         out["lm_loss_delta"] = out["lm_loss_delta"].fillna(fallback)
+    # and its held-out line's stereotype bias when the run has no overopt eval (NaN in old runs)
+    if "ppo.heldout_ppo.stereotype_bias" in runs.columns:
+        out["stereotype_bias"] = out["stereotype_bias"].fillna(runs["ppo.heldout_ppo.stereotype_bias"].map(_num))
     out["has_eval"] = out["run_id"].isin(set(data.records["run_id"])) if len(data.records) else False
     return out
 

@@ -431,17 +431,23 @@ def _rl_rows(r: dict, prompts: list[str]) -> list[dict]:
 
 def _truth_rates(world, meta, r: dict) -> Optional[dict]:
     """myth_rate and truth_rate over the sampled answers to question prompts about myth
-    facts (``World.myth_answers``), grouped by prompt for the CI."""
+    facts (``World.myth_answers``), grouped by prompt for the CI; and the per-prompt table of
+    the stereotype bias probe (``World.stereotype_answers``, ``stats.stereotype_table``)."""
     if world is None or meta is None:
         return None
+    from rlhf.stats import stereotype_table
     smp = r["samples"]
-    myth, truth, rows = world.myth_answers([meta[i] for i in smp.prompt_index], smp.texts)
-    return {"myth_rate": myth, "truth_rate": truth, "groups": [smp.prompt_index[j] for j in rows]}
+    ps = [meta[i] for i in smp.prompt_index]
+    myth, truth, rows = world.myth_answers(ps, smp.texts)
+    hit, in_group, b_rows = world.stereotype_answers(ps, smp.texts)
+    return {"myth_rate": myth, "truth_rate": truth, "groups": [smp.prompt_index[j] for j in rows],
+            "bias_table": stereotype_table(hit, in_group, [smp.prompt_index[j] for j in b_rows])}
 
 
 def _record_rl_point(ctx: Context, rec: Recorder, cp: Checkpoint, r: dict, prompts, meta, dt: float) -> None:
     """The records of one RL point (a policy sampled on the eval prompts): rm_score,
-    gold_reward, kl (CIs resample prompts) and, in the toy world, myth_rate and truth_rate."""
+    gold_reward, kl (CIs resample prompts) and, in the toy world, myth_rate, truth_rate and
+    stereotype_bias."""
     s = ctx.s
     path = write_samples(ctx.target, cp, "overopt", "rl", _rl_rows(r, prompts))
     groups = r["samples"].prompt_index
@@ -459,6 +465,14 @@ def _record_rl_point(ctx: Context, rec: Recorder, cp: Checkpoint, r: dict, promp
             v, lo, hi = metrics.cluster_mean_ci(rates[m], rates["groups"], s.bootstrap, s.seed)
             rec.add(cp, "overopt", m, v if rates[m] else None, (lo, hi), n=len(rates[m]), subset="rl", time_s=dt,
                     method="rl", kl=kl, d=d, samples=path, n_prompts=len(set(rates["groups"])))
+        # the bias probe: a difference of two rates, so the prompt-clustered bootstrap resamples
+        # the per-prompt table and recomputes the statistic
+        from rlhf.stats import stereotype_bias
+        t = rates["bias_table"]
+        v = stereotype_bias(t)
+        lo, hi = metrics.bootstrap_ci(t, stereotype_bias, s.bootstrap, s.seed)
+        rec.add(cp, "overopt", "stereotype_bias", v, (lo, hi), n=int(t[:, [1, 3]].sum()),
+                subset="rl", time_s=dt, method="rl", kl=kl, d=d, samples=path, n_prompts=len(t))
 
 
 def run_overopt(ctx: Context, rec: Recorder) -> None:

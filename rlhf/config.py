@@ -51,6 +51,9 @@ class WorldConfig:
     # SFT removes the corpus's toxicity after those and leaves it after the others
     demo_rude_openers: int = 1
     labeler_noise: float = 0.0  # std of Gaussian noise on the labeler's score (0 = perfect)
+    # share of pretraining documents with one stereotype rumour (a group's stereotyped value
+    # stated for one of its members, whatever the truth): the bias the labeler does not target
+    stereotype_rate: float = 0.5
     # gold reward weights
     w_correct: float = 1.0
     w_myth: float = -1.0
@@ -205,6 +208,7 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("world.myth_frac", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("world.myth_rate", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("world.encyclopedia_rate", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("world.stereotype_rate", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("world.demo_myth_share", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("world.n_entities", lambda v: v >= 2, ">= 2"),
     ("world.n_values", lambda v: 3 <= v <= 12, "from 3 to 12"),

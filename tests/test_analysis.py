@@ -155,7 +155,7 @@ def test_ablation_plots_the_mean_over_seeds_of_the_runs(report_obj, report_cli):
     data = pd.read_csv(report_obj.figures["ablation"]["csv"])
     metrics = list(dict.fromkeys(data["metric"]))
     assert {"gold_reward", "rm_score", "kl", "mc1", "mc2", "expected_max_toxicity", "toxicity_probability",
-            "lm_loss_delta"} <= set(metrics)
+            "lm_loss_delta", "stereotype_bias"} <= set(metrics)
     axes = np.array(fig.axes).reshape(len(metrics), 2)
     sym = {"ppo.beta": "β", "ppo.ptx_coef": "γ"}
     n_finite = 0
@@ -214,15 +214,26 @@ def test_other_figures_plot_their_csv(report_obj):
     fig = report_obj.open_figures["alignment_tax"]
     data = pd.read_csv(report_obj.figures["alignment_tax"]["csv"])
     per_run = report_obj.per_run
+    from rlhf_analysis.figures import REGRESSION_LABELS
+    label_metric = {v: k for k, v in REGRESSION_LABELS.items()}
+    recs = report_obj.data.records
+    bias = recs[(recs["metric"] == "stereotype_bias") & (recs["subset"] == "rl")]
+    bias = bias.pivot_table(index="run_id", columns="checkpoint_label", values="value", aggfunc="last")
+    panels = set()
     for ax in fig.axes:
-        metric = "lm_loss" if "LM loss" in ax.get_ylabel() else "perplexity"
+        metric = label_metric.get(ax.get_ylabel(), ax.get_ylabel()[2:])
+        panels.add(metric)
         for patch in ax.patches:
             g = patch.get_gid().split(":", 1)[1]
             row = data[(data["metric"] == metric) & (data["gamma"].astype(str) == g)].iloc[0]
             assert patch.get_height() == pytest.approx(row["mean"])
+            sel = per_run[(per_run["state"] == "done") & (per_run["ppo.ptx_coef"] == float(g))]
             if metric == "lm_loss":
-                sel = per_run[(per_run["state"] == "done") & (per_run["ppo.ptx_coef"] == float(g))]
                 assert row["mean"] == pytest.approx(sel["lm_loss_delta"].mean())
+            if metric == "stereotype_bias":  # beside the tax: Δ bias (PPO − SFT) from the eval records
+                d = (bias["ppo"] - bias["sft"]).reindex(sel["run_id"]).dropna()
+                assert len(d) and row["mean"] == pytest.approx(d.mean())
+    assert {"lm_loss", "stereotype_bias"} <= panels
     # over-optimisation: fitted curves follow the eval records' coefficients
     fig = report_obj.open_figures["overoptimization"]
     data = pd.read_csv(report_obj.figures["overoptimization"]["csv"])
@@ -342,3 +353,19 @@ def test_t_ci():
                        "gold_reward": [1.0, 3.0, 100.0]})
     agg = aggregate(df, ["ppo.beta"], ["gold_reward"])
     assert agg["gold_reward"].iloc[0] == 2.0 and agg["runs"].iloc[0] == "2/3 done; 1 failed"
+
+
+def test_report_without_bias_records(sweep, tmp_path):
+    """Runs made before the toy world's bias probe (no stereotype_bias record, no held-out
+    bias in the PPO summary): the report is built, without a bias panel."""
+    old = tmp_path / sweep.name
+    shutil.copytree(sweep, old, ignore=shutil.ignore_patterns("*.safetensors", "*.pt", "*.bin", "samples"))
+    for rec in old.glob("runs/*/eval/records.jsonl"):
+        rec.write_text("".join(x + "\n" for x in rec.read_text().splitlines() if "stereotype_bias" not in x))
+    table = pd.read_parquet(old / "results.parquet")
+    table.drop(columns=[c for c in table.columns if "stereotype" in c]).to_parquet(old / "results.parquet")
+    from rlhf_analysis.report import build_report
+    rep = build_report([old], tmp_path / "report")
+    for name in ("ablation", "alignment_tax"):
+        data = pd.read_csv(rep.figures[name]["csv"])
+        assert len(data) and "stereotype_bias" not in set(data["metric"])

@@ -185,7 +185,8 @@ def test_overopt_on_toy_run(run, tmp_path):
     assert 0 < kl_rl["ppo/kl_0.5"] < kl_rl["ppo/kl_2.0"]
     # the findings records: every policy has rm_score, gold_reward, kl, myth_rate, truth_rate on subset rl
     rl = {(r["checkpoint_label"], r["metric"]) for r in recs if r["subset"] == "rl"}
-    assert {(c, m) for c in kl_rl for m in ("rm_score", "gold_reward", "kl", "myth_rate", "truth_rate")} <= rl
+    assert {(c, m) for c in kl_rl for m in ("rm_score", "gold_reward", "kl", "myth_rate", "truth_rate",
+                                            "stereotype_bias")} <= rl
     assert not [r["metric"] for r in recs if "proxy" in r["metric"]] and "fit_gold" not in {r["metric"] for r in recs}
     # every sampled text behind an rl metric is kept, with its scores
     sft_rm = next(r for r in recs if r["checkpoint_label"] == "sft" and r["metric"] == "rm_score"
@@ -194,6 +195,21 @@ def test_overopt_on_toy_run(run, tmp_path):
     assert len(rows) == 6 * 2 and {"prompt", "response", "rm_score", "gold_reward", "kl"} <= set(rows[0])
     assert np.mean([x["rm_score"] for x in rows]) == pytest.approx(sft_rm["value"])
     assert sft_rm["ci_low"] <= sft_rm["value"] <= sft_rm["ci_high"]
+    # the bias probe's record: the probe re-applied to the kept texts, its CI from the same bootstrap
+    from rlhf.stats import stereotype_bias, stereotype_table
+    world = World.load(run / "world")
+    by_text = {p.text: p for p in world.prompts()}
+    hit, in_group, idx = world.stereotype_answers([by_text[x["prompt"]] for x in rows], [x["response"] for x in rows])
+    t = stereotype_table(hit, in_group, [rows[j]["prompt"] for j in idx])
+    b = next(r for r in recs if r["checkpoint_label"] == "sft" and r["metric"] == "stereotype_bias")
+    assert b["n"] == len(hit) > 0 and b["n_prompts"] == len(t)
+    v = stereotype_bias(t)
+    if math.isnan(v):
+        assert b["value"] is None
+    else:
+        assert b["value"] == pytest.approx(v)
+        lo, hi = metrics.bootstrap_ci(t, stereotype_bias, s.bootstrap, s.seed)
+        assert [b["ci_low"], b["ci_high"]] == [None if math.isnan(x) else pytest.approx(x) for x in (lo, hi)]
     fits = [r for r in recs if r["metric"].startswith("fit_")]
     assert {(r["metric"], r["subset"]) for r in fits} == {("fit_gold_reward", "bon"), ("fit_rm_score", "bon"),
                                                           ("fit_gold_reward", "rl"), ("fit_rm_score", "rl")}
@@ -334,4 +350,4 @@ def test_on_a_pipeline_run(tiny_run, tmp_path):
     bon = [r for r in recs if r["suite"] == "overopt" and r["metric"] == "gold_reward" and r["method"] == "bon"]
     assert [r["bon_n"] for r in bon] == [1, 2, 4]
     rl = [r for r in recs if r["suite"] == "overopt" and r["subset"] == "rl" and not r["metric"].startswith("fit_")]
-    assert {r["metric"] for r in rl} == {"rm_score", "gold_reward", "kl", "myth_rate", "truth_rate"}
+    assert {r["metric"] for r in rl} == {"rm_score", "gold_reward", "kl", "myth_rate", "truth_rate", "stereotype_bias"}

@@ -217,7 +217,7 @@ def test_claims_file_errors_name_the_row(tmp_path):
     with pytest.raises(ClaimsError, match=r"\(a\) rows\[0\].*ci_low >> 0"):
         load_claims(p)
     claims = load_claims(REPO / "experiments" / "findings" / "claims.yaml")
-    assert [c.id for c in claims] == list("abcdefgh")
+    assert [c.id for c in claims] == list("abcdefghi")
 
 
 # ----------------------------------------------------------------------------- the suite, end to end
@@ -241,7 +241,12 @@ def suite(tmp_path_factory):
         {"id": "e", "name": "beta controls KL", "rows": [{"id": "e", "statistic": "final KL", "kind": "monotone",
                                                           "over": "ppo.beta",
                                                           "x": {"sweep": "tiny", "summary": "ppo.final_kl"},
-                                                          "verdict": ["monotone"]}]}]}))
+                                                          "verdict": ["monotone"]}]},
+        {"id": "i", "name": "RLHF changes bias little",
+         "rows": [{"id": "i2", "statistic": "d bias", "kind": "paired", "range": [-2, 2],
+                   "x": {**gold("ppo"), "record": {**gold("ppo")["record"], "metric": "stereotype_bias"}},
+                   "y": {**gold("sft"), "record": {**gold("sft")["record"], "metric": "stereotype_bias"}},
+                   "verdict": ["in [-0.05, 0.05]"]}]}]}))
     from rlhf_slurm.findings import run_findings
     logs = []
     out = root / "out"
@@ -278,7 +283,7 @@ def test_findings_shares_stages_and_reports_claims(suite):
         assert sorted("[shared] sft" in log and " from " in log.split("[shared] sft")[1].splitlines()[0]
                       for log in logs) == [False, True]
     # claim a from the real overopt records, by hand
-    diffs = []
+    diffs, bias = [], []
     for r in runs:
         cfg = yaml.safe_load((r / "config.yaml").read_text())
         if cfg["ppo"]["beta"] != 0:
@@ -287,7 +292,13 @@ def test_findings_shares_stages_and_reports_claims(suite):
         g = {x["checkpoint_label"]: x["value"] for x in recs if x["suite"] == "overopt" and x["subset"] == "rl"
              and x["metric"] == "gold_reward" and not x.get("error")}
         diffs.append(g["ppo"] - g["sft"])
+        b = {x["checkpoint_label"]: x["value"] for x in recs if x["metric"] == "stereotype_bias"}
+        bias.append(b["ppo"] - b["sft"] if None not in (b["ppo"], b["sft"]) else math.nan)
     table = pd.read_csv(out / "report" / "tables" / "claims.csv")
+    i2 = table[table["row"] == "i2"].iloc[0]  # claim i, Δ bias, from the same records by hand
+    if not any(map(math.isnan, bias)):
+        assert i2["value"] == pytest.approx(sum(bias) / 2, abs=1e-9) and i2["n"] == 2
+        assert i2["verdict"] == ("holds" if -0.05 <= i2["ci_low"] and i2["ci_high"] <= 0.05 else "does not hold")
     a = table[table["row"] == "a"].iloc[0]
     assert a["value"] == pytest.approx(sum(diffs) / 2, abs=1e-9)
     assert a["n"] == 2 and a["ci_method"] == "t-interval, n=2"

@@ -138,7 +138,7 @@ def test_heldout_loss_is_the_same_in_pretraining_ppo_and_the_regression_eval(tin
     assert ppo_summary["heldout_lm_loss_final"] == pytest.approx(lm["ppo"], rel=1e-6)
     assert lm["pretrain"] != pytest.approx(lm["sft"], rel=1e-6)  # a different model gives a different number
     # the quickstart's before/after line: its figures are those of the kept samples, re-scored
-    from rlhf.stats import expected_max_toxicity
+    from rlhf.stats import expected_max_toxicity, stereotype_bias, stereotype_table
     from rlhf.world import toxicity_score
     world = World(cfg.world)
     by_text = {p.text: p for p in world.prompts()}
@@ -151,6 +151,9 @@ def test_heldout_loss_is_the_same_in_pretraining_ppo_and_the_regression_eval(tin
                                                             for r in ans]))
         myth, _, _ = world.myth_answers([by_text[r["prompt"]] for r in ans], [r["response"] for r in ans])
         assert len(myth) == fig["n_myth_answers"] and (not myth or fig["myth_rate"] == pytest.approx(np.mean(myth)))
+        hit, in_group, idx = world.stereotype_answers([by_text[r["prompt"]] for r in ans], [r["response"] for r in ans])
+        bias = stereotype_bias(stereotype_table(hit, in_group, idx))
+        assert hit and (fig["stereotype_bias"] == pytest.approx(bias) or np.isnan(fig["stereotype_bias"]) and np.isnan(bias))
         tox = [toxicity_score(r["response"]) for r in rows if r["policy"] == pol and "toxicity" in r]
         emt = expected_max_toxicity(np.array(tox).reshape(fig["n_tox_prompts"], fig["tox_k"]))
         assert fig["expected_max_toxicity"] == pytest.approx(emt)
