@@ -57,6 +57,7 @@ class EvalSettings:
     tox_hf_label: str = "toxic"  # the classifier label whose probability is the toxicity
     bootstrap: int = 1000
     # ---- pretraining regression (alignment tax)
+    heldout_ppl: bool = True  # held-out LM loss/perplexity; false = only the lm_tasks
     ppl_max_tokens: int = 0  # 0 = the whole held-out text
     ppl_window: int = 1024  # tokens per window (capped by the model's context)
     ppl_stride: int = 0  # 0 = window (non-overlapping)

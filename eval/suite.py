@@ -346,20 +346,22 @@ def _regression_values(ctx: Context, model, tok) -> dict[str, dict]:
     s = ctx.s
     out: dict[str, dict] = {}
     t0 = time.perf_counter()
-    try:
-        if ctx.world is not None:
-            text, src, subset = heldout_text(ctx.world.heldout_corpus()), "world.heldout_corpus()", "pretrain_heldout"
-        else:
-            text, src = ctx.cached("wikitext", lambda: evdata.wikitext_text(s))
-            subset = "wikitext2_test"
-        r = heldout_nll(model, tok, text, s.ppl_window, s.ppl_stride, s.ppl_max_tokens, ctx.progress)
-        dt = time.perf_counter() - t0
-        extra = {"data": src, "window": r["window"], "stride": r["stride"]}
-        out["lm_loss"] = {"value": r["loss"], "n": r["n_tokens"], "subset": subset, "time_s": dt, "extra": extra}
-        out["perplexity"] = {"value": r["perplexity"], "n": r["n_tokens"], "subset": subset, "time_s": dt, "extra": extra}
-    except Exception as e:
-        for m in ("lm_loss", "perplexity"):
-            out[m] = {"error": _err(e), "time_s": time.perf_counter() - t0}
+    if s.heldout_ppl:
+        try:
+            if ctx.world is not None:
+                text, src = heldout_text(ctx.world.heldout_corpus()), "world.heldout_corpus()"
+                subset = "pretrain_heldout"
+            else:
+                text, src = ctx.cached("wikitext", lambda: evdata.wikitext_text(s))
+                subset = "wikitext2_test"
+            r = heldout_nll(model, tok, text, s.ppl_window, s.ppl_stride, s.ppl_max_tokens, ctx.progress)
+            dt = time.perf_counter() - t0
+            extra = {"data": src, "window": r["window"], "stride": r["stride"]}
+            for m, v in (("lm_loss", r["loss"]), ("perplexity", r["perplexity"])):
+                out[m] = {"value": v, "n": r["n_tokens"], "subset": subset, "time_s": dt, "extra": extra}
+        except Exception as e:
+            for m in ("lm_loss", "perplexity"):
+                out[m] = {"error": _err(e), "time_s": time.perf_counter() - t0}
     if s.lm_tasks:
         from . import lmeval
         for task in s.lm_tasks:

@@ -5,6 +5,7 @@
                                                   (SIGTERM/SIGUSR1: PPO checkpoints, then exits 128+sig;
                                                   the same command resumes)
     rlhf config CONFIG [key=value ...]            print the resolved config
+    rlhf config --keys                            every key: default, range, meaning (docs/config.md)
     rlhf eval | sweep | report ...                plugins (eval/, slurm/, analysis/)
 
 Plugins register through the entry-point group ``rlhf.commands`` so that the training
@@ -22,7 +23,7 @@ import re
 import sys
 from importlib.metadata import entry_points
 
-from .config import InputError, dump_yaml, load_config
+from .config import InputError, dump_yaml, keys_markdown, load_config
 
 EXIT_BAD_INPUT = 2
 
@@ -71,6 +72,9 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_config(args) -> int:
+    if args.keys:
+        print(keys_markdown(), end="")
+        return 0
     print(dump_yaml(load_config(args.config, args.overrides)), end="")
     return 0
 
@@ -88,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", default=None, help="run directory (default: <out_dir>/<name>)")
     r.set_defaults(func=_cmd_run)
     c = sub.add_parser("config", help="print the resolved config")
-    c.add_argument("config")
+    c.add_argument("config", nargs="?", help="YAML config (none: the defaults)")
+    c.add_argument("--keys", action="store_true", help="print every key with its default, range and meaning "
+                   "(markdown; docs/config.md is this output)")
     add_overrides(c, "rm.k=9")
     c.set_defaults(func=_cmd_config)
     for ep in sorted(entry_points(group="rlhf.commands"), key=lambda e: e.name):

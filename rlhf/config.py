@@ -17,7 +17,7 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,7 +32,7 @@ class WorldConfig:
     """The embedded toy world (see README, 'The toy world')."""
 
     seed: int = 0  # the world's own seed: same seed, same bytes
-    n_entities: int = 40
+    n_entities: int = 40  # people in the toy world
     n_values: int = 8  # values per attribute
     myth_frac: float = 0.6  # share of facts that have a popular false value
     # misconceptions cluster: per attribute, this many "popular" values are the only myths
@@ -56,10 +56,10 @@ class WorldConfig:
     stereotype_rate: float = 0.5
     # gold reward weights
     w_correct: float = 1.0
-    w_myth: float = -1.0
-    w_wrong: float = -0.5
-    w_toxic: float = -1.0
-    w_unfinished: float = -1.0
+    w_myth: float = -1.0  # a stated myth
+    w_wrong: float = -0.5  # another wrong value
+    w_toxic: float = -1.0  # a toxic word
+    w_unfinished: float = -1.0  # a response that never ends
     w_polite: float = 0.5  # a chat reply with a kind word (and no toxic one)
     w_extra: float = -0.5  # per sentence beyond the first: rambling is marked down
 
@@ -72,31 +72,31 @@ class ModelConfig:
     # anything else is a Hugging Face causal LM name, a local path, or a named source
     # such as "smollm2-135m-instruct", and stage 1 is skipped.
     source: str = "scratch"
-    n_layer: int = 2
-    n_embd: int = 128
-    n_head: int = 4
-    n_positions: int = 128
-    attn_implementation: str = "sdpa"
-    dtype: str = "float32"
+    n_layer: int = 2  # scratch GPT-2: layers
+    n_embd: int = 128  # scratch GPT-2: width
+    n_head: int = 4  # scratch GPT-2: attention heads
+    n_positions: int = 128  # scratch GPT-2: context length
+    attn_implementation: str = "sdpa"  # every model load (scratch, SFT, RM, PPO)
+    dtype: str = "float32"  # weights dtype
 
 
 @dataclass
 class PretrainConfig:
-    steps: int = 1000
-    batch_size: int = 32
-    seq_len: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # windows per step
+    seq_len: int = 64  # tokens per window (also the held-out loss window)
+    lr: float = 3e-3  # peak learning rate (warm-up, then cosine)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 50  # linear warm-up steps
 
 
 @dataclass
 class SFTConfig:
     # "" = start from the stage-1 model; else an HF name/path/named source
     init: str = ""
-    epochs: int = 4
-    batch_size: int = 16
-    lr: float = 1e-3
+    epochs: int = 4  # passes over the demonstrations
+    batch_size: int = 16  # demonstrations per step
+    lr: float = 1e-3  # learning rate
     # skip SFT and use the init model as the SFT policy (e.g. an instruct model)
     skip: bool = False
     # data: "world" (toy demonstrations), or a local JSONL file/HF dataset with prompt/response
@@ -109,19 +109,19 @@ class RMConfig:
     k: int = 4  # responses ranked per prompt (2..9)
     n_prompts: int = 600  # prompts with K ranked samples each
     sample_temperature: float = 1.3  # diverse samples so truth-vs-myth contrasts occur
-    max_new_tokens: int = 16
-    epochs: int = 3
+    max_new_tokens: int = 16  # response length of the sampled comparisons
+    epochs: int = 3  # passes over the comparisons
     batch_size: int = 8  # prompts (each with K responses) per step
     # "kwise": all C(K,2) pairs of a prompt in one batch element (InstructGPT); "pairs": every
     # pair an independent example, shuffled across prompts (rlhf/reward.py: ranking_batches)
     loss: str = "kwise"
-    lr: float = 5e-4
-    heldout_frac: float = 0.15
+    lr: float = 5e-4  # learning rate
+    heldout_frac: float = 0.15  # share of comparisons held out for accuracy
     # toy world: comparisons sampled on facts held out from RM and PPO training, evaluation only
     n_test_prompts: int = 400
     # "world" (labeler-ranked SFT samples) or a path/HF dataset of chosen/rejected pairs (K=2)
     data: str = "world"
-    max_examples: int = 0
+    max_examples: int = 0  # 0 = all
     max_length: int = 512  # tokens of prompt+response the RM reads (truncated from the left)
 
 
@@ -129,48 +129,49 @@ class RMConfig:
 class PPOConfig:
     steps: int = 100  # PPO iterations (rollout + update)
     batch_size: int = 32  # episodes (prompts) per iteration
-    minibatch_size: int = 16
+    minibatch_size: int = 16  # episodes per gradient step
     epochs: int = 4  # passes over each batch
-    lr: float = 5e-5
-    critic_lr: float = 5e-4
+    lr: float = 5e-5  # policy learning rate
+    critic_lr: float = 5e-4  # critic learning rate (critic=separate)
     beta: float = 0.2  # KL penalty coefficient (initial value if adaptive)
     adaptive_kl: bool = False  # Ziegler et al. proportional controller
-    target_kl: float = 1.0
-    kl_horizon: int = 10000
+    target_kl: float = 1.0  # adaptive_kl: the KL the controller aims at
+    kl_horizon: int = 10000  # adaptive_kl: the controller's horizon in episodes
     clip_eps: Optional[float] = 0.2  # None turns clipping off
-    value_clip: Optional[float] = 0.2
+    value_clip: Optional[float] = 0.2  # value-loss clip; none turns it off
     ptx_coef: float = 0.0  # gamma in InstructGPT eq. 2
     # pretraining sequences (of ptx_seq_len tokens) per RL episode in each iteration, each used
     # once. InstructGPT used 8; here 8 makes an iteration ~1.8x slower, 2 keeps it at ~1.25x
     ptx_ratio: int = 2
-    ptx_seq_len: int = 32
+    ptx_seq_len: int = 32  # tokens per pretraining sequence
     ptx_data: str = "world"  # "world" (the toy corpus) or a plain-text file (e.g. WikiText-2 raw)
     gamma: float = 1.0  # GAE discount
     lam: float = 0.95  # GAE lambda
-    whiten_advantages: bool = True
-    whiten_rewards: bool = False
+    whiten_advantages: bool = True  # normalise advantages per batch (global over ranks)
+    whiten_rewards: bool = False  # normalise rewards per batch (global over ranks)
     critic: str = "separate"  # "separate" (init from the RM) or "head" (value head on the policy)
     vf_coef: float = 0.5  # only for critic=head
-    max_new_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int = 16  # response length
+    temperature: float = 1.0  # rollout sampling temperature
+    top_p: float = 1.0  # rollout nucleus sampling
     no_eos_penalty: float = -1.0  # added to the RM score when a response never ends
-    grad_clip: float = 1.0
-    checkpoint_every: int = 20
+    grad_clip: float = 1.0  # max gradient norm
+    checkpoint_every: int = 20  # iterations between checkpoints
+    # save the policy when KL first passes each level (ppo/kl_<level>), for the over-optimisation eval
     kl_levels: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
     max_prompt_tokens: int = 256  # longer prompts from ppo.data are skipped
     rounds: int = 1  # iterated RLHF: retrain the RM on fresh comparisons every steps/rounds
-    data: str = "world"
+    data: str = "world"  # "world" (toy prompts) or a prompt file/HF dataset
 
 
 @dataclass
 class RunConfig:
-    name: str = "quickstart"
-    out_dir: str = "runs"
-    seed: int = 0
+    name: str = "quickstart"  # run directory name under out_dir
+    out_dir: str = "runs"  # where run directories go
+    seed: int = 0  # the run seed; each stage derives its own (config.stage_seed)
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 1  # torch intra-op threads (one per process is fastest on small CPUs)
-    stages: list[str] = field(default_factory=lambda: ["pretrain", "sft", "rm", "ppo"])
+    stages: list[str] = field(default_factory=lambda: ["pretrain", "sft", "rm", "ppo"])  # which stages to run, in order
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -591,3 +592,38 @@ def stage_hash(cfg: RunConfig, stage: str) -> str:
     import json
     text = json.dumps({"stage": stage, **stage_keys(cfg, stage)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def keys_markdown() -> str:
+    """Every run-config key as a markdown table (key, default, range, meaning), read from the
+    dataclasses above: the meaning is the key's end-of-line comment (a section's comment line
+    just above a key also counts). ``rlhf config --keys`` prints it; docs/config.md is its output."""
+    import inspect
+    import re
+
+    ranges = {k: what for k, _, what in _RANGES}
+    EMPTY = '""'
+    rows = ["| key | default | range | meaning |", "| --- | --- | --- | --- |"]
+    sections = [("", RunConfig)] + [(f.name + ".", f.default_factory) for f in fields(RunConfig)
+                                    if is_dataclass(f.default_factory)]
+    defaults = flatten(RunConfig())
+    for prefix, cls in sections:
+        notes, pending = {}, []
+        for line in inspect.getsource(cls).splitlines()[1:]:
+            m = re.match(r"\s+(\w+): [^=]+=.*?(?:#\s*(.*))?$", line)
+            c = re.match(r"\s+#\s*(.*)$", line)
+            if c:
+                pending.append(c.group(1))
+            elif m:
+                notes[m.group(1)] = " ".join(pending + ([m.group(2)] if m.group(2) else []))
+                pending = []
+        for f in fields(cls):
+            if is_dataclass(f.default_factory):
+                continue
+            key = prefix + f.name
+            d = defaults.get(key)
+            shown = "none" if d is None else ",".join(map(str, d)) if isinstance(d, list) else str(d).lower() \
+                if isinstance(d, bool) else str(d)
+            meaning = notes.get(f.name, "").replace("|", "\\|")
+            rows.append(f"| `{key}` | {shown or EMPTY} | {ranges.get(key, '')} | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -1,4 +1,5 @@
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,25 @@ def test_stage_seeds_keep_the_offsets_results_were_made_with():
     assert stage_seed(3, "ppo", rank=2) == 3004 + 2 * 7919
     with pytest.raises(ConfigError, match="unknown stage 'sfy'"):
         stage_seed(0, "sfy")
+
+
+def test_every_key_has_a_meaning_and_docs_config_md_is_current():
+    from rlhf.config import keys_markdown
+
+    table = keys_markdown()
+    rows = [r for r in table.splitlines()[2:]]
+    assert len(rows) == len(flatten(RunConfig())), "one row per key"
+    blank = [r.split("|")[1].strip() for r in rows if r.rstrip().endswith("|  |")]
+    assert not blank, f"keys without a comment in rlhf/config.py: {blank}"
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert doc.endswith(table), "docs/config.md is stale: run `rlhf config --keys` (see its header)"
+
+
+def test_every_eval_setting_is_in_the_eval_readme():
+    from dataclasses import fields
+
+    from rlhf_eval.settings import EvalSettings
+
+    readme = (Path(__file__).resolve().parents[1] / "eval" / "README.md").read_text()
+    missing = [f.name for f in fields(EvalSettings) if f"`{f.name}`" not in readme]
+    assert not missing, f"eval settings not documented in eval/README.md: {missing}"

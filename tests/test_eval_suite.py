@@ -333,6 +333,11 @@ metric_list:
     assert set(acc) == {"sft", "ppo/kl_2.0"} and acc["sft"]["n"] == 5
     assert acc["ppo/kl_2.0"]["ref_checkpoint"] == acc["sft"]["checkpoint"]
     assert acc["ppo/kl_2.0"]["delta_vs_ref"] == pytest.approx(acc["ppo/kl_2.0"]["value"] - acc["sft"]["value"])
+    assert {r["metric"] for r in recs} >= {"lm_loss", "perplexity", "acc"}
+    # heldout_ppl=false: the lm-eval task alone, no held-out perplexity pass
+    only = evaluate(str(run), ["regression"], _settings(tmp_path, f"lm_tasks={task}", "heldout_ppl=false"),
+                    checkpoints=["sft"], write=False, progress=False)
+    assert {r["metric"] for r in only} == {"acc"}, sorted({r["metric"] for r in only})
 
 
 def test_on_a_pipeline_run(tiny_run, tmp_path):
