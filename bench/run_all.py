@@ -34,6 +34,13 @@ PY = sys.executable
 # name -> (full argv, quick argv); the output JSON path is appended as --json PATH
 BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "quickstart": (["bench/quickstart_time.py", "--seeds", "0,1"], ["bench/quickstart_time.py", "--quick", "--seeds", "0"]),
+    # the previous pretraining default, side by side: what the shorter schedule saves and costs
+    "quickstart_pretrain1000": (["bench/quickstart_time.py", "--seeds", "0", "pretrain.steps=1000", "pretrain.lr=3e-3",
+                                 "pretrain.warmup_steps=50"],
+                                ["bench/quickstart_time.py", "--quick", "--seeds", "0", "pretrain.steps=40"]),
+    # two intra-op threads (the quickstart default is one): does the second core pay?
+    "quickstart_threads2": (["bench/quickstart_time.py", "--seeds", "0", "threads=2"],
+                            ["bench/quickstart_time.py", "--quick", "--seeds", "0", "threads=2"]),
     "ppo_vs_trl": (["bench/ppo_vs_trl.py", "--steps", "8", "--repeats", "6"],
                    ["bench/ppo_vs_trl.py", "--steps", "1", "--repeats", "1"]),
     "smollm2_vs_trl": (["bench/ppo_vs_trl.py", "--model", "smollm2", "--batch", "8", "--new-tokens", "32", "--epochs", "1",
@@ -180,31 +187,40 @@ def render(results: Path) -> str:
     w("")
 
     # --- quickstart
-    q = _load(results, "quickstart")
-    if q:
+    qs = [(n, _load(results, n)) for n in ("quickstart", "quickstart_pretrain1000", "quickstart_threads2")]
+    qs = [(n, q) for n, q in qs if q]
+    if qs:
         w("## Quickstart end to end (`bench/quickstart_time.py`)")
         w("")
-        w("`rlhf run experiments/quickstart.yaml seed=S --force` in a subprocess. *Process wall* includes "
-          "interpreter start-up and imports; *run's wall* and *peak* are what the run itself prints and writes to "
-          "`status.json`; CPU is the child's user + system time.")
+        w("`rlhf run experiments/quickstart.yaml seed=S --force` in a subprocess, at the defaults and with the "
+          "overrides named in the first column. *Process wall* includes interpreter start-up and imports; *run's "
+          "wall* and *peak* are what the run itself prints and writes to `status.json`; CPU is the child's user + "
+          "system time, which on a loaded machine says more than the wall time.")
         w("")
-        w("| seed | process wall | run's wall | peak RSS | CPU time | pretrain | SFT | RM | PPO | load |")
-        w("|---|---|---|---|---|---|---|---|---|---|")
-        for r in q["runs"]:
-            st = r["stage_time_s"]
-            w(f"| {r['seed']} | {r['wall_s_outside']:.1f} s | {r['wall_s_run']} s | {r['peak_rss_mb_run']} MB | "
-              f"{r['user_s'] + r['sys_s']:.1f} s | " + " | ".join(f"{st.get(s, 0) or 0:.1f} s" for s in ("pretrain", "sft", "rm", "ppo"))
-              + f" | {r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f} |")
+        w("| config | seed | process wall | run's wall | peak RSS | CPU time | pretrain | SFT | RM | PPO | load |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for n, q in qs:
+            label = "defaults" + ("" if not q.get("extra") else ", " + " ".join(f"`{x}`" for x in q["extra"]))
+            for r in q["runs"]:
+                st = r["stage_time_s"]
+                w(f"| {label} | {r['seed']} | {r['wall_s_outside']:.1f} s | {r['wall_s_run']} s | {r['peak_rss_mb_run']} MB | "
+                  f"{r['user_s'] + r['sys_s']:.1f} s | "
+                  + " | ".join(f"{st.get(s_, 0) or 0:.1f} s" for s_ in ("pretrain", "sft", "rm", "ppo"))
+                  + f" | {r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f} |")
         w("")
-        w("The science it prints (held-out prompts, SFT -> PPO; pretraining held-out loss):")
+        w("The science it prints (held-out prompts, SFT -> PPO; the pretraining held-out loss and how often the "
+          "pretrained LM states the truth on facts without a myth):")
         w("")
-        w("| seed | pretrain held-out loss | gold reward | myth rate | truth rate | expected max toxicity |")
-        w("|---|---|---|---|---|---|")
-        for r in q["runs"]:
-            a, b = r.get("heldout_sft") or {}, r.get("heldout_ppo") or {}
-            f = lambda k: f"{a[k]:.2f} -> {b[k]:.2f}" if k in a and k in b else "-"  # noqa: E731
-            w(f"| {r['seed']} | {r['pretrain_heldout_loss']:.3f} | {f('gold_reward')} | {f('myth_rate')} | "
-              f"{f('truth_rate')} | {f('expected_max_toxicity')} |")
+        w("| config | seed | pretrain held-out loss | LM truth, other facts | gold reward | myth rate | truth rate | expected max toxicity |")
+        w("|---|---|---|---|---|---|---|---|")
+        for n, q in qs:
+            label = "defaults" + ("" if not q.get("extra") else ", " + " ".join(f"`{x}`" for x in q["extra"]))
+            for r in q["runs"]:
+                a, b = r.get("heldout_sft") or {}, r.get("heldout_ppo") or {}
+                f = lambda k: f"{a[k]:.2f} -> {b[k]:.2f}" if k in a and k in b else "-"  # noqa: E731
+                tr = (r.get("pretrain_probe") or {}).get("other_facts_states_truth")
+                w(f"| {label} | {r['seed']} | {r['pretrain_heldout_loss']:.3f} | {'-' if tr is None else f'{tr:.0%}'} | "
+                  f"{f('gold_reward')} | {f('myth_rate')} | {f('truth_rate')} | {f('expected_max_toxicity')} |")
         w("")
 
     # --- PPO vs TRL
@@ -225,14 +241,14 @@ def render(results: Path) -> str:
         w("")
         w("| side | ms/iteration (min-max) | episodes/s | tokens/s | generation ms (tokens/s) | rest of the iteration ms | peak RSS | ours / side |")
         w("|---|---|---|---|---|---|---|---|")
-        names = {"ours": "ours (`rlhf.ppo.run_ppo`, separate critic)", "trl_ppo": "TRL 1.12 PPOTrainer as shipped",
-                 "trl_ppo_nogc": "TRL 1.12 PPOTrainer, its 2 `gc.collect()` per iteration off",
-                 "trl_rloo": "TRL 1.16 RLOOTrainer (equal episodes, no critic)"}
+        names = {"ours": "ours (`rlhf.ppo.run_ppo`, separate critic)", "trl_ppo": "TRL PPOTrainer as shipped",
+                 "trl_ppo_nogc": "TRL PPOTrainer, its 2 `gc.collect()` per iteration off",
+                 "trl_rloo": "TRL RLOOTrainer (equal episodes, no critic)"}
         for side, x in s.items():
             ratio = s[side]["median_s"] / s["ours"]["median_s"] if "ours" in s else float("nan")
             gen = (f"{ms(x['gen_median_s'])} ({x['gen_tokens_per_s']:.0f})" if "gen_median_s" in x else "-")
             rest = ms(x["rest_median_s"]) if "rest_median_s" in x else "-"
-            w(f"| {names.get(side, side)}{' ' + x['trl'] if 'trl' in x else ''} | {ms(x['median_s'])} "
+            w(f"| {names.get(side, side)}{' (trl ' + x['trl'] + ')' if 'trl' in x else ''} | {ms(x['median_s'])} "
               f"({ms(x['min_s'])}-{ms(x['max_s'])}) | {x['episodes_per_s']:.2f} | {x['tokens_per_s']:.0f} | {gen} | "
               f"{rest} | {x.get('peak_rss_mb', 0):.0f} MB | {'-' if side == 'ours' else f'**{ratio:.2f}x**'} |")
         w("")
@@ -270,7 +286,7 @@ def render(results: Path) -> str:
         for k, sh_ in sorted(p["phase_shares"].items(), key=lambda kv: -kv[1]):
             w(f"| {k} | {ms(p['phases_s_per_iter'][k])} | {100 * sh_:.1f}% |")
         w("")
-        w("torch.profiler, self CPU time of aten ops over the whole PPO run:")
+        w(f"torch.profiler, self CPU time of aten ops over the same iterations (2..{p['iterations'] + 1}):")
         w("")
         w("| op group | share |")
         w("|---|---|")
@@ -308,19 +324,34 @@ def render(results: Path) -> str:
             w("")
         prof = _load(results, "profile_smollm2")
         smol = _load(results, "smollm2_vs_trl")
-        w("**At SmolLM2 size and beyond.** "
-          + (f"In the SmolLM2 profile the matmuls take {100 * prof['op_group_shares'].get('matmul', 0):.0f}% of the op "
-             f"time and the update {100 * sum(v_ for k, v_ in prof['phase_shares'].items() if k.startswith('update')):.0f}% "
-             f"of the iteration, sampling {100 * prof['phase_shares'].get('sampling', 0):.0f}%: " if prof else "")
-          + "at 135M parameters the d²-scaling matmul term dominates and the fixed per-op term of the toy sizes is "
-            "negligible, so the iteration time scales with parameters x tokens. For a 1B model at the same settings "
-            "that predicts about 1e9 / 1.35e8 = 7.4x the SmolLM2 iteration time"
-          + (f" (about {7.4 * smol['summary']['ours']['median_s']:.0f} s per iteration from the measured "
-             f"{smol['summary']['ours']['median_s']:.1f} s, one thread)" if smol and "ours" in smol["summary"] else "")
-          + ", and memory dominated by weights and optimizer state: four models (policy, reference, reward, critic) "
-            "plus gradients and two AdamW moments for the policy and the critic is about 10 x 4 bytes per parameter, "
-            "about 40 GB in fp32 for 1B against about 5.4 GB for SmolLM2, before activations (which grow linearly in "
-            "batch x length x width x layers).")
+        prof_toy = _load(results, "profile_toy")
+        txt = "**At SmolLM2 size and beyond.** "
+        if prof:
+            og, ph = prof["op_group_shares"], prof["phase_shares"]
+            top_g = max(og, key=og.get)
+            upd = sum(v_ for k, v_ in ph.items() if k.startswith("update"))
+            txt += (f"In the SmolLM2 profile the largest op group is {top_g} ({100 * og[top_g]:.0f}% of op time; matmuls "
+                    f"{100 * og.get('matmul', 0):.0f}%"
+                    + (f", against {100 * prof_toy['op_group_shares'].get('matmul', 0):.0f}% at toy size" if prof_toy else "")
+                    + f"), the update takes {100 * upd:.0f}% of the iteration and sampling "
+                    f"{100 * ph.get('sampling', 0):.0f}%. ")
+            if og.get("matmul", 0) >= 0.5:
+                txt += ("The matmul term, which grows with parameters x tokens, dominates; the fixed per-op term of the "
+                        "toy sizes (the `a` of the fit above) is small against it. ")
+            else:
+                txt += ("The matmuls do not yet dominate at this size: per-op and elementwise costs still weigh, so "
+                        "the scaling below is an upper bound on how the time grows. ")
+        txt += ("If the iteration time scales with parameters x tokens, a 1B model at the same settings takes about "
+                "1e9 / 1.35e8 = 7.4x the SmolLM2 iteration time")
+        if smol and "ours" in smol["summary"]:
+            txt += (f" (about {7.4 * smol['summary']['ours']['median_s']:.0f} s per iteration from the measured "
+                    f"{smol['summary']['ours']['median_s']:.1f} s, one thread)")
+        txt += (". Its memory is dominated by weights and optimizer state: four models (policy, reference, reward, "
+                "critic) plus gradients and two AdamW moments for the policy and the critic make about 10 x 4 bytes "
+                "per parameter, about 40 GB in fp32 for 1B against about 5.4 GB for SmolLM2, before activations "
+                "(linear in batch x length x width x layers). The peak-memory exponents above are small because at "
+                "toy size the interpreter and libraries dominate the process's memory.")
+        w(txt)
         w("")
 
     # --- RM vs TRL
