@@ -115,7 +115,7 @@ def worker_cfg(a, steps: int):
     if a.model == "toy":
         over += ["model.n_layer=2", f"model.n_embd={a.n_embd}", "model.n_positions=128"]
     else:
-        over += ["model.source=smollm2-135m-instruct", "ppo.lr=1e-6", "ppo.critic_lr=1e-5"]
+        over += ["ppo.lr=1e-6", "ppo.critic_lr=1e-5", f"ppo.data={a.dir / 'prompts.txt'}"]
     return load_config(REPO / "experiments" / "quickstart.yaml", over)
 
 
@@ -130,7 +130,7 @@ def run_once(d: Path, a, profile: bool):
     from rlhf.world import World
     steps = a.steps + 1
     cfg = worker_cfg(a, steps)
-    world = World(cfg.world)
+    world = World(cfg.world) if a.model == "toy" else None  # a real model: prompts from ppo.data, as TRL
     tok = load_tokenizer(str(d / "sft"))
     rd = RunDir(Path(tempfile.mkdtemp(prefix="prof_", dir=d)))
     tm = Timers(ppo)
@@ -182,6 +182,7 @@ def main() -> int:
     torch.set_num_threads(1)
     import ppo_vs_trl as pv
     d = Path(tempfile.mkdtemp(prefix="ppo_profile_"))
+    a.dir = d
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         pv.prepare(d, 2, a.n_embd, model=a.model)
     load0 = os.getloadavg()[0]
@@ -214,7 +215,7 @@ def main() -> int:
         print(f"  {g:<28} {100 * v / op_total:5.1f}%")
     top = sorted(ops.items(), key=lambda kv: -kv[1])[: a.top]
     print("  top ops: " + ", ".join(f"{k.replace('aten::', '')} {100 * v / op_total:.1f}%" for k, v in top))
-    out = {"model": a.model, "desc": desc, "args": vars(a), "load_1min": [load0, os.getloadavg()[0]],
+    out = {"model": a.model, "desc": desc, "args": {k: v for k, v in vars(a).items() if k != "dir"}, "load_1min": [load0, os.getloadavg()[0]],
            "iterations": n_it, "median_iter_s": statistics.median(iters), "mean_response_len": resp_len,
            "phases_s_per_iter": {k: v / n_it for k, v in phases.items()},
            "phase_shares": {k: v / tot for k, v in phases.items()},

@@ -98,6 +98,9 @@ def prepare(d: Path, n_layer: int, n_embd: int, n_positions: int = 128, suppress
     rm.config.pad_token_id = tok.pad_token_id
     save_hf(rm, tok, d / "rm")
     (d / "prompts.json").write_text(json.dumps([p.text for p in world.train_prompts()]))
+    # the same prompts as a ppo.data file: a real model runs without the toy world (no gold
+    # labeler per iteration, no held-out toy evaluation after the loop), as TRL does
+    (d / "prompts.txt").write_text("".join(p.text.replace("\n", " ") + "\n" for p in world.train_prompts()))
 
 
 # ----------------------------------------------------------------------------- workers
@@ -118,8 +121,9 @@ def worker_ours(d: Path, a) -> dict:
         f"ppo.steps={steps}",
         f"ppo.batch_size={a.batch}", f"ppo.minibatch_size={a.batch}", f"ppo.epochs={a.epochs}",
         f"ppo.max_new_tokens={a.new_tokens}", f"ppo.beta={KL_COEF}", "ppo.ptx_coef=0", f"ppo.lr={LR}",
-        "ppo.critic=separate", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1"])
-    world = World(cfg.world)
+        "ppo.critic=separate", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1",
+        *([f"ppo.data={d / 'prompts.txt'}"] if a.model == "smollm2" else [])])
+    world = World(cfg.world) if a.model == "toy" else None
     tok = load_tokenizer(str(d / "sft"))
     rd = RunDir(Path(tempfile.mkdtemp(prefix="ours_", dir=d)))
     import contextlib

@@ -41,6 +41,10 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # two intra-op threads (the quickstart default is one): does the second core pay?
     "quickstart_threads2": (["bench/quickstart_time.py", "--seeds", "0", "threads=2"],
                             ["bench/quickstart_time.py", "--quick", "--seeds", "0", "threads=2"]),
+    # shorter pretraining schedules against the science downstream (pretrain, SFT, RM only)
+    "pretrain_schedule": (["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "1000:3e-3:50,700:4e-3:30,500:6e-3:30"],
+                          ["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "20:3e-3:5",
+                           "--extra", "rm.n_prompts=40", "rm.n_test_prompts=40", "rm.epochs=1"]),
     "ppo_vs_trl": (["bench/ppo_vs_trl.py", "--steps", "8", "--repeats", "6"],
                    ["bench/ppo_vs_trl.py", "--steps", "1", "--repeats", "1"]),
     "smollm2_vs_trl": (["bench/ppo_vs_trl.py", "--model", "smollm2", "--batch", "8", "--new-tokens", "32", "--epochs", "1",
@@ -223,6 +227,25 @@ def render(results: Path) -> str:
                   f"{f('gold_reward')} | {f('myth_rate')} | {f('truth_rate')} | {f('expected_max_toxicity')} |")
         w("")
 
+    # --- pretraining schedules
+    ps = _load(results, "pretrain_schedule")
+    if ps:
+        w("## Pretraining schedule against the science downstream (`bench/pretrain_schedule.py`)")
+        w("")
+        w("`rlhf run experiments/quickstart.yaml stages=[pretrain,sft,rm]` with `pretrain.steps`, `pretrain.lr` (peak) "
+          "and `pretrain.warmup_steps` as listed (cosine decay to 10%). A shorter schedule only pays if the SFT model "
+          "still learns the format and still states the myths (what PPO has to undo), and the reward model's test set "
+          "keeps >= 100 truth-vs-myth pairs per seed (claim b3).")
+        w("")
+        w("| steps | peak lr | warm-up | seed | pretrain time | CPU (3 stages) | held-out loss | LM: myth on myth facts | "
+          "LM: truth on other facts | SFT: format | SFT: myth | RM test accuracy | RM truth-vs-myth pairs |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in ps["rows"]:
+            w(f"| {r['steps']} | {r['lr']:g} | {r['warmup']} | {r['seed']} | {r['pretrain_time_s']:.1f} s | {r['cpu_s']:.1f} s | "
+              f"{r['heldout_loss']:.3f} | {r['lm_myth']:.0%} | {r['lm_truth_other']:.0%} | {r['sft_format']:.0%} | "
+              f"{r['sft_myth']:.0%} | {r['rm_test_accuracy']:.3f} | {r['rm_test_truth_myth_pairs']} |")
+        w("")
+
     # --- PPO vs TRL
     for key, title in (("ppo_vs_trl", "PPO throughput against TRL, toy GPT-2 (`bench/ppo_vs_trl.py`)"),
                        ("smollm2_vs_trl", "A real model: SmolLM2-135M-Instruct PPO against TRL (`bench/ppo_vs_trl.py --model smollm2`)")):
@@ -261,8 +284,9 @@ def render(results: Path) -> str:
           "the update and the logging. What differs between the sides:")
         w("")
         w("- TRL's PPOTrainer, like ours, keeps a separate value model initialised from the reward model and a frozen "
-          "reference; it always generates `response_length` tokens and truncates after the stop token, ours stops "
-          "sampling when every row has ended.")
+          "reference, and truncates responses after the stop token. On the toy model <end> is unreachable, so every "
+          "side samples exactly the requested tokens; SmolLM2 keeps its end token, so lengths may differ between "
+          "sides (ours reports its mean).")
         w("- TRL 1.16's RLOOTrainer at the same number of generated episodes (batch/2 prompts x 2 completions) has no "
           "value model (no critic forward, backward or optimizer step) and uses the leave-one-out baseline; its "
           "`num_iterations` = our epochs. It does less work per episode by design.")
