@@ -182,6 +182,10 @@ def render(results: Path) -> str:
         w(f"- **Load**: 1-minute load average {min(min(x) for x in loads):.1f} to {max(max(x) for x in loads):.1f} "
           f"during the benches (per bench below). On a loaded machine absolute times are inflated; ratios "
           f"measured side by side in one run hold better.")
+    missing = [n for n in BENCHES if not (results / f"{n}.json").exists()]
+    if missing:
+        w(f"- **Not in this file** (no result in `{results.name}/`): {', '.join(missing)}. Run them with "
+          f"`python bench/run_all.py --only {','.join(missing)} --out PERFORMANCE.md`.")
     w("")
     w("| bench | command | took | load before -> after |")
     w("|---|---|---|---|")
@@ -424,10 +428,6 @@ def render(results: Path) -> str:
           f"**{t['batched_tokens_per_s']:.1f} tokens/s** ({t['batched_min']:.1f}-{t['batched_max']:.1f}) against one "
           f"at a time {t['single_tokens_per_s']:.1f} ({t['single_min']:.1f}-{t['single_max']:.1f}): "
           f"**{t['speedup']:.1f}x**.")
-        w("")
-    missing = [n for n in BENCHES if not (results / f"{n}.json").exists()]
-    if missing:
-        w("Not measured in this run: " + ", ".join(missing) + ".")
         w("")
     return "\n".join(L) + "\n"
 
