@@ -70,10 +70,11 @@ def main() -> int:
             for seed in [int(x) for x in a.seeds.split(",")]:
                 r = run(int(steps), float(lr), int(warm), seed, a.extra, root)
                 rows.append(r)
-                print(f"{r['steps']:>5} {r['lr']:>7g} {r['warmup']:>4} {seed:>4} {r['pretrain_time_s']:>10.1f} "
-                      f"{r['cpu_s']:>6.1f} {r['heldout_loss']:>8.3f} {r['lm_myth']:>7.0%} {r['lm_truth_other']:>8.0%} "
-                      f"{r['sft_format']:>7.0%} {r['sft_myth']:>8.0%} {r['rm_test_accuracy']:>6.3f} "
-                      f"{r['rm_test_truth_myth_pairs']:>12}", flush=True)
+                f = lambda k, spec: "-" if r[k] is None else format(r[k], spec)  # noqa: E731
+                print(f"{r['steps']:>5} {r['lr']:>7g} {r['warmup']:>4} {seed:>4} {f('pretrain_time_s', '.1f'):>10} "
+                      f"{f('cpu_s', '.1f'):>6} {f('heldout_loss', '.3f'):>8} {f('lm_myth', '.0%'):>7} "
+                      f"{f('lm_truth_other', '.0%'):>8} {f('sft_format', '.0%'):>7} {f('sft_myth', '.0%'):>8} "
+                      f"{f('rm_test_accuracy', '.3f'):>6} {f('rm_test_truth_myth_pairs', 'd'):>12}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if a.json:

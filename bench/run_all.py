@@ -245,9 +245,11 @@ def render(results: Path) -> str:
           "LM: truth on other facts | SFT: format | SFT: myth | RM test accuracy | RM truth-vs-myth pairs |")
         w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in ps["rows"]:
-            w(f"| {r['steps']} | {r['lr']:g} | {r['warmup']} | {r['seed']} | {r['pretrain_time_s']:.1f} s | {r['cpu_s']:.1f} s | "
-              f"{r['heldout_loss']:.3f} | {r['lm_myth']:.0%} | {r['lm_truth_other']:.0%} | {r['sft_format']:.0%} | "
-              f"{r['sft_myth']:.0%} | {r['rm_test_accuracy']:.3f} | {r['rm_test_truth_myth_pairs']} |")
+            f = lambda k, spec: "-" if r.get(k) is None else format(r[k], spec)  # noqa: E731
+            w(f"| {r['steps']} | {r['lr']:g} | {r['warmup']} | {r['seed']} | {f('pretrain_time_s', '.1f')} s | "
+              f"{f('cpu_s', '.1f')} s | {f('heldout_loss', '.3f')} | {f('lm_myth', '.0%')} | {f('lm_truth_other', '.0%')} | "
+              f"{f('sft_format', '.0%')} | {f('sft_myth', '.0%')} | {f('rm_test_accuracy', '.3f')} | "
+              f"{f('rm_test_truth_myth_pairs', 'd')} |")
         w("")
 
     # --- PPO vs TRL
