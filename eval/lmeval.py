@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -38,7 +39,9 @@ def make_lm(model, tokenizer, batch_size: int = 16):
             for i, r in enumerate(requests):
                 first.setdefault(r.args, i)
             unique = [requests[i] for i in first.values()]
-            res = super().loglikelihood(unique, disable_tqdm=disable_tqdm)
+            # lm-eval's own bar is library output: shown only with --verbose (rlhf.cli.library_output)
+            quiet = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
+            res = super().loglikelihood(unique, disable_tqdm=disable_tqdm or quiet)
             by_args = {r.args: x for r, x in zip(unique, res)}
             return [by_args[r.args] for r in requests]
 
