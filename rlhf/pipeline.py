@@ -23,7 +23,7 @@ from typing import Optional
 
 from . import dist
 from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
-from .errors import Diverged  # noqa: F401 - also re-exported: rlhf/ppo.py imports it from here
+from .errors import Diverged
 from .models import context_length, load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
 from .rundir import RunDir, RunLock, RunLocked
 from .stop import StopRequested

@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig
 from .data import filter_prompts, load_prompts, load_text_lines
+from .errors import Diverged
 from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalised_rewards,
                      lm_loss, logprobs_from_logits, masked_mean, masked_whiten, ppo_clip_loss, value_loss)
 from .models import (load_causal_lm, load_reward_model, position_ids_from_mask, save_hf, sequence_scores)
@@ -811,7 +812,6 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
 def check_finite(step: int, values: dict[str, torch.Tensor], d: Optional[Dist] = None) -> None:
     """Raise Diverged on NaN/inf; data-parallel, every rank raises when any rank has one (so
     no rank is left waiting in a collective and rank 0 records the divergence)."""
-    from .pipeline import Diverged
     bad = {k: v.detach().float().flatten()[~torch.isfinite(v.detach().float().flatten())][:5].tolist()
            for k, v in values.items() if not torch.isfinite(v.detach().float()).all()}
     if d is not None and d.any(bool(bad)) and not bad:

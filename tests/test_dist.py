@@ -40,7 +40,7 @@ def _collectives(rank: int, world: int, init_file: str, out: dict) -> None:
         d.check_same_weights([w, b], "after a rank-local change")
     except RuntimeError as e:
         diverged = str(e)
-    from rlhf.pipeline import Diverged
+    from rlhf.errors import Diverged
     from rlhf.ppo import check_finite
     try:  # NaN on rank 1 only: both ranks stop
         check_finite(5, {"reward": torch.tensor([1.0, float("nan") if rank == 1 else 2.0])}, d)

@@ -37,6 +37,72 @@ def test_dependencies_point_one_way():
             assert not bad, f"{f.relative_to(REPO)} imports {bad}"
 
 
+def module_imports(pkg):
+    """{module: modules of the same package it imports}, at any depth (a function-level import
+    is a dependency too), for every module of ``pkg``."""
+    folder = package_folder(pkg)
+    graph = {}
+    for f in folder.rglob("*.py"):
+        parts = f.relative_to(folder).with_suffix("").parts
+        name = ".".join((pkg,) + parts[:-1] + (() if parts[-1] == "__init__" else parts[-1:]))
+        here = name if parts[-1] == "__init__" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                    mod = f"{base}.{node.module}" if node.module else base
+                else:
+                    mod = node.module or ""
+                targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            deps |= {t for t in targets if t.startswith(pkg + ".")}
+        graph[name] = deps
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules, or None (depth-first search)."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == "open":
+                return stack[stack.index(d):] + [d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        state[m] = "done"
+        stack.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_inside_a_package():
+    """Not even through a function-level import (pipeline <-> ppo once was one)."""
+    for pkg in ("rlhf", "rlhf_eval", "rlhf_analysis", "rlhf_slurm"):
+        graph = module_imports(pkg)
+        assert graph, pkg
+        assert find_cycle(graph) is None, f"import cycle in {pkg}: {' -> '.join(find_cycle(graph))}"
+
+
 def readme_test_command(readme: str) -> str:
     """The fenced line after the <!-- test-command --> marker (read here in Python, not with
     the awk line that .ci/run uses, so that the two can disagree)."""

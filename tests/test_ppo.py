@@ -13,7 +13,8 @@ from transformers import AutoTokenizer
 from rlhf.config import load_config
 from rlhf.losses import lm_loss
 from rlhf.models import load_causal_lm
-from rlhf.pipeline import Diverged, run_pipeline
+from rlhf.errors import Diverged
+from rlhf.pipeline import run_pipeline
 from rlhf.ppo import Batch, policy_forward, ppo_update
 from rlhf.rundir import read_json, read_jsonl, read_jsonl_gz
 from rlhf.sampling import sample
