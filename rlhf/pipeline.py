@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 
-from . import dist
+from . import dist, tracking
 from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
 from .errors import Diverged  # noqa: F401 - also re-exported: rlhf/ppo.py imports it from here
 from .models import context_length, load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
@@ -93,7 +93,9 @@ def _check_inputs(rd: RunDir, cfg: RunConfig) -> None:
     """Everything that can be checked before the run directory is touched: the data files
     of the stages to run, and the finished stages they start from."""
     from .data import check_data_inputs
+    from .tracking import check_available
     check_data_inputs(cfg)
+    check_available(cfg)  # logging.report_to: the tracker packages are installed
     need = {"sft": "pretrain" if cfg.model.source == "scratch" and not cfg.sft.init else None,
             "rm": "sft", "ppo": "sft"}
     for stage in cfg.stages:
@@ -205,10 +207,6 @@ def _run_locked(cfg: RunConfig, force: bool, rd_path: Path, argv: Optional[list[
 
 def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv: Optional[list[str]],
                 stages: list[str], d: dist.Dist, t_start: float, final: bool = True) -> Path:
-    from .pretrain import run_pretrain
-    from .reward import run_reward_stage
-    from .sft import load_demonstrations, run_sft
-
     rd = RunDir(run_dir or run_dir_for(cfg), writer=d.is_main)
     _check_same_config(rd, cfg, force)
     set_threads(cfg.threads)
@@ -255,21 +253,8 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
             d.barrier()  # data-parallel PPO: no rank reads ppo.tmp before rank 0 has cleared it
             seed_everything(cfg.seed)
             t0 = time.time()
-            if stage == "pretrain":
-                if cfg.model.source != "scratch":
-                    rd.begin_stage("pretrain")
-                    summary = {"skipped": True, "source": cfg.model.source}
-                else:
-                    summary = run_pretrain(cfg, rd, world, tok, device)
-            elif stage == "sft":
-                init = cfg.sft.init or pretrained_path()
-                summary = run_sft(cfg, rd, resolve_source(init), tok, world, device)
-            elif stage == "rm":
-                demos = load_demonstrations(cfg, world) if cfg.sft.data == "world" or not cfg.sft.skip else []
-                summary = run_reward_stage(cfg, rd, sft_path(), tok, world, device, demos)
-            elif stage == "ppo":
-                from .ppo import run_ppo
-                summary = run_ppo(cfg, rd, sft_path(), str(rd.stage("rm")), tok, world, device, d)
+            with tracking.stage(cfg, rd.path, stage, rd.writer):  # logging.report_to (rlhf/tracking.py)
+                summary = _run_one(stage, cfg, rd, world, tok, device, d, pretrained_path, sft_path)
             summary["stage_time_s"] = time.time() - t0
             rd.finish_stage(stage, summary, dump_yaml(cfg))
         if not final:
@@ -302,6 +287,30 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
             _discard_partial(rd, stage)
         rd.set_status("failed", stage=stage, error=f"{type(e).__name__}: {e}")
         raise
+
+
+def _run_one(stage: str, cfg: RunConfig, rd: RunDir, world, tok, device, d: "dist.Dist", pretrained_path,
+             sft_path) -> dict:
+    """Run one stage; returns its summary."""
+    from .pretrain import run_pretrain
+    from .reward import run_reward_stage
+    from .sft import load_demonstrations, run_sft
+    if stage == "pretrain":
+        if cfg.model.source != "scratch":
+            rd.begin_stage("pretrain")
+            summary = {"skipped": True, "source": cfg.model.source}
+        else:
+            summary = run_pretrain(cfg, rd, world, tok, device)
+    elif stage == "sft":
+        init = cfg.sft.init or pretrained_path()
+        summary = run_sft(cfg, rd, resolve_source(init), tok, world, device)
+    elif stage == "rm":
+        demos = load_demonstrations(cfg, world) if cfg.sft.data == "world" or not cfg.sft.skip else []
+        summary = run_reward_stage(cfg, rd, sft_path(), tok, world, device, demos)
+    elif stage == "ppo":
+        from .ppo import run_ppo
+        summary = run_ppo(cfg, rd, sft_path(), str(rd.stage("rm")), tok, world, device, d)
+    return summary
 
 
 def _discard_partial(rd: RunDir, stage: str) -> None:

@@ -71,6 +71,7 @@ from .dist import Dist, shard
 from .heldout import heldout_nll, heldout_text
 from .pretrain import encode_corpus, random_windows
 from .reward import rm_max_length, score_texts
+from . import tracking
 from .rundir import append_jsonl_gz, atomic_write_text, truncate_jsonl_gz, write_jsonl_gz
 from .sampling import sample
 from .world import World
@@ -586,6 +587,8 @@ class PPORun:
             row["heldout_lm_loss"] = held_lm
         if d.is_main:
             append_jsonl(self.out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
+            tracking.log(row)  # logging.report_to (rlhf/tracking.py)
+            tracking.samples(step, rows)  # every logging.sample_every-th iteration
         if time.time() - self.last_status >= 5.0 or step + 1 == self.pc.steps:  # an fsync'd write costs ~8 ms
             self.rd.set_status("running", stage="ppo", step=step + 1, total=self.pc.steps)
             self.last_status = time.time()

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from . import tracking
 from .config import DataError, RunConfig, stage_seed
 from .errors import check_finite
 from .losses import kwise_ranking_loss, pairwise_accuracy
@@ -244,6 +245,8 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.1, 1.0 - s / max(1, n_steps)))
     t0 = time.time()
     step = 0
+    # iterated RLHF retrains the RM inside the PPO stage: its rows go to PPO's tracker as rm_round<r>/...
+    track_prefix = "" if out.name in ("rm", "rm.tmp") else f"{out.name}/"
     bar = tqdm(total=n_steps, desc=f"reward model (K={comparisons[0] and len(comparisons[0]['responses'])}, "
                                    f"{rc.loss})", mininterval=2.0)
     for epoch in range(rc.epochs):
@@ -258,8 +261,10 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
             opt.step()
             sched.step()
             c, t = pairwise_accuracy(r.detach(), valid)
-            append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, "loss": loss.item(),
-                                                 "accuracy": c / max(t, 1), "time_s": time.time() - t0})
+            row = {"step": step, "epoch": epoch, "loss": loss.item(), "accuracy": c / max(t, 1),
+                   "time_s": time.time() - t0}
+            append_jsonl(out / "metrics.jsonl", row)
+            tracking.log(row, prefix=track_prefix)
             step += 1
             bar.update(1)
     bar.close()

@@ -11,6 +11,7 @@ Layout of a run directory (``<out_dir>/<name>/``)::
     ppo/                 final policy (HF folder), metrics.jsonl, summary.json, DONE,
                          checkpoints/step_NNNNNN/ (resumable state), kl/kl_X/ (policies
                          saved when the KL first passes each level of ppo.kl_levels)
+    tracking/            TensorBoard event files, W&B offline runs (``logging.report_to``, rlhf/tracking.py)
     eval/records.jsonl   one tidy record per (checkpoint, metric), written by `rlhf eval`
 
     <stage>/config.yaml  the resolved config the stage was built with (``config.yaml`` at the

@@ -11,6 +11,7 @@ import time
 import torch
 from transformers import ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
+from . import tracking
 from .config import DataError, RunConfig, stage_seed
 from .data import load_demonstration_file
 from .models import check_context, context_length, load_causal_lm, save_hf
@@ -88,7 +89,9 @@ class _JsonlLogger(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs:
-            append_jsonl(self.path, {"step": state.global_step, **logs})
+            row = {"step": state.global_step, **logs}
+            append_jsonl(self.path, row)
+            tracking.log(row)
 
 
 def run_sft(cfg: RunConfig, rd: RunDir, init_path: str, tokenizer, world: World | None, device: torch.device) -> dict:
