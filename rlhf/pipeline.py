@@ -25,7 +25,7 @@ from . import dist, tracking
 from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
 from .errors import Diverged  # noqa: F401 - also re-exported: rlhf/ppo.py imports it from here
 from .models import context_length, load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
-from .rundir import RunDir, RunLock, RunLocked
+from .rundir import RunDir, RunLock, RunLocked, atomic_write_json, read_json
 from .stop import StopRequested
 from .world import World
 
@@ -40,6 +40,25 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+WALL_FILE = "wall.json"  # seconds of every invocation of `rlhf run` into the run directory
+
+
+def record_wall(rd: RunDir, t_start: float, reset: bool = False) -> tuple[float, int]:
+    """Record this invocation's wall time so far in ``<run>/wall.json`` (one entry per
+    invocation, keyed by its start time; ``reset`` (--force) forgets earlier ones) and return
+    (the total over every recorded invocation, their number): the time a run took across
+    resumes. Updated when a stage ends and when the run stops in any way but kill -9."""
+    this = time.time() - t_start
+    if not rd.writer:
+        return this, 1
+    data = read_json(rd.path / WALL_FILE, {})
+    runs = data.get("invocations") if isinstance(data, dict) and not reset else None
+    runs = {k: v for k, v in runs.items() if isinstance(v, (int, float))} if isinstance(runs, dict) else {}
+    runs[f"{t_start:.6f}"] = round(this, 3)
+    atomic_write_json(rd.path / WALL_FILE, {"invocations": runs, "total_s": round(sum(runs.values()), 3)})
+    return sum(runs.values()), len(runs)
 
 
 def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
@@ -214,6 +233,7 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
     seed_everything(cfg.seed)
     rd.write_provenance(dump_yaml(cfg), cfg.seed, argv)
     stage = "setup"
+    record_wall(rd, t_start, reset=force and set(stages) >= set(cfg.stages))
     rd.set_status("running", stage=stage, pid=os.getpid(), **({"world_size": d.world} if d.world > 1 else {}))
     try:
         world = tok = None
@@ -257,32 +277,41 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
                 summary = _run_one(stage, cfg, rd, world, tok, device, d, pretrained_path, sft_path)
             summary["stage_time_s"] = time.time() - t0
             rd.finish_stage(stage, summary, dump_yaml(cfg))
+            record_wall(rd, t_start)
         if not final:
             return rd.path
-        wall = time.time() - t_start
+        this = time.time() - t_start
+        wall, n_runs = record_wall(rd, t_start)
         peak = peak_rss_mb()
         rd.set_status("done", stage=cfg.stages[-1], wall_s=round(wall, 1), peak_rss_mb=round(peak, 1),
+                      **({"wall_s_this_invocation": round(this, 1), "invocations": n_runs} if n_runs > 1 else {}),
                       **({"world_size": d.world} if d.world > 1 else {}))
         if rd.writer:
-            print(f"[run] {rd.path}: done in {wall:.1f} s wall time, peak memory {peak:.0f} MB")
+            across = f" over {n_runs} invocations ({this:.1f} s in this one)" if n_runs > 1 else ""
+            print(f"[run] {rd.path}: done in {wall:.1f} s wall time{across}, peak memory {peak:.0f} MB")
         return rd.path
     except KeyboardInterrupt:
+        _record_wall_quietly(rd, t_start)
         _discard_partial(rd, stage)
         rd.set_status("interrupted", stage=stage, error="interrupted by the user (Ctrl-C)")
         raise
     except SystemExit as e:  # e.g. submitit's preemption/requeue: resumable, not a failure
+        _record_wall_quietly(rd, t_start)
         _discard_partial(rd, stage)
         rd.set_status("interrupted", stage=stage, error=f"stopped by SystemExit({e.code}) (preempted or requeued)")
         raise
     except StopRequested as e:  # checkpointed at an iteration boundary: resumable
+        _record_wall_quietly(rd, t_start)
         rd.set_status("interrupted", stage=stage, step=e.step, error=str(e), checkpoint=e.checkpoint)
         raise
     except FloatingPointError as e:  # Diverged (pretrain, rm, ppo), or a library's own
+        _record_wall_quietly(rd, t_start)
         _discard_partial(rd, stage)  # PPO keeps its last good checkpoint
         extra = {"step": e.step, "values": e.values} if isinstance(e, Diverged) else {}
         rd.set_status("diverged", stage=stage, error=str(e), **extra)
         raise
     except BaseException as e:
+        _record_wall_quietly(rd, t_start)
         if stage != "ppo":
             _discard_partial(rd, stage)
         rd.set_status("failed", stage=stage, error=f"{type(e).__name__}: {e}")
@@ -311,6 +340,13 @@ def _run_one(stage: str, cfg: RunConfig, rd: RunDir, world, tok, device, d: "dis
         from .ppo import run_ppo
         summary = run_ppo(cfg, rd, sft_path(), str(rd.stage("rm")), tok, world, device, d)
     return summary
+
+
+def _record_wall_quietly(rd: RunDir, t_start: float) -> None:
+    try:
+        record_wall(rd, t_start)
+    except OSError:  # a full or read-only disk: the status below says what happened
+        pass
 
 
 def _discard_partial(rd: RunDir, stage: str) -> None:

@@ -160,3 +160,25 @@ def test_verbose_brings_the_library_output_back(monkeypatch):
         assert os.environ["TRANSFORMERS_VERBOSITY"] == "warning"
     finally:
         tlog.set_verbosity_warning()
+
+
+def test_wall_time_is_reported_across_invocations(tmp_path, capsys):
+    from rlhf.config import load_config
+    from rlhf.pipeline import run_pipeline
+
+    def run(stages, force=False):
+        cfg = load_config(QUICK, tiny_overrides(tmp_path, extra=[f"stages=[{stages}]", "pretrain.steps=20"]))
+        run_pipeline(cfg, force=force)
+        return capsys.readouterr().out
+
+    out1 = run("pretrain")
+    first = read_json(tmp_path / "tiny" / "wall.json")["total_s"]
+    assert "over" not in out1.split("[run]")[-1]
+    out2 = run("pretrain,sft")
+    wall = read_json(tmp_path / "tiny" / "wall.json")
+    st = read_json(tmp_path / "tiny" / "status.json")
+    assert len(wall["invocations"]) == 2 and "over 2 invocations" in out2
+    assert st["wall_s"] == pytest.approx(wall["total_s"], abs=0.1) and st["invocations"] == 2
+    assert wall["total_s"] > first and st["wall_s_this_invocation"] < st["wall_s"]
+    run("pretrain,sft", force=True)  # --force redoing every stage: a new run, a new count
+    assert len(read_json(tmp_path / "tiny" / "wall.json")["invocations"]) == 1
