@@ -79,6 +79,9 @@ def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
                           f"is unknown; pick another name=..., or --force to redo its stages") from None
     if not changes:
         return
+    if not force and _only_more_ppo_steps(changes, cfg):
+        print(f"[run] {changes[0]}: PPO continues from its newest checkpoint", flush=True)
+        return
     if not force:
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
         raise ConfigError(f"run directory {rd.path} holds a different config ({shown}): "
@@ -92,6 +95,45 @@ def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
                 f"--force with a changed {line}: it shapes stage(s) {', '.join(kept)} of {rd.path}, which this "
                 f"run does not redo, so their results would be attributed to the new value. Add them to stages=, "
                 f"or pick another name=...")
+
+
+def _only_more_ppo_steps(changes: list[str], cfg: RunConfig) -> bool:
+    """True when the only change is a larger ``ppo.steps`` (one reward model: ``ppo.rounds`` =
+    1, so the iterations already run are the first ones of the longer run): PPO then continues
+    from its newest checkpoint instead of asking for --force."""
+    if len(changes) != 1 or not changes[0].startswith("ppo.steps:") or cfg.ppo.rounds != 1:
+        return False
+    old, new = (x.strip() for x in changes[0].split(":", 1)[1].split("->"))
+    try:
+        return int(new) > int(old)
+    except ValueError:
+        return False
+
+
+PPO_CONTINUED = ("metrics.jsonl", "samples.jsonl.gz", "checkpoints", "kl")  # what a continued PPO stage keeps
+
+
+def _continue_ppo(rd: RunDir) -> None:
+    """Prepare ``ppo.tmp`` to continue the finished ``ppo/`` stage with more iterations: its
+    newest checkpoint, metrics, samples and KL-level policies, hard-linked (every file there
+    is replaced, never changed in place, so the finished stage stays intact until the new
+    one is swapped in). Raises ConfigError when ``ppo/`` kept no checkpoint."""
+    from .ppo import checkpoints
+    done, tmp = rd.stage("ppo"), rd.path / "ppo.tmp"
+    if not rd.writer or checkpoints(tmp / "checkpoints"):
+        return  # a continuation already under way: resume it
+    if not checkpoints(done / "checkpoints"):
+        raise ConfigError(f"ppo.steps was raised, but {done} kept no checkpoint to continue from (made before "
+                          f"finished PPO stages kept their newest one): --force redoes PPO from step 0")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in PPO_CONTINUED + tuple(p.name for p in done.glob("samples.rank*.jsonl.gz")):
+        src = done / name
+        if src.is_dir():
+            shutil.copytree(src, tmp / name, copy_function=os.link)
+        elif src.is_file():
+            shutil.copy2(src, tmp / name)  # appended to: a copy, not a link
+    print(f"[ppo] continuing the finished stage from {checkpoints(tmp / 'checkpoints')[0].name}", flush=True)
 
 
 def _stage_built_with_other_config(rd: RunDir, stage: str, cfg: RunConfig) -> list[str]:
@@ -263,9 +305,13 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
                 if not stale:
                     print(f"[{stage}] done already, skipped (--force redoes it)")
                     continue
-                # an interrupted --force redo with a changed config: finish it (the old result stays
-                # until the new one is complete)
-                print(f"[{stage}] done with another config ({'; '.join(stale[:4])}): redoing it beside the old result")
+                if stage == "ppo" and _only_more_ppo_steps(stale, cfg):
+                    _continue_ppo(rd)  # more iterations: from the newest checkpoint, beside the old result
+                else:
+                    # an interrupted --force redo with a changed config: finish it (the old result stays
+                    # until the new one is complete)
+                    print(f"[{stage}] done with another config ({'; '.join(stale[:4])}): "
+                          f"redoing it beside the old result")
             rd.set_status("running", stage=stage, step=0)
             if force and rd.writer:  # redo from scratch, beside the old result: no resuming from old
                 shutil.rmtree(rd.path / f"{stage}.tmp", ignore_errors=True)  # partial state; the finished

@@ -647,7 +647,9 @@ class PPORun:
             save_file(lr.value_head.state_dict(), str(out / "value_head.safetensors"))
         if lr.critic is not None:
             save_hf(lr.critic, None, out / "critic")
-        shutil.rmtree(self.ckdir, ignore_errors=True)
+        keep = checkpoints(self.ckdir)[:1]  # the newest stays: raising ppo.steps continues from it (rlhf/pipeline.py)
+        for old in (p for p in self.ckdir.glob("*") if p not in keep):
+            shutil.rmtree(old, ignore_errors=True)
         summary = summarise(read_jsonl(out / "metrics.jsonl"), self.pc.steps, self.last_row, time.time() - self.t0,
                             self.progress.kl_saved, final_held)
         if self.world is not None and self.pc.data == "world":  # the toy world's before/after on held-out prompts

@@ -162,6 +162,43 @@ def test_verbose_brings_the_library_output_back(monkeypatch):
         tlog.set_verbosity_warning()
 
 
+def test_raising_ppo_steps_continues_from_the_newest_checkpoint(tiny_run, tmp_path, capsys):
+    """ppo.steps 6 -> 8 without --force continues the finished PPO stage from its newest
+    checkpoint (step 4: iterations 4 and 5 are redone, deterministically) to the same result
+    as a run made with 8 steps from the start."""
+    import shutil
+
+    from rlhf.config import load_config
+    from rlhf.pipeline import run_pipeline
+    src, _ = tiny_run
+    for name in ("a", "b"):
+        shutil.copytree(src, tmp_path / name)
+
+    def cfg(name, steps):
+        return load_config(QUICK, tiny_overrides(tmp_path, name, [f"ppo.steps={steps}", "stages=[ppo]"]))
+
+    run_pipeline(cfg("a", 6))
+    assert [p.name for p in (tmp_path / "a" / "ppo" / "checkpoints").iterdir()] == ["step_000004"]
+    kept = (tmp_path / "a" / "ppo" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    run_pipeline(cfg("a", 8))  # no --force
+    out = capsys.readouterr().out
+    assert "ppo.steps: 6 -> 8" in out and "continuing the finished stage from step_000004" in out
+    assert "resumed from step_000004 (step 4)" in out
+    run_pipeline(cfg("b", 8))
+    drop = ("time_s",)
+    a = [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(tmp_path / "a" / "ppo" / "metrics.jsonl")]
+    b = [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(tmp_path / "b" / "ppo" / "metrics.jsonl")]
+    assert [r["step"] for r in a] == list(range(8))
+    assert a == b
+    assert read_json(tmp_path / "a" / "ppo" / "summary.json")["steps"] == 8
+    assert kept  # the 6-step result stayed whole until the 8-step one replaced it
+    # lowering ppo.steps is still a different config
+    from rlhf.config import ConfigError
+    with pytest.raises(ConfigError, match="ppo.steps: 8 -> 7"):
+        run_pipeline(cfg("a", 7))
+
+
 def test_wall_time_is_reported_across_invocations(tmp_path, capsys):
     from rlhf.config import load_config
     from rlhf.pipeline import run_pipeline
