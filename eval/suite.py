@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional
 
 
 from rlhf.errors import InputError
-from rlhf.rundir import append_jsonl, read_jsonl
+from rlhf.rundir import append_jsonl, read_jsonl, stage_model
 
 from . import data as evdata
 from . import metrics
@@ -79,8 +79,9 @@ def run_checkpoints(run: Path) -> list[Checkpoint]:
     (rm/ is a reward model, not a policy.)"""
     out = []
     for name in ("pretrain", "sft"):
-        if _is_model_dir(run / name):
-            out.append(Checkpoint(str(run / name), name))
+        path = stage_model(run / name)  # sft/ may point to its source model (sft.skip)
+        if path is not None:
+            out.append(Checkpoint(path, name))
     kl_dir = run / "ppo" / "kl"
     if kl_dir.is_dir():
         for p in sorted((q for q in kl_dir.iterdir() if _is_model_dir(q)), key=_kl_level):
@@ -152,8 +153,9 @@ def reference_checkpoint(target: Target, settings: EvalSettings) -> Optional[Che
         return Checkpoint(settings.reference, "reference")
     if target.run_dir is not None:
         for name in ("sft", "pretrain"):
-            if _is_model_dir(target.run_dir / name):
-                return Checkpoint(str(target.run_dir / name), name)
+            path = stage_model(target.run_dir / name)
+            if path is not None:
+                return Checkpoint(path, name)
     return None
 
 
@@ -474,10 +476,11 @@ def run_overopt(ctx: Context, rec: Recorder) -> None:
     s = ctx.s
     tgt = ctx.target
     run = tgt.run_dir
-    sft_cp = Checkpoint(str(run / "sft"), "sft") if run is not None else Checkpoint("", "sft")
+    sft_path = stage_model(run / "sft") if run is not None else None
+    sft_cp = Checkpoint(sft_path or (str(run / "sft") if run is not None else ""), "sft")
     t0 = time.perf_counter()
     try:
-        if run is None or not _is_model_dir(run / "sft") or not _is_model_dir(run / "rm"):
+        if sft_path is None or not _is_model_dir(run / "rm"):
             raise EvalError("overopt needs a run directory with sft/ and rm/ checkpoints")
         sft, tok = ctx.load(sft_cp)
         rm = load_reward_model(str(run / "rm"), s.dtype, ctx.device).eval()
@@ -622,7 +625,7 @@ def default_suites(target: Target) -> list[str]:
     out = ["truthfulqa", "toxicity", "regression"]
     if target.world is None:  # English benchmarks: not a default for toy-world runs (a word-level world tokenizer)
         out.append("bias")
-    if target.run_dir is not None and _is_model_dir(target.run_dir / "rm") and _is_model_dir(target.run_dir / "sft"):
+    if target.run_dir is not None and _is_model_dir(target.run_dir / "rm") and stage_model(target.run_dir / "sft"):
         out.append("overopt")
     return out
 

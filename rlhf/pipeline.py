@@ -25,7 +25,7 @@ from . import dist, tracking
 from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
 from .errors import Diverged  # noqa: F401 - also re-exported: rlhf/ppo.py imports it from here
 from .models import context_length, load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
-from .rundir import RunDir, RunLock, RunLocked, atomic_write_json, read_json
+from .rundir import MODEL_POINTER, RunDir, RunLock, RunLocked, atomic_write_json, read_json, stage_model
 from .stop import StopRequested
 from .world import World
 
@@ -297,7 +297,11 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
         def sft_path() -> str:
             if not rd.stage_done("sft"):
                 raise ConfigError("stages 'rm' and 'ppo' need the SFT model: add 'sft' to stages")
-            return str(rd.stage("sft"))
+            path = stage_model(rd.stage("sft"))  # the folder, or the model sft.skip points to
+            if path is None:
+                raise ConfigError(f"{rd.stage('sft')} holds no model (no config.json, no {MODEL_POINTER}): "
+                                  f"--force stages=[sft] redoes it")
+            return path
 
         for stage in stages:
             if rd.stage_done(stage) and not force:

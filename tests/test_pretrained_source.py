@@ -38,6 +38,9 @@ def test_hf_folder_with_pair_data(tmp_path):
     run = make_hf_run(tmp_path)
     assert read_json(run / "pretrain" / "summary.json")["skipped"] is True
     assert read_json(run / "sft" / "summary.json")["skipped"] is True
+    # sft.skip: sft/ points to the source model instead of copying it; later stages load from it
+    assert read_json(run / "sft" / "model_source.json") == {"path": str((tmp_path / "base").resolve())}
+    assert (run / "sft" / "DONE").exists() and not list((run / "sft").glob("*.safetensors"))
     rm = read_json(run / "rm" / "summary.json")
     assert rm["k"] == 2 and rm["n_comparisons"] == 40 and "heldout_accuracy" in rm
     ppo = read_jsonl(run / "ppo" / "metrics.jsonl")
