@@ -255,7 +255,8 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     t0 = time.time()
     step = 0
     # iterated RLHF retrains the RM inside the PPO stage: its rows go to PPO's tracker as rm_round<r>/...
-    track_prefix = "" if out.name in ("rm", "rm.tmp") else f"{out.name}/"
+    round_name = out.name.removesuffix(".tmp")
+    track_prefix = "" if round_name == "rm" else f"{round_name}/"
     bar = tqdm(total=n_steps, desc=f"reward model (K={comparisons[0] and len(comparisons[0]['responses'])}, "
                                    f"{rc.loss})", mininterval=2.0)
     for epoch in range(rc.epochs):

@@ -219,3 +219,27 @@ def test_wall_time_is_reported_across_invocations(tmp_path, capsys):
     assert wall["total_s"] > first and st["wall_s_this_invocation"] < st["wall_s"]
     run("pretrain,sft", force=True)  # --force redoing every stage: a new run, a new count
     assert len(read_json(tmp_path / "tiny" / "wall.json")["invocations"]) == 1
+
+
+def test_rm_offset_and_evaluation_show_progress(tiny_run, monkeypatch):
+    """The reward model's score offset and its evaluations (minutes on a real model) each
+    show a named progress bar over their batches."""
+    from rlhf import reward
+    from rlhf.models import load_reward_model
+    path, _ = tiny_run
+    bars = []
+
+    def fake_tqdm(it, desc=None, **kw):
+        bars.append([desc, 0])
+        for x in it:
+            bars[-1][1] += 1
+            yield x
+
+    monkeypatch.setattr(reward, "tqdm", fake_tqdm)
+    rm = load_reward_model(str(path / "rm")).eval()
+    tok = AutoTokenizer.from_pretrained(path / "rm")
+    reward.score_texts(rm, tok, ["a"] * 5, ["b"] * 5, 32, batch_size=2, progress="rm offset")
+    rows = [{"prompt": "a", "responses": ["b", "c"]}] * 3
+    reward.evaluate_rm(rm, tok, rows, "cpu", 32, batch=2, progress="rm held-out eval")
+    reward.score_texts(rm, tok, ["a"], ["b"], 32)  # no name: no bar (PPO's scoring, every iteration)
+    assert bars == [["rm offset", 3], ["rm held-out eval", 2]]
