@@ -3,7 +3,8 @@
 A tracker mirrors ``metrics.jsonl``: every row a stage appends there (pretrain, SFT through
 its Trainer callback, the reward model, PPO's log phase) is also given to :func:`log`, and
 each numeric field goes to the tracker as a scalar under the same name (``loss``,
-``rm_score``, ``kl``...), at the row's ``step``. One tracker run per stage:
+``rm_score``, ``kl``...), at the row's ``step``. One tracker run per stage that logs (opened at
+its first row: a skipped stage leaves none):
 
 * ``tensorboard``: event files under ``<run>/tracking/tensorboard/<stage>/``
   (``torch.utils.tensorboard.SummaryWriter``; needs the ``tensorboard`` package);
@@ -73,12 +74,20 @@ class Tracker:
     """The trackers of one stage; :meth:`log` a metrics row, :meth:`text` a table of samples."""
 
     def __init__(self, cfg, run_path: Path, stage: str):
-        self.writers = []
-        self.stage = stage
+        self.writers: list[str] = []
+        self.cfg, self.run_path, self.stage = cfg, Path(run_path), stage
         self.sample_every = cfg.logging.sample_every
         self.n_samples = cfg.logging.n_samples
+        self.started = False
+
+    def start(self) -> None:
+        """Open the trackers, at the first row: a stage that logs nothing (skipped) leaves none."""
+        if self.started:
+            return
+        self.started = True
+        cfg, stage = self.cfg, self.stage
         names = requested(cfg)
-        root = Path(run_path) / "tracking"
+        root = self.run_path / "tracking"
         if "tensorboard" in names:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(log_dir=str(root / "tensorboard" / stage))
@@ -92,6 +101,7 @@ class Tracker:
             self.writers.append("wandb")
 
     def log(self, row: dict, prefix: str = "") -> None:
+        self.start()
         vals = scalars(row, prefix)
         step = int(row.get("step", 0))
         if "tensorboard" in self.writers:
@@ -103,6 +113,7 @@ class Tracker:
     def text(self, step: int, rows: list[dict], tag: str = "samples") -> None:
         if not rows:
             return
+        self.start()
         cols = list(dict.fromkeys(k for r in rows for k in r if k not in ("step", "rank")))
         if "tensorboard" in self.writers:
             def cell(v):

@@ -96,8 +96,9 @@ def test_wandb_offline_writes_a_run_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = load_config(None, [f"out_dir={tmp_path}", "name=wb", "logging.report_to=wandb"])
     with tracking.stage(cfg, tmp_path / "wb", "pretrain") as tr:
-        assert tr is not None and tr.writers == ["wandb"]
+        assert tr is not None and tr.writers == []  # opened at the first row
         tracking.log({"step": 0, "loss": 2.0})
+        assert tr.writers == ["wandb"]
         tracking.log({"step": 1, "loss": 1.5})
         tr.text(1, [{"prompt": "p", "response": "r", "rm_score": 0.1}])
     runs = list((tmp_path / "wb" / "tracking" / "wandb").glob("offline-run-*"))
