@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import re
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional
 
 
 from rlhf.errors import InputError
-from rlhf.rundir import append_jsonl, read_jsonl
+from rlhf.rundir import append_jsonl, read_jsonl, stage_model
 
 from . import data as evdata
 from . import metrics
@@ -77,8 +79,9 @@ def run_checkpoints(run: Path) -> list[Checkpoint]:
     (rm/ is a reward model, not a policy.)"""
     out = []
     for name in ("pretrain", "sft"):
-        if _is_model_dir(run / name):
-            out.append(Checkpoint(str(run / name), name))
+        path = stage_model(run / name)  # sft/ may point to its source model (sft.skip)
+        if path is not None:
+            out.append(Checkpoint(path, name))
     kl_dir = run / "ppo" / "kl"
     if kl_dir.is_dir():
         for p in sorted((q for q in kl_dir.iterdir() if _is_model_dir(q)), key=_kl_level):
@@ -150,8 +153,9 @@ def reference_checkpoint(target: Target, settings: EvalSettings) -> Optional[Che
         return Checkpoint(settings.reference, "reference")
     if target.run_dir is not None:
         for name in ("sft", "pretrain"):
-            if _is_model_dir(target.run_dir / name):
-                return Checkpoint(str(target.run_dir / name), name)
+            path = stage_model(target.run_dir / name)
+            if path is not None:
+                return Checkpoint(path, name)
     return None
 
 
@@ -488,10 +492,11 @@ def run_overopt(ctx: Context, rec: Recorder) -> None:
     s = ctx.s
     tgt = ctx.target
     run = tgt.run_dir
-    sft_cp = Checkpoint(str(run / "sft"), "sft") if run is not None else Checkpoint("", "sft")
+    sft_path = stage_model(run / "sft") if run is not None else None
+    sft_cp = Checkpoint(sft_path or (str(run / "sft") if run is not None else ""), "sft")
     t0 = time.perf_counter()
     try:
-        if run is None or not _is_model_dir(run / "sft") or not _is_model_dir(run / "rm"):
+        if sft_path is None or not _is_model_dir(run / "rm"):
             raise EvalError("overopt needs a run directory with sft/ and rm/ checkpoints")
         sft, tok = ctx.load(sft_cp)
         rm = load_reward_model(str(run / "rm"), s.dtype, ctx.device).eval()
@@ -636,9 +641,55 @@ def default_suites(target: Target) -> list[str]:
     out = ["truthfulqa", "toxicity", "regression"]
     if target.world is None:  # English benchmarks: not a default for toy-world runs (a word-level world tokenizer)
         out.append("bias")
-    if target.run_dir is not None and _is_model_dir(target.run_dir / "rm") and _is_model_dir(target.run_dir / "sft"):
+    if target.run_dir is not None and _is_model_dir(target.run_dir / "rm") and stage_model(target.run_dir / "sft"):
         out.append("overopt")
     return out
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _unrunnable(target: Target, suite: str, settings: EvalSettings) -> Optional[str]:
+    """Why a default suite cannot run on ``target`` (None when it can): outside the toy world,
+    overopt without a ``gold_rm``; a benchmark with neither a local copy nor a reachable hub
+    (offline); or a data source that fails its preflight check."""
+    if target.world is not None:
+        return None
+    if suite == "overopt":
+        return None if settings.gold_rm else "outside the toy world it needs a gold reward model: gold_rm=<name or path>"
+    files = {"truthfulqa": (settings.truthfulqa, (evdata.TRUTHFULQA_FILE,)),
+             "toxicity": (settings.rtp, evdata.RTP_FILES),
+             "regression": (settings.wikitext, (evdata.WIKITEXT_FILE,))}
+    try:
+        if suite in files:
+            kind, _ = evdata.resolve_source(*files[suite], settings, "rtp" if suite == "toxicity" else suite)
+            if kind == "hub" and _hub_offline():
+                return (f"no local copy of its data (data_dir={settings.resolved_data_dir() or 'none'}) and the hub "
+                        f"is offline: set data_dir=... or RLHF_DATA_DIR")
+        elif suite == "bias":
+            from .bias import bbq_source, check_sources, crows_source
+            check_sources(settings)
+            hub = [n for n in settings.bias_datasets
+                   if (crows_source if n == "crows_pairs" else bbq_source)(settings)[0] == "hub"]
+            if hub and _hub_offline():
+                return f"no local copy of {', '.join(hub)} and the hub is offline: set data_dir=... or RLHF_DATA_DIR"
+    except evdata.DataError as e:
+        return str(e)
+    return None
+
+
+def runnable_default_suites(target: Target, settings: EvalSettings) -> tuple[list[str], list[tuple[str, str]]]:
+    """The default suites of ``target`` that can run, and (suite, why not) for the others:
+    ``rlhf eval <run>`` with no suite named skips those with a note instead of failing."""
+    kept, skipped = [], []
+    for suite in default_suites(target):
+        why = _unrunnable(target, suite, settings)
+        if why is None:
+            kept.append(suite)
+        else:
+            skipped.append((suite, why))
+    return kept, skipped
 
 
 def evaluate(path: str, suites: Optional[Iterable[str]] = None, settings: Optional[EvalSettings] = None,
@@ -649,10 +700,18 @@ def evaluate(path: str, suites: Optional[Iterable[str]] = None, settings: Option
 
     Raises EvalError / DataError / TaskError / ScorerError / SettingsError for bad input
     before any compute; metric failures during the run become records with ``error``.
+    With no ``suites`` named, the default suites that cannot run on ``path``
+    (:func:`runnable_default_suites`: overopt outside the toy world without ``gold_rm``, a
+    benchmark with no local data while the hub is offline) are skipped with a note on stderr.
     """
     settings = settings or make_settings()
     target = discover(path, checkpoints, out_dir)
-    suites = list(suites) if suites else default_suites(target)
+    if suites:
+        suites = list(suites)
+    else:  # the defaults: a suite that cannot run here is skipped with a note, never an error
+        suites, skipped = runnable_default_suites(target, settings)
+        for suite, why in skipped:
+            print(f"rlhf eval: skipped suite {suite}: {why}", file=sys.stderr, flush=True)
     bad = [x for x in suites if x not in SUITES]
     if bad:
         raise EvalError(f"unknown suite(s) {', '.join(bad)} (known: {', '.join(SUITES)})")

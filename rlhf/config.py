@@ -3,7 +3,7 @@
 One name per switch, used in code, YAML, results tables and plots:
 
     seed, world.*, model.*, pretrain.*, sft.*, rm.k, rm.*, ppo.beta, ppo.ptx_coef,
-    ppo.clip_eps, ppo.*
+    ppo.clip_eps, ppo.*, logging.* (trackers: never part of a result)
 
 A config is built from dataclass defaults, then a YAML file, then ``key=value``
 command-line overrides with dotted keys (``rm.k=9 seed=3 ppo.clip_eps=none``).
@@ -165,6 +165,17 @@ class PPOConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Experiment trackers (rlhf/tracking.py); never part of a result or a stage's hash."""
+
+    # "" (none), "tensorboard", "wandb", or both: a list or a comma string
+    report_to: list[str] = field(default_factory=list)
+    sample_every: int = 10  # PPO: every N iterations, a few samples go to the tracker as text
+    n_samples: int = 4  # samples per logged iteration
+    wandb_project: str = "rlhf"
+
+
+@dataclass
 class RunConfig:
     name: str = "quickstart"  # run directory name under out_dir
     out_dir: str = "runs"  # where run directories go
@@ -178,6 +189,7 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 STAGES = ("pretrain", "sft", "rm", "ppo")  # the stages a config lists, in order
@@ -261,6 +273,10 @@ _RANGES += [
     ("ppo.vf_coef", lambda v: v >= 0, ">= 0"),
     ("ppo.max_prompt_tokens", lambda v: v >= 1, ">= 1"),
     ("model.attn_implementation", lambda v: v in _ATTN, " or ".join(_ATTN)),
+    ("logging.report_to", lambda v: all(x in ("", "tensorboard", "wandb") for x in v),
+     "a list (or comma string) of tensorboard, wandb; empty for none"),
+    ("logging.sample_every", lambda v: v >= 1, ">= 1"),
+    ("logging.n_samples", lambda v: v >= 0, ">= 0"),
 ]
 # Keys whose every finite value is meaningful (the gold reward's weights, a penalty).
 _ANY_NUMBER = ("world.w_correct", "world.w_myth", "world.w_wrong", "world.w_toxic", "world.w_unfinished",
@@ -531,6 +547,11 @@ def _flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
 # that was moved (name, out_dir), continued with more stages, or run with other threads is
 # the same run.
 NO_RESULT_KEYS = ("name", "out_dir", "stages", "threads")
+NO_RESULT_SECTIONS = ("logging",)  # trackers: where results are shown, never what they are
+
+
+def _is_result_key(key: str) -> bool:
+    return key not in NO_RESULT_KEYS and key.split(".", 1)[0] not in NO_RESULT_SECTIONS
 
 
 def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
@@ -546,7 +567,7 @@ def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
     defaults = _flatten_dict(yaml.safe_load(dump_yaml(RunConfig())))
     changes = []
     for key in sorted(set(old) | set(new)):
-        if key in NO_RESULT_KEYS or key in REMOVED_KEYS:
+        if not _is_result_key(key) or key in REMOVED_KEYS:
             continue
         if key not in old and new.get(key) == defaults.get(key):
             continue
@@ -566,7 +587,7 @@ NOT_A_RESULT_KEY = NO_RESULT_KEYS + ("device",)
 def stages_shaped_by(key: str) -> tuple[str, ...]:
     """The stages (world, pretrain, sft, rm, ppo) whose result a config key shapes: the
     inverse of :func:`stage_keys`, used by the run directory's config checks."""
-    if key in NOT_A_RESULT_KEY:
+    if key in NOT_A_RESULT_KEY or not _is_result_key(key):
         return ()
     section = key.split(".", 1)[0]
     return tuple(s for s in STAGE_DIRS if s == "ppo" or section in _STAGE_SECTIONS[s])
@@ -575,10 +596,10 @@ def stages_shaped_by(key: str) -> tuple[str, ...]:
 def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:
     """The resolved config keys that the result of ``stage`` (world, pretrain, sft, rm, ppo)
     depends on: world <- world.*; pretrain <- seed, world.*, model.*, pretrain.*; sft <- those
-    + sft.*; rm <- those + rm.*; ppo <- every key but name, out_dir, threads, device, stages."""
+    + sft.*; rm <- those + rm.*; ppo <- every key but name, out_dir, threads, device, stages and logging.*."""
     flat = flatten(cfg)
     if stage == "ppo":
-        return {k: v for k, v in flat.items() if k not in NOT_A_RESULT_KEY}
+        return {k: v for k, v in flat.items() if k not in NOT_A_RESULT_KEY and _is_result_key(k)}
     if stage not in _STAGE_SECTIONS:
         raise ConfigError(f"unknown stage {stage!r} (known: world, {', '.join(STAGES)})")
     secs = _STAGE_SECTIONS[stage]

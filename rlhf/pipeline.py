@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Optional
 
 
-from . import dist
+from . import dist, tracking
 from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
 from .errors import Diverged
 from .models import context_length, load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
-from .rundir import RunDir, RunLock, RunLocked
+from .rundir import MODEL_POINTER, RunDir, RunLock, RunLocked, atomic_write_json, read_json, stage_model
 from .stop import StopRequested
 from .world import World
 
@@ -40,6 +40,25 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+WALL_FILE = "wall.json"  # seconds of every invocation of `rlhf run` into the run directory
+
+
+def record_wall(rd: RunDir, t_start: float, reset: bool = False) -> tuple[float, int]:
+    """Record this invocation's wall time so far in ``<run>/wall.json`` (one entry per
+    invocation, keyed by its start time; ``reset`` (--force) forgets earlier ones) and return
+    (the total over every recorded invocation, their number): the time a run took across
+    resumes. Updated when a stage ends and when the run stops in any way but kill -9."""
+    this = time.time() - t_start
+    if not rd.writer:
+        return this, 1
+    data = read_json(rd.path / WALL_FILE, {})
+    runs = data.get("invocations") if isinstance(data, dict) and not reset else None
+    runs = {k: v for k, v in runs.items() if isinstance(v, (int, float))} if isinstance(runs, dict) else {}
+    runs[f"{t_start:.6f}"] = round(this, 3)
+    atomic_write_json(rd.path / WALL_FILE, {"invocations": runs, "total_s": round(sum(runs.values()), 3)})
+    return sum(runs.values()), len(runs)
 
 
 def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
@@ -60,6 +79,9 @@ def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
                           f"is unknown; pick another name=..., or --force to redo its stages") from None
     if not changes:
         return
+    if not force and _only_more_ppo_steps(changes, cfg):
+        print(f"[run] {changes[0]}: PPO continues from its newest checkpoint", flush=True)
+        return
     if not force:
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
         raise ConfigError(f"run directory {rd.path} holds a different config ({shown}): "
@@ -73,6 +95,45 @@ def _check_same_config(rd: RunDir, cfg: RunConfig, force: bool) -> None:
                 f"--force with a changed {line}: it shapes stage(s) {', '.join(kept)} of {rd.path}, which this "
                 f"run does not redo, so their results would be attributed to the new value. Add them to stages=, "
                 f"or pick another name=...")
+
+
+def _only_more_ppo_steps(changes: list[str], cfg: RunConfig) -> bool:
+    """True when the only change is a larger ``ppo.steps`` (one reward model: ``ppo.rounds`` =
+    1, so the iterations already run are the first ones of the longer run): PPO then continues
+    from its newest checkpoint instead of asking for --force."""
+    if len(changes) != 1 or not changes[0].startswith("ppo.steps:") or cfg.ppo.rounds != 1:
+        return False
+    old, new = (x.strip() for x in changes[0].split(":", 1)[1].split("->"))
+    try:
+        return int(new) > int(old)
+    except ValueError:
+        return False
+
+
+PPO_CONTINUED = ("metrics.jsonl", "samples.jsonl.gz", "checkpoints", "kl")  # what a continued PPO stage keeps
+
+
+def _continue_ppo(rd: RunDir) -> None:
+    """Prepare ``ppo.tmp`` to continue the finished ``ppo/`` stage with more iterations: its
+    newest checkpoint, metrics, samples and KL-level policies, hard-linked (every file there
+    is replaced, never changed in place, so the finished stage stays intact until the new
+    one is swapped in). Raises ConfigError when ``ppo/`` kept no checkpoint."""
+    from .ppo import checkpoints
+    done, tmp = rd.stage("ppo"), rd.path / "ppo.tmp"
+    if not rd.writer or checkpoints(tmp / "checkpoints"):
+        return  # a continuation already under way: resume it
+    if not checkpoints(done / "checkpoints"):
+        raise ConfigError(f"ppo.steps was raised, but {done} kept no checkpoint to continue from (made before "
+                          f"finished PPO stages kept their newest one): --force redoes PPO from step 0")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name in PPO_CONTINUED + tuple(p.name for p in done.glob("samples.rank*.jsonl.gz")):
+        src = done / name
+        if src.is_dir():
+            shutil.copytree(src, tmp / name, copy_function=os.link)
+        elif src.is_file():
+            shutil.copy2(src, tmp / name)  # appended to: a copy, not a link
+    print(f"[ppo] continuing the finished stage from {checkpoints(tmp / 'checkpoints')[0].name}", flush=True)
 
 
 def _stage_built_with_other_config(rd: RunDir, stage: str, cfg: RunConfig) -> list[str]:
@@ -93,7 +154,9 @@ def _check_inputs(rd: RunDir, cfg: RunConfig) -> None:
     """Everything that can be checked before the run directory is touched: the data files
     of the stages to run, and the finished stages they start from."""
     from .data import check_data_inputs
+    from .tracking import check_available
     check_data_inputs(cfg)
+    check_available(cfg)  # logging.report_to: the tracker packages are installed
     need = {"sft": "pretrain" if cfg.model.source == "scratch" and not cfg.sft.init else None,
             "rm": "sft", "ppo": "sft"}
     for stage in cfg.stages:
@@ -205,10 +268,6 @@ def _run_locked(cfg: RunConfig, force: bool, rd_path: Path, argv: Optional[list[
 
 def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv: Optional[list[str]],
                 stages: list[str], d: dist.Dist, t_start: float, final: bool = True) -> Path:
-    from .pretrain import run_pretrain
-    from .reward import run_reward_stage
-    from .sft import load_demonstrations, run_sft
-
     rd = RunDir(run_dir or run_dir_for(cfg), writer=d.is_main)
     _check_same_config(rd, cfg, force)
     set_threads(cfg.threads)
@@ -216,6 +275,7 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
     seed_everything(cfg.seed)
     rd.write_provenance(dump_yaml(cfg), cfg.seed, argv)
     stage = "setup"
+    record_wall(rd, t_start, reset=force and set(stages) >= set(cfg.stages))
     rd.set_status("running", stage=stage, pid=os.getpid(), **({"world_size": d.world} if d.world > 1 else {}))
     try:
         world = tok = None
@@ -237,7 +297,11 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
         def sft_path() -> str:
             if not rd.stage_done("sft"):
                 raise ConfigError("stages 'rm' and 'ppo' need the SFT model: add 'sft' to stages")
-            return str(rd.stage("sft"))
+            path = stage_model(rd.stage("sft"))  # the folder, or the model sft.skip points to
+            if path is None:
+                raise ConfigError(f"{rd.stage('sft')} holds no model (no config.json, no {MODEL_POINTER}): "
+                                  f"--force stages=[sft] redoes it")
+            return path
 
         for stage in stages:
             if rd.stage_done(stage) and not force:
@@ -245,9 +309,13 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
                 if not stale:
                     print(f"[{stage}] done already, skipped (--force redoes it)")
                     continue
-                # an interrupted --force redo with a changed config: finish it (the old result stays
-                # until the new one is complete)
-                print(f"[{stage}] done with another config ({'; '.join(stale[:4])}): redoing it beside the old result")
+                if stage == "ppo" and _only_more_ppo_steps(stale, cfg):
+                    _continue_ppo(rd)  # more iterations: from the newest checkpoint, beside the old result
+                else:
+                    # an interrupted --force redo with a changed config: finish it (the old result stays
+                    # until the new one is complete)
+                    print(f"[{stage}] done with another config ({'; '.join(stale[:4])}): "
+                          f"redoing it beside the old result")
             rd.set_status("running", stage=stage, step=0)
             if force and rd.writer:  # redo from scratch, beside the old result: no resuming from old
                 shutil.rmtree(rd.path / f"{stage}.tmp", ignore_errors=True)  # partial state; the finished
@@ -255,53 +323,80 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
             d.barrier()  # data-parallel PPO: no rank reads ppo.tmp before rank 0 has cleared it
             seed_everything(cfg.seed)
             t0 = time.time()
-            if stage == "pretrain":
-                if cfg.model.source != "scratch":
-                    rd.begin_stage("pretrain")
-                    summary = {"skipped": True, "source": cfg.model.source}
-                else:
-                    summary = run_pretrain(cfg, rd, world, tok, device)
-            elif stage == "sft":
-                init = cfg.sft.init or pretrained_path()
-                summary = run_sft(cfg, rd, resolve_source(init), tok, world, device)
-            elif stage == "rm":
-                demos = load_demonstrations(cfg, world) if cfg.sft.data == "world" or not cfg.sft.skip else []
-                summary = run_reward_stage(cfg, rd, sft_path(), tok, world, device, demos)
-            elif stage == "ppo":
-                from .ppo import run_ppo
-                summary = run_ppo(cfg, rd, sft_path(), str(rd.stage("rm")), tok, world, device, d)
+            with tracking.stage(cfg, rd.path, stage, rd.writer):  # logging.report_to (rlhf/tracking.py)
+                summary = _run_one(stage, cfg, rd, world, tok, device, d, pretrained_path, sft_path)
             summary["stage_time_s"] = time.time() - t0
             rd.finish_stage(stage, summary, dump_yaml(cfg))
+            record_wall(rd, t_start)
         if not final:
             return rd.path
-        wall = time.time() - t_start
+        this = time.time() - t_start
+        wall, n_runs = record_wall(rd, t_start)
         peak = peak_rss_mb()
         rd.set_status("done", stage=cfg.stages[-1], wall_s=round(wall, 1), peak_rss_mb=round(peak, 1),
+                      **({"wall_s_this_invocation": round(this, 1), "invocations": n_runs} if n_runs > 1 else {}),
                       **({"world_size": d.world} if d.world > 1 else {}))
         if rd.writer:
-            print(f"[run] {rd.path}: done in {wall:.1f} s wall time, peak memory {peak:.0f} MB")
+            across = f" over {n_runs} invocations ({this:.1f} s in this one)" if n_runs > 1 else ""
+            print(f"[run] {rd.path}: done in {wall:.1f} s wall time{across}, peak memory {peak:.0f} MB")
         return rd.path
     except KeyboardInterrupt:
+        _record_wall_quietly(rd, t_start)
         _discard_partial(rd, stage)
         rd.set_status("interrupted", stage=stage, error="interrupted by the user (Ctrl-C)")
         raise
     except SystemExit as e:  # e.g. submitit's preemption/requeue: resumable, not a failure
+        _record_wall_quietly(rd, t_start)
         _discard_partial(rd, stage)
         rd.set_status("interrupted", stage=stage, error=f"stopped by SystemExit({e.code}) (preempted or requeued)")
         raise
     except StopRequested as e:  # checkpointed at an iteration boundary: resumable
+        _record_wall_quietly(rd, t_start)
         rd.set_status("interrupted", stage=stage, step=e.step, error=str(e), checkpoint=e.checkpoint)
         raise
     except FloatingPointError as e:  # Diverged (pretrain, rm, ppo), or a library's own
+        _record_wall_quietly(rd, t_start)
         _discard_partial(rd, stage)  # PPO keeps its last good checkpoint
         extra = {"step": e.step, "values": e.values} if isinstance(e, Diverged) else {}
         rd.set_status("diverged", stage=stage, error=str(e), **extra)
         raise
     except BaseException as e:
+        _record_wall_quietly(rd, t_start)
         if stage != "ppo":
             _discard_partial(rd, stage)
         rd.set_status("failed", stage=stage, error=f"{type(e).__name__}: {e}")
         raise
+
+
+def _run_one(stage: str, cfg: RunConfig, rd: RunDir, world, tok, device, d: "dist.Dist", pretrained_path,
+             sft_path) -> dict:
+    """Run one stage; returns its summary."""
+    from .pretrain import run_pretrain
+    from .reward import run_reward_stage
+    from .sft import load_demonstrations, run_sft
+    if stage == "pretrain":
+        if cfg.model.source != "scratch":
+            rd.begin_stage("pretrain")
+            summary = {"skipped": True, "source": cfg.model.source}
+        else:
+            summary = run_pretrain(cfg, rd, world, tok, device)
+    elif stage == "sft":
+        init = cfg.sft.init or pretrained_path()
+        summary = run_sft(cfg, rd, resolve_source(init), tok, world, device)
+    elif stage == "rm":
+        demos = load_demonstrations(cfg, world) if cfg.sft.data == "world" or not cfg.sft.skip else []
+        summary = run_reward_stage(cfg, rd, sft_path(), tok, world, device, demos)
+    elif stage == "ppo":
+        from .ppo import run_ppo
+        summary = run_ppo(cfg, rd, sft_path(), str(rd.stage("rm")), tok, world, device, d)
+    return summary
+
+
+def _record_wall_quietly(rd: RunDir, t_start: float) -> None:
+    try:
+        record_wall(rd, t_start)
+    except OSError:  # a full or read-only disk: the status below says what happened
+        pass
 
 
 def _discard_partial(rd: RunDir, stage: str) -> None:

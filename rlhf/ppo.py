@@ -72,6 +72,7 @@ from .dist import Dist, shard
 from .heldout import heldout_nll, heldout_text
 from .pretrain import encode_corpus, random_windows
 from .reward import rm_max_length, score_texts
+from . import tracking
 from .rundir import append_jsonl_gz, atomic_write_text, truncate_jsonl_gz, write_jsonl_gz
 from .sampling import sample
 from .world import World
@@ -587,6 +588,8 @@ class PPORun:
             row["heldout_lm_loss"] = held_lm
         if d.is_main:
             append_jsonl(self.out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
+            tracking.log(row)  # logging.report_to (rlhf/tracking.py)
+            tracking.samples(step, rows)  # every logging.sample_every-th iteration
         if time.time() - self.last_status >= 5.0 or step + 1 == self.pc.steps:  # an fsync'd write costs ~8 ms
             self.rd.set_status("running", stage="ppo", step=step + 1, total=self.pc.steps)
             self.last_status = time.time()
@@ -645,7 +648,9 @@ class PPORun:
             save_file(lr.value_head.state_dict(), str(out / "value_head.safetensors"))
         if lr.critic is not None:
             save_hf(lr.critic, None, out / "critic")
-        shutil.rmtree(self.ckdir, ignore_errors=True)
+        keep = checkpoints(self.ckdir)[:1]  # the newest stays: raising ppo.steps continues from it (rlhf/pipeline.py)
+        for old in (p for p in self.ckdir.glob("*") if p not in keep):
+            shutil.rmtree(old, ignore_errors=True)
         summary = summarise(read_jsonl(out / "metrics.jsonl"), self.pc.steps, self.last_row, time.time() - self.t0,
                             self.progress.kl_saved, final_held)
         if self.world is not None and self.pc.data == "world":  # the toy world's before/after on held-out prompts

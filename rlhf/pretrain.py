@@ -8,6 +8,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from . import tracking
 from .config import DataError, RunConfig, stage_seed
 from .errors import check_finite
 from .heldout import heldout_nll, heldout_text
@@ -70,8 +71,9 @@ def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: to
         loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
         if step % 50 == 0 or step == pc.steps - 1:
             bar.set_postfix(loss=f"{loss_ema:.3f}")
-            append_jsonl(out / "metrics.jsonl", {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
-                                                 "time_s": time.time() - t0})
+            row = {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0}
+            append_jsonl(out / "metrics.jsonl", row)
+            tracking.log(row)
     model.config.rlhf_train_window = pc.seq_len  # the held-out loss never reads untrained positions
     hl = heldout_nll(model, tokenizer, heldout_text(world.heldout_corpus()))["loss"]
     probe = probe_world(model, tokenizer, world)

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from . import tracking
 from .config import DataError, RunConfig, stage_seed
 from .errors import check_finite
 from .losses import kwise_ranking_loss, pairwise_accuracy
@@ -114,14 +115,21 @@ def score(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return sequence_scores(model, ids, mask)
 
 
+def _bar(it, name: Optional[str]):
+    """A progress bar named ``name`` over ``it`` (like the training bars: TQDM_DISABLE hides
+    it); no bar when ``name`` is None."""
+    return tqdm(it, desc=name, mininterval=2.0) if name else it
+
+
 @torch.no_grad()
 def score_texts(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int,
-                batch_size: int = 64) -> torch.Tensor:
+                batch_size: int = 64, progress: Optional[str] = None) -> torch.Tensor:
     """rm_score of each (prompt, response) (a float tensor on the model's device):
-    :func:`encode_pairs` then :func:`score`, ``batch_size`` pairs per forward pass."""
+    :func:`encode_pairs` then :func:`score`, ``batch_size`` pairs per forward pass
+    (``progress``: a progress bar of that name)."""
     device = next(model.parameters()).device
     out = []
-    for i in range(0, len(prompts), batch_size):
+    for i in _bar(range(0, len(prompts), batch_size), progress):
         ids, mask = encode_pairs(tokenizer, prompts[i:i + batch_size], responses[i:i + batch_size], max_len, device)
         out.append(score(model, ids, mask))
     return torch.cat(out) if out else torch.zeros(0, device=device)
@@ -144,15 +152,17 @@ def score_batch(model, tokenizer, rows: list[dict], device, max_len: int) -> tup
 
 
 @torch.no_grad()
-def evaluate_rm(model, tokenizer, rows: list[dict], device, max_len: int, batch: int = 32) -> dict:
+def evaluate_rm(model, tokenizer, rows: list[dict], device, max_len: int, batch: int = 32,
+                progress: Optional[str] = None) -> dict:
     """Held-out loss, ranking accuracy against the labeler's order, and (toy world)
-    agreement with the noiseless gold labeler on pairs whose gold scores differ."""
+    agreement with the noiseless gold labeler on pairs whose gold scores differ
+    (``progress``: a progress bar of that name)."""
     model.eval()
     if not rows:
         return {}
     correct = total = agree = n_gold = tm_right = tm_n = 0
     losses = []
-    for i in range(0, len(rows), batch):
+    for i in _bar(range(0, len(rows), batch), progress):
         chunk = rows[i:i + batch]
         r, valid = score_batch(model, tokenizer, chunk, device, max_len)
         losses.append(kwise_ranking_loss(r, valid).item() * len(chunk))
@@ -244,6 +254,9 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.1, 1.0 - s / max(1, n_steps)))
     t0 = time.time()
     step = 0
+    # iterated RLHF retrains the RM inside the PPO stage: its rows go to PPO's tracker as rm_round<r>/...
+    round_name = out.name.removesuffix(".tmp")
+    track_prefix = "" if round_name == "rm" else f"{round_name}/"
     bar = tqdm(total=n_steps, desc=f"reward model (K={comparisons[0] and len(comparisons[0]['responses'])}, "
                                    f"{rc.loss})", mininterval=2.0)
     for epoch in range(rc.epochs):
@@ -258,34 +271,52 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
             opt.step()
             sched.step()
             c, t = pairwise_accuracy(r.detach(), valid)
-            append_jsonl(out / "metrics.jsonl", {"step": step, "epoch": epoch, "loss": loss.item(),
-                                                 "accuracy": c / max(t, 1), "time_s": time.time() - t0})
+            row = {"step": step, "epoch": epoch, "loss": loss.item(), "accuracy": c / max(t, 1),
+                   "time_s": time.time() - t0}
+            append_jsonl(out / "metrics.jsonl", row)
+            tracking.log(row, prefix=track_prefix)
             step += 1
             bar.update(1)
     bar.close()
     # Normalise: SFT demonstrations score mean 0.
     model.eval()
     model.config.reward_offset = 0.0
-    scores = score_texts(model, tokenizer, [p for p, _ in demos], [r for _, r in demos], max_len)
+    scores = score_texts(model, tokenizer, [p for p, _ in demos], [r for _, r in demos], max_len,
+                         progress=f"rm offset ({len(demos)} demonstrations)")
     mean = scores.mean().item() if len(scores) else 0.0
     model.config.reward_offset = -mean
-    held_m = evaluate_rm(model, tokenizer, held, device, max_len)
-    train_m = evaluate_rm(model, tokenizer, train[: max(len(held), 64)], device, max_len)
-    test_m = evaluate_rm(model, tokenizer, test, device, max_len) if test else {}
+    n_train_eval = max(len(held), 64)
+    held_m = evaluate_rm(model, tokenizer, held, device, max_len, progress=f"rm held-out eval ({len(held)} prompts)")
+    train_m = evaluate_rm(model, tokenizer, train[:n_train_eval], device, max_len,
+                          progress=f"rm train eval ({len(train[:n_train_eval])} prompts)")
+    test_m = evaluate_rm(model, tokenizer, test, device, max_len,
+                         progress=f"rm test eval ({len(test)} prompts)") if test else {}
     save_hf(model, tokenizer, out)
     summary = {"k": len(comparisons[0]["responses"]), "n_comparisons": len(comparisons), "n_train": len(train),
                "n_heldout": len(held), "steps": step, "time_s": time.time() - t0, "reward_offset": -mean,
                **{f"heldout_{k}": v for k, v in held_m.items()}, **{f"train_{k}": v for k, v in train_m.items()},
                **{f"test_{k}": v for k, v in test_m.items()}}
-    print(f"[rm] K={summary['k']}: held-out ranking accuracy {held_m.get('accuracy', float('nan')):.3f} "
-          f"over {held_m.get('pairs', 0)} pairs, agreement with the gold labeler "
-          f"{held_m.get('gold_agreement', float('nan')):.3f}, prefers truth to myth "
-          f"{held_m.get('truth_over_myth', float('nan')):.3f} ({held_m.get('truth_myth_pairs', 0)} pairs); train accuracy {train_m.get('accuracy', float('nan')):.3f}")
+    print("[rm] " + _rm_line(summary["k"], held_m, train_m))
     if test_m:
-        print(f"[rm] on facts held out from RM and PPO training: ranking accuracy {test_m.get('accuracy', float('nan')):.3f}, "
-              f"prefers truth to myth {test_m.get('truth_over_myth', float('nan')):.3f} "
-              f"({test_m.get('truth_myth_pairs', 0)} pairs)")
+        print("[rm] on facts held out from RM and PPO training: " + _rm_line(None, test_m, {}, "ranking accuracy"))
     return summary
+
+
+def _rm_line(k: Optional[int], held: dict, train: dict, what: str = "held-out ranking accuracy") -> str:
+    """The printed RM result: only the measurements that exist (the gold labeler and
+    truth-vs-myth are toy-world fields, absent on real data)."""
+    parts = [f"K={k}: " if k is not None else ""]
+    if held:
+        parts.append(f"{what} {held['accuracy']:.3f} over {held['pairs']} pairs")
+    else:
+        parts.append("no held-out comparisons (rm.heldout_frac=0)")
+    if "gold_agreement" in held:
+        parts.append(f", agreement with the gold labeler {held['gold_agreement']:.3f}")
+    if "truth_over_myth" in held:
+        parts.append(f", prefers truth to myth {held['truth_over_myth']:.3f} ({held['truth_myth_pairs']} pairs)")
+    if train:
+        parts.append(f"; train accuracy {train['accuracy']:.3f}")
+    return "".join(parts)
 
 
 def run_reward_stage(cfg: RunConfig, rd: RunDir, sft_path: str, tokenizer, world: Optional[World], device,

@@ -7,10 +7,13 @@ Layout of a run directory (``<out_dir>/<name>/``)::
     status.json          {"state": running|done|failed|diverged|interrupted, "stage", "step", ...}
     world/               the toy world: world.json, tokenizer/ (stage 0, when world is used)
     pretrain/ sft/ rm/   one Hugging Face model folder each (safetensors) + metrics.jsonl
-                         + summary.json; a stage is complete iff its DONE file exists
+                         + summary.json; a stage is complete iff its DONE file exists.
+                         With sft.skip, sft/ holds model_source.json instead of a model: a
+                         pointer to the source model (:func:`stage_model` reads either)
     ppo/                 final policy (HF folder), metrics.jsonl, summary.json, DONE,
                          checkpoints/step_NNNNNN/ (resumable state), kl/kl_X/ (policies
                          saved when the KL first passes each level of ppo.kl_levels)
+    tracking/            TensorBoard event files, W&B offline runs (``logging.report_to``, rlhf/tracking.py)
     eval/records.jsonl   one tidy record per (checkpoint, metric), written by `rlhf eval`
 
     <stage>/config.yaml  the resolved config the stage was built with (``config.yaml`` at the
@@ -560,6 +563,22 @@ class RunDir:
     def stage_config(self, name: str) -> Optional[dict]:
         """The config ``name`` was built with (``<stage>/config.yaml``); None when unknown."""
         return read_yaml(self.path / name / "config.yaml", None)
+
+
+MODEL_POINTER = "model_source.json"  # a stage that stands for another model (sft.skip): {"path": ...}
+
+
+def stage_model(stage_dir: str | Path) -> Optional[str]:
+    """The model a stage folder stands for: the folder itself when it holds one
+    (``config.json``), the model its ``model_source.json`` points to (``sft.skip``: the
+    source model is the SFT policy, not copied), else None."""
+    d = Path(stage_dir)
+    if (d / "config.json").is_file():
+        return str(d)
+    ptr = read_json(d / MODEL_POINTER, None)
+    if isinstance(ptr, dict) and isinstance(ptr.get("path"), str) and ptr["path"]:
+        return ptr["path"]
+    return None
 
 
 def _cell(v: Any) -> Any:

@@ -7,14 +7,16 @@ checkpointing stay off: on a CPU they make a small model 3-8x slower.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from transformers import ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
+from . import tracking
 from .config import DataError, RunConfig, stage_seed
 from .data import load_demonstration_file
 from .models import check_context, context_length, load_causal_lm, save_hf
-from .rundir import RunDir, append_jsonl
+from .rundir import MODEL_POINTER, RunDir, append_jsonl, atomic_write_json
 from .sampling import probe_world
 from .world import World
 
@@ -88,18 +90,22 @@ class _JsonlLogger(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs:
-            append_jsonl(self.path, {"step": state.global_step, **logs})
+            row = {"step": state.global_step, **logs}
+            append_jsonl(self.path, row)
+            tracking.log(row)
 
 
 def run_sft(cfg: RunConfig, rd: RunDir, init_path: str, tokenizer, world: World | None, device: torch.device) -> dict:
     sc = cfg.sft
     out = rd.begin_stage("sft")
     t0 = time.time()
+    if sc.skip:  # the init model is the SFT policy: a pointer to it, not a copy (rlhf.rundir.stage_model)
+        target = str(Path(init_path).resolve()) if Path(init_path).exists() else init_path  # a folder, or a hub name
+        atomic_write_json(out / MODEL_POINTER, {"path": target})
+        print(f"[sft] skipped (sft.skip): the SFT policy is {target}")
+        return {"skipped": True, "init": init_path, "points_to": target, "time_s": time.time() - t0}
     model = load_causal_lm(init_path, dtype=cfg.model.dtype, device=device,
                            attn_implementation=cfg.model.attn_implementation)
-    if sc.skip:
-        save_hf(model, tokenizer, out)
-        return {"skipped": True, "init": init_path, "time_s": time.time() - t0}
     pairs = load_demonstrations(cfg, world)
     check_context(tokenizer, model, [p for p, _ in pairs], "sft prompts")
     ds = _Examples(tokenizer, pairs, context_length(model) or 2048)

@@ -160,3 +160,86 @@ def test_verbose_brings_the_library_output_back(monkeypatch):
         assert os.environ["TRANSFORMERS_VERBOSITY"] == "warning"
     finally:
         tlog.set_verbosity_warning()
+
+
+def test_raising_ppo_steps_continues_from_the_newest_checkpoint(tiny_run, tmp_path, capsys):
+    """ppo.steps 6 -> 8 without --force continues the finished PPO stage from its newest
+    checkpoint (step 4: iterations 4 and 5 are redone, deterministically) to the same result
+    as a run made with 8 steps from the start."""
+    import shutil
+
+    from rlhf.config import load_config
+    from rlhf.pipeline import run_pipeline
+    src, _ = tiny_run
+    for name in ("a", "b"):
+        shutil.copytree(src, tmp_path / name)
+
+    def cfg(name, steps):
+        return load_config(QUICK, tiny_overrides(tmp_path, name, [f"ppo.steps={steps}", "stages=[ppo]"]))
+
+    run_pipeline(cfg("a", 6))
+    assert [p.name for p in (tmp_path / "a" / "ppo" / "checkpoints").iterdir()] == ["step_000004"]
+    kept = (tmp_path / "a" / "ppo" / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    run_pipeline(cfg("a", 8))  # no --force
+    out = capsys.readouterr().out
+    assert "ppo.steps: 6 -> 8" in out and "continuing the finished stage from step_000004" in out
+    assert "resumed from step_000004 (step 4)" in out
+    run_pipeline(cfg("b", 8))
+    drop = ("time_s",)
+    a = [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(tmp_path / "a" / "ppo" / "metrics.jsonl")]
+    b = [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(tmp_path / "b" / "ppo" / "metrics.jsonl")]
+    assert [r["step"] for r in a] == list(range(8))
+    assert a == b
+    assert read_json(tmp_path / "a" / "ppo" / "summary.json")["steps"] == 8
+    assert kept  # the 6-step result stayed whole until the 8-step one replaced it
+    # lowering ppo.steps is still a different config
+    from rlhf.config import ConfigError
+    with pytest.raises(ConfigError, match="ppo.steps: 8 -> 7"):
+        run_pipeline(cfg("a", 7))
+
+
+def test_wall_time_is_reported_across_invocations(tmp_path, capsys):
+    from rlhf.config import load_config
+    from rlhf.pipeline import run_pipeline
+
+    def run(stages, force=False):
+        cfg = load_config(QUICK, tiny_overrides(tmp_path, extra=[f"stages=[{stages}]", "pretrain.steps=20"]))
+        run_pipeline(cfg, force=force)
+        return capsys.readouterr().out
+
+    out1 = run("pretrain")
+    first = read_json(tmp_path / "tiny" / "wall.json")["total_s"]
+    assert "over" not in out1.split("[run]")[-1]
+    out2 = run("pretrain,sft")
+    wall = read_json(tmp_path / "tiny" / "wall.json")
+    st = read_json(tmp_path / "tiny" / "status.json")
+    assert len(wall["invocations"]) == 2 and "over 2 invocations" in out2
+    assert st["wall_s"] == pytest.approx(wall["total_s"], abs=0.1) and st["invocations"] == 2
+    assert wall["total_s"] > first and st["wall_s_this_invocation"] < st["wall_s"]
+    run("pretrain,sft", force=True)  # --force redoing every stage: a new run, a new count
+    assert len(read_json(tmp_path / "tiny" / "wall.json")["invocations"]) == 1
+
+
+def test_rm_offset_and_evaluation_show_progress(tiny_run, monkeypatch):
+    """The reward model's score offset and its evaluations (minutes on a real model) each
+    show a named progress bar over their batches."""
+    from rlhf import reward
+    from rlhf.models import load_reward_model
+    path, _ = tiny_run
+    bars = []
+
+    def fake_tqdm(it, desc=None, **kw):
+        bars.append([desc, 0])
+        for x in it:
+            bars[-1][1] += 1
+            yield x
+
+    monkeypatch.setattr(reward, "tqdm", fake_tqdm)
+    rm = load_reward_model(str(path / "rm")).eval()
+    tok = AutoTokenizer.from_pretrained(path / "rm")
+    reward.score_texts(rm, tok, ["a"] * 5, ["b"] * 5, 32, batch_size=2, progress="rm offset")
+    rows = [{"prompt": "a", "responses": ["b", "c"]}] * 3
+    reward.evaluate_rm(rm, tok, rows, "cpu", 32, batch=2, progress="rm held-out eval")
+    reward.score_texts(rm, tok, ["a"], ["b"], 32)  # no name: no bar (PPO's scoring, every iteration)
+    assert bars == [["rm offset", 3], ["rm held-out eval", 2]]

@@ -56,7 +56,7 @@ def test_ppo_runs_logs_and_saves(tiny_run, tmp_path):
         sr = [r for r in samples if r["step"] == st]
         for k in ("rm_score", "ppo_reward", "gold_reward", "kl"):
             assert sum(r[k] for r in sr) / len(sr) == pytest.approx(rows[st][k], rel=1e-5, abs=1e-6)
-    assert not (run / "ppo" / "checkpoints").exists()
+    assert [p.name for p in (run / "ppo" / "checkpoints").iterdir()] == ["step_000004"]  # the newest stays
     load_causal_lm(str(run / "ppo"))
     assert read_json(run / "status.json")["state"] == "done"
 

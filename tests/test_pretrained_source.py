@@ -38,6 +38,9 @@ def test_hf_folder_with_pair_data(tmp_path):
     run = make_hf_run(tmp_path)
     assert read_json(run / "pretrain" / "summary.json")["skipped"] is True
     assert read_json(run / "sft" / "summary.json")["skipped"] is True
+    # sft.skip: sft/ points to the source model instead of copying it; later stages load from it
+    assert read_json(run / "sft" / "model_source.json") == {"path": str((tmp_path / "base").resolve())}
+    assert (run / "sft" / "DONE").exists() and not list((run / "sft").glob("*.safetensors"))
     rm = read_json(run / "rm" / "summary.json")
     assert rm["k"] == 2 and rm["n_comparisons"] == 40 and "heldout_accuracy" in rm
     ppo = read_jsonl(run / "ppo" / "metrics.jsonl")
@@ -61,3 +64,38 @@ def test_overoptimisation_with_a_gold_reward_model(tmp_path):
     bon = [r for r in recs if r["metric"] == "gold_reward" and r.get("method") == "bon"]
     assert [r["bon_n"] for r in bon] == [1, 2, 4]
     assert {r["subset"] for r in recs if r["metric"].startswith("fit_")} == {"bon", "rl"}
+
+
+def test_real_model_run_prints_no_toy_world_fields_and_its_default_eval_exits_0(tmp_path, capsys):
+    """A real-model run (no toy world): the printed lines and summaries carry no toy-world
+    field (no 'gold labeler nan', 'truth to myth nan'); `rlhf eval <run>` with the default
+    suites runs what it can (TruthfulQA from a local file), skips the rest with a note
+    (overopt without gold_rm, benchmarks without local data while the hub is offline) and
+    exits 0."""
+    import csv
+
+    from rlhf_eval.cli import main as eval_main
+    run = make_hf_run(tmp_path)
+    out = capsys.readouterr().out
+    rm_lines = [line for line in out.splitlines() if line.startswith("[rm]")]
+    assert rm_lines and not [line for line in rm_lines if "nan" in line or "gold" in line or "myth" in line]
+    rm = read_json(run / "rm" / "summary.json")
+    assert not [k for k in rm if "gold" in k or "myth" in k]
+    tqa = tmp_path / "tqa.csv"
+    with open(tqa, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"])
+        for i in range(3):
+            w.writerow(["A", "B", f"who is entity {i} ?", "a friend", "a friend; a kind one", "an idiot; a myth", ""])
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    rc = eval_main([str(run), f"data_dir={empty}", f"truthfulqa={tqa}", "--quiet", "--no-write"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err[-2000:]
+    for suite in ("overopt", "toxicity", "regression", "bias"):
+        assert f"rlhf eval: skipped suite {suite}:" in cap.err, suite
+    assert "gold_rm=" in cap.err
+    assert "truthfulqa" in cap.out and "ERROR" not in cap.err
+    # a suite named on the command line is not skipped: it fails, naming what it needs
+    rc = eval_main([str(run), "--suite", "overopt", "--quiet", "--no-write"])
+    assert rc == 2 and "gold_rm" in capsys.readouterr().err
