@@ -172,7 +172,7 @@ class LoggingConfig:
     report_to: list[str] = field(default_factory=list)
     sample_every: int = 10  # PPO: every N iterations, a few samples go to the tracker as text
     n_samples: int = 4  # samples per logged iteration
-    wandb_project: str = "rlhf"
+    wandb_project: str = "rlhf"  # the W&B project (runs are named <run name>/<stage>)
 
 
 @dataclass
