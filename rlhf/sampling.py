@@ -8,7 +8,9 @@ special tokens (none are added to prompts), the padding (left, set only inside t
 the decoding of texts, temperature and nucleus (top-p) filtering and the seed (a
 ``torch.Generator``: the global RNG is never re-seeded). Tokens come from a lean KV-cache
 loop (:func:`_decode`) that draws exactly what transformers' ``generate`` draws for the
-same seed (``tests/test_instruments.py`` checks it) without its per-token overhead.
+same seed (``tests/test_instruments.py`` checks it) without its per-token overhead; for a
+plain GPT-2 LM each step after the prefill is :func:`_gpt2_step`, the model's own kernels
+without transformers' per-call machinery (the same floats: ``tests/test_ppo.py``).
 """
 
 from __future__ import annotations
