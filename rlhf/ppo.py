@@ -113,7 +113,7 @@ def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, 
     mask = torch.cat([prompt_mask, response_mask], 1)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
     keep = {"logits_to_keep": T + 1} if _keeps_logits(type(model)) else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
                 output_hidden_states=value_head is not None, **keep)
     logits = out.logits[:, out.logits.shape[1] - T - 1:-1] / temperature
     logp = logprobs_from_logits(logits, response_ids)
@@ -122,6 +122,15 @@ def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, 
         h = out.hidden_states[-1][:, P - 1:P - 1 + T]
         values = value_head(h.float()).squeeze(-1)
     return logp, logits, values
+
+
+def no_kv_cache(model):
+    """A sequence classifier (reward model, critic) whose forward builds no KV cache it would
+    throw away (``config.use_cache`` = False; a cache object per call costs more than a
+    small model's layer)."""
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    return model
 
 
 def critic_values(critic, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
@@ -303,7 +312,7 @@ def build_learner(cfg: RunConfig, policy_path: str, critic_path: str, device,
     policy = load_causal_lm(policy_path, dtype=cfg.model.dtype, device=device)
     critic = critic_opt = value_head = None
     if pc.critic == "separate":
-        critic = load_reward_model(critic_path, dtype=cfg.model.dtype, device=device)
+        critic = no_kv_cache(load_reward_model(critic_path, dtype=cfg.model.dtype, device=device))
         critic_opt = make_optimizer(critic.parameters(), pc.critic_lr)
     else:
         hidden = getattr(policy.config, "n_embd", None) or policy.config.hidden_size
@@ -433,8 +442,8 @@ class PPORun:
         self.learner, self.progress, state, ck = start_or_resume(cfg, self.ckdir, sft_path, rm_path, device, d)
         self.policy = self.learner.policy
         r = self.progress.rm_round
-        self.rm = load_reward_model(rm_path if r == 0 else str(out / f"rm_round{r}"), dtype=cfg.model.dtype,
-                                    device=device).eval().requires_grad_(False)
+        self.rm = no_kv_cache(load_reward_model(rm_path if r == 0 else str(out / f"rm_round{r}"), dtype=cfg.model.dtype,
+                                                device=device).eval().requires_grad_(False))
         if self.rm.config.vocab_size != self.policy.config.vocab_size:
             raise ConfigError(f"reward model vocab {self.rm.config.vocab_size} != policy vocab "
                               f"{self.policy.config.vocab_size}")
@@ -495,8 +504,8 @@ class PPORun:
                                        load_demonstrations(self.cfg, self.world), round_=this_round,
                                        policy=self.policy, out_name=name)
             self.rd.finish_stage(name, summary)
-        self.rm = load_reward_model(str(self.rd.stage(name)), dtype=self.cfg.model.dtype,
-                                    device=self.device).eval().requires_grad_(False)
+        self.rm = no_kv_cache(load_reward_model(str(self.rd.stage(name)), dtype=self.cfg.model.dtype,
+                                                device=self.device).eval().requires_grad_(False))
         self.progress.rm_round = this_round
 
     def rollout(self, step: int):
@@ -747,7 +756,7 @@ def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float
     pad = lambda x, v: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=v)  # noqa: E731
     ids = torch.cat([pad(rl_ids, 0), pad(ptx_x, 0)])
     mask = torch.cat([pad(rl_mask, 0), pad(torch.ones_like(ptx_x), 0)])
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
                 output_hidden_states=value_head is not None)
     P, T = mb.prompt_ids.shape[1], mb.response_ids.shape[1]
     logits = out.logits[:B, P - 1:P - 1 + T] / temperature

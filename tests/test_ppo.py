@@ -92,6 +92,37 @@ def test_first_minibatch_is_on_policy(tiny_run):
     assert abs(off["approx_kl"]) < 1e-8
 
 
+@pytest.mark.parametrize("kw", [dict(seed=5, temperature=0.8, top_p=0.9, logprobs=True),
+                                dict(seed=6, n=3, shared_prefix=True, logprobs=True), dict(greedy=True)])
+def test_lean_gpt2_decode_step_draws_what_the_model_forward_draws(tiny_run, monkeypatch, kw):
+    """The sampler's lean GPT-2 step (rlhf.sampling._gpt2_step) stands in for the model's own
+    forward after the prefill: the same tokens and the same log-probs, bit for bit, on
+    left-padded prompts of different lengths and on one unpadded prompt."""
+    import rlhf.sampling as sampling
+    path, cfg = tiny_run
+    tok = AutoTokenizer.from_pretrained(path / "sft")
+    policy = load_causal_lm(str(path / "sft"))
+    prompts = [p.text for p in World(cfg.world).prompts()]
+    prompts = sorted(prompts, key=len)[:3] + sorted(prompts, key=len)[-3:]
+    assert sampling._lean_gpt2(policy.eval())
+    calls = []
+    step = sampling._gpt2_step
+    monkeypatch.setattr(sampling, "_gpt2_step", lambda *a: calls.append(1) or step(*a))
+    for ps in (prompts, prompts[-1:]):
+        lean = sample(policy, tok, ps, max_new_tokens=10, **kw)
+        n_lean = len(calls)
+        assert n_lean > 0
+        monkeypatch.setattr(sampling, "_lean_gpt2", lambda m: False)
+        ref = sample(policy, tok, ps, max_new_tokens=10, **kw)
+        monkeypatch.undo()
+        monkeypatch.setattr(sampling, "_gpt2_step", lambda *a: calls.append(1) or step(*a))
+        assert len(calls) == n_lean  # the reference did not take the lean step
+        assert torch.equal(lean.response_ids, ref.response_ids) and lean.texts == ref.texts
+        if kw.get("logprobs"):
+            assert torch.equal(lean.logprobs, ref.logprobs)
+        calls.clear()
+
+
 def test_ptx_changes_the_update_gradient_by_gamma_grad_lm(tiny_run):
     path, cfg = tiny_run
     tok = AutoTokenizer.from_pretrained(path / "sft")
