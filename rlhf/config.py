@@ -258,6 +258,8 @@ def stage_seed(seed: int, stage: str, rank: int = 0) -> int:
     if stage not in _SEED_OFFSETS:
         raise ConfigError(f"stage_seed: unknown stage {stage!r} (known: {', '.join(_SEED_OFFSETS)})")
     return seed * 1000 + _SEED_OFFSETS[stage] + 7919 * rank
+
+
 _RANGES += [
     ("seed", lambda v: 0 <= v <= _MAX_SEED, f"an integer from 0 to {_MAX_SEED}"),
     ("world.seed", lambda v: 0 <= v <= _MAX_SEED, f"an integer from 0 to {_MAX_SEED}"),

@@ -59,7 +59,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, stage_seed
 from .data import filter_prompts, load_prompts, load_text_lines
 from .errors import Diverged
 from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalised_rewards,
@@ -309,10 +309,12 @@ def build_learner(cfg: RunConfig, policy_path: str, critic_path: str, device,
     optimisers. A fresh start passes the SFT model and the reward model; a resume passes
     a checkpoint's folders."""
     pc = cfg.ppo
-    policy = load_causal_lm(policy_path, dtype=cfg.model.dtype, device=device)
+    policy = load_causal_lm(policy_path, dtype=cfg.model.dtype, device=device,
+                            attn_implementation=cfg.model.attn_implementation)
     critic = critic_opt = value_head = None
     if pc.critic == "separate":
-        critic = no_kv_cache(load_reward_model(critic_path, dtype=cfg.model.dtype, device=device))
+        critic = no_kv_cache(load_reward_model(critic_path, dtype=cfg.model.dtype, device=device,
+                                                     attn_implementation=cfg.model.attn_implementation))
         critic_opt = make_optimizer(critic.parameters(), pc.critic_lr)
     else:
         hidden = getattr(policy.config, "n_embd", None) or policy.config.hidden_size
@@ -407,7 +409,7 @@ def load_ppo_data(cfg: RunConfig, tokenizer, world: Optional[World], d: Dist) ->
     if world is not None or pc.ptx_coef > 0 or pc.ptx_data != "world":
         train_docs, held_docs = pretrain_documents(cfg, world)
         if pc.ptx_coef > 0:
-            ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, cfg.seed * 1000 + 5 + 7919 * d.rank)
+            ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, stage_seed(cfg.seed, "ptx", d.rank))
         held_text = heldout_text(held_docs)
     return PPOData(prompts, prompt_meta, ptx, held_text)
 
@@ -438,12 +440,14 @@ class PPORun:
         self.local_bs, self.local_mb = pc.batch_size // d.world, pc.minibatch_size // d.world
         check_tokenizers_match(tokenizer, rm_path)
         self.data = load_ppo_data(cfg, tokenizer, world, d)
-        self.ref = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device).eval().requires_grad_(False)
+        self.ref = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device,
+                                  attn_implementation=cfg.model.attn_implementation).eval().requires_grad_(False)
         self.learner, self.progress, state, ck = start_or_resume(cfg, self.ckdir, sft_path, rm_path, device, d)
         self.policy = self.learner.policy
         r = self.progress.rm_round
         self.rm = no_kv_cache(load_reward_model(rm_path if r == 0 else str(out / f"rm_round{r}"), dtype=cfg.model.dtype,
-                                                device=device).eval().requires_grad_(False))
+                                                device=device, attn_implementation=cfg.model.attn_implementation
+                                                ).eval().requires_grad_(False))
         if self.rm.config.vocab_size != self.policy.config.vocab_size:
             raise ConfigError(f"reward model vocab {self.rm.config.vocab_size} != policy vocab "
                               f"{self.policy.config.vocab_size}")
@@ -505,7 +509,8 @@ class PPORun:
                                        policy=self.policy, out_name=name)
             self.rd.finish_stage(name, summary)
         self.rm = no_kv_cache(load_reward_model(str(self.rd.stage(name)), dtype=self.cfg.model.dtype,
-                                                device=self.device).eval().requires_grad_(False))
+                                                device=self.device, attn_implementation=self.cfg.model.attn_implementation
+                                                ).eval().requires_grad_(False))
         self.progress.rm_round = this_round
 
     def rollout(self, step: int):
@@ -603,8 +608,8 @@ class PPORun:
             self.rd.set_status("running", stage="ppo", step=step + 1, total=self.pc.steps)
             self.last_status = time.time()
         self.last_row = row
-        self.bar.set_postfix(r=f"{row['ppo_reward']:.2f}", kl=f"{row['kl']:.2f}",
-                             gold=f"{row.get('gold_reward', float('nan')):.2f}")
+        shown = {"r": row["ppo_reward"], "kl": row["kl"], "gold": row.get("gold_reward")}
+        self.bar.set_postfix({k: f"{v:.2f}" for k, v in shown.items() if v is not None})
         return row
 
     def save_kl_levels(self, step: int, mean_kl: float) -> None:
@@ -664,7 +669,7 @@ class PPORun:
                             self.progress.kl_saved, final_held)
         if self.world is not None and self.pc.data == "world":  # the toy world's before/after on held-out prompts
             from .probes import before_after_line, heldout_summary
-            seed = self.cfg.seed * 1000 + 6
+            seed = stage_seed(self.cfg.seed, "heldout_probe")
             mx = self.pc.max_new_tokens
             summary["heldout_sft"], rows_sft = heldout_summary(self.world, self.tok, self.ref, mx, seed=seed)
             summary["heldout_ppo"], rows_ppo = heldout_summary(self.world, self.tok, self.policy, mx, seed=seed)
@@ -689,13 +694,23 @@ def summarise(rows: list[dict], steps: int, last: dict, time_s: float, kl_saved:
             summary["heldout_lm_loss_sft"] = rows[0]["heldout_lm_loss"]
     if final_held is not None:
         summary["heldout_lm_loss_final"] = final_held
-    nan = float("nan")
-    print(f"[ppo] {steps} iterations in {time_s:.1f}s: rm_score "
-          f"{summary['first'].get('rm_score', nan):.3f} -> {summary.get('final_rm_score', nan):.3f}, "
-          f"gold {summary['first'].get('gold_reward', nan):.3f} -> {summary.get('final_gold_reward', nan):.3f}, "
-          f"KL {summary.get('final_kl', nan):.2f}, held-out pretraining loss "
-          f"{summary.get('heldout_lm_loss_sft', nan):.3f} -> {summary.get('heldout_lm_loss_final', nan):.3f}")
+    print(f"[ppo] {steps} iterations in {time_s:.1f}s: " + ", ".join(_summary_parts(summary)))
     return summary
+
+
+def _summary_parts(summary: dict) -> list[str]:
+    """The summary line's figures that exist: a real-model run has no gold reward and may
+    have no held-out pretraining loss, and prints neither (no "nan")."""
+    first, parts = summary["first"], []
+    for name, key in (("rm_score", "rm_score"), ("gold", "gold_reward")):
+        if key in first and f"final_{key}" in summary:
+            parts.append(f"{name} {first[key]:.3f} -> {summary[f'final_{key}']:.3f}")
+    if "final_kl" in summary:
+        parts.append(f"KL {summary['final_kl']:.2f}")
+    if "heldout_lm_loss_sft" in summary and "heldout_lm_loss_final" in summary:
+        parts.append(f"held-out pretraining loss {summary['heldout_lm_loss_sft']:.3f} -> "
+                     f"{summary['heldout_lm_loss_final']:.3f}")
+    return parts
 
 
 def compute_advantages(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, values: torch.Tensor,
@@ -727,7 +742,7 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
                           f"global and must divide by the number of data-parallel processes ({d.world})")
     out = rd.begin_stage("ppo", keep_partial=True)
     d.barrier("rank 0 opening the PPO stage directory")
-    rank_seed = cfg.seed * 1000 + 4 + 7919 * d.rank  # each rank samples its own responses
+    rank_seed = stage_seed(cfg.seed, "ppo", d.rank)  # each rank samples its own responses
     torch.manual_seed(rank_seed)
     random.seed(rank_seed)
     np.random.seed(rank_seed)

@@ -79,6 +79,8 @@ def test_real_model_run_prints_no_toy_world_fields_and_its_default_eval_exits_0(
     out = capsys.readouterr().out
     rm_lines = [line for line in out.splitlines() if line.startswith("[rm]")]
     assert rm_lines and not [line for line in rm_lines if "nan" in line or "gold" in line or "myth" in line]
+    ppo_lines = [line for line in out.splitlines() if line.startswith("[ppo]")]
+    assert ppo_lines and not [line for line in ppo_lines if "nan" in line or "gold" in line], ppo_lines
     rm = read_json(run / "rm" / "summary.json")
     assert not [k for k in rm if "gold" in k or "myth" in k]
     tqa = tmp_path / "tqa.csv"
