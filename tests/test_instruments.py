@@ -43,6 +43,7 @@ def test_ppo_rollout_and_eval_samplers_draw_the_same_samples(models):
     a = rollout(policy, tok, prompts, pc, seed=123)
     assert torch.equal(torch.get_rng_state(), before)  # a seeded call leaves the global RNG alone
     assert tok.padding_side == "right"  # padding side set inside the call only
+    tok.padding_side = "left"  # the shared fixture's own side, for the tests that follow
     b = overopt.sample_policy(policy, tok, prompts, n=1, max_new_tokens=pc.max_new_tokens, seed=123, progress=False)
     assert a.texts == b.texts and len(set(a.texts)) > 1
     assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.response_mask, b.response_mask)
