@@ -18,6 +18,16 @@ from .style import COLUMN_IN, INCOMPLETE, INCOMPLETE_COLOR, PAGE_IN, new_figure,
 SQRT_KL = r"$\sqrt{\mathrm{KL}}$ (nats$^{1/2}$)"
 
 
+def legend_entries(axes) -> tuple[list, list]:
+    """The legend handles and labels of ``axes``, each label once, in first-seen order."""
+    handles, labels = [], []
+    for ax in axes:
+        for hd, lb in zip(*ax.get_legend_handles_labels()):
+            if lb not in labels:
+                handles.append(hd)
+                labels.append(lb)
+    return handles, labels
+
 def symbol(key: str) -> str:
     return SWITCHES[key][0] if key in SWITCHES else key
 
@@ -241,12 +251,7 @@ def overopt_figure(data: Data):
         if not len(p):
             ax.text(0.5, 0.5, "no over-optimisation records\n(rlhf eval --suite overopt)", ha="center",
                     va="center", transform=ax.transAxes)
-    handles, labels = [], []
-    for ax in axes[0]:
-        for hd, lb in zip(*ax.get_legend_handles_labels()):
-            if lb not in labels:
-                handles.append(hd)
-                labels.append(lb)
+    handles, labels = legend_entries(axes[0])
     if handles:
         from matplotlib.lines import Line2D
         handles.append(Line2D([], [], color="0.3", linestyle="-"))
@@ -413,12 +418,7 @@ def alignment_tax_figure(data: Data, per_run: Optional[pd.DataFrame] = None):
         ax.set_xlabel("γ (ptx mix)")
         ax.set_ylabel(REGRESSION_LABELS.get(m, f"Δ {m}"))
         ax.margins(y=0.2)
-    handles, labels = [], []
-    for ax in axes[0]:
-        for hd, lb in zip(*ax.get_legend_handles_labels()):
-            if lb not in labels:
-                handles.append(hd)
-                labels.append(lb)
+    handles, labels = legend_entries(axes[0])
     if handles:
         wide = fig.get_size_inches()[0] > COLUMN_IN
         fig.legend(handles, labels, loc="outside lower center", ncol=min(3 if wide else 1, len(labels)))
