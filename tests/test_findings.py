@@ -292,6 +292,10 @@ def test_findings_shares_stages_and_reports_claims(suite):
         g = {x["checkpoint_label"]: x["value"] for x in recs if x["suite"] == "overopt" and x["subset"] == "rl"
              and x["metric"] == "gold_reward" and not x.get("error")}
         diffs.append(g["ppo"] - g["sft"])
+        # the KL-level policies run_ppo saved are the RL points the eval read (not fabricated ones)
+        saved = sorted(p.name for p in (r / "ppo" / "kl").glob("kl_*") if p.is_dir())
+        assert saved, "PPO saved no KL-level policy (kl_levels 0.01, 0.1)"
+        assert {f"ppo/{n}" for n in saved} | {"sft", "ppo"} == set(g), (saved, sorted(g))
         b = {x["checkpoint_label"]: x["value"] for x in recs if x["metric"] == "stereotype_bias"}
         bias.append(b["ppo"] - b["sft"] if None not in (b["ppo"], b["sft"]) else math.nan)
     table = pd.read_csv(out / "report" / "tables" / "claims.csv")
