@@ -191,9 +191,12 @@ def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     ``config.reward_offset`` (set after RM training so that SFT demonstrations score mean 0).
 
     With ``all_positions`` the per-position head outputs (B, T) are returned (the critic).
+    The forward builds no KV cache (a scored sequence is never continued, and a cache object
+    per call costs more than a small model's layer).
     """
+    no_cache = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
     out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids_from_mask(attention_mask))
+                           position_ids=position_ids_from_mask(attention_mask), **no_cache)
     h = out.last_hidden_state
     head = model.score
     offset = float(getattr(model.config, "reward_offset", 0.0) or 0.0)

@@ -124,15 +124,6 @@ def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, 
     return logp, logits, values
 
 
-def no_kv_cache(model):
-    """A sequence classifier (reward model, critic) whose forward builds no KV cache it would
-    throw away (``config.use_cache`` = False; a cache object per call costs more than a
-    small model's layer)."""
-    if hasattr(model.config, "use_cache"):
-        model.config.use_cache = False
-    return model
-
-
 def critic_values(critic, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
     """V(s_t) from a separate value model (a sequence classifier initialised from the RM)."""
     ids = torch.cat([prompt_ids, response_ids], 1)
@@ -313,8 +304,8 @@ def build_learner(cfg: RunConfig, policy_path: str, critic_path: str, device,
                             attn_implementation=cfg.model.attn_implementation)
     critic = critic_opt = value_head = None
     if pc.critic == "separate":
-        critic = no_kv_cache(load_reward_model(critic_path, dtype=cfg.model.dtype, device=device,
-                                                     attn_implementation=cfg.model.attn_implementation))
+        critic = load_reward_model(critic_path, dtype=cfg.model.dtype, device=device,
+                                   attn_implementation=cfg.model.attn_implementation)
         critic_opt = make_optimizer(critic.parameters(), pc.critic_lr)
     else:
         hidden = getattr(policy.config, "n_embd", None) or policy.config.hidden_size
@@ -445,9 +436,9 @@ class PPORun:
         self.learner, self.progress, state, ck = start_or_resume(cfg, self.ckdir, sft_path, rm_path, device, d)
         self.policy = self.learner.policy
         r = self.progress.rm_round
-        self.rm = no_kv_cache(load_reward_model(rm_path if r == 0 else str(out / f"rm_round{r}"), dtype=cfg.model.dtype,
-                                                device=device, attn_implementation=cfg.model.attn_implementation
-                                                ).eval().requires_grad_(False))
+        self.rm = load_reward_model(rm_path if r == 0 else str(out / f"rm_round{r}"), dtype=cfg.model.dtype,
+                                    device=device, attn_implementation=cfg.model.attn_implementation
+                                    ).eval().requires_grad_(False)
         if self.rm.config.vocab_size != self.policy.config.vocab_size:
             raise ConfigError(f"reward model vocab {self.rm.config.vocab_size} != policy vocab "
                               f"{self.policy.config.vocab_size}")
@@ -508,9 +499,8 @@ class PPORun:
                                        load_demonstrations(self.cfg, self.world), round_=this_round,
                                        policy=self.policy, out_name=name)
             self.rd.finish_stage(name, summary)
-        self.rm = no_kv_cache(load_reward_model(str(self.rd.stage(name)), dtype=self.cfg.model.dtype,
-                                                device=self.device, attn_implementation=self.cfg.model.attn_implementation
-                                                ).eval().requires_grad_(False))
+        self.rm = load_reward_model(str(self.rd.stage(name)), dtype=self.cfg.model.dtype, device=self.device,
+                                    attn_implementation=self.cfg.model.attn_implementation).eval().requires_grad_(False)
         self.progress.rm_round = this_round
 
     def rollout(self, step: int):
