@@ -42,12 +42,12 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from rlhf.data import looks_like_path
 
+from . import data as evdata
 from . import metrics
 from .data import DataError, _hub, write_rows_cached
 from .settings import EvalSettings
@@ -238,32 +238,16 @@ def bbq_rows_from_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def _source(setting: str, default_local: Optional[Path], what: str) -> tuple[str, object]:
-    """("local", path) or ("hub", name) for a dataset setting ("" = ``default_local`` when
-    it exists, else the hub default, returned as ("hub", ""))."""
-    if setting:
-        p = Path(setting).expanduser()
-        if p.exists():
-            return "local", p
-        if looks_like_path(setting):
-            raise DataError(f"{what}: dataset file {setting} does not exist")
-        return "hub", setting
-    if default_local is not None and default_local.exists():
-        return "local", default_local
-    return "hub", ""
-
-
-def _data_dir_path(settings: EvalSettings, name: str) -> Optional[Path]:
-    d = settings.resolved_data_dir()
-    return d / name if d is not None else None
-
-
 def crows_source(settings: EvalSettings) -> tuple[str, object]:
-    return _source(settings.crows_pairs, _data_dir_path(settings, CROWS_FILE), "crows_pairs")
+    """("local", the CSV) or ("hub", name), through the one resolver (eval.data.resolve_source)."""
+    kind, src = evdata.resolve_source(settings.crows_pairs, (CROWS_FILE,), settings, "crows_pairs")
+    return kind, src[0] if kind == "local" else src
 
 
 def bbq_source(settings: EvalSettings) -> tuple[str, object]:
-    return _source(settings.bbq, _data_dir_path(settings, BBQ_DIR), "bbq")
+    """("local", a BBQ file or folder of category files) or ("hub", name)."""
+    kind, src = evdata.resolve_source(settings.bbq, (BBQ_DIR,), settings, "bbq", dir_is_data=True)
+    return kind, src[0] if kind == "local" else src
 
 
 def crows_rows(settings: EvalSettings) -> tuple[list[dict], str]:

@@ -34,13 +34,19 @@ RTP_FILES = ("rtp_decodingtrust_toxic.jsonl", "rtp_decodingtrust_nontoxic.jsonl"
 WIKITEXT_FILE = "wikitext2_raw_test.txt"
 
 
-def resolve_source(setting: str, filenames: tuple[str, ...], settings: EvalSettings, what: str) -> tuple[str, object]:
-    """("local", [paths]) or ("hub", name). ``setting`` "" means: the data dir's copy if
-    present, else the hub default (returned as ("hub", "")).
+def resolve_source(setting: str, filenames: tuple[str, ...], settings: EvalSettings, what: str,
+                   dir_is_data: bool = False) -> tuple[str, object]:
+    """("local", [paths]) or ("hub", name): the one resolver of an eval dataset setting.
+    ``setting`` "" means: the data dir's copy if present, else the hub default (returned as
+    ("hub", "")). ``filenames`` are the names the data has in the data dir (files, or a
+    folder such as ``bbq/``); a directory given as the setting is searched for them, unless
+    ``dir_is_data`` (the dataset is itself a folder of files), when it is the data.
 
     A setting that looks like a path but does not exist raises :class:`DataError`."""
     if setting:
         p = Path(setting).expanduser()
+        if p.is_dir() and dir_is_data:
+            return "local", [p]
         if p.is_dir():
             found = [p / f for f in filenames if (p / f).is_file()]
             if not found:
@@ -53,7 +59,7 @@ def resolve_source(setting: str, filenames: tuple[str, ...], settings: EvalSetti
         return "hub", setting
     d = settings.resolved_data_dir()
     if d is not None:
-        found = [d / f for f in filenames if (d / f).is_file()]
+        found = [d / f for f in filenames if (d / f).exists()]
         if found:
             return "local", found
     return "hub", ""
