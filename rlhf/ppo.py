@@ -65,7 +65,7 @@ from .errors import Diverged
 from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalised_rewards,
                      lm_loss, logprobs_from_logits, masked_mean, masked_whiten, ppo_clip_loss, value_loss)
 from .models import (load_causal_lm, load_reward_model, position_ids_from_mask, save_hf, sequence_scores)
-from .rundir import (MANIFEST, RunDir, append_jsonl, atomic_write_json, fsync_dir, fsync_file, fsync_tree, read_json,
+from .rundir import (MANIFEST, RunDir, atomic_write_json, fsync_dir, fsync_file, fsync_tree, read_json,
                      read_jsonl, verify_manifest, write_manifest)
 from . import stop
 from .dist import Dist, shard
@@ -591,8 +591,7 @@ class PPORun:
         if held_lm is not None:
             row["heldout_lm_loss"] = held_lm
         if d.is_main:
-            append_jsonl(self.out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
-            tracking.log(row)  # logging.report_to (rlhf/tracking.py)
+            tracking.metrics(self.out / "metrics.jsonl", row, fsync=False)  # fsynced at each checkpoint
             tracking.samples(step, rows)  # every logging.sample_every-th iteration
         if time.time() - self.last_status >= 5.0 or step + 1 == self.pc.steps:  # an fsync'd write costs ~8 ms
             self.rd.set_status("running", stage="ppo", step=step + 1, total=self.pc.steps)

@@ -14,7 +14,7 @@ from .errors import check_finite
 from .heldout import heldout_nll, heldout_text
 from .losses import lm_loss
 from .models import n_params, save_hf, scratch_model
-from .rundir import RunDir, append_jsonl
+from .rundir import RunDir
 from .sampling import probe_world
 from .world import World
 
@@ -72,8 +72,7 @@ def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: to
         if step % 50 == 0 or step == pc.steps - 1:
             bar.set_postfix(loss=f"{loss_ema:.3f}")
             row = {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"], "time_s": time.time() - t0}
-            append_jsonl(out / "metrics.jsonl", row)
-            tracking.log(row)
+            tracking.metrics(out / "metrics.jsonl", row)
     model.config.rlhf_train_window = pc.seq_len  # the held-out loss never reads untrained positions
     hl = heldout_nll(model, tokenizer, heldout_text(world.heldout_corpus()))["loss"]
     probe = probe_world(model, tokenizer, world)

@@ -30,7 +30,7 @@ from .config import DataError, RunConfig, stage_seed
 from .errors import check_finite
 from .losses import kwise_ranking_loss, pairwise_accuracy
 from .models import check_context, context_length, load_reward_model, save_hf, sequence_scores, tokenizer_sides
-from .rundir import RunDir, append_jsonl, read_jsonl
+from .rundir import RunDir, read_jsonl
 from .sampling import sample
 from .data import load_pair_comparisons  # noqa: F401 - rm.data is read and checked in rlhf/data.py
 from .world import World
@@ -273,8 +273,7 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
             c, t = pairwise_accuracy(r.detach(), valid)
             row = {"step": step, "epoch": epoch, "loss": loss.item(), "accuracy": c / max(t, 1),
                    "time_s": time.time() - t0}
-            append_jsonl(out / "metrics.jsonl", row)
-            tracking.log(row, prefix=track_prefix)
+            tracking.metrics(out / "metrics.jsonl", row, prefix=track_prefix)
             step += 1
             bar.update(1)
     bar.close()

@@ -16,7 +16,7 @@ from . import tracking
 from .config import DataError, RunConfig, stage_seed
 from .data import load_demonstration_file
 from .models import check_context, context_length, load_causal_lm, save_hf
-from .rundir import MODEL_POINTER, RunDir, append_jsonl, atomic_write_json
+from .rundir import MODEL_POINTER, RunDir, atomic_write_json
 from .sampling import probe_world
 from .world import World
 
@@ -91,8 +91,7 @@ class _JsonlLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if logs:
             row = {"step": state.global_step, **logs}
-            append_jsonl(self.path, row)
-            tracking.log(row)
+            tracking.metrics(self.path, row)
 
 
 def run_sft(cfg: RunConfig, rd: RunDir, init_path: str, tokenizer, world: World | None, device: torch.device) -> dict:

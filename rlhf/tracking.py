@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .errors import ConfigError
+from .rundir import append_jsonl
 
 TRACKERS = ("tensorboard", "wandb")
 _INSTALL = {"tensorboard": "pip install tensorboard   (or: pip install -e '.[tensorboard]')",
@@ -157,6 +158,13 @@ def stage(cfg, run_path: Path, name: str, writer: bool = True) -> Iterator[Optio
     finally:
         tr, _active = _active, None
         tr.close()
+
+
+def metrics(path, row: dict, prefix: str = "", fsync: bool = True) -> None:
+    """Record one metrics row: appended to ``path`` (a stage's ``metrics.jsonl``) and given
+    to the open tracker under the same names; the one writer of training metrics."""
+    append_jsonl(path, row, fsync=fsync)
+    log(row, prefix)
 
 
 def log(row: dict, prefix: str = "") -> None:
