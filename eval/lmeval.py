@@ -7,9 +7,12 @@ The project's task YAMLs live in ``eval/tasks``; they are indexed with
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +30,48 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _library_quiet() -> bool:
+    """Whether library output is off (``rlhf.cli.library_output``: every command without
+    ``--verbose``)."""
+    return os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
+
+
+def _git_hash_quietly() -> Optional[str]:
+    """lm-eval's run metadata asks ``git describe``; outside a git checkout git prints
+    "fatal: not a git repository" to the terminal. The same question with its stderr
+    discarded."""
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_run():
+    """While lm-eval runs without ``--verbose``: no per-task request-building bar and no git
+    message on the terminal. Both are lm-eval module attributes (``lm_eval.api.task.tqdm``,
+    ``lm_eval.evaluator.get_git_commit_hash``) swapped for the call only and restored
+    after; a lm-eval version without them is left alone."""
+    if not _library_quiet():
+        yield
+        return
+    import lm_eval.api.task as task_mod
+    import lm_eval.evaluator as ev_mod
+    swaps = []
+    if hasattr(task_mod, "tqdm"):
+        swaps.append((task_mod, "tqdm", functools.partial(task_mod.tqdm, disable=True)))
+    if hasattr(ev_mod, "get_git_commit_hash"):
+        swaps.append((ev_mod, "get_git_commit_hash", _git_hash_quietly))
+    old = [(m, name, getattr(m, name)) for m, name, _ in swaps]
+    try:
+        for m, name, new in swaps:
+            setattr(m, name, new)
+        yield
+    finally:
+        for m, name, value in old:
+            setattr(m, name, value)
+
+
 def make_lm(model, tokenizer, batch_size: int = 16):
     """lm-eval's HFLM around a model and tokenizer that are already loaded, scoring each
     distinct (context, continuation) once: TruthfulQA's MC1 choices are mostly MC2 choices
@@ -40,8 +85,7 @@ def make_lm(model, tokenizer, batch_size: int = 16):
                 first.setdefault(r.args, i)
             unique = [requests[i] for i in first.values()]
             # lm-eval's own bar is library output: shown only with --verbose (rlhf.cli.library_output)
-            quiet = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
-            res = super().loglikelihood(unique, disable_tqdm=disable_tqdm or quiet)
+            res = super().loglikelihood(unique, disable_tqdm=disable_tqdm or _library_quiet())
             by_args = {r.args: x for r, x in zip(unique, res)}
             return [by_args[r.args] for r in requests]
 
@@ -101,11 +145,12 @@ def run_tasks(lm, names: list[str], metadata: Optional[dict] = None, limit: Opti
     _quiet()
     tm, specs = resolve_tasks(names, metadata)
     try:
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=specs, task_manager=tm, limit=limit or None, bootstrap_iters=0,
-            log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-            fewshot_random_seed=seed, verbosity="ERROR",
-        )
+        with _quiet_run():
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=specs, task_manager=tm, limit=limit or None, bootstrap_iters=0,
+                log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                fewshot_random_seed=seed, verbosity="ERROR",
+            )
     except TaskError:
         raise
     except Exception as e:

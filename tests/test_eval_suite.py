@@ -356,3 +356,22 @@ def test_on_a_pipeline_run(tiny_run, tmp_path):
     assert [r["bon_n"] for r in bon] == [1, 2, 4]
     rl = [r for r in recs if r["suite"] == "overopt" and r["subset"] == "rl" and not r["metric"].startswith("fit_")]
     assert {r["metric"] for r in rl} == {"rm_score", "gold_reward", "kl", "myth_rate", "truth_rate", "stereotype_bias"}
+
+
+def test_cli_without_verbose_prints_no_library_output(run, tmp_path):
+    """`rlhf eval` run from outside any git checkout: lm-eval's request-building bars and
+    its "fatal: not a git repository" (from `git describe`) stay off the terminal; with
+    --verbose the bars come back (so the check can see them)."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", GIT_CEILING_DIRECTORIES=str(tmp_path.parent))
+    cmd = [sys.executable, "-m", "rlhf.cli", "eval", str(run), "--suite", "truthfulqa", "--checkpoints", "sft",
+           "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "mc_limit=4", "bootstrap=50"]
+    quiet = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "[sft] truthfulqa/mc1 world" in quiet.stdout
+    assert "fatal" not in quiet.stderr and "it/s" not in quiet.stderr, quiet.stderr
+    loud = subprocess.run(cmd[:3] + ["--verbose"] + cmd[3:], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert loud.returncode == 0 and "it/s" in loud.stderr, loud.stderr
