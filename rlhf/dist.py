@@ -171,11 +171,14 @@ class Dist:
         return self.world * float(n.item()) / total if total > 0 else 1.0
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace every gradient by its mean over ranks (one flat all-reduce)."""
+        """Replace every gradient by its mean over ranks (one flat all-reduce). Gradients of
+        FSDP-sharded parameters (``ppo.sharding=fsdp``) are left alone: FSDP's backward
+        reduce-scattered them to the same mean."""
         if not self.active:
             return
         import torch.distributed as td
-        grads = [p.grad for p in params if p.grad is not None]
+        from .sharding import is_dtensor  # FSDP's reduce-scatter averaged the sharded ones already
+        grads = [p.grad for p in params if p.grad is not None and not is_dtensor(p)]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -208,10 +211,15 @@ class Dist:
         return bool(t.item() > 0)
 
     def check_same_weights(self, params: list[torch.Tensor], what: str) -> None:
-        """Raise if the ranks' weights differ (a broken gradient sync)."""
+        """Raise if the ranks' weights differ (a broken gradient sync). FSDP shards
+        (``ppo.sharding=fsdp``) differ by design and are skipped."""
         if not self.active:
             return
         import torch.distributed as td
+        from .sharding import is_dtensor
+        params = [p for p in params if not is_dtensor(p)]
+        if not params:
+            return
         with torch.no_grad():
             fp = torch.stack([p.detach().double().sum() for p in params]).to(self.coll_device)
         lo, hi = fp.clone(), fp.clone()
