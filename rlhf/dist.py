@@ -28,6 +28,10 @@ Under a launcher (``WORLD_SIZE`` > 1 in the environment) ``rlhf run`` works like
   what it waited for. Launches are told apart by :func:`launch_id`, which is the same on
   every node.
 
+With ``ppo.sharding=fsdp`` the ranks shard the models with FSDP2 instead of holding full
+replicas (``rlhf/sharding.py``); everything above holds unchanged, FSDP's reduce-scatter
+taking the place of :meth:`Dist.average_gradients` for the sharded parameters.
+
 Without a launcher every function here is a cheap no-op and a run is exactly the
 single-process run.
 """

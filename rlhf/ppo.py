@@ -28,7 +28,8 @@
    ``ppo.kl_horizon``).
 
 Every ``ppo.checkpoint_every`` iterations the full state (policy, critic, optimisers, CPU and
-CUDA RNG states, step, β controller) goes to ``ppo.tmp/checkpoints/step_N``, with a
+CUDA RNG states, step, β controller; with ``ppo.sharding=fsdp`` the optimisers' states one
+shard per rank, ``rlhf/sharding.py``) goes to ``ppo.tmp/checkpoints/step_N``, with a
 ``manifest.json`` of sizes and hashes written last and everything fsynced before the rename
 that publishes it; a killed run resumes from the latest one to the same result, and a
 checkpoint that fails its manifest or does not load is reported and the previous one used. A stop request (SIGTERM or SIGUSR1 to ``rlhf run``,
@@ -189,7 +190,11 @@ def pretrain_documents(cfg: RunConfig, world: Optional[World]) -> tuple[list[str
 # ----------------------------------------------------------------------------- checkpoints
 
 def _rng_state() -> dict:
-    """RNG states as plain tensors and numbers (loadable with ``weights_only=True``)."""
+    """RNG states as plain tensors and numbers (loadable with ``weights_only=True``): Python's,
+    NumPy's, torch's CPU generator and, on a machine with CUDA, every device's CUDA generator
+    (``torch.cuda.get_rng_state_all``; sampling on a GPU draws from it). A process that has
+    not initialised CUDA has drawn nothing from it (its generators are still as
+    ``torch.manual_seed`` left them, which a resume repeats), so nothing is saved then."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     out = {"torch": torch.get_rng_state(), "python": random.getstate(),
            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -200,6 +205,8 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(s: dict) -> None:
+    """Put back what :func:`_rng_state` saved; a record without CUDA states (a CPU run, an
+    older checkpoint) leaves CUDA alone, and another device count is a warning."""
     torch.set_rng_state(s["torch"])
     random.setstate(s["python"])
     n = s["numpy"]
