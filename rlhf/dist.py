@@ -92,6 +92,16 @@ def single_process_env() -> Iterator[None]:
         os.environ.update(saved)
 
 
+def is_dtensor(t) -> bool:
+    """Whether ``t`` is a sharded tensor or parameter (a ``DTensor``: ``ppo.sharding=fsdp``,
+    ``rlhf/sharding.py``)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without DTensor: nothing is sharded
+        return False
+    return isinstance(t, DTensor)
+
+
 @dataclass
 class Dist:
     rank: int = 0
@@ -181,8 +191,7 @@ class Dist:
         if not self.active:
             return
         import torch.distributed as td
-        from .sharding import is_dtensor  # FSDP's reduce-scatter averaged the sharded ones already
-        grads = [p.grad for p in params if p.grad is not None and not is_dtensor(p)]
+        grads = [p.grad for p in params if p.grad is not None and not is_dtensor(p)]  # FSDP averaged those
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -220,7 +229,6 @@ class Dist:
         if not self.active:
             return
         import torch.distributed as td
-        from .sharding import is_dtensor
         params = [p for p in params if not is_dtensor(p)]
         if not params:
             return

@@ -49,16 +49,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from .dist import Dist
-
-
-def is_dtensor(t) -> bool:
-    """Whether ``t`` is a sharded (``DTensor``) tensor or parameter."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch without DTensor: nothing is sharded
-        return False
-    return isinstance(t, DTensor)
+from .dist import Dist, is_dtensor
 
 
 def is_sharded(model: Optional[torch.nn.Module]) -> bool:

@@ -20,10 +20,10 @@ pytestmark = pytest.mark.skipif(not td.is_available(), reason="torch.distributed
 
 
 def _update(rank: int, world: int, init_file: str, out: dict) -> dict:
-    """One real AdamW step of each critic kind on this rank's share of the global batch
+    """Two real AdamW steps of each critic kind on this rank's share of the global batch
     (``test_dist._global_batch``), sharded with FSDP2 when ``world`` > 1; returns the full
-    weights after the step (rank 0), the logged statistics, and, sharded, a sampling check
-    and an optimiser-state round trip."""
+    weights after them (rank 0), the second step's logged statistics and, sharded, a
+    sampling check (before the steps) and an optimiser-state round trip."""
     from rlhf import sharding
     from rlhf.config import PPOConfig
     from rlhf.ppo import Batch, compute_advantages, make_optimizer, ppo_update
