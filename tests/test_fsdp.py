@@ -64,7 +64,11 @@ def _update(rank: int, world: int, init_file: str, out: dict) -> dict:
         for _ in range(2):  # the second step reads AdamW's moments of the first
             stats = d.mean_dict(ppo_update(policy, mb, opt, pc, head_, critic_, copt, ptx, d))
         r = {"stats": stats}
-        if world > 1:
+        if world > 1:  # what this rank holds: its shard of the weights, gradients and AdamW moments
+            r["held"] = (sum(p.to_local().numel() for p in policy.parameters()),
+                         sum(p.grad.to_local().numel() for p in policy.parameters() if p.grad is not None),
+                         sum(v.to_local().numel() for p in policy.parameters() for v in opt.state[p].values()
+                             if sharding.is_dtensor(v)))
             r["policy"] = sharding.full_state_dict(policy, d)
             r["critic"] = sharding.full_state_dict(critic, d) if critic_ is not None else None
             r["head"] = sharding.full_state_dict(head, d) if head_ is not None else None
@@ -123,6 +127,10 @@ def test_two_fsdp_ranks_take_the_one_process_adamw_steps_and_sample_with_gathere
         fresh = _global_batch()[0].state_dict()
         assert max((a["policy"][k] - fresh[k]).abs().max() for k in fresh) > 1e-3
         assert r0["optim_round_trip"] and r1["optim_round_trip"]
+        n = sum(w.numel() for w in _global_batch()[0].parameters())  # the full policy (tied weights once)
+        assert r0["held"][0] + r1["held"][0] == n and max(r0["held"][0], r1["held"][0]) <= n // 2 + 64
+        assert r0["held"][1] == r0["held"][0] and r1["held"][1] == r1["held"][0]  # sharded gradients
+        assert [h[2] for h in (r0["held"], r1["held"])] == [2 * h[0] for h in (r0["held"], r1["held"])]  # 2 moments
     for rank in (0, 1):
         assert two[rank]["resharded"]
         toks, lps = two[rank]["sampled"]
@@ -215,3 +223,13 @@ def test_torchrun_fsdp_with_a_value_head_and_ptx_resumes_bit_for_bit(tiny_run, t
         wa, wc = load_file(a / f), load_file(c / f)
         assert wa.keys() == wc.keys() and all(torch.equal(wa[k], wc[k]) for k in wa), f
     assert load_file(a / "value_head.safetensors")["weight"].abs().max() > 0  # trained from zero
+
+
+def test_a_checkpoint_resumes_only_under_the_sharding_it_was_written_with(tmp_path):
+    from rlhf.config import ConfigError, load_config
+    from rlhf.ppo import load_checkpoint
+    from rlhf.rundir import atomic_write_json
+    cfg = load_config(QUICK, tiny_overrides(tmp_path))
+    atomic_write_json(tmp_path / "state.json", {"step": 2, "controller": {}, "world_size": 1, "sharding": "fsdp"})
+    with pytest.raises(ConfigError, match="written with ppo.sharding=fsdp, this run has ppo.sharding=replicate"):
+        load_checkpoint(tmp_path, cfg, Dist(), torch.device("cpu"))
