@@ -24,7 +24,9 @@ What is sharded and what is not:
   run inside :func:`gathered`: the model's full weights are all-gathered once, forwards
   then run locally, in any number (each rank's decode loop stops when its own responses
   end), and the weights are sharded again on exit. So the policy's weights alone, without
-  gradients or optimiser states, must fit on one device during sampling.
+  gradients or optimiser states, must fit on one device during sampling. (FSDP2 gives the
+  model a subclass of its own, so ``rlhf.sampling`` takes the model's own forward per token,
+  not its lean GPT-2 step: the same draws, a little slower on tiny models.)
 - **Checkpoints.** Models are gathered to rank 0 as full state dicts (on the CPU) and
   written as plain Hugging Face folders, the same as the replicated path writes (the eval
   reads them as they are); the optimisers' states stay sharded: every rank writes its own
@@ -33,12 +35,15 @@ What is sharded and what is not:
   another number of ranks is not supported (nor is it on the replicated path: the ranks'
   random streams depend on their number).
 
-FSDP2 rather than FSDP1 or accelerate: it is PyTorch's current FSDP, its parameters are
-plain ``DTensor``s (``clip_grad_norm_``, the fused AdamW and ``state_dict`` work on them
-unchanged), it needs no wrapper class around the Hugging Face model (``save_pretrained``
-and ``config`` stay where they were), it runs on CPUs with gloo (so it is tested here),
-and explicit ``unshard()`` / ``reshard()`` give sampling its full weights without FSDP1's
-``summon_full_params`` restrictions. accelerate would add a dependency for the same calls.
+FSDP2 rather than FSDP1 or accelerate: it is PyTorch's current FSDP (FSDP1's
+``FullyShardedDataParallel`` wraps the model in a class of its own, so ``save_pretrained``,
+``config`` and the model's own methods need unwrapping, and its flat parameters need
+``use_orig_params``); FSDP2's parameters are plain ``DTensor``s on the model as it was
+(``clip_grad_norm_``, the fused AdamW and ``torch.distributed.checkpoint.state_dict`` work on
+them unchanged); it runs on CPUs with gloo in torch 2.13 (so it is tested here: forward,
+backward's reduce-scatter, clipping, AdamW, gathering and full state dicts all work there);
+and explicit ``unshard()`` / ``reshard()`` give sampling its full weights. accelerate would
+add a dependency for the same calls.
 """
 
 from __future__ import annotations
