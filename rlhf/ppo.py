@@ -192,7 +192,8 @@ def pretrain_documents(cfg: RunConfig, world: Optional[World]) -> tuple[list[str
 def _rng_state() -> dict:
     """RNG states as plain tensors and numbers (loadable with ``weights_only=True``): Python's,
     NumPy's, torch's CPU generator and, on a machine with CUDA, every device's CUDA generator
-    (``torch.cuda.get_rng_state_all``; sampling on a GPU draws from it). A process that has
+    (``torch.cuda.get_rng_state_all``: PPO's sampler has its own seeded generator, but a model
+    or a library drawing on the GPU uses the global one). A process that has
     not initialised CUDA has drawn nothing from it (its generators are still as
     ``torch.manual_seed`` left them, which a resume repeats), so nothing is saved then."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
