@@ -162,6 +162,9 @@ class PPOConfig:
     max_prompt_tokens: int = 256  # longer prompts from ppo.data are skipped
     rounds: int = 1  # iterated RLHF: retrain the RM on fresh comparisons every steps/rounds
     data: str = "world"  # "world" (toy prompts) or a prompt file/HF dataset
+    # data-parallel ranks (torchrun): "replicate" (each holds full models) or "fsdp" (FSDP2 shards
+    # policy, value head, critic, reference; rlhf/sharding.py); one process: no effect
+    sharding: str = "replicate"
 
 
 @dataclass
@@ -212,6 +215,7 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("ppo.target_kl", lambda v: v > 0, "> 0"),
     ("ppo.kl_horizon", lambda v: v > 0, "> 0"),
     ("ppo.critic", lambda v: v in ("separate", "head"), "'separate' or 'head'"),
+    ("ppo.sharding", lambda v: v in ("replicate", "fsdp"), "'replicate' or 'fsdp'"),
     ("rm.loss", lambda v: v in ("kwise", "pairs"), "'kwise' or 'pairs'"),
     ("ppo.rounds", lambda v: v >= 1, ">= 1"),
     ("ppo.grad_clip", lambda v: v > 0, "> 0"),

@@ -28,6 +28,10 @@ Under a launcher (``WORLD_SIZE`` > 1 in the environment) ``rlhf run`` works like
   what it waited for. Launches are told apart by :func:`launch_id`, which is the same on
   every node.
 
+With ``ppo.sharding=fsdp`` the ranks shard the models with FSDP2 instead of holding full
+replicas (``rlhf/sharding.py``); everything above holds unchanged, FSDP's reduce-scatter
+taking the place of :meth:`Dist.average_gradients` for the sharded parameters.
+
 Without a launcher every function here is a cheap no-op and a run is exactly the
 single-process run.
 """
@@ -86,6 +90,16 @@ def single_process_env() -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
+
+
+def is_dtensor(t) -> bool:
+    """Whether ``t`` is a sharded tensor or parameter (a ``DTensor``: ``ppo.sharding=fsdp``,
+    ``rlhf/sharding.py``)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without DTensor: nothing is sharded
+        return False
+    return isinstance(t, DTensor)
 
 
 @dataclass
@@ -171,11 +185,13 @@ class Dist:
         return self.world * float(n.item()) / total if total > 0 else 1.0
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Replace every gradient by its mean over ranks (one flat all-reduce)."""
+        """Replace every gradient by its mean over ranks (one flat all-reduce). Gradients of
+        FSDP-sharded parameters (``ppo.sharding=fsdp``) are left alone: FSDP's backward
+        reduce-scattered them to the same mean."""
         if not self.active:
             return
         import torch.distributed as td
-        grads = [p.grad for p in params if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None and not is_dtensor(p)]  # FSDP averaged those
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -208,10 +224,14 @@ class Dist:
         return bool(t.item() > 0)
 
     def check_same_weights(self, params: list[torch.Tensor], what: str) -> None:
-        """Raise if the ranks' weights differ (a broken gradient sync)."""
+        """Raise if the ranks' weights differ (a broken gradient sync). FSDP shards
+        (``ppo.sharding=fsdp``) differ by design and are skipped."""
         if not self.active:
             return
         import torch.distributed as td
+        params = [p for p in params if not is_dtensor(p)]
+        if not params:
+            return
         with torch.no_grad():
             fp = torch.stack([p.detach().double().sum() for p in params]).to(self.coll_device)
         lo, hi = fp.clone(), fp.clone()

@@ -28,7 +28,8 @@
    ``ppo.kl_horizon``).
 
 Every ``ppo.checkpoint_every`` iterations the full state (policy, critic, optimisers, CPU and
-CUDA RNG states, step, β controller) goes to ``ppo.tmp/checkpoints/step_N``, with a
+CUDA RNG states, step, β controller; with ``ppo.sharding=fsdp`` the optimisers' states one
+shard per rank, ``rlhf/sharding.py``) goes to ``ppo.tmp/checkpoints/step_N``, with a
 ``manifest.json`` of sizes and hashes written last and everything fsynced before the rename
 that publishes it; a killed run resumes from the latest one to the same result, and a
 checkpoint that fails its manifest or does not load is reported and the previous one used. A stop request (SIGTERM or SIGUSR1 to ``rlhf run``,
@@ -69,6 +70,7 @@ from .rundir import (MANIFEST, RunDir, atomic_write_json, fsync_dir, fsync_file,
                      read_jsonl, verify_manifest, write_manifest)
 from . import stop
 from .dist import Dist, shard
+from . import sharding
 from .heldout import heldout_nll, heldout_text
 from .pretrain import encode_corpus, random_windows
 from .reward import rm_max_length, score_texts
@@ -188,7 +190,12 @@ def pretrain_documents(cfg: RunConfig, world: Optional[World]) -> tuple[list[str
 # ----------------------------------------------------------------------------- checkpoints
 
 def _rng_state() -> dict:
-    """RNG states as plain tensors and numbers (loadable with ``weights_only=True``)."""
+    """RNG states as plain tensors and numbers (loadable with ``weights_only=True``): Python's,
+    NumPy's, torch's CPU generator and, on a machine with CUDA, every device's CUDA generator
+    (``torch.cuda.get_rng_state_all``: PPO's sampler has its own seeded generator, but a model
+    or a library drawing on the GPU uses the global one). A process that has
+    not initialised CUDA has drawn nothing from it (its generators are still as
+    ``torch.manual_seed`` left them, which a resume repeats), so nothing is saved then."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     out = {"torch": torch.get_rng_state(), "python": random.getstate(),
            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -199,6 +206,8 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(s: dict) -> None:
+    """Put back what :func:`_rng_state` saved; a record without CUDA states (a CPU run, an
+    older checkpoint) leaves CUDA alone, and another device count is a warning."""
     torch.set_rng_state(s["torch"])
     random.setstate(s["python"])
     n = s["numpy"]
@@ -215,14 +224,29 @@ def _set_rng_state(s: dict) -> None:
 def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, critic_opt, ctl, step: int,
                     ptx: Optional[PretrainStream], extra: dict, d: Optional[Dist] = None) -> None:
     """Write ``path`` atomically (``.partial``, then renamed). Data-parallel: rank 0 writes the
-    models, optimisers and its RNG states; every other rank adds ``rng_rank<r>.pt``."""
+    models, optimisers and its RNG states; every other rank adds ``rng_rank<r>.pt``.
+    Sharded (``ppo.sharding=fsdp``, :mod:`rlhf.sharding`): the models are gathered to rank 0
+    and written as the same full folders, and every rank writes its shard of the
+    optimisers' states (``optim_rank<r>.pt``; ``trainer_state.pt`` then holds none)."""
     d = d or Dist()
+    sharded = sharding.is_sharded(policy)
     tmp = path.with_name(path.name + ".partial")
     if d.is_main and tmp.exists():
         shutil.rmtree(tmp)
     if d.is_main:
         tmp.mkdir(parents=True)
     d.barrier(f"rank 0 creating {tmp}")
+    if sharded:  # collectives: every rank takes part, rank 0 writes the full models
+        sharding.save_full_hf(policy, tokenizer, tmp / "policy", d)
+        if critic is not None:
+            sharding.save_full_hf(critic, None, tmp / "critic", d)
+        if value_head is not None:
+            head_sd = sharding.full_state_dict(value_head, d)
+            if d.is_main:
+                save_file(head_sd, str(tmp / "value_head.safetensors"))
+        torch.save({"opt": sharding.local_optimizer_state(opt),
+                    "critic_opt": sharding.local_optimizer_state(critic_opt) if critic_opt else None},
+                   tmp / f"optim_rank{d.rank}.pt")
     if not d.is_main:
         torch.save({"rng": _rng_state(), "ptx_rng": ptx.gen.get_state() if ptx else None},
                    tmp / f"rng_rank{d.rank}.pt")
@@ -230,16 +254,18 @@ def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, crit
     if not d.is_main:
         d.barrier(f"rank 0 writing and publishing {path}")  # rank 0 renames the directory
         return
-    save_hf(policy, tokenizer, tmp / "policy")
-    if critic is not None:
-        save_hf(critic, None, tmp / "critic")
-    if value_head is not None:
-        save_file(value_head.state_dict(), str(tmp / "value_head.safetensors"))
-    state = {"opt": opt.state_dict(), "critic_opt": critic_opt.state_dict() if critic_opt else None,
+    if not sharded:
+        save_hf(policy, tokenizer, tmp / "policy")
+        if critic is not None:
+            save_hf(critic, None, tmp / "critic")
+        if value_head is not None:
+            save_file(value_head.state_dict(), str(tmp / "value_head.safetensors"))
+    state = {"opt": None if sharded else opt.state_dict(),
+             "critic_opt": critic_opt.state_dict() if critic_opt and not sharded else None,
              "rng": _rng_state(), "ptx_rng": ptx.gen.get_state() if ptx else None}
     torch.save(state, tmp / "trainer_state.pt")
     atomic_write_json(tmp / "state.json", {"step": step, "controller": ctl.state_dict(), "world_size": d.world,
-                                           **extra})
+                                           "sharding": "fsdp" if sharded else "replicate", **extra})
     write_manifest(tmp)  # sizes and hashes, written last: a checkpoint without it is incomplete
     fsync_tree(tmp)  # every file and the directory on disk before the rename publishes them
     if path.exists():
@@ -294,26 +320,37 @@ class Learner:
 
 
 def build_learner(cfg: RunConfig, policy_path: str, critic_path: str, device,
-                  value_head_file: Optional[str] = None) -> Learner:
+                  value_head_file: Optional[str] = None, d: Optional[Dist] = None) -> Learner:
     """The policy from ``policy_path`` and the critic from ``critic_path`` (a sequence
     classifier), or a value head (zero, or loaded from ``value_head_file``), with their
     optimisers. A fresh start passes the SFT model and the reward model; a resume passes
-    a checkpoint's folders."""
+    a checkpoint's folders. With ``ppo.sharding=fsdp`` under a launcher (``d``) each model
+    is loaded on the CPU and sharded onto ``device`` (``rlhf.sharding``) before its
+    optimiser is built."""
     pc = cfg.ppo
-    policy = load_causal_lm(policy_path, dtype=cfg.model.dtype, device=device,
+    fsdp = sharding.active(pc.sharding, d)
+    load_to = None if fsdp else device  # sharded: full weights on the CPU only, shards on the device
+    policy = load_causal_lm(policy_path, dtype=cfg.model.dtype, device=load_to,
                             attn_implementation=cfg.model.attn_implementation)
     critic = critic_opt = value_head = None
     if pc.critic == "separate":
-        critic = load_reward_model(critic_path, dtype=cfg.model.dtype, device=device,
+        critic = load_reward_model(critic_path, dtype=cfg.model.dtype, device=load_to,
                                    attn_implementation=cfg.model.attn_implementation)
-        critic_opt = make_optimizer(critic.parameters(), pc.critic_lr)
     else:
         hidden = getattr(policy.config, "n_embd", None) or policy.config.hidden_size
-        value_head = torch.nn.Linear(hidden, 1).to(device)
+        value_head = torch.nn.Linear(hidden, 1).to(load_to or "cpu")
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
         if value_head_file is not None:
             value_head.load_state_dict(load_file(value_head_file))
+    if fsdp:
+        sharding.shard_model(policy, device)
+        if critic is not None:
+            sharding.shard_classifier(critic, device)
+        if value_head is not None:
+            sharding.shard_model(value_head, device)
+    if critic is not None:
+        critic_opt = make_optimizer(critic.parameters(), pc.critic_lr)
     params = list(policy.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
     return Learner(policy, make_optimizer(params, pc.lr), critic, critic_opt, value_head)
 
@@ -339,11 +376,21 @@ def load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device) -> tuple[Learner,
         raise ConfigError(f"{ck} was written by {st.get('world_size', 1)} data-parallel processes, this run has "
                           f"{d.world}: resume with the same number, or --force to start PPO again")
     head = str(ck / "value_head.safetensors") if cfg.ppo.critic == "head" else None
-    learner = build_learner(cfg, str(ck / "policy"), str(ck / "critic"), device, value_head_file=head)
+    if st.get("sharding", "replicate") != ("fsdp" if sharding.active(cfg.ppo.sharding, d) else "replicate"):
+        raise ConfigError(f"{ck} was written with ppo.sharding={st.get('sharding', 'replicate')}, this run has "
+                          f"ppo.sharding={cfg.ppo.sharding} on {d.world} process(es): resume with the same, or "
+                          f"--force to start PPO again")
+    learner = build_learner(cfg, str(ck / "policy"), str(ck / "critic"), device, value_head_file=head, d=d)
     state = torch.load(ck / "trainer_state.pt", weights_only=True)
-    learner.opt.load_state_dict(state["opt"])
-    if learner.critic_opt is not None:
-        learner.critic_opt.load_state_dict(state["critic_opt"])
+    if sharding.is_sharded(learner.policy):  # each rank its own shard of the optimisers' states
+        local = torch.load(ck / f"optim_rank{d.rank}.pt", weights_only=True)
+        sharding.load_local_optimizer_state(learner.opt, local["opt"])
+        if learner.critic_opt is not None:
+            sharding.load_local_optimizer_state(learner.critic_opt, local["critic_opt"])
+    else:
+        learner.opt.load_state_dict(state["opt"])
+        if learner.critic_opt is not None:
+            learner.critic_opt.load_state_dict(state["critic_opt"])
     if d.rank > 0:  # every rank has its own random streams
         state.update(torch.load(ck / f"rng_rank{d.rank}.pt", weights_only=True))
     ctl = kl_controller(cfg.ppo)
@@ -371,7 +418,7 @@ def start_or_resume(cfg: RunConfig, ckdir: Path, sft_path: str, rm_path: str, de
             print(f"[ppo] checkpoint {cand.name} is damaged: {problem}; falling back to the previous one", flush=True)
     if found and d.is_main:
         print("[ppo] no usable checkpoint: PPO starts again from step 0", flush=True)
-    return build_learner(cfg, sft_path, rm_path, device), Progress(0, kl_controller(cfg.ppo), []), None, None
+    return build_learner(cfg, sft_path, rm_path, device, d=d), Progress(0, kl_controller(cfg.ppo), []), None, None
 
 
 @dataclass
@@ -431,8 +478,11 @@ class PPORun:
         self.local_bs, self.local_mb = pc.batch_size // d.world, pc.minibatch_size // d.world
         check_tokenizers_match(tokenizer, rm_path)
         self.data = load_ppo_data(cfg, tokenizer, world, d)
-        self.ref = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=device,
+        fsdp = sharding.active(pc.sharding, d)  # the frozen reference is sharded too; the reward model is not
+        self.ref = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=None if fsdp else device,
                                   attn_implementation=cfg.model.attn_implementation).eval().requires_grad_(False)
+        if fsdp:
+            sharding.shard_model(self.ref, device)
         self.learner, self.progress, state, ck = start_or_resume(cfg, self.ckdir, sft_path, rm_path, device, d)
         self.policy = self.learner.policy
         r = self.progress.rm_round
@@ -509,8 +559,9 @@ class PPORun:
         rng = random.Random(self.cfg.seed * 1_000_003 + step)
         idx = shard([rng.randrange(len(self.data.prompts)) for _ in range(self.pc.batch_size)], self.d)
         self.policy.eval()
-        s = rollout(self.policy, self.tok, [self.data.prompts[i] for i in idx], self.pc,
-                    rollout_seed(self.cfg.seed, step, self.d.rank))
+        with sharding.gathered(self.policy):  # sharded: full weights for the decode loop, which stops per rank
+            s = rollout(self.policy, self.tok, [self.data.prompts[i] for i in idx], self.pc,
+                        rollout_seed(self.cfg.seed, step, self.d.rank))
         return idx, s
 
     @torch.no_grad()
@@ -542,9 +593,10 @@ class PPORun:
         return batch, kl
 
     def heldout_loss(self, step: int) -> Optional[float]:
-        if self.data.held_text is None or step % self.pc.checkpoint_every != 0 or not self.d.is_main:
+        if self.data.held_text is None or step % self.pc.checkpoint_every != 0:
             return None
-        return heldout_nll(self.policy, self.tok, self.data.held_text)["loss"]
+        with sharding.gathered(self.policy):  # sharded: every rank gathers, rank 0 computes
+            return heldout_nll(self.policy, self.tok, self.data.held_text)["loss"] if self.d.is_main else None
 
     def update_epochs(self, step: int, batch: Batch) -> dict[str, float]:
         """``ppo.epochs`` passes over shuffled minibatches, one :func:`ppo_update` each (with a
@@ -605,9 +657,12 @@ class PPORun:
         """The policy, the first time the KL passes each of ``ppo.kl_levels``."""
         for level in self.pc.kl_levels:
             if mean_kl >= level and level not in self.progress.kl_saved:
+                where = self.out / "kl" / f"kl_{level:g}"
+                if sharding.is_sharded(self.policy):  # every rank gathers, rank 0 writes
+                    sharding.save_full_hf(self.policy, self.tok, where, self.d)
                 if self.d.is_main:
-                    where = self.out / "kl" / f"kl_{level:g}"
-                    save_hf(self.policy, self.tok, where)
+                    if not sharding.is_sharded(self.policy):
+                        save_hf(self.policy, self.tok, where)
                     atomic_write_json(where / "kl.json", {"level": level, "kl": mean_kl, "step": step})
                 self.progress.kl_saved.append(level)
 
@@ -642,15 +697,30 @@ class PPORun:
         """Save the final policy (and critic), summarise, and (toy world) the before/after line."""
         self.bar.close()
         self.policy.eval()
+        out, lr, held_text = self.out, self.learner, self.data.held_text
+        if sharding.is_sharded(self.policy):  # every rank gathers, rank 0 writes the full models
+            sharding.save_full_hf(self.policy, self.tok, out, self.d)
+            if lr.value_head is not None:
+                head_sd = sharding.full_state_dict(lr.value_head, self.d)
+                if self.d.is_main:
+                    save_file(head_sd, str(out / "value_head.safetensors"))
+            if lr.critic is not None:
+                sharding.save_full_hf(lr.critic, None, out / "critic", self.d)
+            with sharding.gathered(self.policy, self.ref):  # rank 0 alone samples and scores below
+                return self._finish_main() if self.d.is_main else {}
         if not self.d.is_main:
             return {}
-        out, lr, held_text = self.out, self.learner, self.data.held_text
-        final_held = heldout_nll(self.policy, self.tok, held_text)["loss"] if held_text is not None else None
         save_hf(self.policy, self.tok, out)
         if lr.value_head is not None:
             save_file(lr.value_head.state_dict(), str(out / "value_head.safetensors"))
         if lr.critic is not None:
             save_hf(lr.critic, None, out / "critic")
+        return self._finish_main()
+
+    def _finish_main(self) -> dict:
+        """Rank 0, the models saved: the held-out loss, the newest checkpoint kept, the summary."""
+        out, held_text = self.out, self.data.held_text
+        final_held = heldout_nll(self.policy, self.tok, held_text)["loss"] if held_text is not None else None
         keep = checkpoints(self.ckdir)[:1]  # the newest stays: raising ppo.steps continues from it (rlhf/pipeline.py)
         for old in (p for p in self.ckdir.glob("*") if p not in keep):
             shutil.rmtree(old, ignore_errors=True)

@@ -281,6 +281,35 @@ def test_cuda_rng_states_are_checkpointed():
     assert torch.equal(torch.rand(4, device="cuda"), x)
 
 
+def test_cuda_rng_states_round_trip_through_a_checkpoint_file_and_old_checkpoints_load(tmp_path, monkeypatch, capsys):
+    """On a CPU machine, with torch.cuda standing in for two devices: the PPO checkpoint's RNG
+    record holds every device's CUDA state, survives ``torch.save``/``weights_only`` load and
+    is put back; a record without CUDA states (a CPU run, an older checkpoint) loads and
+    leaves CUDA alone; another device count is a warning, not a failure."""
+    import torch
+
+    from rlhf import ppo
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5, 6], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: restored.append([t.clone() for t in s]))
+    torch.save(ppo._rng_state(), tmp_path / "rng.pt")
+    back = torch.load(tmp_path / "rng.pt", weights_only=True)
+    ppo._set_rng_state(back)
+    assert len(restored) == 1 and all(torch.equal(a, b) for a, b in zip(restored[0], states))
+    old = {k: v for k, v in back.items() if k != "cuda"}
+    ppo._set_rng_state(old)
+    assert len(restored) == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    ppo._set_rng_state(back)
+    assert len(restored) == 1 and "CUDA RNG states for 2 devices, this machine has 1" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # nothing drawn on CUDA yet: nothing to keep
+    assert "cuda" not in ppo._rng_state()
+
+
 def test_checkpoint_manifest_is_verified(tmp_path):
     from rlhf.rundir import verify_manifest, write_manifest
     (tmp_path / "a").mkdir()
