@@ -697,7 +697,7 @@ class PPORun:
         """Save the final policy (and critic), summarise, and (toy world) the before/after line."""
         self.bar.close()
         self.policy.eval()
-        out, lr, held_text = self.out, self.learner, self.data.held_text
+        out, lr = self.out, self.learner
         if sharding.is_sharded(self.policy):  # every rank gathers, rank 0 writes the full models
             sharding.save_full_hf(self.policy, self.tok, out, self.d)
             if lr.value_head is not None:
