@@ -1,9 +1,9 @@
 """PPO peak memory and speed on SmolLM2-135M-Instruct: full fine-tuning against LoRA, with
 and without bf16 autocast and gradient checkpointing.
 
-    python bench/ppo_memory.py [--variants full,lora,...] [--steps 3] [--new-tokens 64]
+    python bench/ppo_memory.py [--variants full,lora,...] [--steps 1] [--new-tokens 64]
                                [--batch 8] [--minibatch 4] [--epochs 2] [--json out.json]
-                               [--baseline-code DIR]
+                               [--baseline-code DIR] [--keep]
 
 ``rlhf.ppo.run_ppo`` runs unchanged, one variant per process (so each peak RSS is its own
 process's, ``resource.getrusage``: interpreter and libraries included), one torch thread.
@@ -12,13 +12,14 @@ The policy is SmolLM2-135M-Instruct, de-quantised to float32 from the Q4_1 GGUF 
 are its sequence-classifier twin (a seeded head: the memory and time, not the learning, are
 measured here). Prompts: the HH-RLHF harmless-base test prompts in ``../shared/data`` when
 present, else the toy world's. Per variant: peak RSS, the RSS once every model is built
-(before the first rollout), the bytes of every parameter and optimiser state, seconds per
-iteration (iterations after the first; set-up, the first iteration and the final save are
-outside), response tokens per second.
+(before the first rollout), the bytes of the parameters of every model, seconds per
+iteration (from the end of set-up; the final save is outside) and response tokens per
+second. The JSON is rewritten after every variant; ``--keep`` reuses the variants an
+existing ``--json`` file already holds (a long bench on a busy machine can go on later).
 
-``--baseline-code DIR`` adds the variant ``before``: the same run with the ``rlhf`` package
-of another checkout (e.g. ``git archive 197364f rlhf | tar -x -C DIR``), the code before
-this bench's memory work.
+``--baseline-commit REV`` adds the variant ``before`` (first, or where ``--variants`` names it):
+the same run with the ``rlhf`` package of commit REV of this repository (``git archive``),
+e.g. 197364f, the code before the memory switches (``--baseline-code DIR``: a checkout).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ VARIANTS = {
     "lora_head": ["ppo.lora_r=16", "ppo.critic=head"],
     "lora_head_gc": ["ppo.lora_r=16", "ppo.critic=head", "model.gradient_checkpointing=true"],
 }
-DEFAULT = "full,full_gc,full_bf16,full_head_gc,lora,lora_gc,lora_bf16,lora_head_gc"
+# the reward model's training step (not PPO): rm.batch_size pairs of experiments/smollm2_hh.yaml
+RM_VARIANTS = {"rm_step": False, "rm_step_gc": True}  # name -> gradient checkpointing
+DEFAULT = "full,lora,full_gc,lora_gc,full_bf16,lora_bf16,lora_head_gc,full_head_gc,rm_step,rm_step_gc"
 
 
 def rss_mb() -> float:
@@ -99,8 +102,53 @@ def worker_overrides(a, variant: str) -> list[str]:
             *VARIANTS.get(variant, [])]
 
 
+def rm_worker(a) -> dict:
+    """Reward-model training steps as ``rlhf.reward.train_reward_model`` takes them
+    (``score_batch``, the K-wise loss, AdamW), ``--rm-batch`` HH pairs each, at most
+    ``rm.max_length`` = 512 tokens; the first step is a warm-up, the median of the others is
+    reported."""
+    sys.path.insert(0, str(REPO))
+    import torch
+    torch.set_num_threads(1)
+    from rlhf.data import load_pair_comparisons
+    from rlhf.losses import kwise_ranking_loss
+    from rlhf.models import load_reward_model, load_tokenizer, set_gradient_checkpointing
+    from rlhf.reward import encode_pairs, rm_max_length, score_batch
+    tok = load_tokenizer(str(a.dir / "sft"))
+    rm = load_reward_model(str(a.dir / "rm"))
+    set_gradient_checkpointing(rm, RM_VARIANTS[a.worker])
+    rows = load_pair_comparisons(str(HH), max_examples=a.rm_batch * a.rm_steps) if HH.exists() else \
+        [{"prompt": f"Question {i}: what is {i} plus {i}?", "responses": [f"It is {2 * i}.", "No idea."]}
+         for i in range(a.rm_batch * a.rm_steps)]
+    opt = torch.optim.AdamW(rm.parameters(), lr=1e-5, weight_decay=0.0)
+    max_len = rm_max_length(rm, 512)
+    rss_built = rss_mb()
+    times, toks = [], []
+    rm.train()
+    for i in range(a.rm_steps):
+        batch = rows[i * a.rm_batch:(i + 1) * a.rm_batch]
+        t0 = time.perf_counter()
+        r, valid = score_batch(rm, tok, batch, torch.device("cpu"), max_len)
+        loss = kwise_ranking_loss(r, valid)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
+        opt.step()
+        times.append(time.perf_counter() - t0)
+        _, mask = encode_pairs(tok, [b["prompt"] for b in batch for _ in b["responses"]],
+                               [x for b in batch for x in b["responses"]], max_len)
+        toks.append(int(mask.sum()))
+    tail = times[1:] or times
+    return {"variant": a.worker, "overrides": ["model.gradient_checkpointing=true"] if RM_VARIANTS[a.worker] else [],
+            "peak_rss_mb": peak_mb(), "rss_built_mb": rss_built, "step_s": times,
+            "median_step_s": statistics.median(tail), "pairs_per_step": a.rm_batch,
+            "tokens_per_s": sum(toks[1:] or toks) / sum(tail), "rm_params": sum(p.numel() for p in rm.parameters())}
+
+
 def worker(a) -> dict:
     """One run_ppo in this process; prints one JSON line."""
+    if a.worker in RM_VARIANTS:
+        return rm_worker(a)
     sys.path.insert(0, str(a.code or REPO))
     import torch
     torch.set_num_threads(1)
@@ -131,9 +179,9 @@ def worker(a) -> dict:
     rows = read_jsonl(rd.path / "ppo" / "metrics.jsonl") if (rd.path / "ppo").exists() else \
         read_jsonl(rd.path / "ppo.tmp" / "metrics.jsonl")
     shutil.rmtree(rd.path, ignore_errors=True)
-    t = [r["time_s"] for r in rows]
+    t = [0.0] + [r["time_s"] for r in rows]  # time_s counts from the end of set-up
     iters = [b - x for x, b in zip(t, t[1:])]
-    toks = [r["response_len"] * a.batch for r in rows[1:]]
+    toks = [r["response_len"] * a.batch for r in rows]
     return {"variant": a.worker, "overrides": VARIANTS.get(a.worker, []), "peak_rss_mb": peak_mb(),
             "wall_s": wall, "iter_s": iters, "median_iter_s": statistics.median(iters) if iters else None,
             "tokens_per_s": sum(toks) / sum(iters) if iters else None,
@@ -142,14 +190,18 @@ def worker(a) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=DEFAULT, help=f"comma list of {', '.join(VARIANTS)}")
-    ap.add_argument("--steps", type=int, default=3, help="PPO iterations per variant (the first is not timed)")
+    ap.add_argument("--variants", default=DEFAULT, help=f"comma list of {', '.join([*VARIANTS, *RM_VARIANTS])}")
+    ap.add_argument("--steps", type=int, default=1, help="PPO iterations per variant")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--minibatch", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--rm-batch", type=int, default=4, help="rm_step: HH pairs per step")
+    ap.add_argument("--rm-steps", type=int, default=3, help="rm_step: steps (the first is a warm-up)")
     ap.add_argument("--baseline-code", help="a checkout whose rlhf/ package runs the variant 'before'")
+    ap.add_argument("--baseline-commit", help="a commit whose rlhf/ package runs the variant 'before'")
     ap.add_argument("--json")
+    ap.add_argument("--keep", action="store_true", help="reuse the variants the --json file already holds")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--code", help=argparse.SUPPRESS)
@@ -163,16 +215,36 @@ def main() -> int:
         print("RESULT " + json.dumps(out), flush=True)
         return 0
     d = Path(tempfile.mkdtemp(prefix="ppo_memory_"))
+    if a.baseline_commit:
+        (d / "base").mkdir()
+        subprocess.run(f"git -C {REPO} archive {a.baseline_commit} rlhf | tar -x -C {d / 'base'}", shell=True,
+                       check=True)
+        a.baseline_code = str(d / "base")
     prepare(d)
     variants = [v for v in a.variants.split(",") if v]
-    if a.baseline_code:
+    if a.baseline_code and "before" not in variants:
         variants = ["before"] + variants
     results, load0 = {}, os.getloadavg()[0]
+    if a.keep and a.json and Path(a.json).exists():
+        results = {k: v for k, v in json.loads(Path(a.json).read_text())["results"].items() if "error" not in v}
+
+    def write():
+        if a.json:
+            out = {"model": "SmolLM2-135M-Instruct (de-quantised Q4_1 GGUF, fp32)",
+                   "prompts": (d / "prompts").read_text(), "args": {k: str(v) for k, v in vars(a).items()
+                                                                    if k not in ("dir", "worker", "code", "keep")},
+                   "load_1min": [load0, os.getloadavg()[0]], "results": results}
+            tmp = Path(a.json + ".partial")
+            tmp.write_text(json.dumps(out, indent=1))
+            os.replace(tmp, a.json)
     common = ["--steps", str(a.steps), "--batch", str(a.batch), "--minibatch", str(a.minibatch), "--epochs",
-              str(a.epochs), "--new-tokens", str(a.new_tokens), "--dir", str(d)]
+              str(a.epochs), "--new-tokens", str(a.new_tokens), "--dir", str(d), "--rm-batch", str(a.rm_batch),
+              "--rm-steps", str(a.rm_steps)]
     for v in variants:
-        if v not in VARIANTS and v != "before":
-            raise SystemExit(f"unknown variant {v!r}: {', '.join(VARIANTS)}")
+        if v in results:
+            continue
+        if v not in VARIANTS and v not in RM_VARIANTS and v != "before":
+            raise SystemExit(f"unknown variant {v!r}: {', '.join([*VARIANTS, *RM_VARIANTS])}")
         code = ["--code", a.baseline_code] if v == "before" else []
         p = subprocess.run([sys.executable, __file__, "--worker", v, *common, *code], capture_output=True, text=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -183,15 +255,15 @@ def main() -> int:
             continue
         results[v] = json.loads(line[len("RESULT "):])
         r = results[v]
-        print(f"{v:<14} peak RSS {r['peak_rss_mb']:7.0f} MB (built {r['rss_built_mb']:6.0f} MB)  "
-              f"{r['median_iter_s']:6.1f} s/iteration  {r['tokens_per_s']:5.1f} tokens/s  "
-              f"trainable {r['trainable_params'] / 1e6:.2f}M", flush=True)
-    out = {"model": "SmolLM2-135M-Instruct (de-quantised Q4_1 GGUF, fp32)",
-           "prompts": (d / "prompts").read_text(), "args": {k: str(v) for k, v in vars(a).items()
-                                                            if k not in ("dir", "worker", "code")},
-           "load_1min": [load0, os.getloadavg()[0]], "results": results}
-    if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=1))
+        if v in RM_VARIANTS:
+            print(f"{v:<14} peak RSS {r['peak_rss_mb']:7.0f} MB  {r['median_step_s']:6.1f} s/step of "
+                  f"{r['pairs_per_step']} pairs  {r['tokens_per_s']:5.1f} tokens/s", flush=True)
+        else:
+            print(f"{v:<14} peak RSS {r['peak_rss_mb']:7.0f} MB (built {r['rss_built_mb']:6.0f} MB)  "
+                  f"{r['median_iter_s']:6.1f} s/iteration  {r['tokens_per_s']:5.1f} tokens/s  "
+                  f"trainable {r['trainable_params'] / 1e6:.2f}M", flush=True)
+        write()
+    write()
     shutil.rmtree(d, ignore_errors=True)
     return 0
 

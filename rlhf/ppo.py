@@ -35,6 +35,17 @@ checkpoint that fails its manifest or does not load is reported and the previous
 Slurm's preemption signal in a sweep; see ``rlhf/stop.py``) writes one more checkpoint at
 the end of the iteration in flight and stops, so a preemption loses nothing. Policies are also saved the first time the KL
 passes each of ``ppo.kl_levels`` (``kl/kl_<level>``) for the over-optimisation eval.
+
+Memory (``PERFORMANCE.md``): with ``ppo.lora_r`` > 0 the policy trains LoRA adapters
+(``rlhf.models.add_lora``) and π_SFT is the same model with its adapters disabled
+(:meth:`PPORun.reference`), not a second copy; ``ppo.critic_lora`` does the same for the
+critic. Checkpoints then hold the trainable parameters only (``policy_lora.safetensors``,
+``critic_lora.safetensors``) on top of the SFT model and the RM, and every saved policy is
+merged into a plain model (``rlhf.models.save_hf``). ``model.autocast`` runs every forward
+pass (rollout, scoring, update) under ``torch.autocast``, with log-probs, values and losses
+in float32 and the rollout's log π from a forward pass of the same precision as the
+update's; ``model.gradient_checkpointing`` recomputes activations in the backward passes.
+Each optimiser's gradients are freed after its step.
 ``ppo.rounds`` > 1 is iterated RLHF: at the start of each later round the labeler ranks K
 samples of the current policy per prompt and the reward model is retrained on all
 comparisons so far, by the reward stage's own function (``rlhf.reward.run_reward_stage``).
