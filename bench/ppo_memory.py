@@ -12,7 +12,8 @@ The policy is SmolLM2-135M-Instruct, de-quantised to float32 from the Q4_1 GGUF 
 are its sequence-classifier twin (a seeded head: the memory and time, not the learning, are
 measured here). Prompts: the HH-RLHF harmless-base test prompts in ``../shared/data`` when
 present, else the toy world's. Per variant: peak RSS, the RSS once every model is built
-(before the first rollout), the bytes of the parameters of every model, seconds per
+(before the first rollout; safetensors weights are mapped lazily, so it undercounts them),
+the bytes of the parameters of every model, seconds per
 iteration (from the end of set-up; the final save is outside) and response tokens per
 second. The JSON is rewritten after every variant; ``--keep`` reuses the variants an
 existing ``--json`` file already holds (a long bench on a busy machine can go on later).
@@ -259,7 +260,7 @@ def main() -> int:
             print(f"{v:<14} peak RSS {r['peak_rss_mb']:7.0f} MB  {r['median_step_s']:6.1f} s/step of "
                   f"{r['pairs_per_step']} pairs  {r['tokens_per_s']:5.1f} tokens/s", flush=True)
         else:
-            print(f"{v:<14} peak RSS {r['peak_rss_mb']:7.0f} MB (built {r['rss_built_mb']:6.0f} MB)  "
+            print(f"{v:<14} peak RSS {r['peak_rss_mb']:7.0f} MB  "
                   f"{r['median_iter_s']:6.1f} s/iteration  {r['tokens_per_s']:5.1f} tokens/s  "
                   f"trainable {r['trainable_params'] / 1e6:.2f}M", flush=True)
         write()

@@ -67,7 +67,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # PPO peak memory and speed on SmolLM2: full fine-tuning / LoRA x autocast x gradient checkpointing,
     # the code before the memory switches (197364f) as "before", and the reward model's training step
     "ppo_memory": (["bench/ppo_memory.py", "--steps", "1", "--baseline-commit", "197364f", "--variants",
-                    "full,lora,before,lora_gc,full_gc,full_bf16,lora_bf16,lora_head_gc,full_head_gc,rm_step,rm_step_gc"],
+                    "full,lora,before,lora_gc,full_gc,full_bf16,lora_bf16,lora_head_gc,full_head_gc,rm_step,rm_step_gc,"
+                    "full_bf16_gc"],
                    ["bench/ppo_memory.py", "--steps", "1", "--batch", "2", "--minibatch", "2", "--epochs", "1",
                     "--new-tokens", "4", "--variants", "full,lora,rm_step", "--rm-steps", "2", "--rm-batch", "1"]),
     "toxicity_batching": (["bench/toxicity_batching.py", "--repeats", "3"],
@@ -474,38 +475,38 @@ def render_memory(results: Path, w, growth) -> None:
       f"{a['new_tokens']} new tokens, prompts of at most 256 tokens from `{Path(mem['prompts']).name}`, "
       f"{a['steps']} iteration(s) per variant, one variant per process, one torch thread, CPU only (no GPU was "
       f"lent to this session: no GPU figure). Reward model and separate critic: SmolLM2's sequence-classifier "
-      f"twin. *Peak RSS* is the process's (interpreter and libraries included, `getrusage`); *built* is the RSS "
-      f"once every model is loaded, before the first rollout. Seconds per iteration count from the end of "
+      f"twin. *Peak RSS* is the process's (interpreter and libraries included, `getrusage`). Seconds per iteration count from the end of "
       f"set-up (the first iteration includes warm-up); the machine was shared (1-minute load "
       f"{mem['load_1min'][0]:.1f} -> {mem['load_1min'][1]:.1f}), so times are inflated, memory is not. "
       f"LoRA: r = 16, alpha 16, peft's default targets for Llama (q_proj, v_proj).")
     w("")
-    w("| variant | overrides | peak RSS | built | s/iteration | response tokens/s | trainable params |")
-    w("|---|---|---|---|---|---|---|")
+    w("| variant | overrides | peak RSS | s/iteration | response tokens/s | trainable params |")
+    w("|---|---|---|---|---|---|")
     ppo_rows = [(k, x) for k, x in res.items() if "median_iter_s" in x]
     for k, x in ppo_rows:
         ov = "code at 197364f (before the memory switches)" if k == "before" else \
             (" ".join(f"`{o}`" for o in x["overrides"]) or "defaults (full fine-tuning, separate critic)")
-        w(f"| {k} | {ov} | **{x['peak_rss_mb'] / 1024:.2f} GiB** | {x['rss_built_mb'] / 1024:.2f} GiB | "
+        w(f"| {k} | {ov} | **{x['peak_rss_mb'] / 1024:.2f} GiB** | "
           f"{x['median_iter_s']:.1f} | {x['tokens_per_s']:.1f} | {x['trainable_params'] / 1e6:.2f}M |")
     failed = [k for k, x in res.items() if "error" in x]
     if failed:
         w("")
         w(f"Failed variants (see the JSON): {', '.join(failed)}.")
     w("")
-    full = [x["peak_rss_mb"] for k, x in ppo_rows if k.startswith("full")]
-    lora = [x["peak_rss_mb"] for k, x in ppo_rows if k.startswith("lora")]
     goals = []
-    if full:
-        best = min(full) / 1024
-        goals.append(f"full fine-tuning {best:.2f} GiB at best against the goal of 6 GB "
-                     f"({'met' if best * 2**30 <= 6e9 else 'NOT met'})")
-    if lora:
-        best = min(lora) / 1024
-        goals.append(f"LoRA {best:.2f} GiB at best against the goal of 3 GB "
-                     f"({'met' if best * 2**30 <= 3e9 else 'NOT met'})")
+    for label, prefix, goal, note in (("full fine-tuning with a separate critic", "full", 6, "full_head"),
+                                      ("LoRA", "lora", 3, None)):
+        cand = [(x["peak_rss_mb"], k) for k, x in ppo_rows if k.startswith(prefix) and not (note and k.startswith(note))]
+        if cand:
+            mib, k = min(cand)
+            gb = mib * 2**20 / 1e9
+            goals.append(f"{label}: {mib / 1024:.2f} GiB = {gb:.2f} GB at best (`{k}`) against {goal} GB, "
+                         f"{'met' if gb <= goal else ('met in GiB, not in decimal GB' if mib / 1024 <= goal else 'NOT met')}")
     if goals:
-        w("**Goals** (issue 15, from 10.2 GB): " + "; ".join(goals) + ".")
+        before = res.get("before")
+        w("**Goals** (issue 15; its 10.2 GB was the SmolLM2 run of `experiments/smollm2_hh.yaml`"
+          + (f"; the same settings as here at 197364f peak at {before['peak_rss_mb'] / 1024:.2f} GiB, row `before`"
+             if before and "peak_rss_mb" in before else "") + "): " + "; ".join(goals) + ".")
         w("")
     f0 = res.get("full")
     if f0 and "policy_param_mb" in f0:
@@ -513,8 +514,8 @@ def render_memory(results: Path, w, growth) -> None:
           f"(policy, reference {f0['ref_param_mb']:.0f}, reward model {f0['rm_param_mb']:.0f}, critic "
           f"{f0['critic_param_mb']:.0f}); AdamW holds two moments per trained parameter (2 x 2 copies for the "
           f"policy and the critic) and one model's gradients are live at the peak: about 9 copies, "
-          f"{9 * f0['policy_param_mb'] / 1024:.1f} GiB, before activations, logits and the libraries "
-          f"(the RSS once the four models are built is {f0['rss_built_mb'] / 1024:.2f} GiB). With LoRA the "
+          f"{9 * f0['policy_param_mb'] / 1024:.1f} GiB, before activations, logits and the libraries. "
+          f"With LoRA the "
           f"reference is the policy with its adapters off and the critic's base is frozen: no gradients or "
           f"AdamW moments for the base weights, one copy fewer.")
         w("")

@@ -35,6 +35,9 @@ checkpoint that fails its manifest or does not load is reported and the previous
 Slurm's preemption signal in a sweep; see ``rlhf/stop.py``) writes one more checkpoint at
 the end of the iteration in flight and stops, so a preemption loses nothing. Policies are also saved the first time the KL
 passes each of ``ppo.kl_levels`` (``kl/kl_<level>``) for the over-optimisation eval.
+``ppo.rounds`` > 1 is iterated RLHF: at the start of each later round the labeler ranks K
+samples of the current policy per prompt and the reward model is retrained on all
+comparisons so far, by the reward stage's own function (``rlhf.reward.run_reward_stage``).
 
 Memory (``PERFORMANCE.md``): with ``ppo.lora_r`` > 0 the policy trains LoRA adapters
 (``rlhf.models.add_lora``) and π_SFT is the same model with its adapters disabled
@@ -46,9 +49,6 @@ pass (rollout, scoring, update) under ``torch.autocast``, with log-probs, values
 in float32 and the rollout's log π from a forward pass of the same precision as the
 update's; ``model.gradient_checkpointing`` recomputes activations in the backward passes.
 Each optimiser's gradients are freed after its step.
-``ppo.rounds`` > 1 is iterated RLHF: at the start of each later round the labeler ranks K
-samples of the current policy per prompt and the reward model is retrained on all
-comparisons so far, by the reward stage's own function (``rlhf.reward.run_reward_stage``).
 """
 
 from __future__ import annotations
