@@ -68,7 +68,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # the code before the memory switches (197364f) as "before", and the reward model's training step
     "ppo_memory": (["bench/ppo_memory.py", "--steps", "1", "--baseline-commit", "197364f", "--variants",
                     "full,lora,before,lora_gc,full_gc,full_bf16,lora_bf16,lora_head_gc,full_head_gc,rm_step,rm_step_gc,"
-                    "full_bf16_gc"],
+                    "full_bf16_gc,lora_bf16_gc"],
                    ["bench/ppo_memory.py", "--steps", "1", "--batch", "2", "--minibatch", "2", "--epochs", "1",
                     "--new-tokens", "4", "--variants", "full,lora,rm_step", "--rm-steps", "2", "--rm-batch", "1"]),
     "toxicity_batching": (["bench/toxicity_batching.py", "--repeats", "3"],
@@ -461,6 +461,18 @@ def bytes_per_param(lora: bool, critic: str) -> tuple[int, str]:
     return 36, "policy 4 + AdamW 8 + reference 4 + RM 4 + critic 4 + critic AdamW 8 + one set of grads 4"
 
 
+def _deltas(res: dict) -> str:
+    """Measured savings between pairs of rows, as a sentence (the pairs both present)."""
+    pk = {k: x["peak_rss_mb"] / 1024 for k, x in res.items() if "peak_rss_mb" in x and "median_iter_s" in x}
+    parts = [f"{what} {pk[a] - pk[b]:.2f} GiB ({a} -> {b})" for what, a, b in (
+        ("freeing each optimiser's gradients after its step and taking log-probs without a log-softmax copy saved",
+         "before", "full"),
+        ("gradient checkpointing saved", "full", "full_gc"), ("and with LoRA", "lora", "lora_gc"),
+        ("bf16 autocast saved", "full", "full_bf16"), ("and with LoRA", "lora", "lora_bf16"))
+        if a in pk and b in pk]
+    return ("Measured: " + ", ".join(parts) + ". ") if parts else ""
+
+
 def render_memory(results: Path, w, growth) -> None:
     """The SmolLM2 memory/LoRA bench, the RM step, and the 1B/7B predictions."""
     mem = _load(results, "ppo_memory")
@@ -519,7 +531,7 @@ def render_memory(results: Path, w, growth) -> None:
           f"{f0['critic_param_mb']:.0f}); AdamW holds two moments per trained parameter (2 x 2 copies for the "
           f"policy and the critic) and one model's gradients are live at the peak: about 9 copies, "
           f"{9 * f0['policy_param_mb'] / 1024:.1f} GiB, before activations, logits and the libraries. "
-          f"With LoRA the "
+          + _deltas(res) + "With LoRA the "
           f"reference is the policy with its adapters off and the critic's base is frozen: no gradients or "
           f"AdamW moments for the base weights, one copy fewer.")
         w("")
