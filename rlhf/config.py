@@ -78,6 +78,11 @@ class ModelConfig:
     n_positions: int = 128  # scratch GPT-2: context length
     attn_implementation: str = "sdpa"  # every model load (scratch, SFT, RM, PPO)
     dtype: str = "float32"  # weights dtype
+    # mixed precision of the forward passes (torch.autocast): "none", "bf16" (CPU or CUDA) or "fp16"
+    # (CUDA only); weights, optimiser states, losses and log-prob ratios stay float32
+    autocast: str = "none"
+    # recompute activations in the backward pass (policy and critic in PPO, SFT, RM): less memory, slower
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -165,6 +170,15 @@ class PPOConfig:
     # data-parallel ranks (torchrun): "replicate" (each holds full models) or "fsdp" (FSDP2 shards
     # policy, value head, critic, reference; rlhf/sharding.py); one process: no effect
     sharding: str = "replicate"
+    # LoRA (peft) on the policy: adapter rank, 0 = full fine-tuning; the reference policy is then
+    # the same model with its adapters disabled (no second copy)
+    lora_r: int = 0
+    lora_alpha: float = 16.0  # LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)
+    lora_dropout: float = 0.0  # LoRA dropout: kept as a key so that peft users see why it must stay 0
+    # module names that get adapters (e.g. q_proj,v_proj); empty = peft's default for the architecture,
+    # or every linear layer but the output one where peft has no default
+    lora_target_modules: list[str] = field(default_factory=list)
+    critic_lora: bool = False  # ppo.critic=separate with ppo.lora_r > 0: LoRA on the critic too (its head trained fully)
 
 
 @dataclass
@@ -282,6 +296,11 @@ _RANGES += [
     ("logging.report_to", lambda v: all(x in ("", "tensorboard", "wandb") for x in v),
      "a list (or comma string) of tensorboard, wandb; empty for none"),
     ("logging.sample_every", lambda v: v >= 1, ">= 1"),
+    ("model.autocast", lambda v: v in ("none", "bf16", "fp16"), "none, bf16 or fp16 (fp16 needs CUDA)"),
+    ("ppo.lora_r", lambda v: v >= 0, ">= 0 (0 = full fine-tuning)"),
+    ("ppo.lora_alpha", lambda v: v > 0, "> 0"),
+    ("ppo.lora_dropout", lambda v: v == 0,
+     "0 (LoRA dropout makes the update's log-probs differ from the rollout's: PPO's ratio would not start at 1)"),
     ("logging.n_samples", lambda v: v >= 0, ">= 0"),
 ]
 # Keys whose every finite value is meaningful (the gold reward's weights, a penalty).
@@ -455,6 +474,15 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"({cfg.world.n_values - 2}): each attribute needs true values and distractors")
     if cfg.ppo.rounds > cfg.ppo.steps:
         raise ConfigError(f"ppo.rounds={cfg.ppo.rounds} must be <= ppo.steps={cfg.ppo.steps}")
+    if cfg.ppo.lora_r and cfg.ppo.sharding == "fsdp":
+        raise ConfigError("ppo.lora_r > 0 with ppo.sharding=fsdp is not supported (LoRA checkpoints hold adapters "
+                          "only, FSDP checkpoints gather full models; the two have not been tested together): "
+                          "use LoRA with ppo.sharding=replicate, or full fine-tuning with fsdp")
+    if cfg.ppo.critic_lora and (cfg.ppo.lora_r == 0 or cfg.ppo.critic != "separate"):
+        raise ConfigError("ppo.critic_lora=true needs ppo.lora_r > 0 and ppo.critic=separate "
+                          f"(got ppo.lora_r={cfg.ppo.lora_r}, ppo.critic={cfg.ppo.critic})")
+    if cfg.model.autocast == "fp16" and cfg.device == "cpu":
+        raise ConfigError("model.autocast=fp16 needs a CUDA device (device=cpu): use model.autocast=bf16 on a CPU")
     if cfg.rm.data != "world" and cfg.rm.k != 2:
         raise ConfigError(f"rm.k={cfg.rm.k}: pairwise data ({cfg.rm.data}) only supports rm.k=2")
     if "/" in cfg.name or "\0" in cfg.name or cfg.name in ("", ".", "..") or cfg.name.startswith("-"):
@@ -550,9 +578,9 @@ def _flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # Keys that say where and how much of a run to do, not what it computes: a run directory
-# that was moved (name, out_dir), continued with more stages, or run with other threads is
-# the same run.
-NO_RESULT_KEYS = ("name", "out_dir", "stages", "threads")
+# that was moved (name, out_dir), continued with more stages, or run with other threads or
+# with activations recomputed in the backward pass (the same numbers) is the same run.
+NO_RESULT_KEYS = ("name", "out_dir", "stages", "threads", "model.gradient_checkpointing")
 NO_RESULT_SECTIONS = ("logging",)  # trackers: where results are shown, never what they are
 
 

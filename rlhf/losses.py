@@ -170,16 +170,48 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index)
 
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(tokens) under softmax(logits); logits (B, T, V), tokens (B, T)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
+LOGIT_CHUNK = 64  # sequence positions per chunk in logprobs_from_logits / entropy_from_logits
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = -Σ_v p_v log p_v, per position."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                         chunk: int = LOGIT_CHUNK) -> torch.Tensor:
+    """log p(tokens) under softmax(logits / τ); logits (B, T, V), tokens (B, T):
+
+        log p(y_t) = z_t[y_t] - logsumexp_v z_t[v],      z_t = logits_t / τ
+
+    in float32, gathered first and normalised by logsumexp, ``chunk`` sequence positions at
+    a time: no (B, T, V) log-softmax copy is made (only one chunk's float32 / tempered
+    logits exist at once when the logits are bf16/fp16 or τ ≠ 1; under autograd the
+    chunks logsumexp reads are kept for backward, as the one log-softmax output was)."""
+    out = []
+    for s in range(0, logits.shape[1], chunk):
+        z = logits[:, s:s + chunk].float()
+        if temperature != 1.0:
+            z = z / temperature
+        tok = torch.gather(z, 2, tokens[:, s:s + chunk].unsqueeze(-1)).squeeze(-1)
+        out.append(tok - torch.logsumexp(z, dim=-1))
+    if not out:
+        return logits.new_zeros(tokens.shape, dtype=torch.float32)
+    return torch.cat(out, 1)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk: int = LOGIT_CHUNK) -> torch.Tensor:
+    """H = -Σ_v p_v log p_v per position, p = softmax(logits / τ), computed as
+
+        H = logsumexp_v z[v] - Σ_v p_v z[v],      z = logits / τ
+
+    in float32, ``chunk`` sequence positions at a time (no (B, T, V) log-softmax copy)."""
+    out = []
+    for s in range(0, logits.shape[1], chunk):
+        z = logits[:, s:s + chunk].float()
+        if temperature != 1.0:
+            z = z / temperature
+        lse = torch.logsumexp(z, dim=-1)
+        p = torch.softmax(z, dim=-1)
+        out.append(lse - (p * z).sum(-1))
+    if not out:
+        return logits.new_zeros(logits.shape[:2], dtype=torch.float32)
+    return torch.cat(out, 1)
 
 
 class AdaptiveKLController:

@@ -24,7 +24,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           GPT2Config, GPT2LMHeadModel, PreTrainedModel)
 
 from .config import ModelConfig
-from .errors import InputError, SourceError
+from .errors import ConfigError, InputError, SourceError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -189,6 +189,7 @@ def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
                     all_positions: bool = False) -> torch.Tensor:
     """The scalar head of a sequence classifier: r(x, y) at the last attended token plus
     ``config.reward_offset`` (set after RM training so that SFT demonstrations score mean 0).
+    The head runs in its weights' dtype (float32 by default) even under ``model.autocast``.
 
     With ``all_positions`` the per-position head outputs (B, T) are returned (the critic).
     The forward builds no KV cache (a scored sequence is never continued, and a cache object
@@ -200,11 +201,13 @@ def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
     h = out.last_hidden_state
     head = model.score
     offset = float(getattr(model.config, "reward_offset", 0.0) or 0.0)
-    if all_positions:
-        return head(h).squeeze(-1).float() + offset
-    idx = last_token_index(attention_mask)
-    hl = h[torch.arange(h.shape[0], device=h.device), idx]
-    return head(hl).squeeze(-1).float() + offset
+    dt = head.weight.dtype
+    with torch.autocast(h.device.type, enabled=False):  # the head in its weights' dtype under model.autocast
+        if all_positions:
+            return head(h.to(dt)).squeeze(-1).float() + offset
+        idx = last_token_index(attention_mask)
+        hl = h[torch.arange(h.shape[0], device=h.device), idx]
+        return head(hl.to(dt)).squeeze(-1).float() + offset
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -231,12 +234,121 @@ def check_context(tokenizer, model, texts: list[str], what: str, max_new_tokens:
 
 
 def save_hf(model: PreTrainedModel, tokenizer, directory: str | Path) -> None:
-    """Save model + tokenizer in Hugging Face format (safetensors)."""
+    """Save model + tokenizer in Hugging Face format (safetensors). A model with LoRA
+    adapters (:func:`add_lora`) is saved merged (W + B·A·α/r, see :func:`merged_state_dict`):
+    what is written is a plain model of the base architecture that every loader reads."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(d), safe_serialization=True)
+    if has_lora(model):
+        model.save_pretrained(str(d), safe_serialization=True, state_dict=merged_state_dict(model))
+    else:
+        model.save_pretrained(str(d), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(d))
+
+
+# ----------------------------------------------------------------------------- memory: precision, checkpointing, LoRA
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, mode: str):
+    """The context of every forward pass under ``model.autocast``: ``none`` (float32
+    throughout), ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA only, refused elsewhere). Matmuls
+    run in the low precision; weights, gradients and optimiser states stay float32, and the
+    callers take log-probs, values and losses in float32."""
+    if mode == "none":
+        return contextlib.nullcontext()
+    if mode not in AUTOCAST_DTYPES:
+        raise ConfigError(f"model.autocast={mode!r}: must be none, bf16 or fp16")
+    if mode == "fp16" and device.type != "cuda":
+        raise ConfigError(f"model.autocast=fp16 needs a CUDA device (this run is on {device.type}): "
+                          "use model.autocast=bf16 on a CPU")
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[mode])
+
+
+def set_gradient_checkpointing(model: PreTrainedModel, on: bool) -> PreTrainedModel:
+    """``model.gradient_checkpointing``: recompute each layer's activations in the backward
+    pass instead of keeping them (non-reentrant checkpoints, so frozen inputs and LoRA
+    work). Active only while the model is in training mode; the results are unchanged."""
+    if on:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def add_lora(model: PreTrainedModel, r: int, alpha: float, target_modules: list[str],
+             train_head: bool = False, seed: int = 0) -> PreTrainedModel:
+    """Inject LoRA adapters (``peft``) into ``model`` in place and freeze everything else:
+    W x becomes W x + (α/r)·B A x with A (r × in) random and B (out × r) zero, so the model
+    starts as it was. ``target_modules`` empty: peft's default for the architecture, or
+    every linear layer but the output one when peft has none. ``train_head``: the sequence
+    classifier's ``score`` head stays fully trainable (the critic). Dropout is 0 (see
+    ``ppo.lora_dropout``). A is drawn from its own generator seeded with ``seed`` (every
+    data-parallel rank gets the same adapters; the global RNG is left as it was). The model
+    stays a plain transformers model: forwards, sampling and :func:`save_hf` (merged) work
+    as before; :func:`adapters_disabled` gives the base."""
+    from peft import LoraConfig, inject_adapter_in_model
+    kw = dict(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = inject_adapter_in_model(LoraConfig(target_modules=list(target_modules) or None, **kw), model)
+        except ValueError:
+            if target_modules:
+                raise ConfigError(f"ppo.lora_target_modules={target_modules}: no such modules in "
+                                  f"{type(model).__name__}") from None
+            model = inject_adapter_in_model(LoraConfig(target_modules="all-linear", **kw), model)
+    for n, p in model.named_parameters():
+        p.requires_grad_("lora_" in n or (train_head and n.startswith("score.")))
+    return model
+
+
+def has_lora(model: torch.nn.Module) -> bool:
+    return any("lora_" in n for n, _ in model.named_parameters())
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (LoRA: the adapters and a critic's head), by name."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module):
+    """The base model inside the block: every LoRA layer's adapter is switched off (with
+    LoRA, the PPO reference policy is the policy with its adapters disabled; no copy)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the base architecture with every LoRA update merged in,
+    W' = W + (α/r)·B A (peft's ``get_delta_weight``), without touching the model: the
+    adapters stay separate and training continues bit-exactly after a save."""
+    from peft.tuners.lora import LoraLayer
+    merged = {}
+    for name, m in model.named_modules():
+        if isinstance(m, LoraLayer):
+            w = m.get_base_layer().weight.detach()
+            for a in m.active_adapters:
+                w = w + m.get_delta_weight(a).to(w.dtype)
+            merged[f"{name}.weight"] = w
+    out = {}
+    for k, v in model.state_dict().items():
+        if ".lora_" in k:
+            continue
+        k = k.replace(".base_layer.", ".")
+        out[k] = merged.get(k, v)
+    return out
 
 
 

@@ -24,7 +24,8 @@ from typing import Optional
 from . import dist, tracking
 from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
 from .errors import Diverged
-from .models import context_length, load_tokenizer, pick_device, resolve_source, seed_everything, set_threads
+from .models import (autocast, context_length, load_tokenizer, pick_device, resolve_source, seed_everything,
+                     set_threads)
 from .rundir import MODEL_POINTER, RunDir, RunLock, RunLocked, atomic_write_json, read_json, stage_model
 from .stop import StopRequested
 from .world import World
@@ -272,6 +273,7 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
     _check_same_config(rd, cfg, force)
     set_threads(cfg.threads)
     device = d.start(pick_device(cfg.device))
+    autocast(device, cfg.model.autocast)  # model.autocast=fp16 without CUDA: refused (exit 2) before any compute
     seed_everything(cfg.seed)
     rd.write_provenance(dump_yaml(cfg), cfg.seed, argv)
     stage = "setup"

@@ -39,10 +39,22 @@ passes each of ``ppo.kl_levels`` (``kl/kl_<level>``) for the over-optimisation e
 ``ppo.rounds`` > 1 is iterated RLHF: at the start of each later round the labeler ranks K
 samples of the current policy per prompt and the reward model is retrained on all
 comparisons so far, by the reward stage's own function (``rlhf.reward.run_reward_stage``).
+
+Memory (``PERFORMANCE.md``): with ``ppo.lora_r`` > 0 the policy trains LoRA adapters
+(``rlhf.models.add_lora``) and π_SFT is the same model with its adapters disabled
+(:meth:`PPORun.reference`), not a second copy; ``ppo.critic_lora`` does the same for the
+critic. Checkpoints then hold the trainable parameters only (``policy_lora.safetensors``,
+``critic_lora.safetensors``) on top of the SFT model and the RM, and every saved policy is
+merged into a plain model (``rlhf.models.save_hf``). ``model.autocast`` runs every forward
+pass (rollout, scoring, update) under ``torch.autocast``, with log-probs, values and losses
+in float32 and the rollout's log π from a forward pass of the same precision as the
+update's; ``model.gradient_checkpointing`` recomputes activations in the backward passes.
+Each optimiser's gradients are freed after its step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import inspect
@@ -65,7 +77,8 @@ from .data import filter_prompts, load_prompts, load_text_lines
 from .errors import Diverged
 from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalised_rewards,
                      lm_loss, logprobs_from_logits, masked_mean, masked_whiten, ppo_clip_loss, value_loss)
-from .models import (load_causal_lm, load_reward_model, position_ids_from_mask, save_hf, sequence_scores)
+from .models import (adapters_disabled, add_lora, autocast, load_causal_lm, load_reward_model, position_ids_from_mask,
+                     save_hf, sequence_scores, set_gradient_checkpointing, trainable_state_dict)
 from .rundir import (MANIFEST, RunDir, atomic_write_json, fsync_dir, fsync_file, fsync_tree, read_json,
                      read_jsonl, verify_manifest, write_manifest)
 from . import stop
@@ -108,21 +121,24 @@ def _keeps_logits(model_cls) -> bool:
 
 def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
                    value_head: Optional[torch.nn.Module] = None):
-    """Log-probs (B, T) of the response tokens, the logits behind them, and (with a value
-    head) the values V(s_t) of the states before each response token. The LM head runs on
-    the T + 1 last positions only (``logits_to_keep``), not on the prompt's."""
+    """Log-probs (B, T) of the response tokens at ``temperature`` (float32, without a
+    full-vocabulary log-softmax copy: ``losses.logprobs_from_logits``), the logits behind
+    them (before the temperature), and (with a value head) the values V(s_t) of the states
+    before each response token (the head in float32, outside any autocast). The LM head runs
+    on the T + 1 last positions only (``logits_to_keep``), not on the prompt's."""
     ids = torch.cat([prompt_ids, response_ids], 1)
     mask = torch.cat([prompt_mask, response_mask], 1)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
     keep = {"logits_to_keep": T + 1} if _keeps_logits(type(model)) else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
                 output_hidden_states=value_head is not None, **keep)
-    logits = out.logits[:, out.logits.shape[1] - T - 1:-1] / temperature
-    logp = logprobs_from_logits(logits, response_ids)
+    logits = out.logits[:, out.logits.shape[1] - T - 1:-1]
+    logp = logprobs_from_logits(logits, response_ids, temperature)
     values = None
     if value_head is not None:
         h = out.hidden_states[-1][:, P - 1:P - 1 + T]
-        values = value_head(h.float()).squeeze(-1)
+        with torch.autocast(h.device.type, enabled=False):
+            values = value_head(h.float()).squeeze(-1)
     return logp, logits, values
 
 
@@ -222,12 +238,16 @@ def _set_rng_state(s: dict) -> None:
 
 
 def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, critic_opt, ctl, step: int,
-                    ptx: Optional[PretrainStream], extra: dict, d: Optional[Dist] = None) -> None:
+                    ptx: Optional[PretrainStream], extra: dict, d: Optional[Dist] = None, lora: bool = False,
+                    critic_lora: bool = False) -> None:
     """Write ``path`` atomically (``.partial``, then renamed). Data-parallel: rank 0 writes the
     models, optimisers and its RNG states; every other rank adds ``rng_rank<r>.pt``.
     Sharded (``ppo.sharding=fsdp``, :mod:`rlhf.sharding`): the models are gathered to rank 0
     and written as the same full folders, and every rank writes its shard of the
-    optimisers' states (``optim_rank<r>.pt``; ``trainer_state.pt`` then holds none)."""
+    optimisers' states (``optim_rank<r>.pt``; ``trainer_state.pt`` then holds none). With
+    ``lora`` (``ppo.lora_r`` > 0; never sharded) the policy is saved as its adapters
+    (``policy_lora.safetensors``), and so is the critic with ``critic_lora``
+    (``critic_lora.safetensors``, adapters and head)."""
     d = d or Dist()
     sharded = sharding.is_sharded(policy)
     tmp = path.with_name(path.name + ".partial")
@@ -254,12 +274,20 @@ def save_checkpoint(path: Path, policy, tokenizer, critic, value_head, opt, crit
     if not d.is_main:
         d.barrier(f"rank 0 writing and publishing {path}")  # rank 0 renames the directory
         return
-    if not sharded:
+    if sharded:
+        pass  # the models were gathered and written above
+    elif lora:  # the adapters (and a LoRA critic's head) only: the base models are the SFT policy and the RM
+        save_file(trainable_state_dict(policy), str(tmp / "policy_lora.safetensors"))
+    else:
         save_hf(policy, tokenizer, tmp / "policy")
-        if critic is not None:
-            save_hf(critic, None, tmp / "critic")
-        if value_head is not None:
-            save_file(value_head.state_dict(), str(tmp / "value_head.safetensors"))
+    if sharded:
+        pass
+    elif critic is not None and lora and critic_lora:
+        save_file(trainable_state_dict(critic), str(tmp / "critic_lora.safetensors"))
+    elif critic is not None:
+        save_hf(critic, None, tmp / "critic")
+    if value_head is not None and not sharded:
+        save_file(value_head.state_dict(), str(tmp / "value_head.safetensors"))
     state = {"opt": None if sharded else opt.state_dict(),
              "critic_opt": critic_opt.state_dict() if critic_opt and not sharded else None,
              "rng": _rng_state(), "ptx_rng": ptx.gen.get_state() if ptx else None}
@@ -319,23 +347,51 @@ class Learner:
     value_head: Optional[torch.nn.Module] = None
 
 
+def _load_trainable(model: torch.nn.Module, path: Path) -> None:
+    """Load the trainable parameters a LoRA checkpoint saved (``trainable_state_dict``), all of them."""
+    saved = load_file(str(path))
+    own = dict(model.named_parameters())
+    want = {n for n, p in own.items() if p.requires_grad}
+    if set(saved) != want:
+        raise ValueError(f"{path.name}: saved parameters do not match the model's trainable ones "
+                         f"({len(set(saved) - want)} unexpected, {len(want - set(saved))} missing)")
+    with torch.no_grad():
+        for n, t in saved.items():
+            own[n].copy_(t)
+
+
 def build_learner(cfg: RunConfig, policy_path: str, critic_path: str, device,
-                  value_head_file: Optional[str] = None, d: Optional[Dist] = None) -> Learner:
+                  value_head_file: Optional[str] = None, d: Optional[Dist] = None,
+                  lora_dir: Optional[Path] = None) -> Learner:
     """The policy from ``policy_path`` and the critic from ``critic_path`` (a sequence
     classifier), or a value head (zero, or loaded from ``value_head_file``), with their
-    optimisers. A fresh start passes the SFT model and the reward model; a resume passes
-    a checkpoint's folders. With ``ppo.sharding=fsdp`` under a launcher (``d``) each model
-    is loaded on the CPU and sharded onto ``device`` (``rlhf.sharding``) before its
-    optimiser is built."""
+    optimisers over the parameters that train. A fresh start passes the SFT model and the
+    reward model; a resume passes a checkpoint's folders, or with LoRA (``ppo.lora_r`` > 0)
+    the SFT model and the reward model again and the checkpoint as ``lora_dir``, whose
+    adapters are loaded into the freshly injected ones. ``model.gradient_checkpointing``
+    applies to the policy and the critic. With ``ppo.sharding=fsdp`` under a launcher
+    (``d``) each model is loaded on the CPU and sharded onto ``device`` (``rlhf.sharding``)
+    before its optimiser is built."""
     pc = cfg.ppo
     fsdp = sharding.active(pc.sharding, d)
     load_to = None if fsdp else device  # sharded: full weights on the CPU only, shards on the device
     policy = load_causal_lm(policy_path, dtype=cfg.model.dtype, device=load_to,
                             attn_implementation=cfg.model.attn_implementation)
+    set_gradient_checkpointing(policy, cfg.model.gradient_checkpointing)
+    if pc.lora_r:
+        add_lora(policy, pc.lora_r, pc.lora_alpha, pc.lora_target_modules, seed=stage_seed(cfg.seed, "ppo"))
+        if lora_dir is not None:
+            _load_trainable(policy, lora_dir / "policy_lora.safetensors")
     critic = critic_opt = value_head = None
     if pc.critic == "separate":
         critic = load_reward_model(critic_path, dtype=cfg.model.dtype, device=load_to,
                                    attn_implementation=cfg.model.attn_implementation)
+        set_gradient_checkpointing(critic, cfg.model.gradient_checkpointing)
+        if pc.critic_lora:
+            add_lora(critic, pc.lora_r, pc.lora_alpha, pc.lora_target_modules, train_head=True,
+                     seed=stage_seed(cfg.seed, "ppo") + 1)
+            if lora_dir is not None:
+                _load_trainable(critic, lora_dir / "critic_lora.safetensors")
     else:
         hidden = getattr(policy.config, "n_embd", None) or policy.config.hidden_size
         value_head = torch.nn.Linear(hidden, 1).to(load_to or "cpu")
@@ -350,8 +406,9 @@ def build_learner(cfg: RunConfig, policy_path: str, critic_path: str, device,
         if value_head is not None:
             sharding.shard_model(value_head, device)
     if critic is not None:
-        critic_opt = make_optimizer(critic.parameters(), pc.critic_lr)
-    params = list(policy.parameters()) + (list(value_head.parameters()) if value_head is not None else [])
+        critic_opt = make_optimizer([p for p in critic.parameters() if p.requires_grad], pc.critic_lr)
+    params = [p for p in policy.parameters() if p.requires_grad] + \
+        (list(value_head.parameters()) if value_head is not None else [])
     return Learner(policy, make_optimizer(params, pc.lr), critic, critic_opt, value_head)
 
 
@@ -366,9 +423,11 @@ class Progress:
     rm_round: int = 0
 
 
-def load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device) -> tuple[Learner, Progress, dict]:
+def load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device, sft_path: Optional[str] = None,
+                    rm_path: Optional[str] = None) -> tuple[Learner, Progress, dict]:
     """Everything resumable from ``ck`` (the learner with its optimisers' states, the
-    progress, the trainer state with the RNG states), or an exception."""
+    progress, the trainer state with the RNG states), or an exception. With LoRA the base
+    models come from ``sft_path`` and ``rm_path`` (a full-fine-tuned critic from ``ck``)."""
     st = read_json(ck / "state.json")
     if not isinstance(st, dict) or "step" not in st or "controller" not in st:
         raise ValueError("state.json is unreadable")
@@ -380,7 +439,11 @@ def load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device) -> tuple[Learner,
         raise ConfigError(f"{ck} was written with ppo.sharding={st.get('sharding', 'replicate')}, this run has "
                           f"ppo.sharding={cfg.ppo.sharding} on {d.world} process(es): resume with the same, or "
                           f"--force to start PPO again")
-    learner = build_learner(cfg, str(ck / "policy"), str(ck / "critic"), device, value_head_file=head, d=d)
+    if cfg.ppo.lora_r:
+        critic = rm_path if cfg.ppo.critic_lora else str(ck / "critic")
+        learner = build_learner(cfg, sft_path, critic, device, value_head_file=head, d=d, lora_dir=ck)
+    else:
+        learner = build_learner(cfg, str(ck / "policy"), str(ck / "critic"), device, value_head_file=head, d=d)
     state = torch.load(ck / "trainer_state.pt", weights_only=True)
     if sharding.is_sharded(learner.policy):  # each rank its own shard of the optimisers' states
         local = torch.load(ck / f"optim_rank{d.rank}.pt", weights_only=True)
@@ -409,7 +472,7 @@ def start_or_resume(cfg: RunConfig, ckdir: Path, sft_path: str, rm_path: str, de
         problem = verify_manifest(cand) if (cand / MANIFEST).exists() else None  # older runs: no manifest
         if problem is None:
             try:
-                return (*load_checkpoint(cand, cfg, d, device), cand)
+                return (*load_checkpoint(cand, cfg, d, device, sft_path, rm_path), cand)
             except ConfigError:
                 raise
             except Exception as e:  # noqa: BLE001 - a torn file of any kind: try the previous checkpoint
@@ -478,10 +541,14 @@ class PPORun:
         self.local_bs, self.local_mb = pc.batch_size // d.world, pc.minibatch_size // d.world
         check_tokenizers_match(tokenizer, rm_path)
         self.data = load_ppo_data(cfg, tokenizer, world, d)
-        fsdp = sharding.active(pc.sharding, d)  # the frozen reference is sharded too; the reward model is not
-        self.ref = load_causal_lm(sft_path, dtype=cfg.model.dtype, device=None if fsdp else device,
-                                  attn_implementation=cfg.model.attn_implementation).eval().requires_grad_(False)
-        if fsdp:
+        self.amp = functools.partial(autocast, device, cfg.model.autocast)  # model.autocast, every forward
+        # π_SFT: its own frozen copy (sharded with the policy under ppo.sharding=fsdp; the reward
+        # model is not), or with LoRA none (the policy with its adapters disabled: self.reference())
+        fsdp = sharding.active(pc.sharding, d)
+        self.ref = None if pc.lora_r else load_causal_lm(
+            sft_path, dtype=cfg.model.dtype, device=None if fsdp else device,
+            attn_implementation=cfg.model.attn_implementation).eval().requires_grad_(False)
+        if fsdp and self.ref is not None:
             sharding.shard_model(self.ref, device)
         self.learner, self.progress, state, ck = start_or_resume(cfg, self.ckdir, sft_path, rm_path, device, d)
         self.policy = self.learner.policy
@@ -504,6 +571,16 @@ class PPORun:
         self.t0, self.last_status, self.last_row = time.time(), -1e9, {}
         self.bar = tqdm(range(self.progress.step, pc.steps), desc="ppo", initial=self.progress.step, total=pc.steps,
                         mininterval=2.0, disable=True if not d.is_main else None)
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The frozen SFT policy π_SFT inside the block: its own copy, or with LoRA
+        (``ppo.lora_r`` > 0) the policy itself with its adapters disabled."""
+        if self.ref is not None:
+            yield self.ref
+        else:
+            with adapters_disabled(self.policy):
+                yield self.policy
 
     def start_logs(self, ck: Optional[Path]) -> None:
         """Resumed: drop what was logged after the checkpoint (it is logged again); fresh: start empty."""
@@ -559,25 +636,31 @@ class PPORun:
         rng = random.Random(self.cfg.seed * 1_000_003 + step)
         idx = shard([rng.randrange(len(self.data.prompts)) for _ in range(self.pc.batch_size)], self.d)
         self.policy.eval()
-        with sharding.gathered(self.policy):  # sharded: full weights for the decode loop, which stops per rank
+        with sharding.gathered(self.policy), self.amp():  # sharded: full weights for the decode loop
             s = rollout(self.policy, self.tok, [self.data.prompts[i] for i in idx], self.pc,
                         rollout_seed(self.cfg.seed, step, self.d.rank))
         return idx, s
 
     @torch.no_grad()
     def score(self, s) -> Scored:
-        """log π and log π_SFT of the sampled tokens, V(s_t), rm_score and ppo_reward. log π
-        comes from the sampling pass (no policy forward) unless the value head needs one."""
+        """log π and log π_SFT of the sampled tokens, V(s_t), rm_score and ppo_reward, under
+        ``model.autocast``. log π comes from the sampling pass (no policy forward) unless the
+        value head needs one or autocast is on: then from a forward pass, the precision path
+        of the update's (the sampler's cached low-precision steps round differently)."""
         dev, pc, lr = self.device, self.pc, self.learner
         pi, pm, ri, rmask = (s.prompt_ids.to(dev), s.prompt_mask.to(dev), s.response_ids.to(dev),
                              s.response_mask.to(dev))
-        if lr.value_head is None and s.logprobs is not None:
-            logp, v_head = s.logprobs.to(dev), None
-        else:
-            logp, _, v_head = policy_forward(self.policy, pi, pm, ri, rmask, pc.temperature, lr.value_head)
-        ref_logp, _, _ = policy_forward(self.ref, pi, pm, ri, rmask, pc.temperature)
-        rm_score, ppo_reward = score_rollout(self.rm, self.tok, s, self.rm_len, pc.no_eos_penalty)
-        values = v_head if lr.value_head is not None else critic_values(lr.critic, pi, pm, ri, rmask)
+        with self.amp():
+            if lr.value_head is None and s.logprobs is not None and self.cfg.model.autocast == "none":
+                logp, v_head = s.logprobs.to(dev), None
+            else:
+                logp, _, v_head = policy_forward(self.policy, pi, pm, ri, rmask, pc.temperature, lr.value_head)
+            with self.reference() as ref:
+                ref_logp, _, _ = policy_forward(ref, pi, pm, ri, rmask, pc.temperature)
+            rm_score, ppo_reward = score_rollout(self.rm, self.tok, s, self.rm_len, pc.no_eos_penalty)
+            if lr.critic is not None:
+                lr.critic.eval()
+            values = v_head if lr.value_head is not None else critic_values(lr.critic, pi, pm, ri, rmask)
         return Scored(logp, ref_logp, values, rm_score, ppo_reward)
 
     def advantages(self, step: int, s, sc: Scored) -> tuple[Batch, torch.Tensor]:
@@ -602,7 +685,9 @@ class PPORun:
         """``ppo.epochs`` passes over shuffled minibatches, one :func:`ppo_update` each (with a
         fresh ptx batch when γ > 0); returns the mean of each update statistic."""
         pc, lr, ptx = self.pc, self.learner, self.data.ptx
-        self.policy.train()
+        self.policy.train()  # dropout is 0; train mode turns model.gradient_checkpointing on
+        if lr.critic is not None:
+            lr.critic.train()
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
                                                          "ptx_loss", "vf_clipfrac")}
         for epoch in range(pc.epochs):
@@ -611,7 +696,7 @@ class PPORun:
                 mb = batch.index(perm[i:i + self.local_mb])
                 ptx_x = ptx.batch(self.ptx_per_update).to(self.device) if ptx is not None else None
                 st = ppo_update(self.policy, mb, lr.opt, pc, lr.value_head, lr.critic, lr.critic_opt, ptx_x, self.d,
-                                on_policy=epoch == 0 and i == 0)
+                                on_policy=epoch == 0 and i == 0, amp=self.amp, free_grads=True)
                 for k, v in st.items():
                     stats[k].append(v)
                 check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, self.d)
@@ -684,7 +769,8 @@ class PPORun:
         ck = self.ckdir / f"step_{step + 1:06d}"
         save_checkpoint(ck, self.policy, self.tok, lr.critic, lr.value_head, lr.opt, lr.critic_opt, self.progress.ctl,
                         step + 1, self.data.ptx, {"kl_saved": self.progress.kl_saved,
-                                                  "rm_round": self.progress.rm_round}, d)
+                                                  "rm_round": self.progress.rm_round}, d,
+                        lora=self.pc.lora_r > 0, critic_lora=self.pc.critic_lora)
         if d.is_main:
             for old in sorted(self.ckdir.glob("step_*"))[:-2]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -730,7 +816,8 @@ class PPORun:
             from .probes import before_after_line, heldout_summary
             seed = stage_seed(self.cfg.seed, "heldout_probe")
             mx = self.pc.max_new_tokens
-            summary["heldout_sft"], rows_sft = heldout_summary(self.world, self.tok, self.ref, mx, seed=seed)
+            with self.reference() as ref:
+                summary["heldout_sft"], rows_sft = heldout_summary(self.world, self.tok, ref, mx, seed=seed)
             summary["heldout_ppo"], rows_ppo = heldout_summary(self.world, self.tok, self.policy, mx, seed=seed)
             write_jsonl_gz(out / "heldout_samples.jsonl.gz", [{"policy": "sft", **r} for r in rows_sft] +
                            [{"policy": "ppo", **r} for r in rows_ppo])
@@ -833,17 +920,18 @@ def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
                 output_hidden_states=value_head is not None)
     P, T = mb.prompt_ids.shape[1], mb.response_ids.shape[1]
-    logits = out.logits[:B, P - 1:P - 1 + T] / temperature
-    logp = logprobs_from_logits(logits, mb.response_ids)
+    logits = out.logits[:B, P - 1:P - 1 + T]
+    logp = logprobs_from_logits(logits, mb.response_ids, temperature)
     values = None
     if value_head is not None:
-        values = value_head(out.hidden_states[-1][:B, P - 1:P - 1 + T].float()).squeeze(-1)
+        with torch.autocast(ids.device.type, enabled=False):
+            values = value_head(out.hidden_states[-1][:B, P - 1:P - 1 + T].float()).squeeze(-1)
     return logp, logits, values, lm_loss(out.logits[B:, :L], ptx_x)
 
 
 def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_opt=None,
                ptx_x: Optional[torch.Tensor] = None, d: Optional[Dist] = None,
-               on_policy: bool = False) -> dict[str, float]:
+               on_policy: bool = False, amp=None, free_grads: bool = False) -> dict[str, float]:
     """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx).
     With γ > 0 the ptx batch shares the policy's forward pass (see policy_ptx_forward).
     ``on_policy``: the first update of an iteration, before any step, so π_old = π: the old
@@ -856,22 +944,31 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
     averaged over ranks before clipping and the step, so every rank steps with the gradient
     of the global minibatch's loss, as one process would; the ptx batches are the same size
     on every rank, so their mean needs no weight. The returned statistics, averaged over
-    ranks, are the global minibatch's."""
+    ranks, are the global minibatch's.
+
+    ``amp``: a function returning the forward passes' context (``model.autocast``); the
+    log-probs, values and losses are float32 and the backward pass runs outside it.
+    ``free_grads`` (run_ppo): each optimiser's gradients are freed right after its step, so
+    no model's gradients are held through the other model's backward or the next rollout
+    (one full set of fp32 gradients less at the peak); off, they stay for the caller to read."""
     d = d or Dist()
+    amp = amp or contextlib.nullcontext
     w = d.token_share(mb.response_mask)
     use_ptx = ptx_x is not None and pc.ptx_coef > 0
-    if use_ptx:
-        logp, logits, v, ptx_loss = policy_ptx_forward(policy, mb, ptx_x, pc.temperature, value_head)
-    else:
-        logp, logits, v = policy_forward(policy, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
-                                         pc.temperature, value_head)
+    with amp():
+        if use_ptx:
+            logp, logits, v, ptx_loss = policy_ptx_forward(policy, mb, ptx_x, pc.temperature, value_head)
+        else:
+            logp, logits, v = policy_forward(policy, mb.prompt_ids, mb.prompt_mask, mb.response_ids,
+                                             mb.response_mask, pc.temperature, value_head)
     old = logp.detach() if on_policy else mb.logprobs
     pg_loss, st = ppo_clip_loss(logp, old, mb.advantages, mb.response_mask, pc.clip_eps)
     loss = w * pg_loss
     out = {"pg_loss": w * pg_loss.item(), "clipfrac": w * float(st["clipfrac"]),
            "approx_kl": w * float(st["approx_kl"])}
     with torch.no_grad():
-        out["entropy"] = w * float(masked_mean(entropy_from_logits(logits), mb.response_mask))
+        out["entropy"] = w * float(masked_mean(entropy_from_logits(logits, pc.temperature), mb.response_mask))
+    del logits
     if value_head is not None:
         vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
         loss = loss + pc.vf_coef * w * vf_loss
@@ -885,14 +982,20 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
     d.average_gradients(params)
     torch.nn.utils.clip_grad_norm_(params, pc.grad_clip)
     opt.step()
+    if free_grads:
+        opt.zero_grad(set_to_none=True)
     if critic is not None:
-        v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+        with amp():
+            v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
         vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
         critic_opt.zero_grad(set_to_none=True)
         (w * vf_loss).backward()
-        d.average_gradients(list(critic.parameters()))
-        torch.nn.utils.clip_grad_norm_(critic.parameters(), pc.grad_clip)
+        cparams = [p for g in critic_opt.param_groups for p in g["params"]]
+        d.average_gradients(cparams)
+        torch.nn.utils.clip_grad_norm_(cparams, pc.grad_clip)
         critic_opt.step()
+        if free_grads:
+            critic_opt.zero_grad(set_to_none=True)
         out["vf_loss"], out["vf_clipfrac"] = w * vf_loss.item(), w * float(vf_frac)
     return out
 

@@ -29,7 +29,8 @@ from . import tracking
 from .config import DataError, RunConfig, stage_seed
 from .errors import check_finite
 from .losses import kwise_ranking_loss, pairwise_accuracy
-from .models import check_context, context_length, load_reward_model, save_hf, sequence_scores, tokenizer_sides
+from .models import (check_context, context_length, load_reward_model, save_hf, sequence_scores, set_gradient_checkpointing,
+                     tokenizer_sides)
 from .rundir import RunDir, read_jsonl
 from .sampling import sample
 from .data import load_pair_comparisons  # noqa: F401 - rm.data is read and checked in rlhf/data.py
@@ -240,6 +241,7 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     model = load_reward_model(init_path, dtype=cfg.model.dtype, device=device,
                               attn_implementation=cfg.model.attn_implementation)
     model.config.pad_token_id = tokenizer.pad_token_id
+    set_gradient_checkpointing(model, cfg.model.gradient_checkpointing)
     max_len = rm_max_length(model, rc.max_length)
     if not demos:  # no SFT demonstrations (e.g. an instruct model as the SFT policy): centre on the preferred responses
         demos = [(c["prompt"], c["responses"][0]) for c in comparisons[:256]]

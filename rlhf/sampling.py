@@ -112,11 +112,12 @@ def _accepts(model, name: str) -> bool:
 def _lean_gpt2(model) -> bool:
     """Whether :func:`_gpt2_step` can stand in for the model's own forward in a decoding step:
     a plain GPT-2 LM (transformers' ``GPT2LMHeadModel`` with SDPA attention, no cross
-    attention, no per-layer or upcast attention scaling) in eval mode."""
+    attention, no per-layer or upcast attention scaling, no LoRA adapters) in eval mode."""
     from transformers import GPT2LMHeadModel
     c = model.config
     return (type(model) is GPT2LMHeadModel and not model.training and c._attn_implementation == "sdpa"
-            and not c.add_cross_attention and not c.scale_attn_by_inverse_layer_idx and not c.reorder_and_upcast_attn)
+            and not c.add_cross_attention and not c.scale_attn_by_inverse_layer_idx and not c.reorder_and_upcast_attn
+            and not any(hasattr(m, "base_layer") for m in model.modules()))  # peft's layers wrap a base_layer
 
 
 def _gpt2_weights(model) -> tuple:

@@ -1,7 +1,9 @@
 """Stage 2: supervised fine-tuning on demonstrations, with transformers' Trainer.
 
-The loss is on response tokens only (prompt tokens are labelled -100). bf16 and gradient
-checkpointing stay off: on a CPU they make a small model 3-8x slower.
+The loss is on response tokens only (prompt tokens are labelled -100). Mixed precision
+(``model.autocast``: the Trainer's bf16/fp16) and gradient checkpointing
+(``model.gradient_checkpointing``) are off by default: on a CPU they make a small model
+3-8x slower; they are for memory on large models.
 """
 
 from __future__ import annotations
@@ -112,7 +114,9 @@ def run_sft(cfg: RunConfig, rd: RunDir, init_path: str, tokenizer, world: World 
     args = TrainingArguments(
         output_dir=str(out / "trainer"), per_device_train_batch_size=sc.batch_size, num_train_epochs=sc.epochs,
         learning_rate=sc.lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
-        logging_steps=5, save_strategy="no", report_to=[], bf16=False, fp16=False,
+        logging_steps=5, save_strategy="no", report_to=[], bf16=cfg.model.autocast == "bf16",
+        fp16=cfg.model.autocast == "fp16", activation_checkpointing=cfg.model.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.model.gradient_checkpointing else None,
         use_cpu=device.type == "cpu", seed=stage_seed(cfg.seed, "sft"),
         data_seed=stage_seed(cfg.seed, "sft"), dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=False, max_grad_norm=1.0,

@@ -150,3 +150,34 @@ def test_entropy_and_logprobs():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
     assert L.entropy_from_logits(logits).item() == pytest.approx(1.5 * math.log(2))
     assert L.logprobs_from_logits(logits, torch.tensor([[1]])).item() == pytest.approx(math.log(0.25))
+
+
+def test_logprobs_and_entropy_at_a_temperature_by_hand():
+    # p = (1/2, 1/4, 1/4); at τ = 2 the distribution is ∝ p^(1/2) = (1/√2, 1/2, 1/2), sum 1/√2 + 1
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
+    z = 2 ** -0.5 + 1.0
+    q = [2 ** -0.5 / z, 0.5 / z, 0.5 / z]
+    assert L.logprobs_from_logits(logits, torch.tensor([[1]]), temperature=2.0).item() == pytest.approx(math.log(q[1]))
+    assert L.entropy_from_logits(logits, temperature=2.0).item() == pytest.approx(-sum(x * math.log(x) for x in q))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_logprobs_and_entropy_match_the_log_softmax_forms(chunk, dtype):
+    """gather - logsumexp, chunked over positions, equals log_softmax + gather (values and
+    gradients), and the entropy equals -Σ p log p, for float32 and bf16 logits."""
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 7, 50, generator=g)).to(dtype).requires_grad_(True)
+    tokens = torch.randint(0, 50, (3, 7), generator=g)
+    for tau in (1.0, 0.7):
+        z = logits.float() / tau
+        want = torch.log_softmax(z, -1).gather(2, tokens.unsqueeze(-1)).squeeze(-1)
+        got = L.logprobs_from_logits(logits, tokens, tau, chunk=chunk)
+        assert got.dtype == torch.float32 and got.shape == (3, 7)
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+        (gw,) = torch.autograd.grad(want.sum(), logits)
+        (gg,) = torch.autograd.grad(got.sum(), logits)
+        assert torch.allclose(gg.float(), gw.float(), atol=1e-5)
+        with torch.no_grad():
+            lp = torch.log_softmax(z, -1)
+            assert torch.allclose(L.entropy_from_logits(logits, tau, chunk=chunk), -(lp.exp() * lp).sum(-1), atol=1e-5)
