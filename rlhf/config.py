@@ -162,6 +162,34 @@ class PPOConfig:
     max_prompt_tokens: int = 256  # longer prompts from ppo.data are skipped
     rounds: int = 1  # iterated RLHF: retrain the RM on fresh comparisons every steps/rounds
     data: str = "world"  # "world" (toy prompts) or a prompt file/HF dataset
+    # "" = every row of ppo.data; else only the rows whose "split" field equals it (e.g. train)
+    data_split: str = ""
+    # 0 = each row's prompt as it is; N > 0: the first N words of its prompt (or "text" field)
+    prompt_words: int = 0
+    # what PPO maximises (rlhf/rewards.py): rm (the run's reward model), classifier (the run's
+    # classifier stage), rm:<path>, hf:<sequence classifier folder or hub name>, py:<module>:<function>
+    reward: str = "rm"
+    # classifier rewards: which logit is the reward: <label>, prob:<label>, diff:<label>,<label> (names or indices)
+    reward_label: str = ""
+    reward_input: str = "response"  # classifier rewards read the "response" or the "prompt+response"
+
+
+@dataclass
+class ClassifierConfig:
+    """The classifier stage (rlhf/classifier.py): a sequence classifier trained on labelled
+    texts, e.g. the sentiment reward of experiments/imdb_sentiment.yaml (ppo.reward=classifier)."""
+
+    # a JSONL(.gz) file of rows with "text" and an integer "label"; rows whose "split" is
+    # test/validation are the held-out set (without a split field, a seeded share is)
+    data: str = ""
+    init: str = ""  # "" = model.source (scratch: the pretrain stage); else an HF name/path/named source
+    labels: list[str] = field(default_factory=lambda: ["negative", "positive"])  # label names, index 0 up
+    max_examples: int = 2000  # training texts, a seeded sample (0 = all)
+    n_heldout: int = 500  # held-out texts for the accuracy, a seeded sample
+    max_length: int = 128  # tokens a text is cut to (from the right)
+    epochs: int = 1  # passes over the training texts
+    batch_size: int = 8  # texts per step
+    lr: float = 2e-5  # learning rate (AdamW, linear decay)
 
 
 @dataclass
@@ -187,12 +215,13 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-STAGES = ("pretrain", "sft", "rm", "ppo")  # the stages a config lists, in order
+STAGES = ("pretrain", "sft", "classifier", "rm", "ppo")  # the stages a config lists, in order
 STAGE_DIRS = ("world",) + STAGES  # a run directory's stage folders (world: the toy world, stage 0)
 _ATTN = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes a name; stage directories add suffixes
@@ -234,7 +263,7 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("threads", lambda v: v >= 0, ">= 0 (0 = torch default)"),
     ("stages", lambda v: len(v) > 0 and all(s in STAGES for s in v), f"a non-empty list of {STAGES}"),
 ]
-for _sec in ("pretrain", "sft", "rm", "ppo"):
+for _sec in ("pretrain", "sft", "classifier", "rm", "ppo"):
     _RANGES.append((f"{_sec}.lr", lambda v: v > 0, "> 0"))
     _RANGES.append((f"{_sec}.batch_size", lambda v: v >= 1, ">= 1"))
 for _key in ("pretrain.steps", "ppo.steps", "ppo.epochs", "ppo.minibatch_size", "sft.epochs",
@@ -248,13 +277,14 @@ _MAX_SEED = 2**31 - 1  # derived seeds (seed * 1_000_003 + ...) must fit the 64-
 # The stream of each stage's random numbers: stage_seed(seed, stage) = seed * 1000 + offset
 # (+ 7919 * rank for the per-rank PPO streams). The values are the ones the stages used before
 # this function existed, so results and run ids are unchanged.
-_SEED_OFFSETS = {"pretrain": 1, "sft": 2, "rm": 3, "ppo": 4, "ptx": 5, "heldout_probe": 6}
+_SEED_OFFSETS = {"pretrain": 1, "sft": 2, "rm": 3, "ppo": 4, "ptx": 5, "heldout_probe": 6, "classifier": 7}
 
 
 def stage_seed(seed: int, stage: str, rank: int = 0) -> int:
     """The seed of ``stage``'s random numbers under the run seed ``seed``: pretrain, sft, rm,
     ppo (each data-parallel rank samples its own responses), ptx (the pretraining stream of
-    PPO-ptx, per rank) and heldout_probe (the held-out before/after samples)."""
+    PPO-ptx, per rank) and heldout_probe (the held-out before/after samples) and classifier
+    (the classifier stage)."""
     if stage not in _SEED_OFFSETS:
         raise ConfigError(f"stage_seed: unknown stage {stage!r} (known: {', '.join(_SEED_OFFSETS)})")
     return seed * 1000 + _SEED_OFFSETS[stage] + 7919 * rank
@@ -278,6 +308,13 @@ _RANGES += [
     ("logging.report_to", lambda v: all(x in ("", "tensorboard", "wandb") for x in v),
      "a list (or comma string) of tensorboard, wandb; empty for none"),
     ("logging.sample_every", lambda v: v >= 1, ">= 1"),
+    ("ppo.prompt_words", lambda v: v >= 0, ">= 0 (0 = the whole prompt)"),
+    ("ppo.reward_input", lambda v: v in ("response", "prompt+response"), "'response' or 'prompt+response'"),
+    ("classifier.epochs", lambda v: v >= 1, ">= 1"),
+    ("classifier.max_examples", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("classifier.n_heldout", lambda v: v >= 1, ">= 1"),
+    ("classifier.max_length", lambda v: v >= 2, ">= 2"),
+    ("classifier.labels", lambda v: len(v) >= 2 and len(set(v)) == len(v) and all(v), "at least 2 distinct names"),
     ("logging.n_samples", lambda v: v >= 0, ">= 0"),
 ]
 # Keys whose every finite value is meaningful (the gold reward's weights, a penalty).
@@ -458,9 +495,27 @@ def validate(cfg: RunConfig) -> RunConfig:
     if len(cfg.name.encode("utf-8")) > MAX_NAME_BYTES:
         raise ConfigError(f"name: {len(cfg.name.encode('utf-8'))} bytes is too long for a directory name "
                           f"(at most {MAX_NAME_BYTES})")
+    _validate_reward(cfg)
     if "\0" in cfg.out_dir or not cfg.out_dir:
         raise ConfigError(f"out_dir={cfg.out_dir!r} must be a directory path")
     return cfg
+
+
+def _validate_reward(cfg: RunConfig) -> None:
+    """``ppo.reward`` parses (rlhf/rewards.py), and no combination is left unclear: the label
+    and input switches only mean something for a classifier, and iterated RLHF retrains the
+    run's own reward model, so it cannot run on a reward from outside the run."""
+    from .rewards import parse_reward_spec
+    spec = parse_reward_spec(cfg.ppo.reward)
+    if spec.kind not in ("hf", "classifier"):
+        for key, val, default in (("reward_label", cfg.ppo.reward_label, ""),
+                                  ("reward_input", cfg.ppo.reward_input, "response")):
+            if val != default:
+                raise ConfigError(f"ppo.{key}={val!r} only applies to a classifier reward (ppo.reward=classifier or "
+                                  f"hf:<path>), not ppo.reward={cfg.ppo.reward}")
+    if spec.outside and cfg.ppo.rounds > 1:
+        raise ConfigError(f"ppo.rounds={cfg.ppo.rounds} retrains the run's reward model, but ppo.reward="
+                          f"{cfg.ppo.reward} is not it: use ppo.rounds=1")
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -582,6 +637,7 @@ def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
 # never change a result (name, out_dir, threads, device, the list of stages) are left out.
 _STAGE_SECTIONS = {"world": ("world",), "pretrain": ("seed", "world", "model", "pretrain"),
                    "sft": ("seed", "world", "model", "pretrain", "sft"),
+                   "classifier": ("seed", "world", "model", "pretrain", "classifier"),
                    "rm": ("seed", "world", "model", "pretrain", "sft", "rm")}
 NOT_A_RESULT_KEY = NO_RESULT_KEYS + ("device",)
 
