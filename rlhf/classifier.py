@@ -7,8 +7,9 @@ eval's ``gold_rm``). ``experiments/imdb_sentiment.yaml`` trains a sentiment clas
 IMDB reviews here and PPO steers a policy towards its positive logit.
 
 Training: the model starts from ``classifier.init`` (default ``model.source``, or the
-pretrain stage for a scratch model) with a fresh head of ``len(classifier.labels)``
-outputs; cross-entropy on its logits, AdamW with a linear decay, gradient clipping at 1.
+pretrain stage for a scratch model; ``scratch``: a GPT-2 of the ``model.*`` scratch shape
+on the run's tokenizer, from random weights, far cheaper on a CPU) with a fresh head of
+``len(classifier.labels)`` outputs; cross-entropy on its logits, AdamW with a linear decay, gradient clipping at 1.
 Texts are read as the reward reads them (``rlhf.rewards.classifier_forward``: its own
 tokenizer, cut to ``classifier.max_length`` tokens). Held-out texts (rows whose ``split``
 is test/validation, else a seeded share) are never trained on; their accuracy
@@ -63,10 +64,21 @@ def split_labelled(rows: list[dict], max_train: int, n_heldout: int, seed: int) 
     return train, held
 
 
-def load_classifier_model(init: str, labels: list[str], dtype: str, device, attn_implementation: str):
-    """A sequence classifier with a fresh head of ``len(labels)`` outputs named ``labels``."""
-    from transformers import AutoModelForSequenceClassification
+def load_classifier_model(init: str, labels: list[str], dtype: str, device, attn_implementation: str,
+                          tokenizer=None, shape=None):
+    """A sequence classifier with a fresh head of ``len(labels)`` outputs named ``labels``:
+    from the model ``init``, or, ``init="scratch"``, a GPT-2 of the ``model.*`` scratch shape
+    (``shape``: a ModelConfig) on ``tokenizer``'s vocabulary, trained from random weights."""
+    from transformers import AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification
     from .errors import SourceError
+    if init == "scratch":
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=shape.n_positions, n_embd=shape.n_embd,
+                            n_layer=shape.n_layer, n_head=shape.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                            attn_pdrop=0.0, summary_first_dropout=0.0, num_labels=len(labels),
+                            id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+                            pad_token_id=tokenizer.pad_token_id, activation_function="gelu_pytorch_tanh")
+        config._attn_implementation = attn_implementation
+        return GPT2ForSequenceClassification(config).to(DTYPES[dtype]).to(device)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -92,13 +104,22 @@ def run_classifier_stage(cfg: RunConfig, rd: RunDir, init: str, device, tokenize
     train, held = split_labelled(rows, cc.max_examples, cc.n_heldout, seed)
     if not train:
         raise DataError(f"classifier.data={cc.data}: no training rows left after holding out {len(held)}")
-    try:
-        tok = load_tokenizer(init)
-    except Exception:  # noqa: BLE001 - no tokenizer saved with the init model
+    if init == "scratch":
         if tokenizer is None:
-            raise
+            raise DataError("classifier.init=scratch needs the run's tokenizer")
+        if cc.max_length > cfg.model.n_positions:
+            raise DataError(f"classifier.max_length={cc.max_length} exceeds the scratch classifier's context "
+                            f"model.n_positions={cfg.model.n_positions}")
         tok = tokenizer
-    model = load_classifier_model(init, cc.labels, cfg.model.dtype, device, cfg.model.attn_implementation)
+    else:
+        try:
+            tok = load_tokenizer(init)
+        except Exception:  # noqa: BLE001 - no tokenizer saved with the init model
+            if tokenizer is None:
+                raise
+            tok = tokenizer
+    model = load_classifier_model(init, cc.labels, cfg.model.dtype, device, cfg.model.attn_implementation,
+                                  tok, cfg.model)
     model.config.pad_token_id = tok.pad_token_id
     counts = [sum(r["label"] == i for r in train) for i in range(len(cc.labels))]
     print(f"[classifier] {len(train)} training texts (by label: {counts}), {len(held)} held out, "

@@ -182,7 +182,9 @@ class ClassifierConfig:
     # a JSONL(.gz) file of rows with "text" and an integer "label"; rows whose "split" is
     # test/validation are the held-out set (without a split field, a seeded share is)
     data: str = ""
-    init: str = ""  # "" = model.source (scratch: the pretrain stage); else an HF name/path/named source
+    # "" = model.source (scratch: the pretrain stage); "scratch" = a GPT-2 of the model.n_layer/n_embd/
+    # n_head/n_positions shape on the run's tokenizer, from random weights; else an HF name/path/named source
+    init: str = ""
     labels: list[str] = field(default_factory=lambda: ["negative", "positive"])  # label names, index 0 up
     max_examples: int = 2000  # training texts, a seeded sample (0 = all)
     n_heldout: int = 500  # held-out texts for the accuracy, a seeded sample
@@ -505,7 +507,7 @@ def _validate_reward(cfg: RunConfig) -> None:
     """``ppo.reward`` parses (rlhf/rewards.py), and no combination is left unclear: the label
     and input switches only mean something for a classifier, and iterated RLHF retrains the
     run's own reward model, so it cannot run on a reward from outside the run."""
-    from .rewards import parse_reward_spec
+    from .reward_spec import parse_reward_spec
     spec = parse_reward_spec(cfg.ppo.reward)
     if spec.kind not in ("hf", "classifier"):
         for key, val, default in (("reward_label", cfg.ppo.reward_label, ""),
@@ -643,7 +645,7 @@ NOT_A_RESULT_KEY = NO_RESULT_KEYS + ("device",)
 
 
 def stages_shaped_by(key: str) -> tuple[str, ...]:
-    """The stages (world, pretrain, sft, rm, ppo) whose result a config key shapes: the
+    """The stages (world, pretrain, sft, classifier, rm, ppo) whose result a config key shapes: the
     inverse of :func:`stage_keys`, used by the run directory's config checks."""
     if key in NOT_A_RESULT_KEY or not _is_result_key(key):
         return ()
@@ -652,9 +654,9 @@ def stages_shaped_by(key: str) -> tuple[str, ...]:
 
 
 def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """The resolved config keys that the result of ``stage`` (world, pretrain, sft, rm, ppo)
-    depends on: world <- world.*; pretrain <- seed, world.*, model.*, pretrain.*; sft <- those
-    + sft.*; rm <- those + rm.*; ppo <- every key but name, out_dir, threads, device, stages and logging.*."""
+    """The resolved config keys that the result of ``stage`` (world, pretrain, sft, classifier,
+    rm, ppo) depends on: world <- world.*; pretrain <- seed, world.*, model.*, pretrain.*; sft <-
+    those + sft.*; classifier <- pretrain's + classifier.*; rm <- sft's + rm.*; ppo <- every key but name, out_dir, threads, device, stages and logging.*."""
     flat = flatten(cfg)
     if stage == "ppo":
         return {k: v for k, v in flat.items() if k not in NOT_A_RESULT_KEY and _is_result_key(k)}

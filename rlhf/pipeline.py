@@ -396,6 +396,8 @@ def _run_one(stage: str, cfg: RunConfig, rd: RunDir, world, tok, device, d: "dis
         from .classifier import run_classifier_stage
         init = cfg.classifier.init or (pretrained_path() if cfg.model.source == "scratch"
                                        else resolve_source(cfg.model.source))
+        if init != "scratch":
+            init = resolve_source(init)
         summary = run_classifier_stage(cfg, rd, init, device, tokenizer=tok)
     elif stage == "rm":
         demos = load_demonstrations(cfg, world) if cfg.sft.data == "world" or not cfg.sft.skip else []

@@ -233,6 +233,21 @@ def test_classifier_stage_then_ppo_against_it(tmp_path):
     assert torch.allclose(torch.tensor([r["rm_score"] for r in rows]), want, atol=1e-5)
 
 
+def test_classifier_from_scratch_on_the_runs_tokenizer(tmp_path):
+    data = _labelled_file(tmp_path)
+    cfg = load_config(REPO / "experiments" / "quickstart.yaml", tiny_overrides(tmp_path, "scratchclf", [
+        "stages=[classifier]", f"classifier.data={data}", "classifier.init=scratch", "classifier.lr=3e-3",
+        "classifier.epochs=4", "classifier.max_length=16"]))
+    run = run_pipeline(cfg)
+    s = read_json(run / "classifier" / "summary.json")
+    c = json.loads((run / "classifier" / "config.json").read_text())
+    assert s["init"] == "scratch" and c["n_layer"] == 1 and c["n_embd"] == 32 and c["model_type"] == "gpt2"
+    assert s["heldout_accuracy"] > 0.75
+    with pytest.raises(Exception, match="classifier.max_length=100 exceeds"):
+        run_pipeline(load_config(REPO / "experiments" / "quickstart.yaml", tiny_overrides(tmp_path, "scratch2", [
+            "stages=[classifier]", f"classifier.data={data}", "classifier.init=scratch", "classifier.max_length=100"])))
+
+
 def test_ppo_reward_classifier_without_the_stage_is_refused(tmp_path):
     cfg = load_config(REPO / "experiments" / "quickstart.yaml", tiny_overrides(tmp_path, "noclf", [
         "stages=[pretrain,sft,ppo]", "ppo.reward=classifier", "ppo.reward_label=1"]))
