@@ -7,11 +7,12 @@ eval's ``gold_rm``). ``experiments/imdb_sentiment.yaml`` trains a sentiment clas
 IMDB reviews here and PPO steers a policy towards its positive logit.
 
 Training: the model starts from ``classifier.init`` (default ``model.source``, or the
-pretrain stage for a scratch model; ``scratch``: a GPT-2 of the ``model.*`` scratch shape
-on the run's tokenizer, from random weights, far cheaper on a CPU) with a fresh head of
+pretrain stage for a scratch model; ``classifier.n_layers`` keeps only its first layers;
+``scratch``: a GPT-2 of the ``model.*`` scratch shape on the run's tokenizer, from random
+weights) with a fresh head of
 ``len(classifier.labels)`` outputs; cross-entropy on its logits, AdamW with a linear decay, gradient clipping at 1.
 Texts are read as the reward reads them (``rlhf.rewards.classifier_forward``: its own
-tokenizer, cut to ``classifier.max_length`` tokens). Held-out texts (rows whose ``split``
+tokenizer, cut to its last ``classifier.max_length`` tokens). Held-out texts (rows whose ``split``
 is test/validation, else a seeded share) are never trained on; their accuracy
 (:func:`accuracy`) is in the summary and every held-out prediction in
 ``heldout_predictions.jsonl.gz`` (for a bootstrap CI: ``bench/imdb_sentiment.py``).
@@ -65,7 +66,7 @@ def split_labelled(rows: list[dict], max_train: int, n_heldout: int, seed: int) 
 
 
 def load_classifier_model(init: str, labels: list[str], dtype: str, device, attn_implementation: str,
-                          tokenizer=None, shape=None):
+                          tokenizer=None, shape=None, n_layers: int = 0):
     """A sequence classifier with a fresh head of ``len(labels)`` outputs named ``labels``:
     from the model ``init``, or, ``init="scratch"``, a GPT-2 of the ``model.*`` scratch shape
     (``shape``: a ModelConfig) on ``tokenizer``'s vocabulary, trained from random weights."""
@@ -80,6 +81,12 @@ def load_classifier_model(init: str, labels: list[str], dtype: str, device, attn
         config._attn_implementation = attn_implementation
         return GPT2ForSequenceClassification(config).to(DTYPES[dtype]).to(device)
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if n_layers:  # the first n_layers layers (the config's num_hidden_layers; GPT-2 maps it to n_layer)
+        from transformers import AutoConfig
+        have = AutoConfig.from_pretrained(resolve_source(init)).num_hidden_layers
+        if n_layers > have:
+            raise SourceError(f"classifier.n_layers={n_layers}: {init} has only {have} layers")
+        kw["num_hidden_layers"] = n_layers
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             resolve_source(init), dtype=DTYPES[dtype], num_labels=len(labels),
@@ -119,7 +126,7 @@ def run_classifier_stage(cfg: RunConfig, rd: RunDir, init: str, device, tokenize
                 raise
             tok = tokenizer
     model = load_classifier_model(init, cc.labels, cfg.model.dtype, device, cfg.model.attn_implementation,
-                                  tok, cfg.model)
+                                  tok, cfg.model, cc.n_layers)
     model.config.pad_token_id = tok.pad_token_id
     counts = [sum(r["label"] == i for r in train) for i in range(len(cc.labels))]
     print(f"[classifier] {len(train)} training texts (by label: {counts}), {len(held)} held out, "

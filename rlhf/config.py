@@ -185,10 +185,13 @@ class ClassifierConfig:
     # "" = model.source (scratch: the pretrain stage); "scratch" = a GPT-2 of the model.n_layer/n_embd/
     # n_head/n_positions shape on the run's tokenizer, from random weights; else an HF name/path/named source
     init: str = ""
+    # keep only the first N transformer layers of the init model (0 = all): a cheaper classifier
+    # that keeps the pretrained embeddings and lower layers
+    n_layers: int = 0
     labels: list[str] = field(default_factory=lambda: ["negative", "positive"])  # label names, index 0 up
     max_examples: int = 2000  # training texts, a seeded sample (0 = all)
     n_heldout: int = 500  # held-out texts for the accuracy, a seeded sample
-    max_length: int = 128  # tokens a text is cut to (from the right)
+    max_length: int = 128  # tokens a text is cut to (from the left: its end is kept)
     epochs: int = 1  # passes over the training texts
     batch_size: int = 8  # texts per step
     lr: float = 2e-5  # learning rate (AdamW, linear decay)
@@ -313,6 +316,7 @@ _RANGES += [
     ("ppo.prompt_words", lambda v: v >= 0, ">= 0 (0 = the whole prompt)"),
     ("ppo.reward_input", lambda v: v in ("response", "prompt+response"), "'response' or 'prompt+response'"),
     ("classifier.epochs", lambda v: v >= 1, ">= 1"),
+    ("classifier.n_layers", lambda v: v >= 0, ">= 0 (0 = all)"),
     ("classifier.max_examples", lambda v: v >= 0, ">= 0 (0 = all)"),
     ("classifier.n_heldout", lambda v: v >= 1, ">= 1"),
     ("classifier.max_length", lambda v: v >= 2, ">= 2"),

@@ -136,8 +136,9 @@ class RMReward(RewardFn):
 def classifier_logits(model, tokenizer, texts: Sequence[str], max_len: int, batch_size: int = 32) -> "torch.Tensor":
     """(N, labels) logits of a sequence classifier through its own forward: each text
     tokenised by its own tokenizer (special tokens added as it was trained, right padding,
-    cut to ``max_len`` tokens from the right). The one reading of a classifier: the
-    classifier stage's accuracy and every classifier reward."""
+    cut to ``max_len`` tokens from the left, as the reward model's sequences are: the end of
+    a response, and of a review, where its verdict usually is, is kept). The one reading of a
+    classifier: the classifier stage's training and accuracy and every classifier reward."""
     import torch
     device = next(model.parameters()).device
     out = []
@@ -150,7 +151,7 @@ def classifier_logits(model, tokenizer, texts: Sequence[str], max_len: int, batc
 def classifier_forward(model, tokenizer, texts: Sequence[str], max_len: int, device) -> "torch.Tensor":
     """The logits (B, labels) of one batch, with gradients when the model trains."""
     from .models import tokenizer_sides
-    with tokenizer_sides(tokenizer, padding="right", truncation="right"):
+    with tokenizer_sides(tokenizer, padding="right", truncation="left"):
         enc = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_len)
     return model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
 

@@ -243,6 +243,14 @@ def test_classifier_from_scratch_on_the_runs_tokenizer(tmp_path):
     c = json.loads((run / "classifier" / "config.json").read_text())
     assert s["init"] == "scratch" and c["n_layer"] == 1 and c["n_embd"] == 32 and c["model_type"] == "gpt2"
     assert s["heldout_accuracy"] > 0.75
+    # the first N layers of the init model (here the 2-layer pretrain stage)
+    over = ["model.n_layer=2", f"classifier.data={data}", "classifier.max_length=16"]
+    run = run_pipeline(load_config(REPO / "experiments" / "quickstart.yaml", tiny_overrides(tmp_path, "layers", over + [
+        "stages=[pretrain,classifier]", "classifier.n_layers=1"])))
+    assert json.loads((run / "classifier" / "config.json").read_text())["n_layer"] == 1
+    with pytest.raises(Exception, match="classifier.n_layers=3: .* has only 2 layers"):
+        run_pipeline(load_config(REPO / "experiments" / "quickstart.yaml", tiny_overrides(tmp_path, "layers", over + [
+            "stages=[classifier]", "classifier.n_layers=3"])), force=True)
     with pytest.raises(Exception, match="classifier.max_length=100 exceeds"):
         run_pipeline(load_config(REPO / "experiments" / "quickstart.yaml", tiny_overrides(tmp_path, "scratch2", [
             "stages=[classifier]", f"classifier.data={data}", "classifier.init=scratch", "classifier.max_length=100"])))
