@@ -149,7 +149,9 @@ class PPOConfig:
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True  # normalise advantages per batch (global over ranks)
     whiten_rewards: bool = False  # normalise rewards per batch (global over ranks)
-    critic: str = "separate"  # "separate" (init from the RM) or "head" (value head on the policy)
+    # "separate" (init from the RM; with a reward from outside the run, from the SFT policy with a
+    # zeroed scalar head) or "head" (a zeroed value head on the policy)
+    critic: str = "separate"
     vf_coef: float = 0.5  # only for critic=head
     max_new_tokens: int = 16  # response length
     temperature: float = 1.0  # rollout sampling temperature
