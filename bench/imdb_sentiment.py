@@ -82,8 +82,9 @@ def main() -> int:
     prompts = load_prompts(a.data, "--data", split=a.split, words=pc.prompt_words)
     prompts = filter_prompts(prompts, tok, pc.max_prompt_tokens)
     prompts = random.Random(a.seed).sample(prompts, min(a.n_prompts, len(prompts)))
-    reward = load_reward(parse_reward_spec(pc.reward), run, pc.reward_label, pc.reward_input, "float32", None,
-                         cfg.rm.max_length)
+    spec = parse_reward_spec(pc.reward)
+    reward = load_reward(spec, run, pc.reward_label, pc.reward_input, "float32", None,
+                         cfg.classifier.max_length if spec.kind == "classifier" else cfg.rm.max_length)
     per_prompt = {}
     for label, path in (("sft", stage_model(run / "sft")), ("ppo", str(run / "ppo"))):
         t0 = time.time()

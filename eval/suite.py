@@ -602,7 +602,8 @@ def _gold_rm_prompts_and_gold(ctx: Context, rng):
     prompts = rng.sample(prompts, min(s.overopt_n_prompts, len(prompts)))
     spec = parse_reward_spec(s.gold_rm, "gold_rm", bare_path_is_rm=True)
     try:
-        gold = load_reward(spec, run, s.gold_label, s.gold_input, s.dtype, ctx.device, cfg.rm.max_length,
+        gold = load_reward(spec, run, s.gold_label, s.gold_input, s.dtype, ctx.device,
+                           cfg.classifier.max_length if spec.kind == "classifier" else cfg.rm.max_length,
                            key="gold_rm", label_key="gold_label")
     except InputError as e:
         raise EvalError(str(e)) from None

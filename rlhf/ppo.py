@@ -457,7 +457,7 @@ class PPORun:
         if spec.outside:
             self.rm = None
             self.reward = load_reward(spec, rd.path, pc.reward_label, pc.reward_input, cfg.model.dtype, device,
-                                      cfg.rm.max_length)
+                                      cfg.classifier.max_length if spec.kind == "classifier" else cfg.rm.max_length)
             if d.is_main:
                 print(f"[ppo] reward: {spec}" + (f" ({pc.reward_input}, label {pc.reward_label or 'its only logit'})"
                                                  if spec.kind in ("hf", "classifier") else ""), flush=True)

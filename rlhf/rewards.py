@@ -277,8 +277,10 @@ def load_reward(spec: RewardSpec, run_dir: Optional[Path] = None, label: str = "
                 dtype: str = "float32", device=None, max_len: int = 512, key: str = "ppo.reward",
                 label_key: str = "ppo.reward_label", tokenizer=None) -> RewardFn:
     """The :class:`RewardFn` a spec names. ``run_dir`` resolves ``rm`` and ``classifier`` (the
-    run's stages); ``label`` and ``input`` apply to classifiers only; ``tokenizer``: the run's
-    tokenizer for its own reward model (else the one saved with it)."""
+    run's stages); ``label`` and ``input`` apply to classifiers only; ``max_len``: the most
+    tokens it reads (``rm.max_length``; ``classifier.max_length`` for the run's classifier, as
+    it was trained); ``tokenizer``: the run's tokenizer for its own reward model (else the
+    one saved with it)."""
     if spec.kind == "py":
         return PyReward(import_function(spec.target, key), f"py:{spec.target}")
     if spec.kind in ("rm", "classifier") and not spec.target:
