@@ -221,9 +221,10 @@ def load_pair_comparisons(path: str, max_examples: int = 0, key: str = "rm.data"
 
 def load_prompts(path: str, key: str = "ppo.data", split: str = "", words: int = 0) -> list[str]:
     """Distinct prompts, in file order: a ``.txt`` file (one a line), or JSONL/hub rows with
-    ``prompt`` (or an HH-RLHF ``chosen`` dialogue, or a plain ``text``, e.g. a review).
-    ``split``: only rows whose ``split`` field equals it (``ppo.data_split``); ``words`` > 0:
-    each prompt cut to its first ``words`` words (``ppo.prompt_words``)."""
+    ``prompt`` (or an HH-RLHF ``chosen`` dialogue). ``split``: only rows whose ``split``
+    field equals it (``ppo.data_split``); ``words`` > 0: each prompt cut to its first
+    ``words`` words (``ppo.prompt_words``), and rows with a plain ``text`` instead (e.g. a
+    review) give their opening words."""
     p = _local(path, key)
     if p is not None and p.suffix == ".txt":
         out = [text.strip() for _, text in _decode_lines(p, key)]
@@ -243,10 +244,10 @@ def load_prompts(path: str, key: str = "ppo.data", split: str = "", words: int =
             d = _dialogue(chosen) if chosen is not None else None
             if d is not None:
                 out.append(d[0])
-            elif chosen is None and (text := _text_field(r, "text", key, path, line)) is not None:
-                out.append(text)
+            elif words and chosen is None and (text := _text_field(r, "text", key, path, line)) is not None:
+                out.append(text)  # a plain text (e.g. a review) whose opening words are the prompt
             else:
-                sk.add("rows without 'prompt' (or a 'chosen' dialogue, or a 'text')", line)
+                sk.add("rows without 'prompt' (or a 'chosen' dialogue" + (", or a 'text')" if words else ")"), line)
         sk.print()
     if words:
         out = [" ".join(x.split()[:words]) for x in out]
