@@ -272,7 +272,7 @@ def test_eval_gold_path_takes_the_same_specs(tmp_path):
     """overopt on a real-model run: gold_rm=py:... and gold_rm=hf:... are the objects PPO
     uses (rlhf.rewards.load_reward), scored on the eval's samples."""
     from rlhf_eval.settings import make_settings
-    from rlhf_eval.suite import Context, _gold_rm_prompts_and_gold, evaluate  # noqa: F401
+    from rlhf_eval.suite import evaluate
     from test_pretrained_source import make_hf_run
     run = make_hf_run(tmp_path)
     clf = make_bert_classifier(tmp_path / "clf")
