@@ -22,6 +22,7 @@ import torch
 from rlhf.losses import best_of_n_kl
 from rlhf.models import position_ids_from_mask
 from rlhf.reward import score_texts
+from rlhf.rewards import RewardFn
 from rlhf.sampling import Samples, sample
 
 from . import metrics
@@ -53,10 +54,12 @@ def sample_policy(policy, tokenizer, prompts: Sequence[str], n: int, max_new_tok
                   batch_size=64, seed=seed, progress=progress)
 
 
-def evaluate_policy(policy, ref, rm, tokenizer, prompts: Sequence[str], gold: Callable[[int, str], float],
+def evaluate_policy(policy, ref, rm, tokenizer, prompts: Sequence[str], gold: Callable[[int, str], float] | RewardFn,
                     n: int, max_new_tokens: int, seed: int, rm_max_len: int, progress: bool = True) -> dict:
     """Sample n responses per prompt from ``policy``; mean rm_score (``rlhf.reward.score_texts``,
-    as in RM training and PPO), mean gold reward, sampled KL against ``ref``."""
+    as in RM training and PPO), mean gold reward (the toy world's ``gold(i, response)``, or a
+    reward spec's :class:`rlhf.rewards.RewardFn` scored on the samples as PPO scores them),
+    sampled KL against ``ref``."""
     s = sample_policy(policy, tokenizer, prompts, n, max_new_tokens, seed, progress)
     lp = response_logprobs(policy, s)
     lr = response_logprobs(ref, s) if ref is not policy else lp
@@ -64,7 +67,10 @@ def evaluate_policy(policy, ref, rm, tokenizer, prompts: Sequence[str], gold: Ca
     kl_rows = ((lp - lr) * m.cpu()).sum(1).numpy().astype(float)
     kl = metrics.sampled_kl(lp.numpy(), lr.numpy(), m.cpu().numpy())
     rm_score = score_texts(rm, tokenizer, s.prompts, s.texts, rm_max_len).cpu().numpy().astype(float)
-    g = np.array([gold(i, r) for i, r in zip(s.prompt_index, s.texts)])
+    if isinstance(gold, RewardFn):
+        g = gold.of_samples(s).numpy().astype(float)
+    else:
+        g = np.array([gold(i, r) for i, r in zip(s.prompt_index, s.texts)])
     return {"rm_score": float(rm_score.mean()), "gold_reward": float(g.mean()), "kl": kl, "n": len(g),
             "rm_score_all": rm_score, "gold_reward_all": g, "kl_all": kl_rows, "samples": s}
 

@@ -69,7 +69,11 @@ class EvalSettings:
     overopt_samples: int = 4  # RL samples per prompt
     bon_max_n: int = 16
     overopt_max_new_tokens: int = 16
-    gold_rm: str = ""  # real models: a reward model name/path for the gold reward
+    # real models: the gold reward, a reward spec as ppo.reward takes (rlhf/rewards.py): rm:<path> (or a bare
+    # reward-model path), classifier (the run's), hf:<classifier>, py:<module>:<function>
+    gold_rm: str = ""
+    gold_label: str = ""  # classifier gold rewards: <label>, prob:<label> or diff:<label>,<label>
+    gold_input: str = "response"  # classifier gold rewards read the "response" or the "prompt+response"
     overopt_prompts: str = ""  # real models: prompt file/hub dataset ("" = the run's ppo.data)
     # ---- bias (CrowS-Pairs, BBQ)
     bias_datasets: list[str] = field(default_factory=lambda: ["crows_pairs", "bbq"])
@@ -115,6 +119,7 @@ _RANGES = [
     ("bbq_limit", lambda v: v >= 0, ">= 0"),
     ("bias_datasets", lambda v: bool(v) and set(v) <= {"crows_pairs", "bbq"}, "a non-empty list of crows_pairs, bbq"),
     ("dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
+    ("gold_input", lambda v: v in ("response", "prompt+response"), "'response' or 'prompt+response'"),
 ]
 
 

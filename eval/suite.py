@@ -583,28 +583,32 @@ def _overopt_prompts_and_gold(ctx: Context):
 
 
 def _gold_rm_prompts_and_gold(ctx: Context, rng):
-    """Real models: prompts from ``overopt_prompts`` (default: the run's ``ppo.data``) and a
-    gold reward model (``gold_rm``, e.g. one trained on more comparisons than the run's RM)
-    whose gold_reward is read by the same function as rm_score (``rlhf.reward.score_texts``)."""
+    """Real models: prompts from ``overopt_prompts`` (default: the run's ``ppo.data``, with its
+    ``ppo.data_split`` and ``ppo.prompt_words``) and the gold reward ``gold_rm``, a reward
+    spec read by the same parser and loader as ``ppo.reward`` (``rlhf.rewards``): a reward
+    model (e.g. one trained on more comparisons than the run's RM, read like rm_score by
+    ``rlhf.reward.score_texts``), a classifier (``gold_label``, ``gold_input``) or a Python
+    function. Returns (prompts, the :class:`rlhf.rewards.RewardFn`)."""
     from rlhf.config import load_config
-    from rlhf.models import load_reward_model, load_tokenizer
     from rlhf.data import load_prompts as load_prompt_file
-    from rlhf.reward import rm_max_length, score_texts
+    from rlhf.rewards import load_reward, parse_reward_spec
     s = ctx.s
     run = ctx.target.run_dir
     cfg = load_config(run / "config.yaml")
-    prompts = load_prompt_file(s.overopt_prompts or cfg.ppo.data)
+    if s.overopt_prompts:
+        prompts = load_prompt_file(s.overopt_prompts, "overopt_prompts")
+    else:
+        prompts = load_prompt_file(cfg.ppo.data, split=cfg.ppo.data_split, words=cfg.ppo.prompt_words)
     prompts = rng.sample(prompts, min(s.overopt_n_prompts, len(prompts)))
+    spec = parse_reward_spec(s.gold_rm, "gold_rm", bare_path_is_rm=True)
     try:
-        gold_model = load_reward_model(s.gold_rm, s.dtype, ctx.device).eval()
-        gtok = load_tokenizer(s.gold_rm)
+        gold = load_reward(spec, run, s.gold_label, s.gold_input, s.dtype, ctx.device,
+                           cfg.classifier.max_length if spec.kind == "classifier" else cfg.rm.max_length,
+                           key="gold_rm", label_key="gold_label")
+    except InputError as e:
+        raise EvalError(str(e)) from None
     except Exception as e:
-        raise EvalError(f"gold_rm={s.gold_rm!r} is not a loadable reward model: {e}") from None
-    max_len = rm_max_length(gold_model, cfg.rm.max_length)
-
-    def gold(i: int, resp: str) -> float:
-        return float(score_texts(gold_model, gtok, [prompts[i]], [resp], max_len)[0])
-
+        raise EvalError(f"gold_rm={s.gold_rm!r} is not a loadable reward: {e}") from None
     return prompts, gold
 
 
@@ -629,6 +633,9 @@ def preflight(target: Target, suites: list[str], settings: EvalSettings) -> None
     if "bias" in suites:
         from .bias import check_sources
         check_sources(settings)
+    if "overopt" in suites and settings.gold_rm:  # the gold reward spec parses and its function imports
+        from rlhf.rewards import check_reward_spec, parse_reward_spec
+        check_reward_spec(parse_reward_spec(settings.gold_rm, "gold_rm", bare_path_is_rm=True), "gold_rm")
     if "toxicity" in suites and settings.tox_scorer not in ("auto", "profanity-check", "lexicon") \
             and not settings.tox_scorer.startswith("hf:"):
         raise tx.ScorerError(f"unknown toxicity scorer {settings.tox_scorer!r} (profanity-check, lexicon, hf:<name>)")

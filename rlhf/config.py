@@ -154,7 +154,9 @@ class PPOConfig:
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True  # normalise advantages per batch (global over ranks)
     whiten_rewards: bool = False  # normalise rewards per batch (global over ranks)
-    critic: str = "separate"  # "separate" (init from the RM) or "head" (value head on the policy)
+    # "separate" (init from the RM; with a reward from outside the run, from the SFT policy with a
+    # zeroed scalar head) or "head" (a zeroed value head on the policy)
+    critic: str = "separate"
     vf_coef: float = 0.5  # only for critic=head
     max_new_tokens: int = 16  # response length
     temperature: float = 1.0  # rollout sampling temperature
@@ -179,6 +181,39 @@ class PPOConfig:
     # or every linear layer but the output one where peft has no default
     lora_target_modules: list[str] = field(default_factory=list)
     critic_lora: bool = False  # ppo.critic=separate with ppo.lora_r > 0: LoRA on the critic too (its head trained fully)
+    # "" = every row of ppo.data; else only the rows whose "split" field equals it (e.g. train)
+    data_split: str = ""
+    # 0 = each row's prompt as it is; N > 0: the first N words of its prompt (or "text" field)
+    prompt_words: int = 0
+    # what PPO maximises (rlhf/rewards.py): rm (the run's reward model), classifier (the run's
+    # classifier stage), rm:<path>, hf:<sequence classifier folder or hub name>, py:<module>:<function>
+    reward: str = "rm"
+    # classifier rewards: which logit is the reward: <label>, prob:<label>, diff:<label>,<label> (names or indices)
+    reward_label: str = ""
+    reward_input: str = "response"  # classifier rewards read the "response" or the "prompt+response"
+
+
+@dataclass
+class ClassifierConfig:
+    """The classifier stage (rlhf/classifier.py): a sequence classifier trained on labelled
+    texts, e.g. the sentiment reward of experiments/imdb_sentiment.yaml (ppo.reward=classifier)."""
+
+    # a JSONL(.gz) file of rows with "text" and an integer "label"; rows whose "split" is
+    # test/validation are the held-out set (without a split field, a seeded share is)
+    data: str = ""
+    # "" = model.source (scratch: the pretrain stage); "scratch" = a GPT-2 of the model.n_layer/n_embd/
+    # n_head/n_positions shape on the run's tokenizer, from random weights; else an HF name/path/named source
+    init: str = ""
+    # keep only the first N transformer layers of the init model (0 = all): a cheaper classifier
+    # that keeps the pretrained embeddings and lower layers
+    n_layers: int = 0
+    labels: list[str] = field(default_factory=lambda: ["negative", "positive"])  # label names, index 0 up
+    max_examples: int = 2000  # training texts, a seeded sample (0 = all)
+    n_heldout: int = 500  # held-out texts for the accuracy, a seeded sample
+    max_length: int = 128  # tokens a text is cut to (from the left: its end is kept)
+    epochs: int = 1  # passes over the training texts
+    batch_size: int = 8  # texts per step
+    lr: float = 2e-5  # learning rate (AdamW, linear decay)
 
 
 @dataclass
@@ -204,12 +239,13 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-STAGES = ("pretrain", "sft", "rm", "ppo")  # the stages a config lists, in order
+STAGES = ("pretrain", "sft", "classifier", "rm", "ppo")  # the stages a config lists, in order
 STAGE_DIRS = ("world",) + STAGES  # a run directory's stage folders (world: the toy world, stage 0)
 _ATTN = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes a name; stage directories add suffixes
@@ -252,7 +288,7 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("threads", lambda v: v >= 0, ">= 0 (0 = torch default)"),
     ("stages", lambda v: len(v) > 0 and all(s in STAGES for s in v), f"a non-empty list of {STAGES}"),
 ]
-for _sec in ("pretrain", "sft", "rm", "ppo"):
+for _sec in ("pretrain", "sft", "classifier", "rm", "ppo"):
     _RANGES.append((f"{_sec}.lr", lambda v: v > 0, "> 0"))
     _RANGES.append((f"{_sec}.batch_size", lambda v: v >= 1, ">= 1"))
 for _key in ("pretrain.steps", "ppo.steps", "ppo.epochs", "ppo.minibatch_size", "sft.epochs",
@@ -266,13 +302,14 @@ _MAX_SEED = 2**31 - 1  # derived seeds (seed * 1_000_003 + ...) must fit the 64-
 # The stream of each stage's random numbers: stage_seed(seed, stage) = seed * 1000 + offset
 # (+ 7919 * rank for the per-rank PPO streams). The values are the ones the stages used before
 # this function existed, so results and run ids are unchanged.
-_SEED_OFFSETS = {"pretrain": 1, "sft": 2, "rm": 3, "ppo": 4, "ptx": 5, "heldout_probe": 6}
+_SEED_OFFSETS = {"pretrain": 1, "sft": 2, "rm": 3, "ppo": 4, "ptx": 5, "heldout_probe": 6, "classifier": 7}
 
 
 def stage_seed(seed: int, stage: str, rank: int = 0) -> int:
     """The seed of ``stage``'s random numbers under the run seed ``seed``: pretrain, sft, rm,
     ppo (each data-parallel rank samples its own responses), ptx (the pretraining stream of
-    PPO-ptx, per rank) and heldout_probe (the held-out before/after samples)."""
+    PPO-ptx, per rank) and heldout_probe (the held-out before/after samples) and classifier
+    (the classifier stage)."""
     if stage not in _SEED_OFFSETS:
         raise ConfigError(f"stage_seed: unknown stage {stage!r} (known: {', '.join(_SEED_OFFSETS)})")
     return seed * 1000 + _SEED_OFFSETS[stage] + 7919 * rank
@@ -301,6 +338,14 @@ _RANGES += [
     ("ppo.lora_alpha", lambda v: v > 0, "> 0"),
     ("ppo.lora_dropout", lambda v: v == 0,
      "0 (LoRA dropout makes the update's log-probs differ from the rollout's: PPO's ratio would not start at 1)"),
+    ("ppo.prompt_words", lambda v: v >= 0, ">= 0 (0 = the whole prompt)"),
+    ("ppo.reward_input", lambda v: v in ("response", "prompt+response"), "'response' or 'prompt+response'"),
+    ("classifier.epochs", lambda v: v >= 1, ">= 1"),
+    ("classifier.n_layers", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("classifier.max_examples", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("classifier.n_heldout", lambda v: v >= 1, ">= 1"),
+    ("classifier.max_length", lambda v: v >= 2, ">= 2"),
+    ("classifier.labels", lambda v: len(v) >= 2 and len(set(v)) == len(v) and all(v), "at least 2 distinct names"),
     ("logging.n_samples", lambda v: v >= 0, ">= 0"),
 ]
 # Keys whose every finite value is meaningful (the gold reward's weights, a penalty).
@@ -490,9 +535,27 @@ def validate(cfg: RunConfig) -> RunConfig:
     if len(cfg.name.encode("utf-8")) > MAX_NAME_BYTES:
         raise ConfigError(f"name: {len(cfg.name.encode('utf-8'))} bytes is too long for a directory name "
                           f"(at most {MAX_NAME_BYTES})")
+    _validate_reward(cfg)
     if "\0" in cfg.out_dir or not cfg.out_dir:
         raise ConfigError(f"out_dir={cfg.out_dir!r} must be a directory path")
     return cfg
+
+
+def _validate_reward(cfg: RunConfig) -> None:
+    """``ppo.reward`` parses (rlhf/rewards.py), and no combination is left unclear: the label
+    and input switches only mean something for a classifier, and iterated RLHF retrains the
+    run's own reward model, so it cannot run on a reward from outside the run."""
+    from .reward_spec import parse_reward_spec
+    spec = parse_reward_spec(cfg.ppo.reward)
+    if spec.kind not in ("hf", "classifier"):
+        for key, val, default in (("reward_label", cfg.ppo.reward_label, ""),
+                                  ("reward_input", cfg.ppo.reward_input, "response")):
+            if val != default:
+                raise ConfigError(f"ppo.{key}={val!r} only applies to a classifier reward (ppo.reward=classifier or "
+                                  f"hf:<path>), not ppo.reward={cfg.ppo.reward}")
+    if spec.outside and cfg.ppo.rounds > 1:
+        raise ConfigError(f"ppo.rounds={cfg.ppo.rounds} retrains the run's reward model, but ppo.reward="
+                          f"{cfg.ppo.reward} is not it: use ppo.rounds=1")
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -614,12 +677,13 @@ def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
 # never change a result (name, out_dir, threads, device, the list of stages) are left out.
 _STAGE_SECTIONS = {"world": ("world",), "pretrain": ("seed", "world", "model", "pretrain"),
                    "sft": ("seed", "world", "model", "pretrain", "sft"),
+                   "classifier": ("seed", "world", "model", "pretrain", "classifier"),
                    "rm": ("seed", "world", "model", "pretrain", "sft", "rm")}
 NOT_A_RESULT_KEY = NO_RESULT_KEYS + ("device",)
 
 
 def stages_shaped_by(key: str) -> tuple[str, ...]:
-    """The stages (world, pretrain, sft, rm, ppo) whose result a config key shapes: the
+    """The stages (world, pretrain, sft, classifier, rm, ppo) whose result a config key shapes: the
     inverse of :func:`stage_keys`, used by the run directory's config checks."""
     if key in NOT_A_RESULT_KEY or not _is_result_key(key):
         return ()
@@ -628,9 +692,9 @@ def stages_shaped_by(key: str) -> tuple[str, ...]:
 
 
 def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """The resolved config keys that the result of ``stage`` (world, pretrain, sft, rm, ppo)
-    depends on: world <- world.*; pretrain <- seed, world.*, model.*, pretrain.*; sft <- those
-    + sft.*; rm <- those + rm.*; ppo <- every key but name, out_dir, threads, device, stages and logging.*."""
+    """The resolved config keys that the result of ``stage`` (world, pretrain, sft, classifier,
+    rm, ppo) depends on: world <- world.*; pretrain <- seed, world.*, model.*, pretrain.*; sft <-
+    those + sft.*; classifier <- pretrain's + classifier.*; rm <- sft's + rm.*; ppo <- every key but name, out_dir, threads, device, stages and logging.*."""
     flat = flatten(cfg)
     if stage == "ppo":
         return {k: v for k, v in flat.items() if k not in NOT_A_RESULT_KEY and _is_result_key(k)}

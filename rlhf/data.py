@@ -219,9 +219,12 @@ def load_pair_comparisons(path: str, max_examples: int = 0, key: str = "rm.data"
     return sk.finish(out, "comparisons")
 
 
-def load_prompts(path: str, key: str = "ppo.data") -> list[str]:
+def load_prompts(path: str, key: str = "ppo.data", split: str = "", words: int = 0) -> list[str]:
     """Distinct prompts, in file order: a ``.txt`` file (one a line), or JSONL/hub rows with
-    ``prompt`` (or an HH-RLHF ``chosen`` dialogue)."""
+    ``prompt`` (or an HH-RLHF ``chosen`` dialogue). ``split``: only rows whose ``split``
+    field equals it (``ppo.data_split``); ``words`` > 0: each prompt cut to its first
+    ``words`` words (``ppo.prompt_words``), and rows with a plain ``text`` instead (e.g. a
+    review) give their opening words."""
     p = _local(path, key)
     if p is not None and p.suffix == ".txt":
         out = [text.strip() for _, text in _decode_lines(p, key)]
@@ -230,21 +233,50 @@ def load_prompts(path: str, key: str = "ppo.data") -> list[str]:
         sk = Skipped(key, path, len(rows))
         out = []
         for line, r in rows:
+            if split and r.get("split") != split:
+                sk.add(f"rows of another split than {split!r}", line)
+                continue
             prompt = _text_field(r, "prompt", key, path, line)
             if prompt is not None:
                 out.append(prompt)
                 continue
             chosen = _text_field(r, "chosen", key, path, line)
             d = _dialogue(chosen) if chosen is not None else None
-            if d is None:
-                sk.add("rows without 'prompt' (or a 'chosen' dialogue)", line)
-            else:
+            if d is not None:
                 out.append(d[0])
+            elif words and chosen is None and (text := _text_field(r, "text", key, path, line)) is not None:
+                out.append(text)  # a plain text (e.g. a review) whose opening words are the prompt
+            else:
+                sk.add("rows without 'prompt' (or a 'chosen' dialogue" + (", or a 'text')" if words else ")"), line)
         sk.print()
+    if words:
+        out = [" ".join(x.split()[:words]) for x in out]
     out = [x for x in out if x.strip()]
     if not out:
         raise DataError(f"{key}: {path} holds no prompts")
     return list(dict.fromkeys(out))
+
+
+def load_labelled_texts(path: str, n_labels: int, key: str = "classifier.data") -> list[dict]:
+    """Rows ``{"text", "label", "heldout"}`` of a JSONL(.gz) file or hub dataset with a string
+    ``text`` and an integer ``label`` in [0, n_labels); ``heldout`` is True for rows whose
+    ``split`` field is test, validation or heldout. Rows without text or label are skipped
+    and counted; a label of the wrong type or out of range is an error naming the line."""
+    rows = read_rows(path, key)
+    sk = Skipped(key, path, len(rows))
+    out = []
+    for line, r in rows:
+        text = _text_field(r, "text", key, path, line)
+        label = r.get("label")
+        if text is None or not text.strip() or label is None:
+            sk.add("rows without 'text' and 'label'", line)
+            continue
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n_labels:
+            raise DataError(f"{_where(key, path, line)}: 'label' must be an integer from 0 to {n_labels - 1} "
+                            f"(classifier.labels has {n_labels} names), got {label!r}")
+        out.append({"text": text, "label": label,
+                    "heldout": str(r.get("split", "")).lower() in ("test", "validation", "valid", "heldout")})
+    return sk.finish(out, "labelled texts")
 
 
 def filter_prompts(prompts: list[str], tokenizer, max_tokens: int, key: str = "ppo.data") -> list[str]:
@@ -289,8 +321,15 @@ def check_data_inputs(cfg) -> None:
         load_demonstration_file(cfg.sft.data, cfg.sft.max_examples)
     if "rm" in stages and local(cfg.rm.data, "rm.data"):
         load_pair_comparisons(cfg.rm.data, cfg.rm.max_examples)
+    if "classifier" in stages:
+        if not cfg.classifier.data:
+            raise DataError("stage 'classifier' needs classifier.data: a JSONL file of text/label rows")
+        if local(cfg.classifier.data, "classifier.data"):
+            load_labelled_texts(cfg.classifier.data, len(cfg.classifier.labels))
     if "ppo" in stages:
+        if not cfg.ppo.data:
+            raise DataError("ppo.data is empty: give a prompt file (or world, or a hub dataset)")
         if local(cfg.ppo.data, "ppo.data"):
-            load_prompts(cfg.ppo.data)
+            load_prompts(cfg.ppo.data, split=cfg.ppo.data_split, words=cfg.ppo.prompt_words)
         if cfg.ppo.ptx_data != "world":
             load_text_lines(cfg.ppo.ptx_data)

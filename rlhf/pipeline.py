@@ -159,14 +159,23 @@ def _check_inputs(rd: RunDir, cfg: RunConfig) -> None:
     check_data_inputs(cfg)
     check_available(cfg)  # logging.report_to: the tracker packages are installed
     need = {"sft": "pretrain" if cfg.model.source == "scratch" and not cfg.sft.init else None,
-            "rm": "sft", "ppo": "sft"}
+            "rm": "sft", "ppo": "sft",
+            "classifier": "pretrain" if cfg.model.source == "scratch" and not cfg.classifier.init else None}
     for stage in cfg.stages:
         req = need.get(stage)
         if req and req not in cfg.stages and not rd.stage_done(req):
             raise ConfigError(f"stage '{stage}' needs the {req} stage's result, which {rd.path} does not have: "
                               f"add '{req}' to stages" + (" or set model.source" if req == "pretrain" else ""))
-    if "ppo" in cfg.stages and "rm" not in cfg.stages and not rd.stage_done("rm"):
-        raise ConfigError(f"stage 'ppo' needs the reward model, which {rd.path} does not have: add 'rm' to stages")
+    if "ppo" in cfg.stages:
+        from .rewards import check_reward_spec, parse_reward_spec
+        spec = parse_reward_spec(cfg.ppo.reward)
+        own = {"rm": "rm", "classifier": "classifier"}.get(spec.kind) if not spec.target else None
+        if own and own not in cfg.stages and not rd.stage_done(own):
+            raise ConfigError(f"stage 'ppo' needs the {'reward model' if own == 'rm' else 'classifier'} "
+                              f"(ppo.reward={cfg.ppo.reward}), which {rd.path} does not have: add '{own}' to stages")
+        if own and own in cfg.stages and cfg.stages.index(own) > cfg.stages.index("ppo"):
+            raise ConfigError(f"stages: '{own}' must come before 'ppo' (ppo.reward={cfg.ppo.reward})")
+        check_reward_spec(spec)  # a py: function imports, an rm:/hf: folder exists
 
 
 def _open_run_dir(path: Path) -> None:
@@ -385,6 +394,13 @@ def _run_one(stage: str, cfg: RunConfig, rd: RunDir, world, tok, device, d: "dis
     elif stage == "sft":
         init = cfg.sft.init or pretrained_path()
         summary = run_sft(cfg, rd, resolve_source(init), tok, world, device)
+    elif stage == "classifier":
+        from .classifier import run_classifier_stage
+        init = cfg.classifier.init or (pretrained_path() if cfg.model.source == "scratch"
+                                       else resolve_source(cfg.model.source))
+        if init != "scratch":
+            init = resolve_source(init)
+        summary = run_classifier_stage(cfg, rd, init, device, tokenizer=tok)
     elif stage == "rm":
         demos = load_demonstrations(cfg, world) if cfg.sft.data == "world" or not cfg.sft.skip else []
         summary = run_reward_stage(cfg, rd, sft_path(), tok, world, device, demos)

@@ -87,6 +87,7 @@ from . import sharding
 from .heldout import heldout_nll, heldout_text
 from .pretrain import encode_corpus, random_windows
 from .reward import rm_max_length, score_texts
+from .rewards import RewardFn, load_reward, parse_reward_spec
 from . import tracking
 from .rundir import append_jsonl_gz, atomic_write_text, truncate_jsonl_gz, write_jsonl_gz
 from .sampling import sample
@@ -160,9 +161,14 @@ def rollout_seed(seed: int, step: int, rank: int = 0) -> int:
 def score_rollout(rm, tokenizer, s, max_len: int, no_eos_penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(rm_score, ppo_reward) of each rollout: rm_score through the one RM instrument
     (``rlhf.reward.score_texts`` on the prompt and the decoded response, the token sequence
-    the RM was trained on), and ppo_reward = rm_score + ``no_eos_penalty`` when the
-    response never ended (what PPO maximises before the KL term)."""
-    rm_score = score_texts(rm, tokenizer, s.prompts, s.texts, max_len)
+    the RM was trained on), or, when ``rm`` is a reward from outside the run
+    (``ppo.reward``, a :class:`rlhf.rewards.RewardFn`), that reward of the samples; and
+    ppo_reward = rm_score + ``no_eos_penalty`` when the response never ended (what PPO
+    maximises before the KL term)."""
+    if isinstance(rm, RewardFn):
+        rm_score = rm.of_samples(s)
+    else:
+        rm_score = score_texts(rm, tokenizer, s.prompts, s.texts, max_len)
     return rm_score, rm_score + no_eos_penalty * (~s.ended).float().to(rm_score.device)
 
 
@@ -362,16 +368,17 @@ def _load_trainable(model: torch.nn.Module, path: Path) -> None:
 
 def build_learner(cfg: RunConfig, policy_path: str, critic_path: str, device,
                   value_head_file: Optional[str] = None, d: Optional[Dist] = None,
-                  lora_dir: Optional[Path] = None) -> Learner:
+                  lora_dir: Optional[Path] = None, fresh_critic_head: bool = False) -> Learner:
     """The policy from ``policy_path`` and the critic from ``critic_path`` (a sequence
     classifier), or a value head (zero, or loaded from ``value_head_file``), with their
     optimisers over the parameters that train. A fresh start passes the SFT model and the
-    reward model; a resume passes a checkpoint's folders, or with LoRA (``ppo.lora_r`` > 0)
-    the SFT model and the reward model again and the checkpoint as ``lora_dir``, whose
-    adapters are loaded into the freshly injected ones. ``model.gradient_checkpointing``
-    applies to the policy and the critic. With ``ppo.sharding=fsdp`` under a launcher
-    (``d``) each model is loaded on the CPU and sharded onto ``device`` (``rlhf.sharding``)
-    before its optimiser is built."""
+    reward model (with a reward from outside the run: the SFT model again, and
+    ``fresh_critic_head`` zeroes the critic's new scalar head); a resume passes a
+    checkpoint's folders, or with LoRA (``ppo.lora_r`` > 0) the same bases as a fresh start
+    and the checkpoint as ``lora_dir``, whose adapters are loaded into the freshly injected
+    ones. ``model.gradient_checkpointing`` applies to the policy and the critic. With
+    ``ppo.sharding=fsdp`` under a launcher (``d``) each model is loaded on the CPU and
+    sharded onto ``device`` (``rlhf.sharding``) before its optimiser is built."""
     pc = cfg.ppo
     fsdp = sharding.active(pc.sharding, d)
     load_to = None if fsdp else device  # sharded: full weights on the CPU only, shards on the device
@@ -386,6 +393,10 @@ def build_learner(cfg: RunConfig, policy_path: str, critic_path: str, device,
     if pc.critic == "separate":
         critic = load_reward_model(critic_path, dtype=cfg.model.dtype, device=load_to,
                                    attn_implementation=cfg.model.attn_implementation)
+        if fresh_critic_head:
+            with torch.no_grad():
+                for p in critic.score.parameters():
+                    p.zero_()
         set_gradient_checkpointing(critic, cfg.model.gradient_checkpointing)
         if pc.critic_lora:
             add_lora(critic, pc.lora_r, pc.lora_alpha, pc.lora_target_modules, train_head=True,
@@ -439,8 +450,9 @@ def load_checkpoint(ck: Path, cfg: RunConfig, d: Dist, device, sft_path: Optiona
         raise ConfigError(f"{ck} was written with ppo.sharding={st.get('sharding', 'replicate')}, this run has "
                           f"ppo.sharding={cfg.ppo.sharding} on {d.world} process(es): resume with the same, or "
                           f"--force to start PPO again")
-    if cfg.ppo.lora_r:
-        critic = rm_path if cfg.ppo.critic_lora else str(ck / "critic")
+    if cfg.ppo.lora_r:  # the bases of a fresh start, then the saved adapters (and a LoRA critic's head)
+        outside = parse_reward_spec(cfg.ppo.reward).outside
+        critic = (sft_path if outside else rm_path) if cfg.ppo.critic_lora else str(ck / "critic")
         learner = build_learner(cfg, sft_path, critic, device, value_head_file=head, d=d, lora_dir=ck)
     else:
         learner = build_learner(cfg, str(ck / "policy"), str(ck / "critic"), device, value_head_file=head, d=d)
@@ -481,7 +493,10 @@ def start_or_resume(cfg: RunConfig, ckdir: Path, sft_path: str, rm_path: str, de
             print(f"[ppo] checkpoint {cand.name} is damaged: {problem}; falling back to the previous one", flush=True)
     if found and d.is_main:
         print("[ppo] no usable checkpoint: PPO starts again from step 0", flush=True)
-    return build_learner(cfg, sft_path, rm_path, device, d=d), Progress(0, kl_controller(cfg.ppo), []), None, None
+    # a reward from outside the run (ppo.reward): the separate critic starts from the SFT policy
+    outside = parse_reward_spec(cfg.ppo.reward).outside
+    learner = build_learner(cfg, sft_path, sft_path if outside else rm_path, device, d=d, fresh_critic_head=outside)
+    return learner, Progress(0, kl_controller(cfg.ppo), []), None, None
 
 
 @dataclass
@@ -498,7 +513,8 @@ class PPOData:
 def load_ppo_data(cfg: RunConfig, tokenizer, world: Optional[World], d: Dist) -> PPOData:
     pc = cfg.ppo
     if pc.data != "world":
-        prompts = filter_prompts(load_prompts(pc.data), tokenizer, pc.max_prompt_tokens)
+        prompts = filter_prompts(load_prompts(pc.data, split=pc.data_split, words=pc.prompt_words), tokenizer,
+                                 pc.max_prompt_tokens)
         prompt_meta = None
         print(f"[ppo] {len(prompts)} prompts of at most {pc.max_prompt_tokens} tokens from {pc.data}")
     else:
@@ -539,7 +555,9 @@ class PPORun:
         # every rollout: one gzip member per iteration (rank 0 here, rank r in samples.rank<r>.jsonl.gz)
         self.samples_path = out / ("samples.jsonl.gz" if d.rank == 0 else f"samples.rank{d.rank}.jsonl.gz")
         self.local_bs, self.local_mb = pc.batch_size // d.world, pc.minibatch_size // d.world
-        check_tokenizers_match(tokenizer, rm_path)
+        spec = parse_reward_spec(pc.reward)
+        if not spec.outside:  # an outside reward re-tokenises the text with its own tokenizer
+            check_tokenizers_match(tokenizer, rm_path)
         self.data = load_ppo_data(cfg, tokenizer, world, d)
         self.amp = functools.partial(autocast, device, cfg.model.autocast)  # model.autocast, every forward
         # π_SFT: its own frozen copy (sharded with the policy under ppo.sharding=fsdp; the reward
@@ -553,18 +571,27 @@ class PPORun:
         self.learner, self.progress, state, ck = start_or_resume(cfg, self.ckdir, sft_path, rm_path, device, d)
         self.policy = self.learner.policy
         r = self.progress.rm_round
-        self.rm = load_reward_model(rm_path if r == 0 else str(out / f"rm_round{r}"), dtype=cfg.model.dtype,
-                                    device=device, attn_implementation=cfg.model.attn_implementation
-                                    ).eval().requires_grad_(False)
-        if self.rm.config.vocab_size != self.policy.config.vocab_size:
-            raise ConfigError(f"reward model vocab {self.rm.config.vocab_size} != policy vocab "
-                              f"{self.policy.config.vocab_size}")
+        self.reward: Optional[RewardFn] = None  # ppo.reward from outside the run (rlhf/rewards.py)
+        if spec.outside:
+            self.rm = None
+            self.reward = load_reward(spec, rd.path, pc.reward_label, pc.reward_input, cfg.model.dtype, device,
+                                      cfg.classifier.max_length if spec.kind == "classifier" else cfg.rm.max_length)
+            if d.is_main:
+                print(f"[ppo] reward: {spec}" + (f" ({pc.reward_input}, label {pc.reward_label or 'its only logit'})"
+                                                 if spec.kind in ("hf", "classifier") else ""), flush=True)
+        else:
+            self.rm = load_reward_model(rm_path if r == 0 else str(out / f"rm_round{r}"), dtype=cfg.model.dtype,
+                                        device=device, attn_implementation=cfg.model.attn_implementation
+                                        ).eval().requires_grad_(False)
+            if self.rm.config.vocab_size != self.policy.config.vocab_size:
+                raise ConfigError(f"reward model vocab {self.rm.config.vocab_size} != policy vocab "
+                                  f"{self.policy.config.vocab_size}")
         if state is not None:
             _set_rng_state(state["rng"])
             if self.data.ptx is not None and state["ptx_rng"] is not None:
                 self.data.ptx.gen.set_state(state["ptx_rng"])
         self.start_logs(ck)
-        self.rm_len = rm_max_length(self.rm, cfg.rm.max_length)
+        self.rm_len = rm_max_length(self.rm, cfg.rm.max_length) if self.rm is not None else cfg.rm.max_length
         n_updates = pc.epochs * (pc.batch_size // pc.minibatch_size)
         self.ptx_per_update = max(1, (pc.ptx_ratio * self.local_bs) // n_updates) if self.data.ptx else 0
         self.steps_per_round = math.ceil(pc.steps / pc.rounds)
@@ -657,7 +684,8 @@ class PPORun:
                 logp, _, v_head = policy_forward(self.policy, pi, pm, ri, rmask, pc.temperature, lr.value_head)
             with self.reference() as ref:
                 ref_logp, _, _ = policy_forward(ref, pi, pm, ri, rmask, pc.temperature)
-            rm_score, ppo_reward = score_rollout(self.rm, self.tok, s, self.rm_len, pc.no_eos_penalty)
+            rm_score, ppo_reward = (x.to(dev) for x in score_rollout(self.reward or self.rm, self.tok, s, self.rm_len,
+                                                                     pc.no_eos_penalty))
             if lr.critic is not None:
                 lr.critic.eval()
             values = v_head if lr.value_head is not None else critic_values(lr.critic, pi, pm, ri, rmask)
