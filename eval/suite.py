@@ -221,9 +221,16 @@ class Context:
         return self.target.world
 
     def load(self, cp: Checkpoint):
+        """(model, tokenizer) of a checkpoint; in a run, its tokenizer follows the run's
+        ``model.chat_template`` (``rlhf.chat.apply_setting``), as in training."""
         from .models import load_policy
         fallback = self.target.run_dir / "world" / "tokenizer" if self.target.run_dir else None
-        return load_policy(cp.path, self.s.dtype, self.device, fallback)
+        model, tok = load_policy(cp.path, self.s.dtype, self.device, fallback)
+        if self.target.run_dir is not None and (self.target.run_dir / "config.yaml").exists():
+            from rlhf.chat import apply_setting
+            from rlhf.config import load_config
+            apply_setting(tok, load_config(self.target.run_dir / "config.yaml").model.chat_template, cp.path)
+        return model, tok
 
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -503,7 +510,7 @@ def run_overopt(ctx: Context, rec: Recorder) -> None:
         if rm.config.vocab_size != sft.config.vocab_size:
             raise EvalError(f"the reward model {run / 'rm'} and the policy do not share a vocabulary")
         rm_len = rm_max_length(rm, _run_rm_max_length(run))
-        prompts, gold, meta = _overopt_prompts_and_gold(ctx)
+        prompts, gold, meta = _overopt_prompts_and_gold(ctx, tok)
     except Exception as e:
         rec.add(sft_cp, "overopt", "gold_reward", subset="setup", time_s=time.perf_counter() - t0, error=_err(e))
         return
@@ -566,8 +573,11 @@ def _run_rm_max_length(run: Path) -> int:
         return RMConfig().max_length
 
 
-def _overopt_prompts_and_gold(ctx: Context):
-    """(prompt texts, gold(i, response), the toy world's Prompt objects or None)."""
+def _overopt_prompts_and_gold(ctx: Context, tok):
+    """(prompt texts the policy continues, gold(i, response), the toy world's Prompt
+    objects or None). With a chat template the prompts are templated for the policy's
+    tokenizer ``tok`` (``rlhf.chat.prompt_text``), as in PPO."""
+    from rlhf.chat import prompt_text
     s = ctx.s
     import random
     rng = random.Random(s.seed)
@@ -575,17 +585,21 @@ def _overopt_prompts_and_gold(ctx: Context):
         ps = ctx.world.eval_prompts()
         ps = rng.sample(ps, min(s.overopt_n_prompts, len(ps)))
         world = ctx.world
-        return [p.text for p in ps], (lambda i, resp: world.gold_reward(ps[i], resp)), ps
+        return [prompt_text(tok, p.text) for p in ps], (lambda i, resp: world.gold_reward(ps[i], resp)), ps
     if not s.gold_rm:
         raise EvalError("overopt outside the toy world needs the 'gold_rm' setting (a reward model name or path)")
-    prompts, gold = _gold_rm_prompts_and_gold(ctx, rng)
+    prompts, gold = _gold_rm_prompts_and_gold(ctx, rng, tok)
     return prompts, gold, None
 
 
-def _gold_rm_prompts_and_gold(ctx: Context, rng):
+def _gold_rm_prompts_and_gold(ctx: Context, rng, tok):
     """Real models: prompts from ``overopt_prompts`` (default: the run's ``ppo.data``) and a
     gold reward model (``gold_rm``, e.g. one trained on more comparisons than the run's RM)
-    whose gold_reward is read by the same function as rm_score (``rlhf.reward.score_texts``)."""
+    whose gold_reward is read by the same function as rm_score (``rlhf.reward.score_texts``).
+    The gold model reads the raw prompt through its own tokenizer's template and the
+    response as its own turn (``rlhf.chat.gold_sequence``): the same sequence as the run's
+    RM when both share a tokenizer."""
+    from rlhf.chat import gold_sequence, prompt_text
     from rlhf.config import load_config
     from rlhf.models import load_reward_model, load_tokenizer
     from rlhf.data import load_prompts as load_prompt_file
@@ -593,19 +607,22 @@ def _gold_rm_prompts_and_gold(ctx: Context, rng):
     s = ctx.s
     run = ctx.target.run_dir
     cfg = load_config(run / "config.yaml")
-    prompts = load_prompt_file(s.overopt_prompts or cfg.ppo.data)
-    prompts = rng.sample(prompts, min(s.overopt_n_prompts, len(prompts)))
+    raw = load_prompt_file(s.overopt_prompts or cfg.ppo.data)
+    raw = rng.sample(raw, min(s.overopt_n_prompts, len(raw)))
     try:
         gold_model = load_reward_model(s.gold_rm, s.dtype, ctx.device).eval()
         gtok = load_tokenizer(s.gold_rm)
+        if cfg.model.chat_template == "off":  # plain text for the gold model too
+            gtok.chat_template = None
     except Exception as e:
         raise EvalError(f"gold_rm={s.gold_rm!r} is not a loadable reward model: {e}") from None
     max_len = rm_max_length(gold_model, cfg.rm.max_length)
 
     def gold(i: int, resp: str) -> float:
-        return float(score_texts(gold_model, gtok, [prompts[i]], [resp], max_len)[0])
+        p, r = gold_sequence(tok, gtok, raw[i], resp)
+        return float(score_texts(gold_model, gtok, [p], [r], max_len)[0])
 
-    return prompts, gold
+    return [prompt_text(tok, p) for p in raw], gold
 
 
 # ------------------------------------------------------------------- evaluate

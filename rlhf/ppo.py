@@ -71,6 +71,7 @@ from . import stop
 from .dist import Dist, shard
 from .heldout import heldout_nll, heldout_text
 from .pretrain import encode_corpus, random_windows
+from .chat import prompt_text
 from .reward import rm_max_length, score_texts
 from . import tracking
 from .rundir import append_jsonl_gz, atomic_write_text, truncate_jsonl_gz, write_jsonl_gz
@@ -141,9 +142,11 @@ def rollout_seed(seed: int, step: int, rank: int = 0) -> int:
 
 def score_rollout(rm, tokenizer, s, max_len: int, no_eos_penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(rm_score, ppo_reward) of each rollout: rm_score through the one RM instrument
-    (``rlhf.reward.score_texts`` on the prompt and the decoded response, the token sequence
-    the RM was trained on), and ppo_reward = rm_score + ``no_eos_penalty`` when the
-    response never ended (what PPO maximises before the KL term)."""
+    (``rlhf.reward.score_texts`` on the prompt text the policy continued and the response
+    text, ``rlhf.chat.rm_text``: the token sequence the RM was trained on; with a chat
+    template the conversation up to the end-of-turn token of an ended response), and
+    ppo_reward = rm_score + ``no_eos_penalty`` when the response never ended (what PPO
+    maximises before the KL term)."""
     rm_score = score_texts(rm, tokenizer, s.prompts, s.texts, max_len)
     return rm_score, rm_score + no_eos_penalty * (~s.ended).float().to(rm_score.device)
 
@@ -388,12 +391,14 @@ class PPOData:
 def load_ppo_data(cfg: RunConfig, tokenizer, world: Optional[World], d: Dist) -> PPOData:
     pc = cfg.ppo
     if pc.data != "world":
-        prompts = filter_prompts(load_prompts(pc.data), tokenizer, pc.max_prompt_tokens)
+        # with a chat template, the templated conversations (rlhf.chat.prompt_text) are what is filtered and sampled
+        prompts = filter_prompts([prompt_text(tokenizer, p) for p in load_prompts(pc.data)], tokenizer,
+                                 pc.max_prompt_tokens)
         prompt_meta = None
         print(f"[ppo] {len(prompts)} prompts of at most {pc.max_prompt_tokens} tokens from {pc.data}")
     else:
         prompt_meta = world.train_prompts()
-        prompts = [p.text for p in prompt_meta]
+        prompts = [prompt_text(tokenizer, p.text) for p in prompt_meta]
     if not prompts:
         raise ConfigError("ppo.data: no prompts")
     ptx = held_text = None
