@@ -163,3 +163,39 @@ def test_rm_gives_the_same_score_on_every_path(chat_models, tmp_path):
             assert seq[-1] == eot and full[:len(seq)] == seq and full[len(seq):] == []  # the template's "\n" is no token
         else:
             assert eot not in seq[-1:] and full[:len(seq)] == seq and full[len(seq)] == eot
+
+
+def test_rm_train_layers_freezes_all_but_the_top_blocks_and_the_head(chat_models):
+    from rlhf.reward import freeze_lower_layers
+    d, tok, *_ = chat_models
+    rm = load_reward_model(str(d / "rm"))
+    assert len(freeze_lower_layers(rm, -1)) == len(list(rm.parameters()))
+    trained = {id(p) for p in freeze_lower_layers(rm, 0)}
+    names = {n for n, p in rm.named_parameters() if id(p) in trained}
+    assert names == {"score.weight", "model.norm.weight"}
+    assert not any(p.requires_grad for n, p in rm.named_parameters() if n not in names)
+    trained = {id(p) for p in freeze_lower_layers(rm, 1)}  # the one block of this model too
+    names = {n for n, p in rm.named_parameters() if id(p) in trained}
+    assert "model.layers.0.self_attn.q_proj.weight" in names and "model.embed_tokens.weight" not in names
+
+
+def test_rm_line_prints_the_heldout_accuracy_with_its_bootstrap_ci(chat_models):
+    """evaluate_rm's accuracy CI is rlhf.stats.bootstrap_ci over prompts, and the RM stage's
+    summary line prints it."""
+    import numpy as np
+    from rlhf.reward import _rm_line, evaluate_rm, rm_max_length
+    from rlhf.stats import bootstrap_ci
+    _, tok, _, rm, world = chat_models
+    rows = [{"prompt": chat.prompt_text(tok, p.text), "responses": [chat.response_text(tok, "a .", True),
+                                                                     chat.response_text(tok, "b", False)]}
+            for p in world.prompts()[:20]]
+    m = evaluate_rm(rm, tok, rows, torch.device("cpu"), rm_max_length(rm, 512))
+    assert m["pairs"] == 20
+    from rlhf.reward import score_batch
+    with torch.no_grad():
+        r, _ = score_batch(rm, tok, rows, torch.device("cpu"), 512)
+    right = (r[:, 0] > r[:, 1]).float().numpy()
+    assert m["accuracy"] == pytest.approx(right.mean())
+    lo, hi = bootstrap_ci(np.stack([right, np.ones_like(right)], 1), lambda x: x[:, 0].sum() / x[:, 1].sum())
+    assert (m["accuracy_ci_low"], m["accuracy_ci_high"]) == pytest.approx((lo, hi))
+    assert f"[95% CI {lo:.3f}, {hi:.3f}] over 20 pairs" in _rm_line(2, m, {})
