@@ -199,3 +199,17 @@ def test_rm_line_prints_the_heldout_accuracy_with_its_bootstrap_ci(chat_models):
     lo, hi = bootstrap_ci(np.stack([right, np.ones_like(right)], 1), lambda x: x[:, 0].sum() / x[:, 1].sum())
     assert (m["accuracy_ci_low"], m["accuracy_ci_high"]) == pytest.approx((lo, hi))
     assert f"[95% CI {lo:.3f}, {hi:.3f}] over 20 pairs" in _rm_line(2, m, {})
+
+
+def test_chat_template_on_without_a_template_exits_2(tmp_path):
+    """model.chat_template=on with the toy world's tokenizer (no template): exit 2 with a
+    message naming the key; YAML's bare on/off are read as the words."""
+    import subprocess
+    import sys
+    from rlhf.config import load_config
+    assert load_config(REPO / "experiments" / "quickstart.yaml", ["model.chat_template=off"]).model.chat_template == "off"
+    p = subprocess.run([sys.executable, "-m", "rlhf.cli", "run", str(REPO / "experiments" / "quickstart.yaml"),
+                        f"out_dir={tmp_path}", "model.chat_template=on", "world.corpus_docs=50", "threads=1"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "model.chat_template=on" in p.stderr + p.stdout and "no chat" in p.stderr + p.stdout
