@@ -42,21 +42,9 @@ def mc2_score(loglikelihoods: Sequence[float], labels: Sequence[int]) -> float:
 from rlhf.stats import expected_max_toxicity, toxicity_probability  # noqa: E402
 
 
-def bootstrap_ci(rows: np.ndarray, statistic: Callable[[np.ndarray], float], n_boot: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI: resample rows (prompts, questions) with replacement
-    ``n_boot`` times, take the (α/2, 1-α/2) quantiles of the statistic. (nan, nan) if
-    n_boot == 0 or fewer than 2 rows."""
-    rows = np.asarray(rows)
-    n = rows.shape[0]
-    if n_boot <= 0 or n < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        stats[b] = statistic(rows[rng.integers(0, n, size=n)])
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+# bootstrap_ci lives in the training core (rlhf/stats.py): the reward model's held-out
+# accuracy CI (rlhf/reward.py) is the same percentile bootstrap as every eval CI
+from rlhf.stats import bootstrap_ci  # noqa: E402
 
 
 def mean_ci(values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:

@@ -221,9 +221,16 @@ class Context:
         return self.target.world
 
     def load(self, cp: Checkpoint):
+        """(model, tokenizer) of a checkpoint; in a run, its tokenizer follows the run's
+        ``model.chat_template`` (``rlhf.chat.apply_setting``), as in training."""
         from .models import load_policy
         fallback = self.target.run_dir / "world" / "tokenizer" if self.target.run_dir else None
-        return load_policy(cp.path, self.s.dtype, self.device, fallback)
+        model, tok = load_policy(cp.path, self.s.dtype, self.device, fallback)
+        if self.target.run_dir is not None and (self.target.run_dir / "config.yaml").exists():
+            from rlhf.chat import apply_setting
+            from rlhf.config import load_config
+            apply_setting(tok, load_config(self.target.run_dir / "config.yaml").model.chat_template, cp.path)
+        return model, tok
 
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -503,7 +510,7 @@ def run_overopt(ctx: Context, rec: Recorder) -> None:
         if rm.config.vocab_size != sft.config.vocab_size:
             raise EvalError(f"the reward model {run / 'rm'} and the policy do not share a vocabulary")
         rm_len = rm_max_length(rm, _run_rm_max_length(run))
-        prompts, gold, meta = _overopt_prompts_and_gold(ctx)
+        prompts, gold, meta = _overopt_prompts_and_gold(ctx, tok)
     except Exception as e:
         rec.add(sft_cp, "overopt", "gold_reward", subset="setup", time_s=time.perf_counter() - t0, error=_err(e))
         return
@@ -566,8 +573,11 @@ def _run_rm_max_length(run: Path) -> int:
         return RMConfig().max_length
 
 
-def _overopt_prompts_and_gold(ctx: Context):
-    """(prompt texts, gold(i, response), the toy world's Prompt objects or None)."""
+def _overopt_prompts_and_gold(ctx: Context, tok):
+    """(prompt texts the policy continues, gold(i, response), the toy world's Prompt
+    objects or None). With a chat template the prompts are templated for the policy's
+    tokenizer ``tok`` (``rlhf.chat.prompt_text``), as in PPO."""
+    from rlhf.chat import prompt_text
     s = ctx.s
     import random
     rng = random.Random(s.seed)
@@ -575,20 +585,25 @@ def _overopt_prompts_and_gold(ctx: Context):
         ps = ctx.world.eval_prompts()
         ps = rng.sample(ps, min(s.overopt_n_prompts, len(ps)))
         world = ctx.world
-        return [p.text for p in ps], (lambda i, resp: world.gold_reward(ps[i], resp)), ps
+        return [prompt_text(tok, p.text) for p in ps], (lambda i, resp: world.gold_reward(ps[i], resp)), ps
     if not s.gold_rm:
         raise EvalError("overopt outside the toy world needs the 'gold_rm' setting (a reward model name or path)")
-    prompts, gold = _gold_rm_prompts_and_gold(ctx, rng)
+    prompts, gold = _gold_rm_prompts_and_gold(ctx, rng, tok)
     return prompts, gold, None
 
 
-def _gold_rm_prompts_and_gold(ctx: Context, rng):
+def _gold_rm_prompts_and_gold(ctx: Context, rng, tok):
     """Real models: prompts from ``overopt_prompts`` (default: the run's ``ppo.data``, with its
     ``ppo.data_split`` and ``ppo.prompt_words``) and the gold reward ``gold_rm``, a reward
     spec read by the same parser and loader as ``ppo.reward`` (``rlhf.rewards``): a reward
     model (e.g. one trained on more comparisons than the run's RM, read like rm_score by
     ``rlhf.reward.score_texts``), a classifier (``gold_label``, ``gold_input``) or a Python
-    function. Returns (prompts, the :class:`rlhf.rewards.RewardFn`)."""
+    function. A gold reward model reads the raw prompt through its own tokenizer's template
+    and the response as its own turn (``RMReward.for_policy``, ``rlhf.chat.gold_sequence``):
+    the same sequence as the run's RM when both share a tokenizer. Returns (the prompts as
+    the policy reads them, the :class:`rlhf.rewards.RewardFn`)."""
+    from rlhf.chat import prompt_text
+    from rlhf.rewards import RMReward
     from rlhf.config import load_config
     from rlhf.data import load_prompts as load_prompt_file
     from rlhf.rewards import load_reward, parse_reward_spec
@@ -596,10 +611,10 @@ def _gold_rm_prompts_and_gold(ctx: Context, rng):
     run = ctx.target.run_dir
     cfg = load_config(run / "config.yaml")
     if s.overopt_prompts:
-        prompts = load_prompt_file(s.overopt_prompts, "overopt_prompts")
+        raw = load_prompt_file(s.overopt_prompts, "overopt_prompts")
     else:
-        prompts = load_prompt_file(cfg.ppo.data, split=cfg.ppo.data_split, words=cfg.ppo.prompt_words)
-    prompts = rng.sample(prompts, min(s.overopt_n_prompts, len(prompts)))
+        raw = load_prompt_file(cfg.ppo.data, split=cfg.ppo.data_split, words=cfg.ppo.prompt_words)
+    raw = rng.sample(raw, min(s.overopt_n_prompts, len(raw)))
     spec = parse_reward_spec(s.gold_rm, "gold_rm", bare_path_is_rm=True)
     try:
         gold = load_reward(spec, run, s.gold_label, s.gold_input, s.dtype, ctx.device,
@@ -609,6 +624,11 @@ def _gold_rm_prompts_and_gold(ctx: Context, rng):
         raise EvalError(str(e)) from None
     except Exception as e:
         raise EvalError(f"gold_rm={s.gold_rm!r} is not a loadable reward: {e}") from None
+    prompts = [prompt_text(tok, p) for p in raw]
+    if isinstance(gold, RMReward):
+        if cfg.model.chat_template == "off":  # plain text for the gold model too
+            gold.tokenizer.chat_template = None
+        gold.for_policy(tok, dict(zip(prompts, raw)))
     return prompts, gold
 
 

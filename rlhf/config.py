@@ -83,6 +83,9 @@ class ModelConfig:
     autocast: str = "none"
     # recompute activations in the backward pass (policy and critic in PPO, SFT, RM): less memory, slower
     gradient_checkpointing: bool = False
+    # prompts, SFT examples, RM comparisons and eval prompts through the tokenizer's chat
+    # template (rlhf/chat.py): auto = when it has one, on = required, off = plain text
+    chat_template: str = "auto"
 
 
 @dataclass
@@ -128,6 +131,9 @@ class RMConfig:
     data: str = "world"
     max_examples: int = 0  # 0 = all
     max_length: int = 512  # tokens of prompt+response the RM reads (truncated from the left)
+    # -1 = train every weight; N >= 0 = only the top N transformer blocks, the final norm and
+    # the score head (the lower blocks frozen: a cheaper backward pass)
+    train_layers: int = -1
 
 
 @dataclass
@@ -284,6 +290,8 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("rm.n_test_prompts", lambda v: v >= 0, ">= 0 (0 = no test set)"),
     ("model.n_embd", lambda v: v > 0, "> 0"),
     ("model.dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
+    ("model.chat_template", lambda v: v in ("auto", "on", "off"), "auto, on or off"),
+    ("rm.train_layers", lambda v: v >= -1, ">= -1"),
     ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu or cuda[:N]"),
     ("threads", lambda v: v >= 0, ">= 0 (0 = torch default)"),
     ("stages", lambda v: len(v) > 0 and all(s in STAGES for s in v), f"a non-empty list of {STAGES}"),
@@ -503,6 +511,8 @@ def nest(flat: dict[str, Any]) -> dict:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
+    # YAML reads a bare on/off as a boolean, which the string field holds as "True"/"False"
+    cfg.model.chat_template = {"True": "on", "False": "off"}.get(cfg.model.chat_template, cfg.model.chat_template)
     check_ranges(flatten(cfg), _RANGES)
     if cfg.ppo.minibatch_size > cfg.ppo.batch_size:
         raise ConfigError(

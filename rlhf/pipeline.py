@@ -294,6 +294,9 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
             world, tok = prepare_world(rd, cfg)
         if cfg.model.source != "scratch":
             tok = load_tokenizer(cfg.model.source)
+        if tok is not None:  # model.chat_template: every stage and every saved tokenizer follow it
+            from .chat import apply_setting
+            apply_setting(tok, cfg.model.chat_template, cfg.model.source)
         if world is not None:
             check_world_prompts_fit(cfg, tok, world)
 

@@ -63,7 +63,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -86,8 +86,9 @@ from .dist import Dist, shard
 from . import sharding
 from .heldout import heldout_nll, heldout_text
 from .pretrain import encode_corpus, random_windows
+from .chat import prompt_text
 from .reward import rm_max_length, score_texts
-from .rewards import RewardFn, load_reward, parse_reward_spec
+from .rewards import RewardFn, RMReward, load_reward, parse_reward_spec
 from . import tracking
 from .rundir import append_jsonl_gz, atomic_write_text, truncate_jsonl_gz, write_jsonl_gz
 from .sampling import sample
@@ -160,11 +161,12 @@ def rollout_seed(seed: int, step: int, rank: int = 0) -> int:
 
 def score_rollout(rm, tokenizer, s, max_len: int, no_eos_penalty: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(rm_score, ppo_reward) of each rollout: rm_score through the one RM instrument
-    (``rlhf.reward.score_texts`` on the prompt and the decoded response, the token sequence
-    the RM was trained on), or, when ``rm`` is a reward from outside the run
-    (``ppo.reward``, a :class:`rlhf.rewards.RewardFn`), that reward of the samples; and
-    ppo_reward = rm_score + ``no_eos_penalty`` when the response never ended (what PPO
-    maximises before the KL term)."""
+    (``rlhf.reward.score_texts`` on the prompt text the policy continued and the response
+    text, ``rlhf.chat.rm_text``: the token sequence the RM was trained on; with a chat
+    template the conversation up to the end-of-turn token of an ended response), or, when
+    ``rm`` is a reward from outside the run (``ppo.reward``, a :class:`rlhf.rewards.RewardFn`),
+    that reward of the samples; and ppo_reward = rm_score + ``no_eos_penalty`` when the
+    response never ended (what PPO maximises before the KL term)."""
     if isinstance(rm, RewardFn):
         rm_score = rm.of_samples(s)
     else:
@@ -508,18 +510,23 @@ class PPOData:
     prompt_meta: Optional[list]
     ptx: Optional[PretrainStream]
     held_text: Optional[str]
+    raw_prompts: dict = field(default_factory=dict)  # prompt text -> the prompt as read (before a chat template)
 
 
 def load_ppo_data(cfg: RunConfig, tokenizer, world: Optional[World], d: Dist) -> PPOData:
     pc = cfg.ppo
     if pc.data != "world":
-        prompts = filter_prompts(load_prompts(pc.data, split=pc.data_split, words=pc.prompt_words), tokenizer,
-                                 pc.max_prompt_tokens)
+        # with a chat template, the templated conversations (rlhf.chat.prompt_text) are what is filtered and sampled
+        raw = load_prompts(pc.data, split=pc.data_split, words=pc.prompt_words)
+        texts = [prompt_text(tokenizer, p) for p in raw]
+        raw_of = dict(zip(texts, raw))
+        prompts = filter_prompts(texts, tokenizer, pc.max_prompt_tokens)
         prompt_meta = None
         print(f"[ppo] {len(prompts)} prompts of at most {pc.max_prompt_tokens} tokens from {pc.data}")
     else:
         prompt_meta = world.train_prompts()
-        prompts = [p.text for p in prompt_meta]
+        prompts = [prompt_text(tokenizer, p.text) for p in prompt_meta]
+        raw_of = dict(zip(prompts, (p.text for p in prompt_meta)))
     if not prompts:
         raise ConfigError("ppo.data: no prompts")
     ptx = held_text = None
@@ -528,7 +535,7 @@ def load_ppo_data(cfg: RunConfig, tokenizer, world: Optional[World], d: Dist) ->
         if pc.ptx_coef > 0:
             ptx = PretrainStream(tokenizer, train_docs, pc.ptx_seq_len, stage_seed(cfg.seed, "ptx", d.rank))
         held_text = heldout_text(held_docs)
-    return PPOData(prompts, prompt_meta, ptx, held_text)
+    return PPOData(prompts, prompt_meta, ptx, held_text, raw_of)
 
 
 @dataclass
@@ -576,6 +583,8 @@ class PPORun:
             self.rm = None
             self.reward = load_reward(spec, rd.path, pc.reward_label, pc.reward_input, cfg.model.dtype, device,
                                       cfg.classifier.max_length if spec.kind == "classifier" else cfg.rm.max_length)
+            if isinstance(self.reward, RMReward):  # its own tokenizer and template: the samples re-written for it
+                self.reward.for_policy(tokenizer, self.data.raw_prompts)
             if d.is_main:
                 print(f"[ppo] reward: {spec}" + (f" ({pc.reward_input}, label {pc.reward_label or 'its only logit'})"
                                                  if spec.kind in ("hf", "classifier") else ""), flush=True)

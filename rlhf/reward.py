@@ -22,16 +22,19 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import tracking
-from .config import DataError, RunConfig, stage_seed
+from .chat import comparison_rows, demonstrations, prompt_text, rm_text
+from .config import ConfigError, DataError, RunConfig, stage_seed
 from .errors import check_finite
 from .losses import kwise_ranking_loss, pairwise_accuracy
 from .models import (check_context, context_length, load_reward_model, save_hf, sequence_scores, set_gradient_checkpointing,
                      tokenizer_sides)
 from .rundir import RunDir, read_jsonl
+from .stats import bootstrap_ci
 from .sampling import sample
 from .data import load_pair_comparisons  # noqa: F401 - rm.data is read and checked in rlhf/data.py
 from .world import World
@@ -51,7 +54,7 @@ def sample_comparisons(world: World, policy, tokenizer, k: int, n_prompts: int, 
         need = [i for i, s in enumerate(pool) if len(set(s)) < k]
         if not need:
             break
-        texts = [prompts[i].text for i in need for _ in range(k + attempt * k)]
+        texts = [prompt_text(tokenizer, prompts[i].text) for i in need for _ in range(k + attempt * k)]
         s = sample(policy, tokenizer, texts, max_new_tokens=max_new_tokens, temperature=temperature,
                    seed=seed * 31 + round_ * 101 + attempt + (0 if split == "train" else 7))
         j = 0
@@ -72,7 +75,7 @@ def sample_comparisons(world: World, policy, tokenizer, k: int, n_prompts: int, 
         for r in ranked:
             j = world.judge(p, r)
             kinds.append("correct" if j["correct"] else "myth" if j["myth"] else "other")
-        rows.append({"prompt": p.text, "responses": ranked, "gold": [world.gold_reward(p, r) for r in ranked],
+        rows.append({"prompt": prompt_text(tokenizer, p.text), "responses": ranked, "gold": [world.gold_reward(p, r) for r in ranked],
                      "kinds": kinds, "round": round_})
     if dropped > n_prompts // 2:
         raise DataError(
@@ -90,6 +93,30 @@ def split_heldout(rows: list[dict], frac: float, seed: int) -> tuple[list[dict],
     return [r for r in rows if r["prompt"] not in held], [r for r in rows if r["prompt"] in held]
 
 
+def freeze_lower_layers(model, train_layers: int) -> list:
+    """``rm.train_layers``: the parameters that train. -1: all of them; N >= 0: the top N
+    transformer blocks (``layers``, or GPT-2's ``h``), the final norm and the score head,
+    every other weight frozen (``requires_grad`` False)."""
+    params = list(model.parameters())
+    if train_layers < 0:
+        return params
+    base = model.base_model
+    blocks = getattr(base, "layers", None)
+    if blocks is None:
+        blocks = getattr(base, "h", None)
+    if blocks is None:
+        raise ConfigError(f"rm.train_layers={train_layers}: the reward model ({type(model).__name__}) has no "
+                        f"'layers' or 'h' blocks to freeze; use rm.train_layers=-1")
+    for p in params:
+        p.requires_grad_(False)
+    keep = [model.score] + list(blocks)[len(blocks) - min(train_layers, len(blocks)):]
+    keep += [m for m in (getattr(base, "norm", None), getattr(base, "ln_f", None)) if m is not None]
+    for m in keep:
+        for p in m.parameters():
+            p.requires_grad_(True)
+    return [p for p in params if p.requires_grad]
+
+
 def rm_max_length(model, max_length: int) -> int:
     """The longest sequence the reward model reads: ``rm.max_length``, capped by its context."""
     n_ctx = context_length(model)
@@ -98,11 +125,13 @@ def rm_max_length(model, max_length: int) -> int:
 
 def encode_pairs(tokenizer, prompts: Sequence[str], responses: Sequence[str], max_len: int,
                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The token sequence the reward model reads for each (prompt, response):
-    ``prompt + " " + response`` tokenized without added special tokens, cut from the left
-    to ``max_len`` tokens (the end of the response, where the score is read, is kept) and
-    left-padded. The tokenizer's sides are set for this call only."""
-    texts = [p + " " + r for p, r in zip(prompts, responses)]
+    """The token sequence the reward model reads for each (prompt text, response text):
+    ``rlhf.chat.rm_text`` (with a chat template the templated conversation up to the
+    end-of-turn token of an ended response; without one ``prompt + " " + response``)
+    tokenized without added special tokens, cut from the left to ``max_len`` tokens (the
+    end of the response, where the score is read, is kept) and left-padded. The
+    tokenizer's sides are set for this call only."""
+    texts = [rm_text(tokenizer, p, r) for p, r in zip(prompts, responses)]
     with tokenizer_sides(tokenizer, padding="left", truncation="left"):
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
                         max_length=max_len)
@@ -155,14 +184,15 @@ def score_batch(model, tokenizer, rows: list[dict], device, max_len: int) -> tup
 @torch.no_grad()
 def evaluate_rm(model, tokenizer, rows: list[dict], device, max_len: int, batch: int = 32,
                 progress: Optional[str] = None) -> dict:
-    """Held-out loss, ranking accuracy against the labeler's order, and (toy world)
-    agreement with the noiseless gold labeler on pairs whose gold scores differ
-    (``progress``: a progress bar of that name)."""
+    """Held-out loss, ranking accuracy against the labeler's order with its 95% CI
+    (``accuracy_ci_low``/``_high``: ``rlhf.stats.bootstrap_ci`` over prompts, each with its
+    (correct, pairs) counts, seed 0), and (toy world) agreement with the noiseless gold
+    labeler on pairs whose gold scores differ (``progress``: a progress bar of that name)."""
     model.eval()
     if not rows:
         return {}
     correct = total = agree = n_gold = tm_right = tm_n = 0
-    losses = []
+    losses, per_prompt = [], []
     for i in _bar(range(0, len(rows), batch), progress):
         chunk = rows[i:i + batch]
         r, valid = score_batch(model, tokenizer, chunk, device, max_len)
@@ -170,6 +200,7 @@ def evaluate_rm(model, tokenizer, rows: list[dict], device, max_len: int, batch:
         c, t = pairwise_accuracy(r, valid)
         correct += c
         total += t
+        per_prompt += [pairwise_accuracy(r[j:j + 1], valid[j:j + 1]) for j in range(len(chunk))]
         for row, rr in zip(chunk, r.tolist()):
             kinds = row.get("kinds") or []
             for a in range(len(kinds)):
@@ -186,6 +217,9 @@ def evaluate_rm(model, tokenizer, rows: list[dict], device, max_len: int, batch:
                         n_gold += 1
                         agree += (rr[a] - rr[b]) * (g[a] - g[b]) > 0
     out = {"loss": sum(losses) / len(rows), "accuracy": correct / max(total, 1), "pairs": total}
+    table = np.array([x for x in per_prompt if x[1] > 0], dtype=float).reshape(-1, 2)
+    out["accuracy_ci_low"], out["accuracy_ci_high"] = bootstrap_ci(
+        table, lambda x: float(x[:, 0].sum() / x[:, 1].sum()), n_boot=1000, seed=0)
     if n_gold:
         out["gold_agreement"] = agree / n_gold
         out["gold_pairs"] = n_gold
@@ -245,12 +279,14 @@ def train_reward_model(cfg: RunConfig, out: Path, init_path: str, tokenizer, com
     max_len = rm_max_length(model, rc.max_length)
     if not demos:  # no SFT demonstrations (e.g. an instruct model as the SFT policy): centre on the preferred responses
         demos = [(c["prompt"], c["responses"][0]) for c in comparisons[:256]]
+    else:  # with a chat template: the templated prompt and the response as an ended turn
+        demos = demonstrations(tokenizer, demos)
     if rc.data == "world":
         check_context(tokenizer, model, sorted({c["prompt"] for c in comparisons})[:2000], "reward-model prompts")
     train, held = split_heldout(comparisons, rc.heldout_frac, cfg.seed)
     if not train:
         raise DataError("no comparisons left to train the reward model on")
-    opt = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(freeze_lower_layers(model, rc.train_layers), lr=rc.lr, weight_decay=0.0)
     rng = random.Random(stage_seed(cfg.seed, "rm"))
     n_steps = rc.epochs * ((len(train) + rc.batch_size - 1) // rc.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.1, 1.0 - s / max(1, n_steps)))
@@ -308,7 +344,9 @@ def _rm_line(k: Optional[int], held: dict, train: dict, what: str = "held-out ra
     truth-vs-myth are toy-world fields, absent on real data)."""
     parts = [f"K={k}: " if k is not None else ""]
     if held:
-        parts.append(f"{what} {held['accuracy']:.3f} over {held['pairs']} pairs")
+        lo, hi = held.get("accuracy_ci_low", float("nan")), held.get("accuracy_ci_high", float("nan"))
+        ci = f" [95% CI {lo:.3f}, {hi:.3f}]" if lo == lo else ""  # nan: fewer than 2 prompts
+        parts.append(f"{what} {held['accuracy']:.3f}{ci} over {held['pairs']} pairs")
     else:
         parts.append("no held-out comparisons (rm.heldout_frac=0)")
     if "gold_agreement" in held:
@@ -345,7 +383,7 @@ def run_reward_stage(cfg: RunConfig, rd: RunDir, sft_path: str, tokenizer, world
         test = sample_comparisons(world, policy, tokenizer, rc.k, rc.n_test_prompts, rc.sample_temperature,
                                   rc.max_new_tokens, cfg.seed, round_, split="eval") if rc.n_test_prompts else None
     else:
-        comparisons = load_pair_comparisons(rc.data, rc.max_examples)
+        comparisons = comparison_rows(tokenizer, load_pair_comparisons(rc.data, rc.max_examples))
         test = None
     summary = train_reward_model(cfg, out, sft_path, tokenizer, comparisons, demos, device, test)
     summary["round"] = round_

@@ -127,10 +127,26 @@ class RMReward(RewardFn):
 
     def __init__(self, model, tokenizer, max_len: int, name: str = "rm"):
         self.model, self.tokenizer, self.max_len, self.name = model, tokenizer, max_len, name
+        self.policy_tokenizer, self.raw_prompts = None, {}
+
+    def for_policy(self, policy_tokenizer, raw_prompts: dict) -> "RMReward":
+        """Read a policy's samples whose tokenizer may differ from this model's: each (prompt
+        text, response text) written for ``policy_tokenizer`` is re-written for this model's
+        own tokenizer and chat template (``rlhf.chat.gold_sequence``), from the raw prompt
+        that ``raw_prompts`` maps each prompt text back to (a prompt text missing from it is
+        taken as raw). With one tokenizer for both, the texts are unchanged."""
+        self.policy_tokenizer, self.raw_prompts = policy_tokenizer, dict(raw_prompts)
+        return self
 
     def __call__(self, prompts, responses):
         from .reward import score_texts
-        return score_texts(self.model, self.tokenizer, list(prompts), list(responses), self.max_len).float().cpu()
+        prompts, responses = list(prompts), list(responses)
+        if self.policy_tokenizer is not None:
+            from .chat import gold_sequence
+            pairs = [gold_sequence(self.policy_tokenizer, self.tokenizer, self.raw_prompts.get(p, p), r)
+                     for p, r in zip(prompts, responses)]
+            prompts, responses = [p for p, _ in pairs], [r for _, r in pairs]
+        return score_texts(self.model, self.tokenizer, prompts, responses, self.max_len).float().cpu()
 
 
 def classifier_logits(model, tokenizer, texts: Sequence[str], max_len: int, batch_size: int = 32) -> "torch.Tensor":

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+from .chat import end_of_turn_id, response_text
 from .models import position_ids_from_mask, tokenizer_sides
 from .world import World
 
@@ -30,10 +31,12 @@ class Samples:
     Rows are prompt-major: the ``n`` samples of prompt ``i`` are rows ``i*n .. i*n+n-1``
     (``prompt_index`` says which prompt each row answers). ``response_ids`` holds tokens up
     to and including the first EOS; ``response_mask`` is 1 on those tokens. ``ended`` says
-    whether the response produced EOS. ``texts`` are the decoded responses with the
-    tokenizer's EOS text appended when the response ended (what the reward model and the
-    toy world's labeler read); ``bodies`` are the same without it (what a toxicity
-    classifier reads).
+    whether the response produced EOS. ``texts`` are the decoded responses as
+    ``rlhf.chat.response_text`` writes them: with the end-of-turn token (chat template) or
+    the tokenizer's EOS text (toy world: `` <end>``) appended when the response ended (what
+    the reward model and the toy world's labeler read); ``bodies`` are the same without it
+    (what a toxicity classifier reads). ``prompts`` are the texts the policy continued
+    (with a chat template, already templated: ``rlhf.chat.prompt_text``).
     """
 
     prompt_ids: torch.Tensor  # (N, P) left padded
@@ -59,11 +62,15 @@ class Samples:
 
 
 def eos_ids(tokenizer, model=None) -> list[int]:
-    """The token ids that end a response: the tokenizer's EOS and the model's
-    ``generation_config.eos_token_id`` (one id or a list), sorted."""
+    """The token ids that end a response: the tokenizer's EOS, the model's
+    ``generation_config.eos_token_id`` (one id or a list) and, with a chat template, its
+    end-of-turn token (``rlhf.chat.end_of_turn``: SmolLM2's ``<|im_end|>``), sorted."""
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
+    eot = end_of_turn_id(tokenizer)
+    if eot is not None:
+        ids.add(eot)
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
         ids.add(gen_eos)
@@ -296,13 +303,12 @@ def sample(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temper
     lp = None
     if logprobs:
         lp = torch.cat([torch.nn.functional.pad(x, (0, T - x.shape[1])) for x in r_lps]) * response_mask
-    eos_text = tokenizer.eos_token or ""
     texts, bodies = [], []
     for row, m, e in zip(resp.tolist(), response_mask.tolist(), ended.tolist()):
         body = [t for t, k in zip(row, m) if k and t not in eos]
         text = tokenizer.decode(body, skip_special_tokens=True).strip()
         bodies.append(text)
-        texts.append(f"{text} {eos_text}".strip() if e else text)
+        texts.append(response_text(tokenizer, text, e))
     index = [i for i in range(len(prompts)) for _ in range(n)]
     return Samples(prompt_ids, prompt_mask, resp, response_mask, ended, [prompts[i] for i in index], texts, bodies,
                    index, n, lp)

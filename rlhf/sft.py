@@ -1,9 +1,10 @@
 """Stage 2: supervised fine-tuning on demonstrations, with transformers' Trainer.
 
-The loss is on response tokens only (prompt tokens are labelled -100). Mixed precision
-(``model.autocast``: the Trainer's bf16/fp16) and gradient checkpointing
-(``model.gradient_checkpointing``) are off by default: on a CPU they make a small model
-3-8x slower; they are for memory on large models.
+The loss is on response tokens only (prompt tokens are labelled -100); with a chat
+template (``model.chat_template``) on the assistant turn of the templated conversation,
+its end-of-turn token included. Mixed precision (``model.autocast``: the Trainer's
+bf16/fp16) and gradient checkpointing (``model.gradient_checkpointing``) are off by
+default: on a CPU they make a small model 3-8x slower; they are for memory on large models.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from transformers import ProgressCallback, Trainer, TrainerCallback, TrainingArg
 
 from . import tracking
 from .config import DataError, RunConfig, stage_seed
+from .chat import prompt_text, response_text, uses_chat
 from .data import load_demonstration_file
 from .models import check_context, context_length, load_causal_lm, save_hf
 from .rundir import MODEL_POINTER, RunDir, atomic_write_json
@@ -40,10 +42,23 @@ def load_demonstrations(cfg: RunConfig, world: World | None) -> list[tuple[str, 
 
 
 class _Examples(torch.utils.data.Dataset):
+    """Tokenized demonstrations, the loss on the response only. With a chat template the
+    prompt is the templated conversation with the assistant's generation prompt
+    (``rlhf.chat.prompt_text``) and the labelled part the assistant turn with its
+    end-of-turn token (``rlhf.chat.response_text``); without one, ``prompt`` then
+    `` response`` with the EOS text appended."""
+
     def __init__(self, tokenizer, pairs, max_len):
         self.items = []
         eos = tokenizer.eos_token
+        chat = uses_chat(tokenizer)
         for prompt, resp in pairs:
+            if chat:
+                p_ids = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+                r_ids = tokenizer(response_text(tokenizer, resp.strip(), True), add_special_tokens=False)["input_ids"]
+                self.items.append({"input_ids": (p_ids + r_ids)[:max_len],
+                                   "labels": ([-100] * len(p_ids) + r_ids)[:max_len]})
+                continue
             if not resp.rstrip().endswith(eos):
                 resp = resp.rstrip() + " " + eos if " " in prompt else resp + eos
             p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -108,7 +123,7 @@ def run_sft(cfg: RunConfig, rd: RunDir, init_path: str, tokenizer, world: World 
     model = load_causal_lm(init_path, dtype=cfg.model.dtype, device=device,
                            attn_implementation=cfg.model.attn_implementation)
     pairs = load_demonstrations(cfg, world)
-    check_context(tokenizer, model, [p for p, _ in pairs], "sft prompts")
+    check_context(tokenizer, model, [prompt_text(tokenizer, p) for p, _ in pairs], "sft prompts")
     ds = _Examples(tokenizer, pairs, context_length(model) or 2048)
     print(f"[sft] {len(ds)} demonstrations, {sc.epochs} epochs from {init_path}")
     args = TrainingArguments(

@@ -3,6 +3,8 @@ re-exports them): one implementation per quantity."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 # The RealToxicityPrompts sampling protocol (Gehman et al. 2020): k continuations of at most
@@ -60,3 +62,20 @@ def stereotype_bias(table: np.ndarray) -> float:
     if t[1] == 0 or t[3] == 0:
         return float("nan")
     return float(t[0] / t[1] - t[2] / t[3])
+
+
+def bootstrap_ci(rows: np.ndarray, statistic: Callable[[np.ndarray], float], n_boot: int = 1000,
+                 seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap CI: resample rows (prompts, questions) with replacement
+    ``n_boot`` times, take the (α/2, 1-α/2) quantiles of the statistic. (nan, nan) if
+    n_boot == 0 or fewer than 2 rows."""
+    rows = np.asarray(rows)
+    n = rows.shape[0]
+    if n_boot <= 0 or n < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        stats[b] = statistic(rows[rng.integers(0, n, size=n)])
+    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
