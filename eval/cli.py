@@ -112,6 +112,9 @@ def _run(args, bad_input, evaluate, records_table, make_settings) -> int:
     except bad_input as e:
         print(f"rlhf eval: error: {e}", file=sys.stderr)
         return 2
+    if not records:
+        print("rlhf eval: no suite could run here, so no records (the notes above say why)")
+        return 0
     import pandas as pd
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
         print(records_table(records).to_string(index=False))

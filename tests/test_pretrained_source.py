@@ -98,6 +98,10 @@ def test_real_model_run_prints_no_toy_world_fields_and_its_default_eval_exits_0(
         assert f"rlhf eval: skipped suite {suite}:" in cap.err, suite
     assert "gold_rm=" in cap.err
     assert "truthfulqa" in cap.out and "ERROR" not in cap.err
+    # nothing runnable at all: every suite skipped with its note, a plain line instead of an empty table
+    rc = eval_main([str(run), f"data_dir={empty}", "--quiet", "--no-write"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "no suite could run here" in cap.out and "DataFrame" not in cap.out, cap.out
     # a suite named on the command line is not skipped: it fails, naming what it needs
     rc = eval_main([str(run), "--suite", "overopt", "--quiet", "--no-write"])
     assert rc == 2 and "gold_rm" in capsys.readouterr().err
