@@ -291,7 +291,10 @@ def add_lora(model: PreTrainedModel, r: int, alpha: float, target_modules: list[
     stays a plain transformers model: forwards, sampling and :func:`save_hf` (merged) work
     as before; :func:`adapters_disabled` gives the base."""
     from peft import LoraConfig, inject_adapter_in_model
-    kw = dict(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none")
+    from transformers.pytorch_utils import Conv1D
+    # GPT-2's projections are Conv1D (weights stored in x out): say so, as peft would otherwise warn and do
+    kw = dict(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+              fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
