@@ -32,7 +32,7 @@ from .data import load_labelled_texts
 from .errors import check_finite
 from .models import DTYPES, load_tokenizer, no_dropout, resolve_source, save_hf
 from .rewards import classifier_forward, classifier_logits
-from .rundir import RunDir, append_jsonl, write_jsonl_gz
+from .rundir import RunDir, write_jsonl_gz
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -154,8 +154,7 @@ def run_classifier_stage(cfg: RunConfig, rd: RunDir, init: str, device, tokenize
             sched.step()
             row = {"step": step, "epoch": epoch, "loss": loss.item(),
                    "accuracy": accuracy(logits.detach().cpu(), y.cpu()), "time_s": time.time() - t0}
-            append_jsonl(out / "metrics.jsonl", row)
-            tracking.log(row)
+            tracking.metrics(out / "metrics.jsonl", row)
             step += 1
             bar.update(1)
     bar.close()
