@@ -43,5 +43,22 @@ def tiny_run(tmp_path_factory):
     return path, cfg
 
 
+QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
+
+
+def copy_run(tiny_run, dst):
+    """A copy of the session's tiny run (``tiny_run``) under ``dst``, for a test that changes it."""
+    import shutil
+    path, _ = tiny_run
+    shutil.copytree(path, dst / "tiny")
+    return dst / "tiny"
+
+
+def ppo_cfg(out, extra=()):
+    """The quickstart config at the tiny sizes, PPO stage only (``extra``: more overrides)."""
+    from rlhf.config import load_config
+    return load_config(QUICKSTART, tiny_overrides(out, extra=["stages=[ppo]", *extra]))
+
+
 def rlhf_cmd():
     return [sys.executable, "-m", "rlhf.cli"]

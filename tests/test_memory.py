@@ -2,7 +2,6 @@
 bit-exact resume), autocast (first minibatch ratio 1, fp16 refused on a CPU), gradient
 checkpointing (same gradients)."""
 
-import shutil
 import subprocess
 
 import pytest
@@ -12,7 +11,7 @@ from transformers import AutoTokenizer
 
 import rlhf.ppo as ppo_mod
 from rlhf import stop
-from rlhf.config import ConfigError, load_config
+from rlhf.config import ConfigError
 from rlhf.losses import masked_mean
 from rlhf.models import (adapters_disabled, add_lora, autocast, load_causal_lm, merged_state_dict, save_hf,
                          set_gradient_checkpointing)
@@ -22,19 +21,8 @@ from rlhf.rundir import read_json, read_jsonl, read_jsonl_gz
 from rlhf.sampling import sample
 from rlhf.world import World
 
-from conftest import REPO, rlhf_cmd, tiny_overrides
+from conftest import QUICKSTART as QUICK, REPO, copy_run, ppo_cfg, rlhf_cmd, tiny_overrides
 
-QUICK = str(REPO / "experiments" / "quickstart.yaml")
-
-
-def _copy(tiny_run, dst):
-    path, _ = tiny_run
-    shutil.copytree(path, dst / "tiny")
-    return dst / "tiny"
-
-
-def _cfg(out, extra=()):
-    return load_config(QUICK, tiny_overrides(out, extra=["stages=[ppo]", *extra]))
 
 
 def _rollout(tiny_run, n=6):
@@ -91,8 +79,8 @@ def test_lora_ppo_resumes_bit_exactly_and_keeps_one_copy(tiny_run, tmp_path, mon
     monkeypatch.setattr(ppo_mod.PPORun, "__init__", init)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a, b = _copy(tiny_run, tmp_path / "a"), _copy(tiny_run, tmp_path / "b")
-    run_pipeline(_cfg(tmp_path / "a", extra), force=True)
+    a, b = copy_run(tiny_run, tmp_path / "a"), copy_run(tiny_run, tmp_path / "b")
+    run_pipeline(ppo_cfg(tmp_path / "a", extra), force=True)
     assert refs == [None]
 
     orig_step = ppo_mod.PPORun.step
@@ -103,13 +91,13 @@ def test_lora_ppo_resumes_bit_exactly_and_keeps_one_copy(tiny_run, tmp_path, mon
             stop.request_stop("test")  # honoured at the end of the next iteration: step_000003, then stop
     monkeypatch.setattr(ppo_mod.PPORun, "step", step)
     with pytest.raises(stop.StopRequested):
-        run_pipeline(_cfg(tmp_path / "b", extra), force=True)
+        run_pipeline(ppo_cfg(tmp_path / "b", extra), force=True)
     ck = b / "ppo.tmp" / "checkpoints" / "step_000003"
     assert (ck / "policy_lora.safetensors").exists() and (ck / "critic_lora.safetensors").exists()
     assert not (ck / "policy").exists() and not (ck / "critic").exists()
     assert any(k.startswith("score.") for k in load_file(ck / "critic_lora.safetensors"))
     monkeypatch.setattr(ppo_mod.PPORun, "step", orig_step)
-    run_pipeline(_cfg(tmp_path / "b", extra))
+    run_pipeline(ppo_cfg(tmp_path / "b", extra))
 
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
     ra, rb = read_jsonl(a / "ppo" / "metrics.jsonl"), read_jsonl(b / "ppo" / "metrics.jsonl")
@@ -169,13 +157,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_run):
 
 def test_autocast_fp16_on_cpu_and_lora_dropout_are_refused(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
-        _cfg(tmp_path, ["model.autocast=fp16", "device=cpu"])
+        ppo_cfg(tmp_path, ["model.autocast=fp16", "device=cpu"])
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         autocast(torch.device("cpu"), "fp16")
     with pytest.raises(ConfigError, match="ppo.lora_dropout.*ratio"):
-        _cfg(tmp_path, ["ppo.lora_dropout=0.1"])
+        ppo_cfg(tmp_path, ["ppo.lora_dropout=0.1"])
     with pytest.raises(ConfigError, match="ppo.critic_lora"):
-        _cfg(tmp_path, ["ppo.critic_lora=true"])
+        ppo_cfg(tmp_path, ["ppo.critic_lora=true"])
     if not torch.cuda.is_available():  # device=auto resolves to the CPU: exit 2 before any compute
         p = subprocess.run(rlhf_cmd() + ["run", QUICK] + tiny_overrides(tmp_path, "fresh", ["model.autocast=fp16"]),
                            cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -189,7 +177,7 @@ def test_ppo_runs_under_autocast_and_lora_with_a_value_head(tiny_run, tmp_path, 
     stage too, so the pipeline would not reuse them under another value)."""
     from rlhf.rundir import RunDir
     path, _ = tiny_run
-    cfg = _cfg(tmp_path, ["ppo.steps=2", *extra])
+    cfg = ppo_cfg(tmp_path, ["ppo.steps=2", *extra])
     tok = AutoTokenizer.from_pretrained(path / "sft")
     rd = RunDir(tmp_path / "run")
     ppo_mod.run_ppo(cfg, rd, str(path / "sft"), str(path / "rm"), tok, World(cfg.world), torch.device("cpu"))

@@ -1,7 +1,6 @@
 """PPO-ptx on a tiny run: the update, resumption after SIGKILL and SIGTERM, divergence, bad input."""
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -10,7 +9,6 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from rlhf.config import load_config
 from rlhf.losses import lm_loss
 from rlhf.models import load_causal_lm
 from rlhf.errors import Diverged
@@ -20,21 +18,10 @@ from rlhf.rundir import read_json, read_jsonl, read_jsonl_gz
 from rlhf.sampling import sample
 from rlhf.world import World
 
-from conftest import REPO, rlhf_cmd, tiny_overrides
+from conftest import QUICKSTART as QUICK, REPO, copy_run, ppo_cfg, rlhf_cmd, tiny_overrides
 
-QUICK = str(REPO / "experiments" / "quickstart.yaml")
 PPO_KEYS = {"ppo_reward", "gold_reward", "kl", "beta", "clipfrac", "approx_kl", "entropy", "vf_loss", "ptx_loss",
             "pg_loss", "rm_score", "response_len"}
-
-
-def copy_run(tiny_run, dst):
-    path, _ = tiny_run
-    shutil.copytree(path, dst / "tiny")
-    return dst / "tiny"
-
-
-def ppo_cfg(out, extra=()):
-    return load_config(QUICK, tiny_overrides(out, extra=["stages=[ppo]", *extra]))
 
 
 def test_ppo_runs_logs_and_saves(tiny_run, tmp_path):
