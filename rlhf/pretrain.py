@@ -13,7 +13,7 @@ from .config import DataError, RunConfig, stage_seed
 from .errors import check_finite
 from .heldout import heldout_nll, heldout_text
 from .losses import lm_loss
-from .models import n_params, save_hf, scratch_model
+from .models import autocast, n_params, save_hf, scratch_model
 from .rundir import RunDir
 from .sampling import probe_world
 from .world import World
@@ -62,7 +62,9 @@ def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: to
         for g in opt.param_groups:
             g["lr"] = lr_at(step, pc.steps, pc.warmup_steps, pc.lr)
         x = random_windows(train, pc.batch_size, pc.seq_len, gen).to(device)
-        loss = lm_loss(model(input_ids=x, attention_mask=torch.ones_like(x)).logits, x)
+        with autocast(device, pc.autocast):  # pretrain.autocast; the loss is float32 (lm_loss)
+            logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        loss = lm_loss(logits, x)
         check_finite("pretrain loss", loss, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
