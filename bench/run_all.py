@@ -71,6 +71,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                     "full_bf16_gc,lora_bf16_gc"],
                    ["bench/ppo_memory.py", "--steps", "1", "--batch", "2", "--minibatch", "2", "--epochs", "1",
                     "--new-tokens", "4", "--variants", "full,lora,rm_step", "--rm-steps", "2", "--rm-batch", "1"]),
+    # ideas of issue 12 side by side: bf16 pretraining, a lean GPT-2 training forward, torch.compile
+    "speed_ideas": (["bench/speed_ideas.py", "--steps", "20", "--repeats", "3"], ["bench/speed_ideas.py", "--quick"]),
     "toxicity_batching": (["bench/toxicity_batching.py", "--repeats", "3"],
                           ["bench/toxicity_batching.py", "--k", "4", "--max-new-tokens", "4", "--repeats", "1"]),
 }
@@ -429,6 +431,45 @@ def render(results: Path) -> str:
         w(f"ptx overhead (γ>0 / γ=0): **{p['ptx_overhead']:.2f}x** (the script's bound: <= 1.35). β>0 / β=0: "
           f"{p['beta_over_beta0']:.2f}x (the trajectories differ, so this is not the reference forward's cost alone).")
         w("")
+
+    # --- ideas measured side by side
+    si = _load(results, "speed_ideas")
+    if si:
+        w("## Ideas measured side by side (`bench/speed_ideas.py`)")
+        w("")
+        w(f"Each idea against its baseline in one process, alternating, {si['repeats']} repeats x {si['steps']} steps; "
+          "median ms/step (min-max).")
+        w("")
+        pb = si["pretrain_bf16"]
+        w(f"**bf16 autocast in pretraining** (`pretrain.autocast=bf16`): one quickstart pretraining step, {pb['model']}, "
+          f"batch {pb['batch']}.")
+        w("")
+        w("| threads | float32 | bf16 | float32 / bf16 |")
+        w("|---|---|---|---|")
+        for r in pb["rows"]:
+            a, b = r["float32"], r["bf16"]
+            w(f"| {r['threads']} | {a['ms']:.1f} ({a['min']:.1f}-{a['max']:.1f}) | {b['ms']:.1f} ({b['min']:.1f}-{b['max']:.1f}) "
+              f"| **{a['ms'] / b['ms']:.2f}x** |")
+        w("")
+        lf = si["lean_forward"]
+        w(f"**A lean GPT-2 training forward** (not kept): the toy policy ({lf['model']}, {lf['shape']} tokens) forward "
+          f"with `logits_to_keep`, a log-prob loss and backward, through transformers' GPT-2 against the same kernels "
+          f"in the same order without module calls (as the sampler's one-token step does): transformers "
+          f"{lf['transformers']['ms']:.2f} ms ({lf['transformers']['min']:.2f}-{lf['transformers']['max']:.2f}), lean "
+          f"{lf['lean']['ms']:.2f} ms ({lf['lean']['min']:.2f}-{lf['lean']['max']:.2f}), "
+          f"**{lf['transformers']['ms'] / lf['lean']['ms']:.2f}x**; logits and gradients bit-identical: "
+          f"{'yes' if lf['bit_identical'] else 'no'}. The time is in the kernels and autograd, not in transformers' "
+          "Python: a second forward implementation to maintain would buy a few per cent of the PPO update.")
+        w("")
+        cu = si.get("compile_update")
+        if cu:
+            w(f"**torch.compile of the update step** (not kept): the same step with AdamW, eager "
+              f"{cu['eager']['ms']:.2f} ms ({cu['eager']['min']:.2f}-{cu['eager']['max']:.2f}) against compiled "
+              f"{cu['compiled']['ms']:.2f} ms ({cu['compiled']['min']:.2f}-{cu['compiled']['max']:.2f}), "
+              f"**{cu['eager']['ms'] / cu['compiled']['ms']:.2f}x**, after a **{cu['compile_s']:.0f} s** compile "
+              "(inductor on CPU; every new prompt length recompiles or needs dynamic shapes). The quickstart's PPO "
+              "stage takes less than the compile saves back over its 100 iterations.")
+            w("")
 
     # --- toxicity batching
     t = _load(results, "toxicity_batching")

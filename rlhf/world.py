@@ -124,6 +124,7 @@ def demo_answer_text(value: str) -> str:
 class World:
     def __init__(self, cfg: WorldConfig):
         self.cfg = cfg
+        self._corpus: Optional[tuple[str, ...]] = None  # corpus(), built on first use
         rng = random.Random(f"world-{cfg.seed}")
         self.attributes = {a: v[: cfg.n_values] for a, v in ATTRIBUTES.items()}
         names: list[str] = []
@@ -221,13 +222,17 @@ class World:
 
     def corpus(self) -> list[str]:
         """Pretraining documents. None contains <end>: the pretrained LM never ends an
-        answer by itself (the demonstrations teach it to)."""
-        rng = random.Random(f"corpus-{self._rng_seed}")
-        docs = []
-        for _ in range(self.cfg.corpus_docs):
-            n = rng.randint(4, 7)
-            docs.append([self._sentence(rng) for _ in range(n)])
-        return self._with_stereotypes(docs, random.Random(f"stereotype-corpus-{self._rng_seed}"))
+        answer by itself (the demonstrations teach it to). Built once per World (a pure
+        function of its config, read by the tokenizer, pretraining, ptx and the world's
+        fingerprint); each call returns a new list of the same documents."""
+        if self._corpus is None:
+            rng = random.Random(f"corpus-{self._rng_seed}")
+            docs = []
+            for _ in range(self.cfg.corpus_docs):
+                n = rng.randint(4, 7)
+                docs.append([self._sentence(rng) for _ in range(n)])
+            self._corpus = tuple(self._with_stereotypes(docs, random.Random(f"stereotype-corpus-{self._rng_seed}")))
+        return list(self._corpus)
 
     def heldout_corpus(self, n_docs: int = 300) -> list[str]:
         """Held-out documents from the same distribution (for pretraining-loss regression)."""

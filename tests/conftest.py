@@ -24,7 +24,7 @@ TINY = [
     "pretrain.steps=150", "pretrain.batch_size=16", "pretrain.seq_len=32", "pretrain.lr=5e-3",
     "sft.epochs=3", "rm.n_prompts=48", "rm.epochs=1", "rm.k=3",
     "ppo.steps=6", "ppo.batch_size=8", "ppo.minibatch_size=4", "ppo.epochs=2", "ppo.checkpoint_every=2",
-    "ppo.max_new_tokens=8", "rm.max_new_tokens=8", "ppo.kl_levels=[0.01,0.1]",
+    "ppo.max_new_tokens=8", "rm.max_new_tokens=8", "ppo.kl_levels=[0.01,0.1]", "threads=1",
 ]
 
 

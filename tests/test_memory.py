@@ -186,3 +186,24 @@ def test_ppo_runs_under_autocast_and_lora_with_a_value_head(tiny_run, tmp_path, 
                                   for r in rows)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first rollout is π_SFT's: log π = log π_SFT
     load_causal_lm(str(rd.path / "ppo.tmp"))
+
+
+def test_pretrain_autocast_bf16_trains_in_bf16_and_saves_float32(tmp_path):
+    """pretrain.autocast=bf16 runs pretraining's forward passes in bf16 (the weights it
+    reaches differ from float32's, from the same seed and batches) with a finite float32
+    loss, and saves float32 weights; a value other than none/bf16 is refused, naming the key."""
+    from rlhf.config import load_config
+    with pytest.raises(ConfigError, match="pretrain.autocast"):
+        load_config(QUICK, tiny_overrides(tmp_path, extra=["pretrain.autocast=fp16"]))
+    weights, losses = {}, {}
+    for mode in ("none", "bf16"):
+        cfg = load_config(QUICK, tiny_overrides(tmp_path, f"pt_{mode}", ["stages=[pretrain]", "pretrain.steps=8",
+                                                                       f"pretrain.autocast={mode}"]))
+        path = run_pipeline(cfg)
+        weights[mode] = load_file(path / "pretrain" / "model.safetensors")
+        losses[mode] = [r["loss"] for r in read_jsonl(path / "pretrain" / "metrics.jsonl")]
+    assert all(w.dtype == torch.float32 for w in weights["bf16"].values())
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in losses.values())
+    assert losses["bf16"][0] != losses["none"][0]  # the first loss (same weights, same batch) is bf16's
+    assert abs(losses["bf16"][0] - losses["none"][0]) < 0.05  # ... and close to float32's
+    assert any(not torch.equal(weights["none"][k], weights["bf16"][k]) for k in weights["none"])

@@ -1,0 +1,236 @@
+"""Ideas from issue 12 measured side by side, kept or not by these figures.
+
+    python bench/speed_ideas.py [--repeats 3] [--steps 20] [--json out.json] [--quick]
+
+Each idea is timed against its baseline in one process, alternating (baseline, idea,
+baseline, ...), a few warm-up steps first; medians over repeats of ``--steps`` steps.
+
+* ``pretrain_bf16``: one quickstart pretraining step (scratch GPT-2 2 layers, width 128, the
+  world tokenizer's vocabulary, batch 32 x 64: forward, ``lm_loss``, backward, AdamW) in
+  float32 against ``torch.autocast`` bf16 (``pretrain.autocast=bf16``), at 1 and 2 torch
+  threads. bf16 only pays on CPUs with native bf16 arithmetic (AVX512-BF16, AMX) and GPUs.
+* ``lean_forward``: the toy PPO policy (GPT-2 2 layers, width 64; 8 rows of 20 prompt + 32
+  response tokens, left padding) forward with ``logits_to_keep`` + a log-prob loss +
+  backward: transformers' forward against a hand-written one with the same kernels in the
+  same order (what the sampler's ``_gpt2_step`` does for one token); reports whether the
+  logits and gradients are bit-identical and the time of each.
+* ``compile_update``: the same step eager against ``torch.compile`` (inductor on CPU): the
+  compile time of the first call and ms/step after it (``--no-compile`` skips it).
+
+Not measured here: the ideas already in the code (log-probs from the sampling pass, the lean
+KV-cache sampler, ``gc.freeze()``, the reference forward skipped at beta = 0) are in the
+sides of ``bench/ppo_vs_trl.py`` and ``bench/ptx_overhead.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+F = torch.nn.functional
+
+
+def _time(fn, steps: int) -> float:
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t) / steps * 1000
+
+
+def alternate(sides: dict, steps: int, repeats: int, warmup: int = 3) -> dict:
+    """{name: step function} -> {name: {"ms": median, "min", "max", "all"}} timed alternately."""
+    for fn in sides.values():
+        for _ in range(warmup):
+            fn()
+    res = {k: [] for k in sides}
+    for _ in range(repeats):
+        for k, fn in sides.items():
+            res[k].append(_time(fn, steps))
+    return {k: {"ms": statistics.median(v), "min": min(v), "max": max(v), "all": v} for k, v in res.items()}
+
+
+def world_and_tokenizer():
+    from rlhf.config import load_config
+    from rlhf.tokenizer import train_world_tokenizer
+    from rlhf.world import World
+    cfg = load_config(REPO / "experiments" / "quickstart.yaml", [])
+    world = World(cfg.world)
+    return cfg, world, train_world_tokenizer(world)
+
+
+def pretrain_bf16(steps: int, repeats: int, threads: tuple[int, ...]) -> dict:
+    from rlhf.losses import lm_loss
+    from rlhf.models import autocast, scratch_model
+    from rlhf.pretrain import encode_corpus, random_windows
+    cfg, world, tok = world_and_tokenizer()
+    pc = cfg.pretrain
+    torch.manual_seed(0)
+    model = scratch_model(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    stream = encode_corpus(tok, world.corpus())
+    x = random_windows(stream, pc.batch_size, pc.seq_len, torch.Generator().manual_seed(0))
+    cpu = torch.device("cpu")
+
+    def step(mode):
+        def f():
+            with autocast(cpu, mode):
+                logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+            loss = lm_loss(logits, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return f
+    out = {"model": f"GPT-2 {cfg.model.n_layer} layers, width {cfg.model.n_embd}, vocab {len(tok)}",
+           "batch": f"{pc.batch_size} x {pc.seq_len}", "rows": []}
+    for n in threads:
+        torch.set_num_threads(n)
+        r = alternate({"float32": step("none"), "bf16": step("bf16")}, steps, repeats)
+        out["rows"].append({"threads": n, **{k: v for k, v in r.items()}})
+    torch.set_num_threads(1)
+    return out
+
+
+def _toy_policy(width: int = 64):
+    from rlhf.models import position_ids_from_mask
+    _, _, tok = world_and_tokenizer()
+    from transformers import GPT2Config, GPT2LMHeadModel
+    c = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=width, n_layer=2, n_head=4, resid_pdrop=0.0,
+                   embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_pytorch_tanh")
+    c._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    m = GPT2LMHeadModel(c)
+    m.train()
+    B, P, T = 8, 20, 32
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(tok), (B, P + T), generator=g)
+    mask = torch.ones(B, P + T, dtype=torch.long)
+    for b in range(B):
+        mask[b, :b % 5] = 0  # left padding, as PPO's prompts
+    mask[0, -3:] = 0  # a response that ended early
+    return m, ids, mask, position_ids_from_mask(mask), T
+
+
+def _lean_logits(m, ids, mask, pos, keep):
+    """GPT-2's training forward with the kernels of transformers' GPT-2 in the same order, no
+    module calls, output records or per-layer mask handling (the mask is built once, by
+    transformers' own ``create_causal_mask``)."""
+    from transformers.masking_utils import create_causal_mask
+    from rlhf.sampling import _gpt2_weights
+    wte, wpe, layers, ln_f, head = _gpt2_weights(m)
+    h = F.embedding(ids, wte) + F.embedding(pos, wpe)
+    cm = create_causal_mask(config=m.config, inputs_embeds=h, attention_mask=mask, past_key_values=None,
+                            position_ids=pos)
+    for (ln1, ab, aw, anf, split, hd, scale, pb, pw, pnf, ln2, fb, fw, fnf, act, mb, mw, mnf) in layers:
+        r = h
+        y = F.layer_norm(h, *ln1)
+        qkv = torch.addmm(ab, y.view(-1, y.size(-1)), aw).view(*y.shape[:-1], anf)
+        q, k, v = qkv.split(split, dim=2)
+        shape = (*k.shape[:-1], -1, hd)
+        o = F.scaled_dot_product_attention(q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2),
+                                           v.view(shape).transpose(1, 2), attn_mask=cm, dropout_p=0.0, scale=scale,
+                                           is_causal=False)
+        o = o.transpose(1, 2).contiguous()
+        o = o.reshape(*o.shape[:-2], -1).contiguous()
+        o = torch.addmm(pb, o.view(-1, o.size(-1)), pw).view(*o.shape[:-1], pnf)
+        h = o + r
+        r = h
+        y = F.layer_norm(h, *ln2)
+        y = act(torch.addmm(fb, y.view(-1, y.size(-1)), fw).view(*y.shape[:-1], fnf))
+        y = torch.addmm(mb, y.view(-1, y.size(-1)), mw).view(*y.shape[:-1], mnf)
+        h = r + y
+    h = F.layer_norm(h, *ln_f)
+    return F.linear(h[:, -keep:, :], head)
+
+
+def lean_forward(steps: int, repeats: int) -> dict:
+    from rlhf.losses import logprobs_from_logits
+    m, ids, mask, pos, T = _toy_policy()
+    resp = ids[:, -T:]
+
+    def hf_logits():
+        return m(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=T + 1).logits
+
+    def lean_logits():
+        return _lean_logits(m, ids, mask, pos, T + 1)
+
+    def fwd_bwd(fn):
+        def f():
+            lp = logprobs_from_logits(fn()[:, :-1], resp)
+            (-lp.mean()).backward()
+            grads = [p.grad for p in m.parameters()]
+            m.zero_grad(set_to_none=True)
+            return grads
+        return f
+    a, b = hf_logits(), lean_logits()
+    ga, gb = fwd_bwd(hf_logits)(), fwd_bwd(lean_logits)()
+    same = bool(torch.equal(a, b)) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+    r = alternate({"transformers": fwd_bwd(hf_logits), "lean": fwd_bwd(lean_logits)}, steps, repeats)
+    return {"model": "GPT-2 2 layers, width 64", "shape": "8 x (20 + 32)", "bit_identical": same, **r}
+
+
+def compile_update(steps: int, repeats: int) -> dict:
+    from rlhf.losses import logprobs_from_logits
+    m, ids, mask, pos, T = _toy_policy()
+    resp = ids[:, -T:]
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
+
+    def loss_fn():
+        logits = m(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=T + 1).logits
+        return -logprobs_from_logits(logits[:, :-1], resp).mean()
+    compiled = torch.compile(loss_fn)
+
+    def step(fn):
+        def f():
+            fn().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return f
+    t = time.perf_counter()
+    step(compiled)()
+    compile_s = time.perf_counter() - t
+    r = alternate({"eager": step(loss_fn), "compiled": step(compiled)}, steps, repeats)
+    return {"model": "GPT-2 2 layers, width 64", "shape": "8 x (20 + 32)", "compile_s": compile_s, **r}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", default="1,2", help="thread counts for pretrain_bf16")
+    ap.add_argument("--no-compile", action="store_true", help="skip compile_update (its compile takes about a minute)")
+    ap.add_argument("--quick", action="store_true", help="2 steps, 1 repeat, no compile: checks the script only")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    if a.quick:
+        a.steps, a.repeats, a.no_compile = 2, 1, True
+    import os
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    torch.set_num_threads(1)
+    out = {"steps": a.steps, "repeats": a.repeats,
+           "pretrain_bf16": pretrain_bf16(a.steps, a.repeats, tuple(int(x) for x in a.threads.split(",")))}
+    for r in out["pretrain_bf16"]["rows"]:
+        print(f"pretrain step, {r['threads']} thread(s): float32 {r['float32']['ms']:.1f} ms, bf16 {r['bf16']['ms']:.1f} ms "
+              f"({r['float32']['ms'] / r['bf16']['ms']:.2f}x)")
+    lf = out["lean_forward"] = lean_forward(a.steps, a.repeats)
+    print(f"policy forward+backward: transformers {lf['transformers']['ms']:.2f} ms, lean {lf['lean']['ms']:.2f} ms "
+          f"({lf['transformers']['ms'] / lf['lean']['ms']:.2f}x), bit-identical: {lf['bit_identical']}")
+    if not a.no_compile:
+        cu = out["compile_update"] = compile_update(a.steps, a.repeats)
+        print(f"update step: eager {cu['eager']['ms']:.2f} ms, compiled {cu['compiled']['ms']:.2f} ms "
+              f"({cu['eager']['ms'] / cu['compiled']['ms']:.2f}x) after a {cu['compile_s']:.1f} s compile")
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
