@@ -303,6 +303,10 @@ def render(results: Path) -> str:
           "reference, and truncates responses after the stop token. On the toy model <end> is unreachable, so every "
           "side samples exactly the requested tokens; SmolLM2 keeps its end token, so lengths may differ between "
           "sides (ours reports its mean).")
+        w("- The update: TRL's PPOTrainer runs policy and value model as one wrapped module, one backward and one "
+          "optimizer step per minibatch, and clips no gradients; ours takes a backward, a gradient-norm clip "
+          "(`ppo.grad_clip`) and a fused AdamW step per model. Ours takes the old log-probs from the sampling pass; "
+          "TRL runs a policy forward for them.")
         w("- TRL 1.16's RLOOTrainer at the same number of generated episodes (batch/2 prompts x 2 completions) has no "
           "value model (no critic forward, backward or optimizer step) and uses the leave-one-out baseline; its "
           "`num_iterations` = our epochs. It does less work per episode by design.")
