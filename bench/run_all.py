@@ -113,11 +113,14 @@ def machine() -> dict:
         v = sh([str(TRL112_PY), "-c", "import json, torch, transformers, trl; print(json.dumps({'torch': torch.__version__, "
                                       "'transformers': transformers.__version__, 'trl': trl.__version__}))"])
         vers["trl112_venv"] = json.loads(v) if v else None
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
+            "mem_gb": mem_gb, "platform": platform.platform(), "versions": vers, "commit": _commit()}
+
+
+def _commit() -> str:
     commit = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = bool(sh(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]))
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu, "cores": os.cpu_count(),
-            "mem_gb": mem_gb, "platform": platform.platform(), "versions": vers,
-            "commit": commit + (" (with uncommitted changes)" if dirty else "")}
+    return commit + (" (with uncommitted changes)" if dirty else "")
 
 
 def run_bench(name: str, argv: list[str], results: Path) -> dict:
@@ -137,7 +140,8 @@ def run_bench(name: str, argv: list[str], results: Path) -> dict:
     if ok:
         os.replace(tmp, out)
     status = {"name": name, "command": "python " + " ".join(argv), "ok": ok, "returncode": p.returncode,
-              "seconds": took, "load_before": load0[0], "load_after": os.getloadavg()[0]}
+              "seconds": took, "load_before": load0[0], "load_after": os.getloadavg()[0],
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)), "commit": _commit()}
     print(f"[{name}] {'done' if ok else 'FAILED'} in {took:.0f} s (load {load0[0]:.1f} -> {status['load_after']:.1f})"
           + ("" if ok else f"\n{log[-3000:]}"), flush=True)
     return status
@@ -179,7 +183,8 @@ def render(results: Path) -> str:
     w("")
     w("## Machine and conditions")
     w("")
-    w(f"- **Run**: {m['date']}, commit `{m['commit']}`{' (**--quick**: smoke-test settings, not measurements)' if meta.get('quick') else ''}.")
+    w(f"- **Last run**: {m['date']}, commit `{m['commit']}` (each bench's own date and commit are in the table "
+      f"below){' (**--quick**: smoke-test settings, not measurements)' if meta.get('quick') else ''}.")
     w(f"- **CPU**: {m['cpu']}, {m['cores']} cores visible, {m['mem_gb']:.0f} GiB RAM; {m['platform']}.")
     w(f"- **GPU**: {v.get('cuda') or 'none visible to torch: no GPU figure is given'}.")
     t112 = v.get("trl112_venv")
@@ -197,15 +202,15 @@ def render(results: Path) -> str:
         w(f"- **Not in this file** (no result in `{results.name}/`): {', '.join(missing)}. Run them with "
           f"`python bench/run_all.py --only {','.join(missing)} --out PERFORMANCE.md`.")
     w("")
-    w("| bench | command | took | load before -> after |")
-    w("|---|---|---|---|")
+    w("| bench | command | run at (commit) | took | load before -> after |")
+    w("|---|---|---|---|---|")
     for r in runs.values():
-        w(f"| {r['name']} | `{r['command']}` | {r['seconds']:.0f} s{'' if r['ok'] else ' (FAILED)'} | "
-          f"{r['load_before']:.1f} -> {r['load_after']:.1f} |")
+        w(f"| {r['name']} | `{r['command']}` | {r.get('date', m['date'])} (`{r.get('commit', m['commit'])}`) | "
+          f"{r['seconds']:.0f} s{'' if r['ok'] else ' (FAILED)'} | {r['load_before']:.1f} -> {r['load_after']:.1f} |")
     w("")
 
     # --- quickstart
-    qs = [(n, _load(results, n)) for n in ("quickstart", "quickstart_pretrain700", "quickstart_threads2")]
+    qs = [(n, _load(results, n)) for n in BENCHES if n.startswith("quickstart")]
     qs = [(n, q) for n, q in qs if q]
     if qs:
         w("## Quickstart end to end (`bench/quickstart_time.py`)")
@@ -669,6 +674,9 @@ def main() -> int:
         meta_f = results / "meta.json"
         old = json.loads(meta_f.read_text()) if meta_f.exists() and a.only else {}
         prev = {r["name"]: r for r in old.get("runs", [])}
+        for r in prev.values():  # runs recorded before per-bench dates: the date and commit of their meta
+            r.setdefault("date", old["machine"]["date"])
+            r.setdefault("commit", old["machine"]["commit"])
         t0 = time.time()
         for n in names:
             argv = list(BENCHES[n][1 if a.quick else 0])

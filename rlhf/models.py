@@ -103,6 +103,25 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def native_bf16(device: torch.device, cpuinfo: Optional[str] = None) -> Optional[bool]:
+    """Whether ``device`` does bf16 arithmetic natively: a CUDA device that supports bf16, or a
+    CPU whose flags (``cpuinfo``, by default Linux's ``/proc/cpuinfo``) include AVX512-BF16 or
+    AMX-BF16. None where it cannot tell (a CPU on another OS). Without it, bf16 autocast is
+    slower than float32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return None
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    return None if flags is None else bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

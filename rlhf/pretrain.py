@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import torch
@@ -13,7 +14,7 @@ from .config import DataError, RunConfig, stage_seed
 from .errors import check_finite
 from .heldout import heldout_nll, heldout_text
 from .losses import lm_loss
-from .models import autocast, n_params, save_hf, scratch_model
+from .models import autocast, n_params, native_bf16, save_hf, scratch_model
 from .rundir import RunDir
 from .sampling import probe_world
 from .world import World
@@ -53,6 +54,9 @@ def run_pretrain(cfg: RunConfig, rd: RunDir, world: World, tokenizer, device: to
     train = encode_corpus(tokenizer, world.corpus())
     print(f"[pretrain] GPT-2 with {n_params(model):,} parameters, {len(train):,} corpus tokens, "
           f"{pc.steps} steps of {pc.batch_size}x{pc.seq_len}")
+    if pc.autocast == "bf16" and native_bf16(device) is False:
+        print(f"[pretrain] warning: pretrain.autocast=bf16 on a {device.type} without native bf16 arithmetic "
+              "(no AVX512-BF16/AMX flag): slower than pretrain.autocast=none there", file=sys.stderr)
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay, betas=(0.9, 0.95))
     t0 = time.time()
     model.train()

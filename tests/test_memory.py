@@ -207,3 +207,20 @@ def test_pretrain_autocast_bf16_trains_in_bf16_and_saves_float32(tmp_path):
     assert losses["bf16"][0] != losses["none"][0]  # the first loss (same weights, same batch) is bf16's
     assert abs(losses["bf16"][0] - losses["none"][0]) < 0.05  # ... and close to float32's
     assert any(not torch.equal(weights["none"][k], weights["bf16"][k]) for k in weights["none"])
+
+
+def test_bf16_pretraining_warns_on_a_cpu_without_native_bf16(tmp_path, monkeypatch, capsys):
+    """native_bf16 reads the CPU flags (AVX512-BF16 or AMX-BF16; None when there are none to
+    read), and pretrain.autocast=bf16 on a CPU without them says it will be slower there."""
+    from rlhf import models, pretrain
+    from rlhf.config import load_config
+    cpu = torch.device("cpu")
+    assert models.native_bf16(cpu, "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n") is True
+    assert models.native_bf16(cpu, "flags\t\t: fpu sse avx2 amx_tile amx_bf16\n") is True
+    assert models.native_bf16(cpu, "flags\t\t: fpu sse avx2 avx512f\n") is False
+    assert models.native_bf16(cpu, "Hardware\t: something\n") is None
+    monkeypatch.setattr(pretrain, "native_bf16", lambda device: False)
+    cfg = load_config(QUICK, tiny_overrides(tmp_path, "warn", ["stages=[pretrain]", "pretrain.steps=2",
+                                                              "pretrain.autocast=bf16"]))
+    run_pipeline(cfg)
+    assert "pretrain.autocast=bf16 on a cpu without native bf16" in capsys.readouterr().err
