@@ -45,7 +45,7 @@ sys.path.insert(0, str(HERE))
 PHASES = {"sample": "sampling", "rollout_sample": "sampling", "policy_forward": "rollout forwards (policy/ref)",
           "critic_values": "rollout forwards (critic)", "score_rollout": "reward scoring",
           "ppo_update": "update (fwd+bwd+optimizer)", "heldout_nll": "held-out loss",
-          "append_jsonl": "logging", "append_jsonl_gz": "logging", "check_finite": "checks",
+          "append_jsonl_gz": "logging", "check_finite": "checks",
           "gae": "GAE + KL rewards", "kl_penalised_rewards": "GAE + KL rewards"}
 
 OP_GROUPS = [("matmul", ("mm", "addmm", "bmm", "matmul", "linear", "baddbmm")),
@@ -79,8 +79,7 @@ class Timers:
 
     def install(self):
         for n, f in self.orig.items():
-            if n != "append_jsonl":
-                setattr(self.ppo, n, self._wrap(n, f))
+            setattr(self.ppo, n, self._wrap(n, f))
 
     def phases(self, window: tuple[float, float]) -> dict:
         t = defaultdict(float)
@@ -141,7 +140,8 @@ def run_once(d: Path, a, profile: bool):
     else:
         tm.install()
     marks: list[float] = []
-    orig_append = ppo.append_jsonl
+    from rlhf import tracking
+    orig_append = tracking.metrics  # the one metrics writer (rlhf.ppo calls tracking.metrics)
 
     def append(path, row, *x, **k):  # one metrics row per iteration marks its end
         r = orig_append(path, row, *x, **k)
@@ -152,12 +152,12 @@ def run_once(d: Path, a, profile: bool):
             if prof is not None and len(marks) == steps:
                 prof.stop()
         return r
-    ppo.append_jsonl = append
+    tracking.metrics = append
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             ppo.run_ppo(cfg, rd, str(d / "sft"), str(d / "rm"), tok, world, torch.device("cpu"))
     finally:
-        ppo.append_jsonl = orig_append
+        tracking.metrics = orig_append
         tm.remove()
     rows = read_jsonl(rd.path / "ppo.tmp" / "metrics.jsonl")
     shutil.rmtree(rd.path, ignore_errors=True)
