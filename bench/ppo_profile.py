@@ -114,7 +114,7 @@ def worker_cfg(a, steps: int):
     if a.model == "toy":
         over += ["model.n_layer=2", f"model.n_embd={a.n_embd}", "model.n_positions=128"]
     else:
-        over += ["ppo.lr=1e-6", "ppo.critic_lr=1e-5", f"ppo.data={a.dir / 'prompts.txt'}"]
+        over += ["ppo.lr=1e-6", "ppo.critic_lr=1e-5", f"ppo.data={a.dir / 'prompts.txt'}", "model.chat_template=off"]  # plain prompts, as bench/ppo_vs_trl.py
     return load_config(REPO / "experiments" / "quickstart.yaml", over)
 
 

@@ -122,7 +122,9 @@ def worker_ours(d: Path, a) -> dict:
         f"ppo.batch_size={a.batch}", f"ppo.minibatch_size={a.batch}", f"ppo.epochs={a.epochs}",
         f"ppo.max_new_tokens={a.new_tokens}", f"ppo.beta={KL_COEF}", "ppo.ptx_coef=0", f"ppo.lr={LR}",
         "ppo.critic=separate", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1",
-        *([f"ppo.data={d / 'prompts.txt'}"] if a.model == "smollm2" else [])])
+        # SmolLM2: the prompts as plain text, as the TRL sides get them (the chat template would add
+        # its system turn to every prompt on our side only)
+        *([f"ppo.data={d / 'prompts.txt'}", "model.chat_template=off"] if a.model == "smollm2" else [])])
     world = World(cfg.world) if a.model == "toy" else None
     tok = load_tokenizer(str(d / "sft"))
     rd = RunDir(Path(tempfile.mkdtemp(prefix="ours_", dir=d)))
