@@ -41,6 +41,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
+import ppo_vs_trl as pv  # noqa: E402  (the models, our side's overrides and tokenizer)
+
 # names in rlhf.ppo that are phases of an iteration (timed when present)
 PHASES = {"sample": "sampling", "rollout_sample": "sampling", "policy_forward": "rollout forwards (policy/ref)",
           "critic_values": "rollout forwards (critic)", "score_rollout": "reward scoring",
@@ -114,7 +116,7 @@ def worker_cfg(a, steps: int):
     if a.model == "toy":
         over += ["model.n_layer=2", f"model.n_embd={a.n_embd}", "model.n_positions=128"]
     else:
-        over += ["ppo.lr=1e-6", "ppo.critic_lr=1e-5", f"ppo.data={a.dir / 'prompts.txt'}", "model.chat_template=off"]  # plain prompts, as bench/ppo_vs_trl.py
+        over += ["ppo.lr=1e-6", "ppo.critic_lr=1e-5", *pv.real_model_overrides(a.dir, a.model)]
     return load_config(REPO / "experiments" / "quickstart.yaml", over)
 
 
@@ -124,13 +126,12 @@ def run_once(d: Path, a, profile: bool):
     the final evaluation are outside it). Returns (timers, profiler, window, iteration times, rows)."""
     import torch
     import rlhf.ppo as ppo
-    from rlhf.models import load_tokenizer
     from rlhf.rundir import RunDir, read_jsonl
     from rlhf.world import World
     steps = a.steps + 1
     cfg = worker_cfg(a, steps)
     world = World(cfg.world) if a.model == "toy" else None  # a real model: prompts from ppo.data, as TRL
-    tok = load_tokenizer(str(d / "sft"))
+    tok = pv.our_tokenizer(d, cfg)
     rd = RunDir(Path(tempfile.mkdtemp(prefix="prof_", dir=d)))
     tm = Timers(ppo)
     prof = None
@@ -180,7 +181,6 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     torch.set_num_threads(1)
-    import ppo_vs_trl as pv
     d = Path(tempfile.mkdtemp(prefix="ppo_profile_"))
     a.dir = d
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

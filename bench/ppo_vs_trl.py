@@ -105,13 +105,27 @@ def prepare(d: Path, n_layer: int, n_embd: int, n_positions: int = 128, suppress
 
 # ----------------------------------------------------------------------------- workers
 
+def real_model_overrides(d: Path, model: str) -> list[str]:
+    """Our side's overrides for SmolLM2: the prepared prompts file, as plain text, as the TRL
+    sides get them (the chat template would add its system turn to every prompt on our side
+    only: 42 prompt tokens instead of 12)."""
+    return [f"ppo.data={d / 'prompts.txt'}", "model.chat_template=off"] if model == "smollm2" else []
+
+
+def our_tokenizer(d: Path, cfg):
+    """The prepared tokenizer with the run's ``model.chat_template`` applied, as the pipeline
+    does before run_ppo (run_ppo takes the tokenizer as given)."""
+    from rlhf.chat import apply_setting
+    from rlhf.models import load_tokenizer
+    return apply_setting(load_tokenizer(str(d / "sft")), cfg.model.chat_template, str(d / "sft"))
+
+
 def worker_ours(d: Path, a) -> dict:
     _one_thread()
     sys.path.insert(0, str(REPO))
     import shutil
     import torch
     from rlhf.config import load_config
-    from rlhf.models import load_tokenizer
     from rlhf.ppo import run_ppo
     from rlhf.rundir import RunDir, read_jsonl
     from rlhf.world import World
@@ -122,11 +136,9 @@ def worker_ours(d: Path, a) -> dict:
         f"ppo.batch_size={a.batch}", f"ppo.minibatch_size={a.batch}", f"ppo.epochs={a.epochs}",
         f"ppo.max_new_tokens={a.new_tokens}", f"ppo.beta={KL_COEF}", "ppo.ptx_coef=0", f"ppo.lr={LR}",
         "ppo.critic=separate", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1",
-        # SmolLM2: the prompts as plain text, as the TRL sides get them (the chat template would add
-        # its system turn to every prompt on our side only)
-        *([f"ppo.data={d / 'prompts.txt'}", "model.chat_template=off"] if a.model == "smollm2" else [])])
+        *real_model_overrides(d, a.model)])
     world = World(cfg.world) if a.model == "toy" else None
-    tok = load_tokenizer(str(d / "sft"))
+    tok = our_tokenizer(d, cfg)
     rd = RunDir(Path(tempfile.mkdtemp(prefix="ours_", dir=d)))
     import contextlib
     import io
