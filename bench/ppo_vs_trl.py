@@ -19,6 +19,10 @@ no gradient checkpointing, no ptx, dropout 0, one torch thread.
             generation (``--batch``/2 prompts x 2 generations), ``num_iterations = --epochs``
             (each trainer step is one optimisation pass; one iteration = ``--epochs`` trainer
             steps). RLOO has no critic, so it does less work per episode than PPO.
+* ours_head (not default; less work): ``rlhf.ppo.run_ppo`` with ``ppo.critic=head``, a value
+            head on the policy's last hidden state instead of a critic model: no critic forward,
+            backward or optimiser step (the rollout's values take one policy forward instead).
+            What a researcher gains by that choice, not a comparison on equal work.
 * trl_ppo_nogc (diagnostic, not default): trl_ppo with the two ``gc.collect()`` calls that
             PPOTrainer.train makes every iteration turned into no-ops, to show how much of TRL's
             time they take (``--sides ours,trl_ppo,trl_ppo_nogc,trl_rloo``).
@@ -120,7 +124,7 @@ def our_tokenizer(d: Path, cfg):
     return apply_setting(load_tokenizer(str(d / "sft")), cfg.model.chat_template, str(d / "sft"))
 
 
-def worker_ours(d: Path, a) -> dict:
+def worker_ours(d: Path, a, critic: str = "separate") -> dict:
     _one_thread()
     sys.path.insert(0, str(REPO))
     import shutil
@@ -135,7 +139,7 @@ def worker_ours(d: Path, a) -> dict:
         f"ppo.steps={steps}",
         f"ppo.batch_size={a.batch}", f"ppo.minibatch_size={a.batch}", f"ppo.epochs={a.epochs}",
         f"ppo.max_new_tokens={a.new_tokens}", f"ppo.beta={KL_COEF}", "ppo.ptx_coef=0", f"ppo.lr={LR}",
-        "ppo.critic=separate", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1",
+        f"ppo.critic={critic}", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1",
         *real_model_overrides(d, a.model)])
     world = World(cfg.world) if a.model == "toy" else None
     tok = our_tokenizer(d, cfg)
@@ -150,7 +154,7 @@ def worker_ours(d: Path, a) -> dict:
     shutil.rmtree(rd.path, ignore_errors=True)
     t = [r["time_s"] for r in rows]
     # response_len counts tokens up to EOS; sampling runs until every row ended or T tokens
-    return {"side": "ours", "iter_s": [b - a for a, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
+    return {"side": "ours" if critic == "separate" else f"ours_{critic}", "iter_s": [b - a for a, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
             "tokens_per_iter": a.batch * a.new_tokens, "gen_s": gen[1:], "peak_rss_mb": _peak_rss_mb(),
             "mean_response_len": statistics.mean(r["response_len"] for r in rows)}
 
@@ -279,7 +283,7 @@ def worker_trl_rloo(d: Path, a) -> dict:
             "tokens_per_iter": a.batch * a.new_tokens, "peak_rss_mb": _peak_rss_mb()}
 
 
-WORKERS = {"ours": worker_ours, "trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo,
+WORKERS = {"ours": worker_ours, "ours_head": lambda d, a: worker_ours(d, a, critic="head"), "trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo,
            "trl_ppo_nogc": lambda d, a: worker_trl_ppo(d, a, no_gc=True)}
 
 

@@ -47,7 +47,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "pretrain_schedule": (["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "1000:3e-3:50,700:4e-3:30,500:6e-3:30"],
                           ["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "20:3e-3:5",
                            "--extra", "rm.n_prompts=40", "rm.n_test_prompts=40", "rm.epochs=1"]),
-    "ppo_vs_trl": (["bench/ppo_vs_trl.py", "--steps", "8", "--repeats", "6"],
+    "ppo_vs_trl": (["bench/ppo_vs_trl.py", "--steps", "8", "--repeats", "6",
+                    "--sides", "ours,trl_ppo,trl_ppo_nogc,trl_rloo,ours_head"],
                    ["bench/ppo_vs_trl.py", "--steps", "1", "--repeats", "1"]),
     "smollm2_vs_trl": (["bench/ppo_vs_trl.py", "--model", "smollm2", "--batch", "8", "--new-tokens", "32", "--epochs", "1",
                         "--steps", "2", "--repeats", "2", "--sides", "ours,trl_ppo_nogc,trl_ppo"],
@@ -309,7 +310,8 @@ def render(results: Path) -> str:
         w("|---|---|---|---|---|---|---|---|")
         names = {"ours": "ours (`rlhf.ppo.run_ppo`, separate critic)", "trl_ppo": "TRL PPOTrainer as shipped",
                  "trl_ppo_nogc": "TRL PPOTrainer, its 2 `gc.collect()` per iteration off",
-                 "trl_rloo": "TRL RLOOTrainer (equal episodes, no critic)"}
+                 "trl_rloo": "TRL RLOOTrainer (equal episodes, no critic)",
+                 "ours_head": "ours with `ppo.critic=head` (a value head on the policy: no critic model; less work)"}
         for side, x in s.items():
             ratio = s[side]["median_s"] / s["ours"]["median_s"] if "ours" in s else float("nan")
             gen = (f"{ms(x['gen_median_s'])} ({x['gen_tokens_per_s']:.0f})" if "gen_median_s" in x else "-")
