@@ -1,6 +1,6 @@
 """Shared stages: runs of a sweep that agree on every key a stage depends on build it once.
 
-A sweep file may say ``share_stages: [pretrain, sft]`` (any of pretrain, sft, rm, ppo).
+A sweep file may say ``share_stages: [pretrain, sft]`` (any of pretrain, sft, classifier, rm, ppo).
 For each listed stage, :func:`rlhf.config.stage_hash` names its result (the keys it
 depends on, ``rlhf.config.stage_keys``). The stage is built once per hash in a build
 directory ``<out_dir>/shared/<stage>-<hash>/`` (a run directory of its own, next to the
@@ -23,8 +23,11 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-PIPELINE_ORDER = ("pretrain", "sft", "rm", "ppo")
+PIPELINE_ORDER = ("pretrain", "sft", "classifier", "rm", "ppo")  # rlhf.config.STAGES (tests/test_findings.py)
 SHAREABLE = PIPELINE_ORDER
+# the stages whose results a stage's result is built from (its stage_hash covers their keys)
+BUILT_FROM = {"pretrain": (), "sft": ("pretrain",), "classifier": ("pretrain",), "rm": ("pretrain", "sft"),
+              "ppo": ("pretrain", "sft", "classifier", "rm")}
 EXTRA_FILES = {"rm": ("comparisons.jsonl",), "ppo": ("comparisons.jsonl",)}  # ppo.rounds > 1 adds to it
 
 
@@ -73,6 +76,15 @@ def _bring(src_run: Path, dst_run: Path, stage: str) -> None:
             link_file(src_run / f, dst_run / f)
 
 
+def build_stages(cfg, stage: str) -> list[str]:
+    """The stages a shared build of ``stage`` runs, in pipeline order: ``stage`` and those it
+    is built from. The classifier only where the run lists it (a run rewarded by its RM has
+    none), and never for a stage that is not built from it: a shared ``rm`` must not carry a
+    classifier whose keys its hash does not cover."""
+    need = set(BUILT_FROM[stage]) | {stage}
+    return [s for s in PIPELINE_ORDER if s in need and (s != "classifier" or s in cfg.stages)]
+
+
 def provide_shared_stages(cfg, run_dir: str | Path, shared: str | Path, stages: Iterable[str],
                           log=print) -> list[str]:
     """Put every stage of ``stages`` that ``cfg`` runs into ``run_dir``, building it once per
@@ -94,7 +106,7 @@ def provide_shared_stages(cfg, run_dir: str | Path, shared: str | Path, stages: 
             if not _done(build, stage):
                 # earlier stages this run has already (shared or done): start the build from them
                 build.mkdir(parents=True, exist_ok=True)
-                for earlier in PIPELINE_ORDER[:PIPELINE_ORDER.index(stage)]:
+                for earlier in build_stages(cfg, stage)[:-1]:
                     _bring(run_dir, build, earlier)
                 # The build directory only ever holds stages whose keys agree with this run's
                 # (same hash); another run's config.yaml there would differ in other keys.
@@ -102,15 +114,14 @@ def provide_shared_stages(cfg, run_dir: str | Path, shared: str | Path, stages: 
                 from dataclasses import replace
 
                 from rlhf.pipeline import run_pipeline
-                sub = replace(cfg, name=build.name, out_dir=str(shared),
-                              stages=list(PIPELINE_ORDER[:PIPELINE_ORDER.index(stage) + 1]))
+                sub = replace(cfg, name=build.name, out_dir=str(shared), stages=build_stages(cfg, stage))
                 log(f"[shared] building {stage} ({h}) in {build}")
                 run_pipeline(sub, run_dir=build, argv=["rlhf", "sweep", "shared", build.name])
                 if not _done(build, stage):
                     raise ConfigError(f"shared stage {stage} was not built in {build}")
             else:
                 log(f"[shared] {stage} ({h}) from {build}")
-        for earlier in PIPELINE_ORDER[:PIPELINE_ORDER.index(stage) + 1]:
+        for earlier in build_stages(cfg, stage):
             _bring(build, run_dir, earlier)
         got.append(stage)
     return got

@@ -81,6 +81,23 @@ def test_build_order_builders_first():
     assert build_order(keys) == [0, 4, 5, 2, 1, 3]
 
 
+def test_shared_builds_carry_the_classifier_only_where_it_is_built_from():
+    """A shared PPO build of a classifier-rewarded run trains its classifier; a shared RM build
+    never carries one (the RM's hash does not cover classifier.*); a run without a classifier
+    stage builds none; every stage the config knows can be shared."""
+    from rlhf.config import STAGES, load_config
+    from rlhf_slurm.shared import SHAREABLE, build_stages
+    assert tuple(SHAREABLE) == STAGES
+    with_clf = load_config(REPO / "experiments" / "quickstart.yaml",
+                           ["stages=[pretrain,sft,classifier,rm,ppo]", "ppo.reward=classifier"])
+    plain = load_config(REPO / "experiments" / "quickstart.yaml")
+    assert build_stages(with_clf, "ppo") == ["pretrain", "sft", "classifier", "rm", "ppo"]
+    assert build_stages(plain, "ppo") == ["pretrain", "sft", "rm", "ppo"]
+    assert build_stages(with_clf, "rm") == build_stages(plain, "rm") == ["pretrain", "sft", "rm"]
+    assert build_stages(with_clf, "classifier") == ["pretrain", "classifier"]
+    assert build_stages(plain, "sft") == ["pretrain", "sft"]
+
+
 def test_stage_hash_depends_only_on_the_stage_keys():
     from rlhf.config import load_config, stage_hash
     base = load_config(REPO / "experiments" / "quickstart.yaml")
