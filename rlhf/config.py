@@ -171,7 +171,7 @@ class PPOConfig:
     temperature: float = 1.0  # rollout sampling temperature
     top_p: float = 1.0  # rollout nucleus sampling
     no_eos_penalty: float = -1.0  # added to the RM score when a response never ends
-    grad_clip: float = 1.0  # max gradient norm
+    grad_clip: float = 1.0  # max gradient norm, per model; 0: no clipping (TRL's PPOTrainer clips none)
     checkpoint_every: int = 20  # iterations between checkpoints
     # save the policy when KL first passes each level (ppo/kl_<level>), for the over-optimisation eval
     kl_levels: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
@@ -277,7 +277,7 @@ _RANGES: list[tuple[str, Any, str]] = [
     ("ppo.sharding", lambda v: v in ("replicate", "fsdp"), "'replicate' or 'fsdp'"),
     ("rm.loss", lambda v: v in ("kwise", "pairs"), "'kwise' or 'pairs'"),
     ("ppo.rounds", lambda v: v >= 1, ">= 1"),
-    ("ppo.grad_clip", lambda v: v > 0, "> 0"),
+    ("ppo.grad_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
     ("rm.sample_temperature", lambda v: v > 0, "> 0"),
     ("rm.heldout_frac", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("world.labeler_noise", lambda v: v >= 0, ">= 0"),
@@ -720,7 +720,9 @@ def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:
 
 def stage_hash(cfg: RunConfig, stage: str) -> str:
     """12 hex digits naming the result of ``stage`` under ``cfg``: two configs with the same
-    hash build byte-for-byte the same stage (deterministic pipeline), so one can reuse it."""
+    hash build byte-for-byte the same stage (deterministic pipeline) at the same ``threads``,
+    so one can reuse it. ``threads`` is left out: it changes no setting, only the order of
+    float sums, so runs at other thread counts give results equal up to float rounding."""
     import hashlib
     import json
     text = json.dumps({"stage": stage, **stage_keys(cfg, stage)}, sort_keys=True, default=str)

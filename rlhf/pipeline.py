@@ -337,7 +337,8 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
             d.barrier()  # data-parallel PPO: no rank reads ppo.tmp before rank 0 has cleared it
             seed_everything(cfg.seed)
             t0 = time.time()
-            with tracking.stage(cfg, rd.path, stage, rd.writer):  # logging.report_to (rlhf/tracking.py)
+            fresh = stage != "ppo" or not (rd.path / "ppo.tmp").exists()  # PPO resumes from ppo.tmp
+            with tracking.stage(cfg, rd.path, stage, rd.writer, fresh):  # logging.report_to (rlhf/tracking.py)
                 summary = _run_one(stage, cfg, rd, world, tok, device, d, pretrained_path, sft_path)
             summary["stage_time_s"] = time.time() - t0
             rd.finish_stage(stage, summary, dump_yaml(cfg))

@@ -20,7 +20,11 @@ regardless of trackers.
 The pipeline opens one tracker per stage (:func:`stage`), on the process that writes the run
 directory only; the stages call the module-level :func:`log` and :func:`samples`, which do
 nothing when no tracker is open. A resumed PPO stage logs again the iterations after its
-checkpoint (as ``metrics.jsonl`` does): a tracker then shows those steps twice.
+checkpoint (as ``metrics.jsonl`` does): a tracker then shows those steps twice. A stage that
+starts from nothing (a first run, ``--force``, a redo after a config change, an interrupted
+stage other than PPO) first moves the event files of its earlier attempt aside, to
+``tensorboard/<stage>.before-<UTC time>/`` (kept, shown as a run of its own), so the
+``<stage>`` curves are this attempt's only.
 Trackers are never part of a result: ``logging.*`` keys are left out of config checks and
 stage hashes.
 """
@@ -31,6 +35,8 @@ import contextlib
 import importlib.util
 import math
 import numbers
+import os
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -74,9 +80,9 @@ def scalars(row: dict, prefix: str = "") -> dict[str, float]:
 class Tracker:
     """The trackers of one stage; :meth:`log` a metrics row, :meth:`text` a table of samples."""
 
-    def __init__(self, cfg, run_path: Path, stage: str):
+    def __init__(self, cfg, run_path: Path, stage: str, fresh: bool = True):
         self.writers: list[str] = []
-        self.cfg, self.run_path, self.stage = cfg, Path(run_path), stage
+        self.cfg, self.run_path, self.stage, self.fresh = cfg, Path(run_path), stage, fresh
         self.sample_every = cfg.logging.sample_every
         self.n_samples = cfg.logging.n_samples
         self.started = False
@@ -91,6 +97,8 @@ class Tracker:
         root = self.run_path / "tracking"
         if "tensorboard" in names:
             from torch.utils.tensorboard import SummaryWriter
+            if self.fresh:
+                set_aside(root / "tensorboard" / stage)
             self.tb = SummaryWriter(log_dir=str(root / "tensorboard" / stage))
             self.writers.append("tensorboard")
         if "wandb" in names:
@@ -141,18 +149,34 @@ def _flat_config(cfg) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in flatten(cfg).items()}
 
 
+def set_aside(folder: Path) -> Optional[Path]:
+    """Rename a non-empty ``folder`` (an earlier attempt's event files) to
+    ``<folder>.before-<UTC time>`` (a counter added if that exists); returns the new path."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dst, n = folder.with_name(f"{folder.name}.before-{stamp}"), 1
+    while dst.exists():
+        n += 1
+        dst = folder.with_name(f"{folder.name}.before-{stamp}-{n}")
+    os.replace(folder, dst)
+    return dst
+
+
 _active: Optional[Tracker] = None
 
 
 @contextlib.contextmanager
-def stage(cfg, run_path: Path, name: str, writer: bool = True) -> Iterator[Optional[Tracker]]:
+def stage(cfg, run_path: Path, name: str, writer: bool = True, fresh: bool = True) -> Iterator[Optional[Tracker]]:
     """The tracker of stage ``name`` while the stage runs (None when ``logging.report_to`` is
-    empty or this process does not write the run directory); closed after it, in any case."""
+    empty or this process does not write the run directory); closed after it, in any case.
+    ``fresh``: the stage starts from nothing (not a PPO resume), so an earlier attempt's
+    TensorBoard files are moved aside (:func:`set_aside`) before the first row."""
     global _active
     if not writer or not requested(cfg):
         yield None
         return
-    _active = Tracker(cfg, run_path, name)
+    _active = Tracker(cfg, run_path, name, fresh)
     try:
         yield _active
     finally:

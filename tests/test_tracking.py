@@ -88,6 +88,28 @@ def test_tensorboard_scalars_match_metrics_jsonl(tmp_path):
     assert f"{first[0]['rm_score']:.4g}" in table
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                    reason="tensorboard is not installed (pip install -e '.[tensorboard]')")
+def test_force_sets_the_earlier_attempts_events_aside(tmp_path):
+    """--force redoes a stage: its TensorBoard folder then holds the new attempt's curves only,
+    and the first attempt's event files are kept beside it."""
+    from rlhf.pipeline import run_pipeline
+    over = tiny_overrides(tmp_path, extra=["stages=[pretrain]", "pretrain.steps=4", "logging.report_to=tensorboard"])
+    run = run_pipeline(load_config(REPO / "experiments" / "quickstart.yaml", over))
+    first = read_jsonl(run / "pretrain" / "metrics.jsonl")
+    run = run_pipeline(load_config(REPO / "experiments" / "quickstart.yaml", over + ["pretrain.lr=1e-4"]), force=True)
+    second = read_jsonl(run / "pretrain" / "metrics.jsonl")
+    tb = run / "tracking" / "tensorboard"
+    aside = sorted(p.name for p in tb.iterdir() if p.name.startswith("pretrain.before-"))
+    assert len(aside) == 1, sorted(p.name for p in tb.iterdir())
+
+    def losses(folder):
+        return [e.value for e in _events(folder).Scalars("loss")]
+    assert losses(tb / "pretrain") == pytest.approx([r["loss"] for r in second if "loss" in r], rel=1e-6)
+    assert losses(tb / aside[0]) == pytest.approx([r["loss"] for r in first if "loss" in r], rel=1e-6)
+    assert losses(tb / "pretrain") != losses(tb / aside[0])
+
+
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
                     reason="wandb is not installed (pip install -e '.[wandb]'): the offline run is not tested")
 def test_wandb_offline_writes_a_run_without_network(tmp_path, monkeypatch):
