@@ -20,7 +20,7 @@
    ``ppo.lam``); advantage whitening.
 4. **Update**: ``ppo.epochs`` passes over shuffled minibatches; the clipped surrogate
    (``ppo.clip_eps``; none = unclipped), the clipped value loss (``ppo.value_clip``),
-   gradient clipping (``ppo.grad_clip``). With ``ppo.ptx_coef`` = γ > 0 every update also
+   gradient-norm clipping per model (``ppo.grad_clip``; 0: none). With ``ppo.ptx_coef`` = γ > 0 every update also
    takes a batch of pretraining sequences and adds γ·(LM loss) before the same backward
    pass (``ppo.ptx_ratio`` pretraining sequences per RL episode in each iteration, each
    used once). γ = 0 does no extra work.
@@ -1017,7 +1017,8 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
     loss.backward()
     params = [p for g in opt.param_groups for p in g["params"]]
     d.average_gradients(params)
-    torch.nn.utils.clip_grad_norm_(params, pc.grad_clip)
+    if pc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, pc.grad_clip)
     opt.step()
     if free_grads:
         opt.zero_grad(set_to_none=True)
@@ -1029,7 +1030,8 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
         (w * vf_loss).backward()
         cparams = [p for g in critic_opt.param_groups for p in g["params"]]
         d.average_gradients(cparams)
-        torch.nn.utils.clip_grad_norm_(cparams, pc.grad_clip)
+        if pc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(cparams, pc.grad_clip)
         critic_opt.step()
         if free_grads:
             critic_opt.zero_grad(set_to_none=True)

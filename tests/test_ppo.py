@@ -265,3 +265,26 @@ def test_reward_model_tokenizer_mismatch_is_refused(tiny_run, tmp_path):
     assert p.returncode == 2
     assert "does not match the policy" in err
     assert not (run / "ppo.tmp" / "metrics.jsonl").exists()
+
+
+def test_grad_clip_zero_is_no_clipping(tiny_run):
+    """ppo.grad_clip=0 steps with the raw gradient: the same weights, bit for bit, as a clip
+    too large to bind, and other weights than a clip that binds."""
+    path, cfg = tiny_run
+    tok = AutoTokenizer.from_pretrained(path / "sft")
+    prompts = [p.text for p in World(cfg.world).train_prompts()[:6]]
+    s = sample(load_causal_lm(str(path / "sft")), tok, prompts, max_new_tokens=6, seed=3, logprobs=True)
+    m = s.response_mask.float()
+    adv = torch.randn(m.shape, generator=torch.Generator().manual_seed(0)) * m * 100
+    mb = Batch(s.prompt_ids, s.prompt_mask, s.response_ids, m, s.logprobs, s.logprobs, torch.zeros_like(m), adv,
+               torch.zeros_like(m))
+    after = {}
+    for clip in (0.0, 1e9, 1e-3):
+        policy = load_causal_lm(str(path / "sft"))
+        policy.train()
+        opt = torch.optim.SGD(policy.parameters(), lr=1e-2)
+        pc = type(cfg.ppo)(**{**cfg.ppo.__dict__, "grad_clip": clip})
+        ppo_update(policy, mb, opt, pc, on_policy=True)
+        after[clip] = torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
+    assert torch.equal(after[0.0], after[1e9])
+    assert not torch.equal(after[0.0], after[1e-3])
