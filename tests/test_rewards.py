@@ -313,3 +313,45 @@ def test_imdb_config_loads_and_reads_the_real_data_when_present():
     assert len(rows) > 40000 and {r["label"] for r in rows} == {0, 1} and any(r["heldout"] for r in rows)
     prompts = load_prompts(str(data), split="train", words=8)
     assert len(prompts) > 20000 and max(len(p.split()) for p in prompts) == 8
+
+
+def test_ppo_with_an_outside_reward_stops_and_resumes_bit_exactly(tiny_run, tmp_path, monkeypatch):
+    """A Python reward, no reward model, a separate critic started from the SFT policy with a
+    zeroed head: a run stopped after a checkpoint and resumed gives the uninterrupted run's
+    metrics, samples and saved policy and critic (the resume must not zero the trained head
+    again, nor look for an RM)."""
+    import rlhf.ppo as ppo_mod
+    from rlhf import stop
+    from safetensors.torch import load_file
+    extra = ["stages=[ppo]", "ppo.reward=py:reward_fns:kind_words", "ppo.critic=separate", "ppo.steps=5",
+             "ppo.checkpoint_every=2", "ppo.lr=1e-3"]
+    runs = {}
+    for name in ("a", "b"):
+        runs[name] = _copy_run(tiny_run, tmp_path, name)
+        shutil.rmtree(runs[name] / "rm")
+    cfg = {n: load_config(REPO / "experiments" / "quickstart.yaml", tiny_overrides(tmp_path, n, extra)) for n in runs}
+    run_pipeline(cfg["a"], force=True)
+
+    orig_step = ppo_mod.PPORun.step
+
+    def step(self, i):
+        orig_step(self, i)
+        if i == 2:
+            stop.request_stop("test")  # honoured at the end of the next iteration: a checkpoint, then stop
+    monkeypatch.setattr(ppo_mod.PPORun, "step", step)
+    with pytest.raises(stop.StopRequested):
+        run_pipeline(cfg["b"], force=True)
+    assert not (runs["b"] / "ppo" / "DONE").exists()
+    assert list((runs["b"] / "ppo.tmp" / "checkpoints").iterdir())
+    monkeypatch.setattr(ppo_mod.PPORun, "step", orig_step)
+    run_pipeline(cfg["b"])
+
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    ra, rb = (read_jsonl(runs[n] / "ppo" / "metrics.jsonl") for n in "ab")
+    assert len(ra) == 5 and strip(ra) == strip(rb)
+    assert _samples(runs["a"]) == _samples(runs["b"])
+    for f in ("model.safetensors", "critic/model.safetensors"):
+        wa, wb = (load_file(runs[n] / "ppo" / f) for n in "ab")
+        assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa), f
+    head = load_file(runs["a"] / "ppo" / "critic" / "model.safetensors")["score.weight"]
+    assert head.abs().sum() > 0  # the critic's zeroed head trained
