@@ -123,31 +123,15 @@ def _toy_policy(width: int = 64):
 def _lean_logits(m, ids, mask, pos, keep):
     """GPT-2's training forward with the kernels of transformers' GPT-2 in the same order, no
     module calls, output records or per-layer mask handling (the mask is built once, by
-    transformers' own ``create_causal_mask``)."""
+    transformers' own ``create_causal_mask``): the sampler's blocks (``rlhf.sampling.gpt2_blocks``)
+    without a KV cache."""
     from transformers.masking_utils import create_causal_mask
-    from rlhf.sampling import _gpt2_weights
+    from rlhf.sampling import _gpt2_weights, gpt2_blocks
     wte, wpe, layers, ln_f, head = _gpt2_weights(m)
     h = F.embedding(ids, wte) + F.embedding(pos, wpe)
     cm = create_causal_mask(config=m.config, inputs_embeds=h, attention_mask=mask, past_key_values=None,
                             position_ids=pos)
-    for (ln1, ab, aw, anf, split, hd, scale, pb, pw, pnf, ln2, fb, fw, fnf, act, mb, mw, mnf) in layers:
-        r = h
-        y = F.layer_norm(h, *ln1)
-        qkv = torch.addmm(ab, y.view(-1, y.size(-1)), aw).view(*y.shape[:-1], anf)
-        q, k, v = qkv.split(split, dim=2)
-        shape = (*k.shape[:-1], -1, hd)
-        o = F.scaled_dot_product_attention(q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2),
-                                           v.view(shape).transpose(1, 2), attn_mask=cm, dropout_p=0.0, scale=scale,
-                                           is_causal=False)
-        o = o.transpose(1, 2).contiguous()
-        o = o.reshape(*o.shape[:-2], -1).contiguous()
-        o = torch.addmm(pb, o.view(-1, o.size(-1)), pw).view(*o.shape[:-1], pnf)
-        h = o + r
-        r = h
-        y = F.layer_norm(h, *ln2)
-        y = act(torch.addmm(fb, y.view(-1, y.size(-1)), fw).view(*y.shape[:-1], fnf))
-        y = torch.addmm(mb, y.view(-1, y.size(-1)), mw).view(*y.shape[:-1], mnf)
-        h = r + y
+    h = gpt2_blocks(layers, h, cm)
     h = F.layer_norm(h, *ln_f)
     return F.linear(h[:, -keep:, :], head)
 

@@ -151,15 +151,30 @@ def _gpt2_step(w: tuple, x: torch.Tensor, pos: torch.Tensor, mask: Optional[torc
     F = torch.nn.functional
     wte, wpe, layers, ln_f, head = w
     h = F.embedding(x, wte) + F.embedding(pos, wpe)
+    h = gpt2_blocks(layers, h, mask, keys, values)
+    h = F.layer_norm(h, *ln_f)
+    return F.linear(h[:, -1:, :], head)
+
+
+def gpt2_blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], keys: Optional[list] = None,
+                values: Optional[list] = None) -> torch.Tensor:
+    """GPT-2's transformer blocks (``layers`` from :func:`_gpt2_weights`) on the hidden states
+    ``h`` (N, L, D) under the attention ``mask`` (broadcastable to (N, heads, L, S)) or None:
+    transformers' kernels in transformers' order. With ``keys``/``values`` (one per layer) the
+    new keys and values are appended to them (in place) and attended to with the cached ones
+    (a decoding step); without, the block attends to its own."""
+    F = torch.nn.functional
     for i, (ln1, ab, aw, anf, split, hd, scale, pb, pw, pnf, ln2, fb, fw, fnf, act, mb, mw, mnf) in enumerate(layers):
         r = h
         y = F.layer_norm(h, *ln1)
         qkv = torch.addmm(ab, y.view(-1, y.size(-1)), aw).view(*y.shape[:-1], anf)
         q, k, v = qkv.split(split, dim=2)
         shape = (*k.shape[:-1], -1, hd)
-        keys[i] = torch.cat([keys[i], k.view(shape).transpose(1, 2)], dim=-2)
-        values[i] = torch.cat([values[i], v.view(shape).transpose(1, 2)], dim=-2)
-        o = F.scaled_dot_product_attention(q.view(shape).transpose(1, 2), keys[i], values[i], attn_mask=mask,
+        k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
+        if keys is not None:
+            keys[i] = k = torch.cat([keys[i], k], dim=-2)
+            values[i] = v = torch.cat([values[i], v], dim=-2)
+        o = F.scaled_dot_product_attention(q.view(shape).transpose(1, 2), k, v, attn_mask=mask,
                                            dropout_p=0.0, scale=scale, is_causal=False)
         o = o.transpose(1, 2).contiguous()
         o = o.reshape(*o.shape[:-2], -1).contiguous()
@@ -170,8 +185,7 @@ def _gpt2_step(w: tuple, x: torch.Tensor, pos: torch.Tensor, mask: Optional[torc
         y = act(torch.addmm(fb, y.view(-1, y.size(-1)), fw).view(*y.shape[:-1], fnf))
         y = torch.addmm(mb, y.view(-1, y.size(-1)), mw).view(*y.shape[:-1], mnf)
         h = r + y
-    h = F.layer_norm(h, *ln_f)
-    return F.linear(h[:, -1:, :], head)
+    return h
 
 
 @torch.no_grad()
