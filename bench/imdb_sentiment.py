@@ -45,7 +45,6 @@ def main() -> int:
     ap.add_argument("--out", default="", help="write the figures as JSON here")
     a = ap.parse_args()
 
-    import numpy as np
     import torch
 
     from rlhf.config import load_config

@@ -11,8 +11,11 @@ toy-world training prompts; batch ``--batch`` episodes, ``--new-tokens`` sampled
 ``--epochs`` PPO epochs over ONE minibatch of the whole batch, KL coefficient 0.05, fp32,
 no gradient checkpointing, no ptx, dropout 0, one torch thread.
 
-* ours:     ``rlhf.ppo.run_ppo`` (critic = separate value model from the RM, as TRL's PPO);
+* ours:     ``rlhf.ppo.run_ppo`` (critic = separate value model from the RM, as TRL's PPO;
+            ``ppo.grad_clip=0``: no gradient clipping, as TRL's PPOTrainer);
             per-iteration times from its metrics.jsonl (time_s deltas).
+* ours_clip (not default): ours at our default ``ppo.grad_clip=1.0`` (a gradient-norm
+            clip of each model per update, which TRL's PPOTrainer does not do).
 * trl_ppo:  ``trl.experimental.ppo.PPOTrainer`` from trl==1.12.0 (the last release that has
             it), run in bench/.venv-trl112; per-iteration times from on_step_end.
 * trl_rloo: ``trl.RLOOTrainer`` from the main venv's trl (1.16): ``--batch`` completions per
@@ -124,7 +127,7 @@ def our_tokenizer(d: Path, cfg):
     return apply_setting(load_tokenizer(str(d / "sft")), cfg.model.chat_template, str(d / "sft"))
 
 
-def worker_ours(d: Path, a, critic: str = "separate") -> dict:
+def worker_ours(d: Path, a, critic: str = "separate", grad_clip: float = 0.0) -> dict:
     _one_thread()
     sys.path.insert(0, str(REPO))
     import shutil
@@ -139,7 +142,7 @@ def worker_ours(d: Path, a, critic: str = "separate") -> dict:
         f"ppo.steps={steps}",
         f"ppo.batch_size={a.batch}", f"ppo.minibatch_size={a.batch}", f"ppo.epochs={a.epochs}",
         f"ppo.max_new_tokens={a.new_tokens}", f"ppo.beta={KL_COEF}", "ppo.ptx_coef=0", f"ppo.lr={LR}",
-        f"ppo.critic={critic}", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1",
+        f"ppo.critic={critic}", f"ppo.grad_clip={grad_clip}", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1",
         *real_model_overrides(d, a.model)])
     world = World(cfg.world) if a.model == "toy" else None
     tok = our_tokenizer(d, cfg)
@@ -154,7 +157,8 @@ def worker_ours(d: Path, a, critic: str = "separate") -> dict:
     shutil.rmtree(rd.path, ignore_errors=True)
     t = [r["time_s"] for r in rows]
     # response_len counts tokens up to EOS; sampling runs until every row ended or T tokens
-    return {"side": "ours" if critic == "separate" else f"ours_{critic}", "iter_s": [b - a for a, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
+    side = "ours" + ("" if critic == "separate" else f"_{critic}") + ("_clip" if grad_clip else "")
+    return {"side": side, "iter_s": [b - a for a, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
             "tokens_per_iter": a.batch * a.new_tokens, "gen_s": gen[1:], "peak_rss_mb": _peak_rss_mb(),
             "mean_response_len": statistics.mean(r["response_len"] for r in rows)}
 
@@ -283,7 +287,8 @@ def worker_trl_rloo(d: Path, a) -> dict:
             "tokens_per_iter": a.batch * a.new_tokens, "peak_rss_mb": _peak_rss_mb()}
 
 
-WORKERS = {"ours": worker_ours, "ours_head": lambda d, a: worker_ours(d, a, critic="head"), "trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo,
+WORKERS = {"ours": worker_ours, "ours_head": lambda d, a: worker_ours(d, a, critic="head"),
+           "ours_clip": lambda d, a: worker_ours(d, a, grad_clip=1.0), "trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo,
            "trl_ppo_nogc": lambda d, a: worker_trl_ppo(d, a, no_gc=True)}
 
 

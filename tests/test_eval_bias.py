@@ -5,7 +5,6 @@ here from log-likelihoods taken straight from the model), bad input (exit 2), re
 import csv
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
