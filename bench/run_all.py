@@ -334,6 +334,10 @@ def render(results: Path) -> str:
                          f"{ms(up)} ms outside sampling, nearly all of it in the update (the profile below), "
                          "which does the same forward, backward and AdamW arithmetic through the same torch kernels as "
                          "TRL's; the ideas that would cut it are measured under *Ideas measured side by side*.")
+            if "ours_head" in s:
+                line += (f" Doing less work, with a value head on the policy instead of a critic model "
+                         f"(`ppo.critic=head`), ours runs at {s['trl_ppo_nogc']['median_s'] / s['ours_head']['median_s']:.2f}x "
+                         "TRL without gc; that is a different algorithm, not counted for the goal.")
             w(line)
             w("")
         w("*ours / side* is the side's iteration time over ours: above 1 we are faster. *Generation* is the sampling "
@@ -498,6 +502,24 @@ def render(results: Path) -> str:
             w(f"| {r['threads']} | {a['ms']:.1f} ({a['min']:.1f}-{a['max']:.1f}) | {b['ms']:.1f} ({b['min']:.1f}-{b['max']:.1f}) "
               f"| **{a['ms'] / b['ms']:.2f}x** |")
         w("")
+        pf = si.get("pretrain_flops")
+        if pf:
+            w(f"**Why pretraining does not get much faster without fewer FLOPs.** The float32 step above does "
+              f"{pf['flops_per_step'] / 1e9:.2f} GFLOP of matmuls (counted from the shapes: forward and backward). "
+              f"Against this machine's float32 rate on the step's own largest matmul, {pf['mm_shape']}:")
+            w("")
+            w("| threads | step | GFLOP/s of the step | GFLOP/s of its largest matmul alone | share | least time of "
+              f"{pf['steps']} steps at that rate |")
+            w("|---|---|---|---|---|---|")
+            for r in pf["rows"]:
+                w(f"| {r['threads']} | {r['step_ms']:.1f} ms | {r['gflops']:.0f} | {r['mm_gflops']:.0f} | "
+                  f"{r['share']:.0%} | {r['least_s']:.1f} s |")
+            w("")
+            w("The remaining share goes to attention, GELU, layer norms and AdamW, which run below the matmul rate. "
+              "So the quickstart's pretraining stays above the last column whatever the loop does; a 60 s quickstart "
+              "needs less arithmetic (fewer steps, tokens or parameters, each a change to the science the findings "
+              "test) or lower precision on hardware that has it.")
+            w("")
         lf = si["lean_forward"]
         w(f"**A lean GPT-2 training forward** (not kept): the toy policy ({lf['model']}, {lf['shape']} tokens) forward "
           f"with `logits_to_keep`, a log-prob loss and backward, through transformers' GPT-2 against the same kernels "

@@ -9,13 +9,19 @@ baseline, ...), a few warm-up steps first; medians over repeats of ``--steps`` s
   world tokenizer's vocabulary, batch 32 x 64: forward, ``lm_loss``, backward, AdamW) in
   float32 against ``torch.autocast`` bf16 (``pretrain.autocast=bf16``), at 1 and 2 torch
   threads. bf16 only pays on CPUs with native bf16 arithmetic (AVX512-BF16, AMX) and GPUs.
+* ``pretrain_flops``: why fewer seconds of pretraining need fewer FLOPs. The float32 step
+  above against its arithmetic (matmul FLOPs counted from the shapes: 3 x forward, forward =
+  2 x tokens x (12 x layers x width^2 + vocab x width) + 4 x layers x batch x seq^2 x width)
+  and against this machine's float32 matmul rate on the step's own largest matmul (the MLP's
+  tokens x width x 4 width, forward shape) at the same threads: the share of that rate the
+  step reaches, and the least time ``pretrain.steps`` steps would take at it.
 * ``lean_forward``: the toy PPO policy (GPT-2 2 layers, width 64; 8 rows of 20 prompt + 32
   response tokens, left padding) forward with ``logits_to_keep`` + a log-prob loss +
   backward: transformers' forward against a hand-written one with the same kernels in the
   same order (what the sampler's ``_gpt2_step`` does for one token); reports whether the
   logits and gradients are bit-identical and the time of each.
 * ``compile_update``: the same step eager against ``torch.compile`` (inductor on CPU): the
-  compile time of the first call and ms/step after it (``--no-compile`` skips it).
+  compile time of the first call, cold (inductor's caches off), and ms/step after it (``--no-compile`` skips it).
 
 Not measured here: the ideas already in the code (log-probs from the sampling pass, the lean
 KV-cache sampler, ``gc.freeze()``, the reference forward skipped at beta = 0) are in the
@@ -100,6 +106,27 @@ def pretrain_bf16(steps: int, repeats: int, threads: tuple[int, ...]) -> dict:
     return out
 
 
+def pretrain_flops(bf16: dict, steps: int, repeats: int) -> dict:
+    """The float32 pretraining step's FLOP rate (from ``pretrain_bf16``'s times) against the
+    float32 matmul rate of its largest matmul shape, per thread count."""
+    cfg, _, tok = world_and_tokenizer()
+    mc, pc = cfg.model, cfg.pretrain
+    L, D, V, B, T = mc.n_layer, mc.n_embd, len(tok), pc.batch_size, pc.seq_len
+    fwd = 2 * B * T * (12 * L * D * D + V * D) + 4 * L * B * T * T * D
+    flops = 3 * fwd
+    a, w = torch.randn(B * T, D), torch.randn(D, 4 * D)
+    rows = []
+    for r in bf16["rows"]:
+        torch.set_num_threads(r["threads"])
+        mm = alternate({"mm": lambda: torch.mm(a, w)}, steps * 20, repeats)["mm"]
+        peak = 2 * B * T * D * 4 * D / (mm["ms"] / 1e3) / 1e9
+        got = flops / (r["float32"]["ms"] / 1e3) / 1e9
+        rows.append({"threads": r["threads"], "step_ms": r["float32"]["ms"], "gflops": got, "mm_gflops": peak,
+                     "share": got / peak, "least_s": pc.steps * flops / (peak * 1e9)})
+    torch.set_num_threads(1)
+    return {"flops_per_step": flops, "steps": pc.steps, "mm_shape": f"({B * T} x {D}) @ ({D} x {4 * D})", "rows": rows}
+
+
 def _toy_policy(width: int = 64):
     from rlhf.models import position_ids_from_mask
     _, _, tok = world_and_tokenizer()
@@ -171,6 +198,10 @@ def compile_update(steps: int, repeats: int) -> dict:
     def loss_fn():
         logits = m(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=T + 1).logits
         return -logprobs_from_logits(logits[:, :-1], resp).mean()
+    # a cold compile, as on a fresh machine: inductor's on-disk caches (which a second run of
+    # this script would hit, about 5x faster) are neither read nor written
+    import torch._inductor.config as inductor_config
+    inductor_config.force_disable_caches = True
     compiled = torch.compile(loss_fn)
 
     def step(fn):
@@ -205,6 +236,11 @@ def main() -> None:
     for r in out["pretrain_bf16"]["rows"]:
         print(f"pretrain step, {r['threads']} thread(s): float32 {r['float32']['ms']:.1f} ms, bf16 {r['bf16']['ms']:.1f} ms "
               f"({r['float32']['ms'] / r['bf16']['ms']:.2f}x)")
+    pf = out["pretrain_flops"] = pretrain_flops(out["pretrain_bf16"], a.steps, a.repeats)
+    for r in pf["rows"]:
+        print(f"pretrain step, {r['threads']} thread(s): {pf['flops_per_step'] / 1e9:.2f} GFLOP in {r['step_ms']:.1f} ms = "
+              f"{r['gflops']:.0f} GFLOP/s, {r['share']:.0%} of the {r['mm_gflops']:.0f} GFLOP/s of its largest matmul; "
+              f"{pf['steps']} steps take at least {r['least_s']:.1f} s at that rate")
     lf = out["lean_forward"] = lean_forward(a.steps, a.repeats)
     print(f"policy forward+backward: transformers {lf['transformers']['ms']:.2f} ms, lean {lf['lean']['ms']:.2f} ms "
           f"({lf['transformers']['ms'] / lf['lean']['ms']:.2f}x), bit-identical: {lf['bit_identical']}")
