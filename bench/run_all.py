@@ -118,6 +118,13 @@ def machine() -> dict:
             "mem_gb": mem_gb, "platform": platform.platform(), "versions": vers, "commit": _commit()}
 
 
+def _committed(path: Path) -> str:
+    """When and in which commit ``path`` was last committed (git), or that it is not."""
+    out = sh(["git", "-C", str(REPO), "log", "-1", "--date=format-local:%Y-%m-%d %H:%M UTC", "--format=%ad (`%h`)",
+              "--", str(path)], env=dict(os.environ, TZ="UTC"))
+    return f"result committed {out}" if out else "result not committed"
+
+
 def _commit() -> str:
     commit = sh(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = bool(sh(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"]))
@@ -208,6 +215,10 @@ def render(results: Path) -> str:
     for r in runs.values():
         w(f"| {r['name']} | `{r['command']}` | {r.get('date', m['date'])} (`{r.get('commit', m['commit'])}`) | "
           f"{r['seconds']:.0f} s{'' if r['ok'] else ' (FAILED)'} | {r['load_before']:.1f} -> {r['load_after']:.1f} |")
+    for n in BENCHES:  # a result written by its script run directly: when it was committed, from git
+        if n not in runs and (results / f"{n}.json").exists():
+            w(f"| {n} | `python {' '.join(BENCHES[n][0])}` | not run through run_all; "
+              f"{_committed(results / f'{n}.json')} | - | - |")
     w("")
 
     # --- quickstart
