@@ -337,8 +337,8 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
             d.barrier()  # data-parallel PPO: no rank reads ppo.tmp before rank 0 has cleared it
             seed_everything(cfg.seed)
             t0 = time.time()
-            fresh = stage != "ppo" or not (rd.path / "ppo.tmp").exists()  # PPO resumes from ppo.tmp
-            with tracking.stage(cfg, rd.path, stage, rd.writer, fresh):  # logging.report_to (rlhf/tracking.py)
+            # every stage but PPO starts from nothing; PPO says so itself when it finds no checkpoint to resume
+            with tracking.stage(cfg, rd.path, stage, rd.writer, fresh=stage != "ppo"):  # logging.report_to
                 summary = _run_one(stage, cfg, rd, world, tok, device, d, pretrained_path, sft_path)
             summary["stage_time_s"] = time.time() - t0
             rd.finish_stage(stage, summary, dump_yaml(cfg))

@@ -628,6 +628,7 @@ class PPORun:
                 print(f"[ppo] resumed from {ck.name} (step {start})")
             truncate_jsonl_gz(self.samples_path, lambda r: r["step"] < start)  # each rank its own file
             return
+        tracking.fresh_start()  # no usable checkpoint: the tracker's earlier-attempt files go aside
         if (out / "metrics.jsonl").exists() and self.d.is_main:
             (out / "metrics.jsonl").unlink()
         if self.samples_path.exists():

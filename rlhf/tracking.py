@@ -22,7 +22,7 @@ directory only; the stages call the module-level :func:`log` and :func:`samples`
 nothing when no tracker is open. A resumed PPO stage logs again the iterations after its
 checkpoint (as ``metrics.jsonl`` does): a tracker then shows those steps twice. A stage that
 starts from nothing (a first run, ``--force``, a redo after a config change, an interrupted
-stage other than PPO) first moves the event files of its earlier attempt aside, to
+stage other than PPO, a PPO stage with no checkpoint to resume from) first moves the event files of its earlier attempt aside, to
 ``tensorboard/<stage>.before-<UTC time>/`` (kept, shown as a run of its own), so the
 ``<stage>`` curves are this attempt's only.
 Trackers are never part of a result: ``logging.*`` keys are left out of config checks and
@@ -149,6 +149,13 @@ def _flat_config(cfg) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in flatten(cfg).items()}
 
 
+def fresh_start() -> None:
+    """The running stage starts from nothing after all (PPO with no checkpoint it can resume
+    from): its tracker moves the earlier attempt's files aside when it opens."""
+    if _active is not None and not _active.started:
+        _active.fresh = True
+
+
 def set_aside(folder: Path) -> Optional[Path]:
     """Rename a non-empty ``folder`` (an earlier attempt's event files) to
     ``<folder>.before-<UTC time>`` (a counter added if that exists); returns the new path."""
@@ -170,8 +177,9 @@ _active: Optional[Tracker] = None
 def stage(cfg, run_path: Path, name: str, writer: bool = True, fresh: bool = True) -> Iterator[Optional[Tracker]]:
     """The tracker of stage ``name`` while the stage runs (None when ``logging.report_to`` is
     empty or this process does not write the run directory); closed after it, in any case.
-    ``fresh``: the stage starts from nothing (not a PPO resume), so an earlier attempt's
-    TensorBoard files are moved aside (:func:`set_aside`) before the first row."""
+    ``fresh``: the stage starts from nothing, so an earlier attempt's TensorBoard files are
+    moved aside (:func:`set_aside`) before the first row; PPO opens with False and calls
+    :func:`fresh_start` when it finds no checkpoint to resume from."""
     global _active
     if not writer or not requested(cfg):
         yield None

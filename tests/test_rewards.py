@@ -315,16 +315,19 @@ def test_imdb_config_loads_and_reads_the_real_data_when_present():
     assert len(prompts) > 20000 and max(len(p.split()) for p in prompts) == 8
 
 
-def test_ppo_with_an_outside_reward_stops_and_resumes_bit_exactly(tiny_run, tmp_path, monkeypatch):
+def test_ppo_with_an_outside_reward_stops_and_resumes_bit_exactly(tiny_run, tmp_path, monkeypatch, capsys):
     """A Python reward, no reward model, a separate critic started from the SFT policy with a
-    zeroed head: a run stopped after a checkpoint and resumed gives the uninterrupted run's
-    metrics, samples and saved policy and critic (the resume must not zero the trained head
-    again, nor look for an RM)."""
+    zeroed head: a run stopped after a checkpoint and resumed (from the checkpoint, not from
+    step 0) gives the uninterrupted run's metrics, samples and saved policy and critic (the
+    resume must not zero the trained head again, nor look for an RM). With TensorBoard on,
+    the resume keeps logging into the same curves, and a --force redo sets them aside."""
+    import importlib.util
     import rlhf.ppo as ppo_mod
     from rlhf import stop
     from safetensors.torch import load_file
+    tb = importlib.util.find_spec("tensorboard") is not None
     extra = ["stages=[ppo]", "ppo.reward=py:reward_fns:kind_words", "ppo.critic=separate", "ppo.steps=5",
-             "ppo.checkpoint_every=2", "ppo.lr=1e-3"]
+             "ppo.checkpoint_every=2", "ppo.lr=1e-3", *(["logging.report_to=tensorboard"] if tb else [])]
     runs = {}
     for name in ("a", "b"):
         runs[name] = _copy_run(tiny_run, tmp_path, name)
@@ -344,7 +347,10 @@ def test_ppo_with_an_outside_reward_stops_and_resumes_bit_exactly(tiny_run, tmp_
     assert not (runs["b"] / "ppo" / "DONE").exists()
     assert list((runs["b"] / "ppo.tmp" / "checkpoints").iterdir())
     monkeypatch.setattr(ppo_mod.PPORun, "step", orig_step)
+    capsys.readouterr()
     run_pipeline(cfg["b"])
+    out = capsys.readouterr().out
+    assert "[ppo] resumed from step_" in out and "damaged" not in out, out[-2000:]
 
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
     ra, rb = (read_jsonl(runs[n] / "ppo" / "metrics.jsonl") for n in "ab")
@@ -355,3 +361,8 @@ def test_ppo_with_an_outside_reward_stops_and_resumes_bit_exactly(tiny_run, tmp_
         assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa), f
     head = load_file(runs["a"] / "ppo" / "critic" / "model.safetensors")["score.weight"]
     assert head.abs().sum() > 0  # the critic's zeroed head trained
+    if tb:
+        board = runs["b"] / "tracking" / "tensorboard"
+        assert (board / "ppo").is_dir() and not list(board.glob("ppo.before-*"))  # the resume appended
+        run_pipeline(cfg["b"], force=True)
+        assert len(list(board.glob("ppo.before-*"))) == 1  # a redo from step 0 set the old curves aside
