@@ -160,6 +160,19 @@ def run_bench(name: str, argv: list[str], results: Path) -> dict:
 
 # ----------------------------------------------------------------------------- rendering
 
+def ratio_interval(ours: list[list[float]], side: list[list[float]], draws: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95% interval of median(side) / median(ours) iteration time: a bootstrap over processes
+    (each side's processes resampled with replacement, their iterations pooled), since
+    iterations within one process share its conditions."""
+    import random
+    import statistics
+    rng = random.Random(seed)
+    out = sorted(statistics.median([x for r in rng.choices(side, k=len(side)) for x in r])
+                 / statistics.median([x for r in rng.choices(ours, k=len(ours)) for x in r]) for _ in range(draws))
+    return out[int(0.025 * draws)], out[int(0.975 * draws) - 1]
+
+
 def _load(results: Path, name: str):
     f = results / f"{name}.json"
     return json.loads(f.read_text()) if f.exists() else None
@@ -326,13 +339,18 @@ def render(results: Path) -> str:
                  "trl_ppo_nogc": "TRL PPOTrainer, its 2 `gc.collect()` per iteration off",
                  "trl_rloo": "TRL RLOOTrainer (equal episodes, no critic)",
                  "ours_head": "ours with `ppo.critic=head` (a value head on the policy: no critic model; less work)"}
+        raw = p.get("raw", {})
         for side, x in s.items():
             ratio = s[side]["median_s"] / s["ours"]["median_s"] if "ours" in s else float("nan")
+            ci = ""
+            if side != "ours" and min(len(raw.get("ours", [])), len(raw.get(side, []))) >= 3:  # too few processes: none
+                lo, hi = ratio_interval(raw["ours"], raw[side])
+                ci = f" [{lo:.2f}, {hi:.2f}]"
             gen = (f"{ms(x['gen_median_s'])} ({x['gen_tokens_per_s']:.0f})" if "gen_median_s" in x else "-")
             rest = ms(x["rest_median_s"]) if "rest_median_s" in x else "-"
             w(f"| {names.get(side, side)}{' (trl ' + x['trl'] + ')' if 'trl' in x else ''} | {ms(x['median_s'])} "
               f"({ms(x['min_s'])}-{ms(x['max_s'])}) | {x['episodes_per_s']:.2f} | {x['tokens_per_s']:.0f} | {gen} | "
-              f"{rest} | {x.get('peak_rss_mb', 0):.0f} MB | {'-' if side == 'ours' else f'**{ratio:.2f}x**'} |")
+              f"{rest} | {x.get('peak_rss_mb', 0):.0f} MB | {'-' if side == 'ours' else f'**{ratio:.2f}x**{ci}'} |")
         w("")
         if "ours" in s and "mean_response_len" in s["ours"]:
             w(f"Ours sampled {s['ours']['mean_response_len']:.1f} tokens per episode on average (of {a['new_tokens']}); "
@@ -343,6 +361,10 @@ def render(results: Path) -> str:
             up = s["ours"].get("rest_median_s")
             line = (f"**Goal** (issue 12: >= 1.5x TRL 1.12's PPOTrainer without its gc calls): **{r:.2f}x, "
                     f"{'met' if r >= 1.5 else 'not met'}**.")
+            if min(len(raw.get("ours", [])), len(raw.get("trl_ppo_nogc", []))) >= 3:
+                lo, hi = ratio_interval(raw["ours"], raw["trl_ppo_nogc"])
+                line += (f" 95% interval [{lo:.2f}, {hi:.2f}]"
+                         + (", all of it below 1.5." if hi < 1.5 else (", all of it above 1.5." if lo >= 1.5 else ".")))
             if up is not None and r < 1.5:
                 line += (f" 1.5x needs {ms(s['trl_ppo_nogc']['median_s'] / 1.5)} ms per iteration; ours spends "
                          f"{ms(up)} ms outside sampling, nearly all of it in the update (the profile below, taken "
@@ -355,7 +377,9 @@ def render(results: Path) -> str:
                          "TRL without gc; that is a different algorithm, not counted for the goal.")
             w(line)
             w("")
-        w("*ours / side* is the side's iteration time over ours: above 1 we are faster. *Generation* is the sampling "
+        w("*ours / side* is the side's iteration time over ours: above 1 we are faster; in brackets its 95% interval "
+          "(a bootstrap over processes: each side's processes resampled, their iterations pooled; 2000 draws, seed 0), "
+          "as iterations within one process share its conditions (none with fewer than 3 processes a side). *Generation* is the sampling "
           "call alone (ours: `rlhf.ppo.sample`; TRL PPO: `batch_generation`); *rest* is scoring, the rollout forwards, "
           "the update and the logging. What differs between the sides:")
         w("")
