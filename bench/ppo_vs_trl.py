@@ -157,8 +157,7 @@ def worker_ours(d: Path, a, critic: str = "separate", grad_clip: float = 0.0) ->
     shutil.rmtree(rd.path, ignore_errors=True)
     t = [r["time_s"] for r in rows]
     # response_len counts tokens up to EOS; sampling runs until every row ended or T tokens
-    side = "ours" + ("" if critic == "separate" else f"_{critic}") + ("_clip" if grad_clip else "")
-    return {"side": side, "iter_s": [b - a for a, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
+    return {"side": a.worker, "iter_s": [b - a for a, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
             "tokens_per_iter": a.batch * a.new_tokens, "gen_s": gen[1:], "peak_rss_mb": _peak_rss_mb(),
             "mean_response_len": statistics.mean(r["response_len"] for r in rows)}
 

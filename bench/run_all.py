@@ -162,15 +162,18 @@ def run_bench(name: str, argv: list[str], results: Path) -> dict:
 
 def ratio_interval(ours: list[list[float]], side: list[list[float]], draws: int = 2000,
                    seed: int = 0) -> tuple[float, float]:
-    """95% interval of median(side) / median(ours) iteration time: a bootstrap over processes
-    (each side's processes resampled with replacement, their iterations pooled), since
-    iterations within one process share its conditions."""
-    import random
-    import statistics
-    rng = random.Random(seed)
-    out = sorted(statistics.median([x for r in rng.choices(side, k=len(side)) for x in r])
-                 / statistics.median([x for r in rng.choices(ours, k=len(ours)) for x in r]) for _ in range(draws))
-    return out[int(0.025 * draws)], out[int(0.975 * draws) - 1]
+    """95% interval of median(side) / median(ours) iteration time, by the project's one
+    bootstrap (``rlhf.stats.bootstrap_ci``) over repeats: repeat r ran one process of each
+    side, back to back, so the same repeats are drawn for both sides and each drawn process's
+    iterations are pooled (iterations within one process share its conditions)."""
+    import numpy as np
+    sys.path.insert(0, str(REPO))
+    from rlhf.stats import bootstrap_ci
+
+    def ratio(repeats: np.ndarray) -> float:
+        return (float(np.median([x for r in repeats for x in side[r]]))
+                / float(np.median([x for r in repeats for x in ours[r]])))
+    return bootstrap_ci(np.arange(min(len(ours), len(side))), ratio, n_boot=draws, seed=seed)
 
 
 def _load(results: Path, name: str):
@@ -378,7 +381,7 @@ def render(results: Path) -> str:
             w(line)
             w("")
         w("*ours / side* is the side's iteration time over ours: above 1 we are faster; in brackets its 95% interval "
-          "(a bootstrap over processes: each side's processes resampled, their iterations pooled; 2000 draws, seed 0), "
+          "(`rlhf.stats.bootstrap_ci` over repeats, each one process a side, their iterations pooled; 2000 draws, seed 0), "
           "as iterations within one process share its conditions (none with fewer than 3 processes a side). *Generation* is the sampling "
           "call alone (ours: `rlhf.ppo.sample`; TRL PPO: `batch_generation`); *rest* is scoring, the rollout forwards, "
           "the update and the logging. What differs between the sides:")

@@ -97,7 +97,9 @@ def pretrain_bf16(steps: int, repeats: int, threads: tuple[int, ...]) -> dict:
             opt.step()
         return f
     out = {"model": f"GPT-2 {cfg.model.n_layer} layers, width {cfg.model.n_embd}, vocab {len(tok)}",
-           "batch": f"{pc.batch_size} x {pc.seq_len}", "rows": []}
+           "batch": f"{pc.batch_size} x {pc.seq_len}", "rows": [],
+           "shape": {"layers": cfg.model.n_layer, "width": cfg.model.n_embd, "vocab": len(tok),
+                     "batch": pc.batch_size, "seq": pc.seq_len, "steps": pc.steps}}
     for n in threads:
         torch.set_num_threads(n)
         r = alternate({"float32": step("none"), "bf16": step("bf16")}, steps, repeats)
@@ -109,9 +111,8 @@ def pretrain_bf16(steps: int, repeats: int, threads: tuple[int, ...]) -> dict:
 def pretrain_flops(bf16: dict, steps: int, repeats: int) -> dict:
     """The float32 pretraining step's FLOP rate (from ``pretrain_bf16``'s times) against the
     float32 matmul rate of its largest matmul shape, per thread count."""
-    cfg, _, tok = world_and_tokenizer()
-    mc, pc = cfg.model, cfg.pretrain
-    L, D, V, B, T = mc.n_layer, mc.n_embd, len(tok), pc.batch_size, pc.seq_len
+    sh = bf16["shape"]
+    L, D, V, B, T, steps_total = sh["layers"], sh["width"], sh["vocab"], sh["batch"], sh["seq"], sh["steps"]
     fwd = 2 * B * T * (12 * L * D * D + V * D) + 4 * L * B * T * T * D
     flops = 3 * fwd
     a, w = torch.randn(B * T, D), torch.randn(D, 4 * D)
@@ -122,9 +123,9 @@ def pretrain_flops(bf16: dict, steps: int, repeats: int) -> dict:
         peak = 2 * B * T * D * 4 * D / (mm["ms"] / 1e3) / 1e9
         got = flops / (r["float32"]["ms"] / 1e3) / 1e9
         rows.append({"threads": r["threads"], "step_ms": r["float32"]["ms"], "gflops": got, "mm_gflops": peak,
-                     "share": got / peak, "least_s": pc.steps * flops / (peak * 1e9)})
+                     "share": got / peak, "least_s": steps_total * flops / (peak * 1e9)})
     torch.set_num_threads(1)
-    return {"flops_per_step": flops, "steps": pc.steps, "mm_shape": f"({B * T} x {D}) @ ({D} x {4 * D})", "rows": rows}
+    return {"flops_per_step": flops, "steps": steps_total, "mm_shape": f"({B * T} x {D}) @ ({D} x {4 * D})", "rows": rows}
 
 
 def _toy_policy(width: int = 64):

@@ -20,8 +20,8 @@
    ``ppo.lam``); advantage whitening.
 4. **Update**: ``ppo.epochs`` passes over shuffled minibatches; the clipped surrogate
    (``ppo.clip_eps``; none = unclipped), the clipped value loss (``ppo.value_clip``),
-   gradient-norm clipping per model (``ppo.grad_clip``; 0: none). With ``ppo.ptx_coef`` = γ > 0 every update also
-   takes a batch of pretraining sequences and adds γ·(LM loss) before the same backward
+   gradient-norm clipping per model (``ppo.grad_clip``; 0: none). With ``ppo.ptx_coef`` = γ > 0
+   every update also takes a batch of pretraining sequences and adds γ·(LM loss) before the same backward
    pass (``ppo.ptx_ratio`` pretraining sequences per RL episode in each iteration, each
    used once). γ = 0 does no extra work.
 5. **β**: fixed, or the adaptive controller (``ppo.adaptive_kl``, ``ppo.target_kl``,

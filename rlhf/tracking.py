@@ -22,9 +22,9 @@ directory only; the stages call the module-level :func:`log` and :func:`samples`
 nothing when no tracker is open. A resumed PPO stage logs again the iterations after its
 checkpoint (as ``metrics.jsonl`` does): a tracker then shows those steps twice. A stage that
 starts from nothing (a first run, ``--force``, a redo after a config change, an interrupted
-stage other than PPO, a PPO stage with no checkpoint to resume from) first moves the event files of its earlier attempt aside, to
-``tensorboard/<stage>.before-<UTC time>/`` (kept, shown as a run of its own), so the
-``<stage>`` curves are this attempt's only.
+stage other than PPO, a PPO stage with no checkpoint to resume from) first moves the event
+files of its earlier attempt aside, to ``tensorboard/<stage>.before-<UTC time>/`` (kept,
+shown as a run of its own), so the ``<stage>`` curves are this attempt's only.
 Trackers are never part of a result: ``logging.*`` keys are left out of config checks and
 stage hashes.
 """

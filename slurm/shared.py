@@ -23,7 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-PIPELINE_ORDER = ("pretrain", "sft", "classifier", "rm", "ppo")  # rlhf.config.STAGES (tests/test_findings.py)
+from rlhf.config import STAGES as PIPELINE_ORDER  # the pipeline's order (rlhf.config imports no torch)
+
 SHAREABLE = PIPELINE_ORDER
 # the stages whose results a stage's result is built from (its stage_hash covers their keys)
 BUILT_FROM = {"pretrain": (), "sft": ("pretrain",), "classifier": ("pretrain",), "rm": ("pretrain", "sft"),

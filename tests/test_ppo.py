@@ -1,5 +1,6 @@
 """PPO-ptx on a tiny run: the update, resumption after SIGKILL and SIGTERM, divergence, bad input."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -283,7 +284,7 @@ def test_grad_clip_zero_is_no_clipping(tiny_run):
         policy = load_causal_lm(str(path / "sft"))
         policy.train()
         opt = torch.optim.SGD(policy.parameters(), lr=1e-2)
-        pc = type(cfg.ppo)(**{**cfg.ppo.__dict__, "grad_clip": clip})
+        pc = dataclasses.replace(cfg.ppo, grad_clip=clip)
         ppo_update(policy, mb, opt, pc, on_policy=True)
         after[clip] = torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
     assert torch.equal(after[0.0], after[1e9])
