@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -36,16 +37,21 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # the default before issue 12's change: one intra-op thread (the second core idle)
     "quickstart_threads1": (["bench/quickstart_time.py", "--seeds", "0", "threads=1"],
                             ["bench/quickstart_time.py", "--quick", "--seeds", "0", "threads=1"]),
-    # a faster pretraining schedule (700 bf16 steps), side by side: what it saves; not the default,
-    # because claims b3 and d5 fail with it (docs/findings_fast_pretrain.md)
-    "quickstart_fast_pretrain": (["bench/quickstart_time.py", "--seeds", "0", "pretrain.steps=700", "pretrain.lr=4e-3",
-                                  "pretrain.warmup_steps=30", "pretrain.autocast=bf16"],
-                                 ["bench/quickstart_time.py", "--quick", "--seeds", "0", "pretrain.steps=40",
-                                  "pretrain.autocast=bf16"]),
-    # shorter pretraining schedules against the science downstream (pretrain, SFT, RM only)
-    "pretrain_schedule": (["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "1000:3e-3:50,700:4e-3:30,500:6e-3:30"],
+    # the defaults before issue 12's width change (model width 128, RM test set of 400 prompts), side by
+    # side: what width 96 saves (the findings claims at width 96: docs/findings.md)
+    "quickstart_width128": (["bench/quickstart_time.py", "--seeds", "0", "model.n_embd=128", "rm.n_test_prompts=400"],
+                            ["bench/quickstart_time.py", "--quick", "--seeds", "0", "model.n_embd=128"]),
+    # shorter pretraining schedules against the science downstream (pretrain, SFT, RM only), at the
+    # width they were tried at (128, the default then)
+    "pretrain_schedule": (["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "1000:3e-3:50,700:4e-3:30,500:6e-3:30",
+                           "--widths", "128", "--extra", "rm.n_test_prompts=400"],
                           ["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "20:3e-3:5",
                            "--extra", "rm.n_prompts=40", "rm.n_test_prompts=40", "rm.epochs=1"]),
+    # the quickstart's width, 128 (before) against 96 (now), on the five findings seeds
+    "pretrain_width": (["bench/pretrain_schedule.py", "--seeds", "0,1,2,3,4", "--schedules", "1000:3e-3:50",
+                        "--widths", "128,96"],
+                       ["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "20:3e-3:5", "--widths", "32,48",
+                        "--extra", "rm.n_prompts=40", "rm.n_test_prompts=40", "rm.epochs=1"]),
     "ppo_vs_trl": (["bench/ppo_vs_trl.py", "--steps", "8", "--repeats", "6",
                     "--sides", "ours,trl_ppo,trl_ppo_nogc,trl_rloo,ours_clip,ours_head"],
                    ["bench/ppo_vs_trl.py", "--steps", "1", "--repeats", "1"]),
@@ -276,11 +282,14 @@ def render(results: Path) -> str:
                 a0 = next((r for r in runs_ if r["seed"] == t1["runs"][0]["seed"]), runs_[0])
                 line += (f" Two threads instead of one (the default before): {t1['runs'][0]['wall_s_run'] / a0['wall_s_run']:.2f}x "
                          "on the run's wall time, seed for seed.")
-            fp = d.get("quickstart_fast_pretrain")
-            if fp:
-                line += (f" With pretraining at 700 bf16 steps the run takes {fp['runs'][0]['wall_s_run']:.1f} s "
-                         f"({fp['runs'][0]['wall_s_outside']:.1f} s process wall), still above the goal, and claims b3 and "
-                         "d5 of the findings fail with it (`docs/findings_fast_pretrain.md`): not the default.")
+            wb = d.get("quickstart_width128")
+            if wb:
+                b0 = wb["runs"][0]
+                a0 = next((r for r in runs_ if r["seed"] == b0["seed"]), runs_[0])
+                line += (f" The defaults before (width 128, an RM test set of 400 prompts) take {b0['wall_s_outside']:.1f} s "
+                         f"process wall ({b0['wall_s_run']:.1f} s the run's own) in the same bench run: width 96 is "
+                         f"**{b0['wall_s_run'] / a0['wall_s_run']:.2f}x** on the run's wall time, seed for seed. The "
+                         "findings claims at width 96: `docs/findings.md`.")
             w(line)
             w("")
         w("The science it prints (held-out prompts, SFT -> PPO; the pretraining held-out loss and how often the "
@@ -298,26 +307,52 @@ def render(results: Path) -> str:
                   f"{f('gold_reward')} | {f('myth_rate')} | {f('truth_rate')} | {f('expected_max_toxicity')} |")
         w("")
 
-    # --- pretraining schedules
+    # --- pretraining schedules and widths
+    def schedule_table(rows: list[dict]) -> None:
+        w("| width | steps | peak lr | warm-up | seed | pretrain time | CPU (3 stages) | held-out loss | LM: myth on myth facts | "
+          "LM: truth on other facts | SFT: format | SFT: myth | RM test accuracy | RM truth-vs-myth pairs |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            f = lambda k, spec: "-" if r.get(k) is None else format(r[k], spec)  # noqa: E731
+            w(f"| {r.get('width', '-')} | {r['steps']} | {r['lr']:g} | {r['warmup']} | {r['seed']} | "
+              f"{f('pretrain_time_s', '.1f')} s | {f('cpu_s', '.1f')} s | {f('heldout_loss', '.3f')} | {f('lm_myth', '.0%')} | "
+              f"{f('lm_truth_other', '.0%')} | {f('sft_format', '.0%')} | {f('sft_myth', '.0%')} | "
+              f"{f('rm_test_accuracy', '.3f')} | {f('rm_test_truth_myth_pairs', 'd')} |")
+        w("")
+
     ps = _load(results, "pretrain_schedule")
     if ps:
         w("## Pretraining schedule against the science downstream (`bench/pretrain_schedule.py`)")
         w("")
         w("`rlhf run experiments/quickstart.yaml stages=[pretrain,sft,rm]` with `pretrain.steps`, `pretrain.lr` (peak) "
-          "and `pretrain.warmup_steps` as listed (cosine decay to 10%). A shorter schedule only pays if the SFT model "
-          "still learns the format and still states the myths (what PPO has to undo), and the reward model's test set "
-          "keeps >= 100 truth-vs-myth pairs per seed (claim b3).")
+          "and `pretrain.warmup_steps` as listed (cosine decay to 10%), at width 128 (the default when these were tried). "
+          "A shorter schedule only pays if the SFT model still learns the format and still states the myths (what PPO "
+          "has to undo), and the reward model's test set keeps >= 100 truth-vs-myth pairs per seed (claim b3).")
         w("")
-        w("| steps | peak lr | warm-up | seed | pretrain time | CPU (3 stages) | held-out loss | LM: myth on myth facts | "
-          "LM: truth on other facts | SFT: format | SFT: myth | RM test accuracy | RM truth-vs-myth pairs |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in ps["rows"]:
-            f = lambda k, spec: "-" if r.get(k) is None else format(r[k], spec)  # noqa: E731
-            w(f"| {r['steps']} | {r['lr']:g} | {r['warmup']} | {r['seed']} | {f('pretrain_time_s', '.1f')} s | "
-              f"{f('cpu_s', '.1f')} s | {f('heldout_loss', '.3f')} | {f('lm_myth', '.0%')} | {f('lm_truth_other', '.0%')} | "
-              f"{f('sft_format', '.0%')} | {f('sft_myth', '.0%')} | {f('rm_test_accuracy', '.3f')} | "
-              f"{f('rm_test_truth_myth_pairs', 'd')} |")
+        schedule_table(ps["rows"])
+
+    pw_ = _load(results, "pretrain_width")
+    if pw_:
+        w("## The quickstart's width, 128 against 96 (`bench/pretrain_schedule.py --widths`)")
         w("")
+        w("The same three stages at the default schedule, at the width before issue 12 (128) and the default now (96), "
+          "on the five seeds of the findings suite, one process at a time at the quickstart's threads. The suite itself "
+          "(`docs/findings.md`) is what decided the default; this table shows what changes upstream of PPO.")
+        w("")
+        schedule_table(pw_["rows"])
+        by = {}
+        for r in pw_["rows"]:
+            by.setdefault(r.get("width"), []).append(r)
+        if len(by) > 1:
+            keys = ("pretrain_time_s", "heldout_loss", "lm_myth", "sft_myth", "rm_test_accuracy", "rm_test_truth_myth_pairs")
+            w("| width | seeds | " + " | ".join(f"mean {k}" for k in keys) + " | fewest RM truth-vs-myth pairs |")
+            w("|---|---|" + "---|" * len(keys) + "---|")
+            for wd, rs in by.items():
+                mean = {k: statistics.mean(r[k] for r in rs if r.get(k) is not None) for k in keys}
+                w(f"| {wd} | {len(rs)} | {mean['pretrain_time_s']:.1f} s | {mean['heldout_loss']:.3f} | {mean['lm_myth']:.0%} | "
+                  f"{mean['sft_myth']:.0%} | {mean['rm_test_accuracy']:.3f} | {mean['rm_test_truth_myth_pairs']:.0f} | "
+                  f"{min(r['rm_test_truth_myth_pairs'] for r in rs)} |")
+            w("")
 
     # --- PPO vs TRL
     for key, title in (("ppo_vs_trl", "PPO throughput against TRL, toy GPT-2 (`bench/ppo_vs_trl.py`)"),
@@ -534,8 +569,9 @@ def render(results: Path) -> str:
         pb = si["pretrain_bf16"]
         w(f"**bf16 autocast in pretraining** (`pretrain.autocast=bf16`): one quickstart pretraining step, {pb['model']}, "
           f"batch {pb['batch']}. Kept as the option `pretrain.autocast` (it warns on a CPU without native bf16, where it is "
-          "slower), not as the quickstart's default: the suite ran with it only together with 700 steps, and two claims "
-          "fail there (`docs/findings_fast_pretrain.md`).")
+          "slower), not as the quickstart's default: its gain depends on the CPU having native bf16, so the same seed would "
+          "give other figures on other machines; the suite ran with it only together with 700 steps at width 128, and two "
+          "claims failed there (`docs/findings_fast_pretrain.md`).")
         w("")
         w("| threads | float32 | bf16 | float32 / bf16 |")
         w("|---|---|---|---|")
@@ -558,9 +594,11 @@ def render(results: Path) -> str:
                   f"{r['share']:.0%} | {r['least_s']:.1f} s |")
             w("")
             w("The remaining share goes to attention, GELU, layer norms and AdamW, which run below the matmul rate. "
-              "So the quickstart's pretraining stays above the last column whatever the loop does; a 60 s quickstart "
-              "needs less arithmetic (fewer steps, tokens or parameters, each a change to the science the findings "
-              "test) or lower precision on hardware that has it.")
+              "So the quickstart's pretraining stays above the last column whatever the loop does: a faster quickstart "
+              "needed less arithmetic. The default width went from 128 to 96 after the findings suite held at width 96 (`docs/findings.md`): "
+              + (f"{pf['flops_per_step'] / pf['flops_per_step_width128']:.2f}x the matmul FLOPs of a width-128 step, "
+                 if pf.get("flops_per_step_width128") and pf.get("width") != 128 else "")
+              + "and a smaller RM, critic and policy in the later stages.")
             w("")
         lf = si["lean_forward"]
         w(f"**A lean GPT-2 training forward** (not kept): the toy policy ({lf['model']}, {lf['shape']} tokens) forward "

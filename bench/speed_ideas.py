@@ -108,13 +108,18 @@ def pretrain_bf16(steps: int, repeats: int, threads: tuple[int, ...]) -> dict:
     return out
 
 
+def step_flops(layers: int, width: int, vocab: int, batch: int, seq: int) -> int:
+    """Matmul FLOPs of one GPT-2 training step (forward and backward = 3 x forward)."""
+    fwd = 2 * batch * seq * (12 * layers * width * width + vocab * width) + 4 * layers * batch * seq * seq * width
+    return 3 * fwd
+
+
 def pretrain_flops(bf16: dict, steps: int, repeats: int) -> dict:
     """The float32 pretraining step's FLOP rate (from ``pretrain_bf16``'s times) against the
     float32 matmul rate of its largest matmul shape, per thread count."""
     sh = bf16["shape"]
     L, D, V, B, T, steps_total = sh["layers"], sh["width"], sh["vocab"], sh["batch"], sh["seq"], sh["steps"]
-    fwd = 2 * B * T * (12 * L * D * D + V * D) + 4 * L * B * T * T * D
-    flops = 3 * fwd
+    flops = step_flops(L, D, V, B, T)
     a, w = torch.randn(B * T, D), torch.randn(D, 4 * D)
     rows = []
     for r in bf16["rows"]:
@@ -125,7 +130,8 @@ def pretrain_flops(bf16: dict, steps: int, repeats: int) -> dict:
         rows.append({"threads": r["threads"], "step_ms": r["float32"]["ms"], "gflops": got, "mm_gflops": peak,
                      "share": got / peak, "least_s": steps_total * flops / (peak * 1e9)})
     torch.set_num_threads(1)
-    return {"flops_per_step": flops, "steps": steps_total, "mm_shape": f"({B * T} x {D}) @ ({D} x {4 * D})", "rows": rows}
+    return {"flops_per_step": flops, "width": D, "flops_per_step_width128": step_flops(L, 128, V, B, T),
+            "steps": steps_total, "mm_shape": f"({B * T} x {D}) @ ({D} x {4 * D})", "rows": rows}
 
 
 def _toy_policy(width: int = 64):
