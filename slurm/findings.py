@@ -43,7 +43,7 @@ from typing import Optional
 import yaml
 
 from rlhf.config import InputError
-from rlhf.rundir import PACKAGES, atomic_write_json, atomic_write_text, read_json
+from rlhf.rundir import atomic_write_json, atomic_write_text, git_commit, package_versions, read_json
 
 from .sweep import Sweep, expand, load_sweep
 
@@ -220,25 +220,18 @@ def run_evals(todo: list[dict], jobs: int, say=print) -> list[str]:
 
 
 # ------------------------------------------------------------------ phase 5: the document
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent.parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=Path(__file__).resolve().parent.parent).stdout.strip()
-        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-    out = {"python": sys.version.split()[0]}
-    for p in PACKAGES:
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            pass
+def _commits(sweeps: list[Sweep]) -> str:
+    """The code's commit (``rlhf.rundir.git_commit`` of the installed package's checkout), and
+    the sweep files' commit where they come from another checkout (e.g. a git worktree whose
+    experiments/ differ while the package is installed from main)."""
+    def say(c: str) -> str:
+        return c[:-len("-dirty")] + " (with uncommitted changes)" if c.endswith("-dirty") else c
+    code = git_commit()
+    out = f"`{say(code)}`"
+    srcs = sorted({str(Path(sw.source).resolve().parent) for sw in sweeps if sw.source})
+    exp = {git_commit(d) for d in srcs if Path(d).is_dir()} - {"unknown"}
+    if exp and exp != {code}:
+        out += "; the sweep files' checkout: " + ", ".join(f"`{say(c)}`" for c in sorted(exp))
     return out
 
 
@@ -268,8 +261,8 @@ def write_doc(doc: Path, command: str, sweeps: list[Sweep], report_dir: Path, ti
           "```bash", command, "```", "",
           f"- Seeds: {', '.join(map(str, seeds))}",
           f"- Sweeps: {', '.join(f'`{sw.name}` ({sw.source})' for sw in sweeps)}",
-          f"- Git commit: `{_git_commit()}`",
-          f"- Versions: {', '.join(f'{k} {v}' for k, v in _versions().items())}",
+          f"- Git commit: {_commits(sweeps)}",
+          f"- Versions: {', '.join(f'{k} {v}' for k, v in package_versions().items())}",
           f"- Host: {os.uname().nodename}, {os.cpu_count()} CPUs",
           "- Wall time per phase (when it last did work): "
           + ", ".join(f"{k} {v.get('wall_s', 0):.0f} s" for k, v in timings.items()) + f"; total {total:.0f} s "

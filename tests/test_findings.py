@@ -365,3 +365,27 @@ def test_findings_bad_suite_directory_is_an_input_error(tmp_path):
     (tmp_path / "sweep_x.yaml").write_text(yaml.safe_dump({"grid": {"ppo.betta": [0]}}))
     assert main(["findings", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # unknown key: nothing runs
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the doc's commit line
+def test_findings_doc_names_the_sweep_files_commit_where_it_differs_from_the_code(tmp_path):
+    """docs/findings.md records the code's commit, and the sweep files' own commit when they
+    come from another checkout (a worktree with other experiments/ while the package is
+    installed from main recorded only the package's commit once)."""
+    import subprocess
+    from types import SimpleNamespace
+    from rlhf.rundir import git_commit
+    from slurm.findings import _commits
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "sweep.yaml").write_text("name: x\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(exp)], check=True)
+    subprocess.run(git + ["-C", str(exp), "add", "sweep.yaml"], check=True)
+    subprocess.run(git + ["-C", str(exp), "commit", "-qm", "x"], check=True)
+    theirs = subprocess.run(["git", "-C", str(exp), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    code = git_commit().removesuffix("-dirty")
+    other = _commits([SimpleNamespace(source=str(exp / "sweep.yaml"))])
+    assert code in other and f"the sweep files' checkout: `{theirs}`" in other
+    same = _commits([SimpleNamespace(source=str(REPO / "experiments" / "findings" / "sweep_default.yaml"))])
+    assert code in same and "sweep files" not in same
