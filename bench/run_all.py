@@ -345,7 +345,8 @@ def render(results: Path) -> str:
             by.setdefault(r.get("width"), []).append(r)
         if len(by) > 1:
             keys = ("pretrain_time_s", "heldout_loss", "lm_myth", "sft_myth", "rm_test_accuracy", "rm_test_truth_myth_pairs")
-            w("| width | seeds | " + " | ".join(f"mean {k}" for k in keys) + " | fewest RM truth-vs-myth pairs |")
+            w("| width | seeds | mean pretrain time | mean held-out loss | mean LM: myth on myth facts | mean SFT: myth | "
+              "mean RM test accuracy | mean RM truth-vs-myth pairs | fewest RM truth-vs-myth pairs |")
             w("|---|---|" + "---|" * len(keys) + "---|")
             for wd, rs in by.items():
                 mean = {k: statistics.mean(r[k] for r in rs if r.get(k) is not None) for k in keys}
