@@ -53,7 +53,9 @@ def run_seed(seed: int, extra: list[str], root: Path) -> dict:
             stages[s] = json.loads(f.read_text())
     lines = [ln for ln in out.replace("\r", "\n").splitlines() if ln.startswith("[")]
     ppo = stages.get("ppo", {})
-    return {"seed": seed, "wall_s_outside": wall, "user_s": ru.ru_utime - ru0.ru_utime, "sys_s": ru.ru_stime - ru0.ru_stime,
+    import yaml
+    width = yaml.safe_load((rd / "config.yaml").read_text())["model"]["n_embd"]  # as the run resolved it
+    return {"seed": seed, "width": width, "wall_s_outside": wall, "user_s": ru.ru_utime - ru0.ru_utime, "sys_s": ru.ru_stime - ru0.ru_stime,
             "max_rss_mb_children": ru.ru_maxrss / 1024, "wall_s_run": st.get("wall_s"), "peak_rss_mb_run": st.get("peak_rss_mb"),
             "load_1min": [load0, os.getloadavg()[0]],
             "stage_time_s": {k: v.get("stage_time_s") for k, v in stages.items()},

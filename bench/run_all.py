@@ -286,10 +286,11 @@ def render(results: Path) -> str:
             if wb:
                 b0 = wb["runs"][0]
                 a0 = next((r for r in runs_ if r["seed"] == b0["seed"]), runs_[0])
+                wd = a0.get("width", 96)  # results from before the width was recorded: 96
                 line += (f" The defaults before (width 128, an RM test set of 400 prompts) take {b0['wall_s_outside']:.1f} s "
-                         f"process wall ({b0['wall_s_run']:.1f} s the run's own) in the same bench run: width 96 is "
+                         f"process wall ({b0['wall_s_run']:.1f} s the run's own) in the same bench run: width {wd} is "
                          f"**{b0['wall_s_run'] / a0['wall_s_run']:.2f}x** on the run's wall time, seed for seed. The "
-                         "findings claims at width 96: `docs/findings.md`.")
+                         f"findings claims at width {wd}: `docs/findings.md`.")
             w(line)
             w("")
         w("The science it prints (held-out prompts, SFT -> PPO; the pretraining held-out loss and how often the "
@@ -333,10 +334,10 @@ def render(results: Path) -> str:
 
     pw_ = _load(results, "pretrain_width")
     if pw_:
-        w("## The quickstart's width, 128 against 96 (`bench/pretrain_schedule.py --widths`)")
+        w("## The quickstart's width (`bench/pretrain_schedule.py --widths`)")
         w("")
-        w("The same three stages at the default schedule, at the width before issue 12 (128) and the default now (96), "
-          "on the five seeds of the findings suite, one process at a time at the quickstart's threads. The suite itself "
+        w("The same three stages at the default schedule, at the widths listed (128: the default before issue 12; "
+          "`experiments/quickstart.yaml` has the default now), on the five seeds of the findings suite, one process at a time at the quickstart's threads. The suite itself "
           "(`docs/findings.md`) is what decided the default; this table shows what changes upstream of PPO.")
         w("")
         schedule_table(pw_["rows"])
@@ -596,7 +597,8 @@ def render(results: Path) -> str:
             w("")
             w("The remaining share goes to attention, GELU, layer norms and AdamW, which run below the matmul rate. "
               "So the quickstart's pretraining stays above the last column whatever the loop does: a faster quickstart "
-              "needed less arithmetic. The default width went from 128 to 96 after the findings suite held at width 96 (`docs/findings.md`): "
+              f"needed less arithmetic. The default width went from 128 to {pf.get('width', 96)} after the findings suite "
+              "held there (`docs/findings.md`): "
               + (f"{pf['flops_per_step'] / pf['flops_per_step_width128']:.2f}x the matmul FLOPs of a width-128 step, "
                  if pf.get("flops_per_step_width128") and pf.get("width") != 128 else "")
               + "and a smaller RM, critic and policy in the later stages.")
