@@ -286,11 +286,11 @@ def render(results: Path) -> str:
             if wb:
                 b0 = wb["runs"][0]
                 a0 = next((r for r in runs_ if r["seed"] == b0["seed"]), runs_[0])
-                wd = a0.get("width", 96)  # results from before the width was recorded: 96
+                now = f"width {a0['width']}" if a0.get("width") else "the default"  # results before the width was recorded
                 line += (f" The defaults before (width 128, an RM test set of 400 prompts) take {b0['wall_s_outside']:.1f} s "
-                         f"process wall ({b0['wall_s_run']:.1f} s the run's own) in the same bench run: width {wd} is "
+                         f"process wall ({b0['wall_s_run']:.1f} s the run's own) in the same bench run: {now} is "
                          f"**{b0['wall_s_run'] / a0['wall_s_run']:.2f}x** on the run's wall time, seed for seed. The "
-                         f"findings claims at width {wd}: `docs/findings.md`.")
+                         "findings claims at the default: `docs/findings.md`.")
             w(line)
             w("")
         w("The science it prints (held-out prompts, SFT -> PPO; the pretraining held-out loss and how often the "
@@ -350,10 +350,16 @@ def render(results: Path) -> str:
               "mean RM test accuracy | mean RM truth-vs-myth pairs | fewest RM truth-vs-myth pairs |")
             w("|---|---|" + "---|" * len(keys) + "---|")
             for wd, rs in by.items():
-                mean = {k: statistics.mean(r[k] for r in rs if r.get(k) is not None) for k in keys}
-                w(f"| {wd} | {len(rs)} | {mean['pretrain_time_s']:.1f} s | {mean['heldout_loss']:.3f} | {mean['lm_myth']:.0%} | "
-                  f"{mean['sft_myth']:.0%} | {mean['rm_test_accuracy']:.3f} | {mean['rm_test_truth_myth_pairs']:.0f} | "
-                  f"{min(r['rm_test_truth_myth_pairs'] for r in rs)} |")
+                vals = {k: [r[k] for r in rs if r.get(k) is not None] for k in keys}  # None: e.g. no pairs at all
+                f = lambda k, spec: format(statistics.mean(vals[k]), spec) if vals[k] else "-"  # noqa: E731
+                pairs = vals["rm_test_truth_myth_pairs"]
+                w(f"| {wd} | {len(rs)} | {f('pretrain_time_s', '.1f')} s | {f('heldout_loss', '.3f')} | {f('lm_myth', '.0%')} | "
+                  f"{f('sft_myth', '.0%')} | {f('rm_test_accuracy', '.3f')} | {f('rm_test_truth_myth_pairs', '.0f')} | "
+                  f"{min(pairs) if pairs else '-'} |")
+            w("")
+            w("These runs use the quickstart's 2 threads; the findings suite runs each run with 1 (two at a time), so "
+              "its per-seed figures (e.g. the fewest truth-vs-myth pairs of claim b3) differ from these: float sums in "
+              "another order change the sampled comparisons.")
             w("")
 
     # --- PPO vs TRL

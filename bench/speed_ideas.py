@@ -5,8 +5,8 @@
 Each idea is timed against its baseline in one process, alternating (baseline, idea,
 baseline, ...), a few warm-up steps first; medians over repeats of ``--steps`` steps.
 
-* ``pretrain_bf16``: one quickstart pretraining step (scratch GPT-2 2 layers, width 128, the
-  world tokenizer's vocabulary, batch 32 x 64: forward, ``lm_loss``, backward, AdamW) in
+* ``pretrain_bf16``: one quickstart pretraining step (scratch GPT-2 2 layers at the quickstart's
+  width, the world tokenizer's vocabulary, batch 32 x 64: forward, ``lm_loss``, backward, AdamW) in
   float32 against ``torch.autocast`` bf16 (``pretrain.autocast=bf16``), at 1 and 2 torch
   threads. bf16 only pays on CPUs with native bf16 arithmetic (AVX512-BF16, AMX) and GPUs.
 * ``pretrain_flops``: why fewer seconds of pretraining need fewer FLOPs. The float32 step

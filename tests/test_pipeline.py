@@ -132,7 +132,7 @@ def test_ctrl_c_leaves_nothing_that_looks_complete(tmp_path):
 
 @pytest.mark.slow
 def test_pretrained_lm_imitates_myths_and_sft_teaches_format(tmp_path):
-    """A small model (2 layers, width 64) is enough to show both effects in ~20 s."""
+    """A small model (2 layers, width 96) is enough to show both effects in ~20 s."""
     from rlhf.config import load_config
     from rlhf.pipeline import run_pipeline
     cfg = load_config(QUICK, [f"out_dir={tmp_path}", "stages=[pretrain,sft]", "model.n_embd=96",
