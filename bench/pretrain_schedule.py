@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -45,7 +47,6 @@ def run(steps: int, lr: float, warmup: int, seed: int, extra: list[str], root: P
     if p.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{(p.stdout + p.stderr)[-3000:]}")
     s = {st: json.loads((root / name / st / "summary.json").read_text()) for st in ("pretrain", "sft", "rm")}
-    import yaml
     width = yaml.safe_load((root / name / "config.yaml").read_text())["model"]["n_embd"]  # as the run resolved it
     return {"width": width, "steps": steps, "lr": lr, "warmup": warmup, "seed": seed, "extra": extra, "wall_s": wall,
             "cpu_s": (ru.ru_utime - ru0.ru_utime) + (ru.ru_stime - ru0.ru_stime), "load_1min": [load0, os.getloadavg()[0]],

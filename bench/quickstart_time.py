@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 QUICK = ["pretrain.steps=20", "sft.epochs=1", "rm.n_prompts=40", "rm.n_test_prompts=40", "rm.epochs=1", "ppo.steps=2",
@@ -53,7 +55,6 @@ def run_seed(seed: int, extra: list[str], root: Path) -> dict:
             stages[s] = json.loads(f.read_text())
     lines = [ln for ln in out.replace("\r", "\n").splitlines() if ln.startswith("[")]
     ppo = stages.get("ppo", {})
-    import yaml
     width = yaml.safe_load((rd / "config.yaml").read_text())["model"]["n_embd"]  # as the run resolved it
     return {"seed": seed, "width": width, "wall_s_outside": wall, "user_s": ru.ru_utime - ru0.ru_utime, "sys_s": ru.ru_stime - ru0.ru_stime,
             "max_rss_mb_children": ru.ru_maxrss / 1024, "wall_s_run": st.get("wall_s"), "peak_rss_mb_run": st.get("peak_rss_mb"),

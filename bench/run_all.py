@@ -277,15 +277,18 @@ def render(results: Path) -> str:
             line = (f"**Goal** (issue 12: <= 60 s wall on 2 idle cores, peak RSS <= 1 GB): at the defaults, at most "
                     f"{pw:.1f} s process wall ({rw:.1f} s the run's own), **{'met' if pw <= 60 else 'not met'}**; "
                     f"peak {pk:.0f} MB, **{'met' if pk <= 1000 else 'not met'}**.")
+            def same_seed(other: dict) -> dict:  # the default run of the other run's seed, to compare seed for seed
+                return next((r for r in runs_ if r["seed"] == other["seed"]), runs_[0])
+
             t1 = d.get("quickstart_threads1")
             if t1:
-                a0 = next((r for r in runs_ if r["seed"] == t1["runs"][0]["seed"]), runs_[0])
+                a0 = same_seed(t1["runs"][0])
                 line += (f" Two threads instead of one (the default before): {t1['runs'][0]['wall_s_run'] / a0['wall_s_run']:.2f}x "
                          "on the run's wall time, seed for seed.")
             wb = d.get("quickstart_width128")
             if wb:
                 b0 = wb["runs"][0]
-                a0 = next((r for r in runs_ if r["seed"] == b0["seed"]), runs_[0])
+                a0 = same_seed(b0)
                 now = f"width {a0['width']}" if a0.get("width") else "the default"  # results before the width was recorded
                 line += (f" The defaults before (width 128, an RM test set of 400 prompts) take {b0['wall_s_outside']:.1f} s "
                          f"process wall ({b0['wall_s_run']:.1f} s the run's own) in the same bench run: {now} is "
