@@ -41,6 +41,9 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # side: what width 96 saves (the findings claims at width 96: docs/findings.md)
     "quickstart_width128": (["bench/quickstart_time.py", "--seeds", "0", "model.n_embd=128", "rm.n_test_prompts=400"],
                             ["bench/quickstart_time.py", "--quick", "--seeds", "0", "model.n_embd=128"]),
+    # the same defaults with rlhf/heap.py's run-level and exit freezes off, as before they were added
+    "quickstart_gc_before": (["bench/quickstart_time.py", "--seeds", "0", "--gc-as-before"],
+                             ["bench/quickstart_time.py", "--quick", "--seeds", "0", "--gc-as-before"]),
     # shorter pretraining schedules against the science downstream (pretrain, SFT, RM only), at the
     # width they were tried at (128, the default then)
     "pretrain_schedule": (["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "1000:3e-3:50,700:4e-3:30,500:6e-3:30",
@@ -255,18 +258,25 @@ def render(results: Path) -> str:
         w("`rlhf run experiments/quickstart.yaml seed=S --force` in a subprocess, at the defaults and with the "
           "overrides named in the first column. *Process wall* includes interpreter start-up and imports; *run's "
           "wall* and *peak* are what the run itself prints and writes to `status.json`; CPU is the child's user + "
-          "system time, which on a loaded machine says more than the wall time.")
+          "system time, which on a loaded machine says more than the wall time. *Full gc* is Python's full "
+          "(generation-2) garbage collections in the process, imports included, and their time; *exit* is the "
+          "time from the interpreter's exit starting (after the run's last line) to the process ending.")
         w("")
-        w("| config | seed | process wall | run's wall | peak RSS | CPU time | pretrain | SFT | RM | PPO | load |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+
+        def qs_label(q: dict) -> str:
+            return ("defaults" + ("" if not q.get("extra") else ", " + " ".join(f"`{x}`" for x in q["extra"]))
+                    + (", freezes off as before (`--gc-as-before`)" if q.get("gc_as_before") else ""))
+        w("| config | seed | process wall | run's wall | peak RSS | CPU time | pretrain | SFT | RM | PPO | full gc | exit | load |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n, q in qs:
-            label = "defaults" + ("" if not q.get("extra") else ", " + " ".join(f"`{x}`" for x in q["extra"]))
             for r in q["runs"]:
                 st = r["stage_time_s"]
-                w(f"| {label} | {r['seed']} | {r['wall_s_outside']:.1f} s | {r['wall_s_run']} s | {r['peak_rss_mb_run']} MB | "
+                gc_ = (f"{r['gc_full_collections']} ({r['gc_full_collections_s']:.2f} s) | {r['exit_s']:.2f} s"
+                       if "exit_s" in r else "- | -")  # results from before the bench timed them
+                w(f"| {qs_label(q)} | {r['seed']} | {r['wall_s_outside']:.1f} s | {r['wall_s_run']} s | {r['peak_rss_mb_run']} MB | "
                   f"{r['user_s'] + r['sys_s']:.1f} s | "
                   + " | ".join(f"{st.get(s_, 0) or 0:.1f} s" for s_ in ("pretrain", "sft", "rm", "ppo"))
-                  + f" | {r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f} |")
+                  + f" | {gc_} | {r['load_1min'][0]:.1f} -> {r['load_1min'][1]:.1f} |")
         w("")
         d = dict(qs)
         if "quickstart" in d:
@@ -294,6 +304,14 @@ def render(results: Path) -> str:
                          f"process wall ({b0['wall_s_run']:.1f} s the run's own) in the same bench run: {now} is "
                          f"**{b0['wall_s_run'] / a0['wall_s_run']:.2f}x** on the run's wall time, seed for seed. The "
                          "findings claims at the default: `docs/findings.md`.")
+            gb = d.get("quickstart_gc_before")
+            if gb and "exit_s" in gb["runs"][0] and "exit_s" in runs_[0]:
+                b0 = gb["runs"][0]
+                a0 = same_seed(b0)
+                line += (f" With `rlhf/heap.py`'s freezes off (as before them), the same run takes {b0['wall_s_outside']:.1f} s "
+                         f"process wall: the freezes are **{b0['wall_s_outside'] / a0['wall_s_outside']:.2f}x** on the process's "
+                         f"wall time, seed for seed (full collections {b0['gc_full_collections_s']:.2f} -> "
+                         f"{a0['gc_full_collections_s']:.2f} s, exit {b0['exit_s']:.2f} -> {a0['exit_s']:.2f} s).")
             w(line)
             w("")
         w("The science it prints (held-out prompts, SFT -> PPO; the pretraining held-out loss and how often the "
@@ -302,7 +320,7 @@ def render(results: Path) -> str:
         w("| config | seed | pretrain held-out loss | LM truth, other facts | gold reward | myth rate | truth rate | expected max toxicity |")
         w("|---|---|---|---|---|---|---|---|")
         for n, q in qs:
-            label = "defaults" + ("" if not q.get("extra") else ", " + " ".join(f"`{x}`" for x in q["extra"]))
+            label = qs_label(q)
             for r in q["runs"]:
                 a, b = r.get("heldout_sft") or {}, r.get("heldout_ppo") or {}
                 f = lambda k: f"{a[k]:.2f} -> {b[k]:.2f}" if k in a and k in b else "-"  # noqa: E731

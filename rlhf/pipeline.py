@@ -24,6 +24,7 @@ from typing import Optional
 from . import dist, tracking
 from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
 from .errors import Diverged
+from .heap import long_lived
 from .models import (autocast, context_length, load_tokenizer, pick_device, resolve_source, seed_everything,
                      set_threads)
 from .rundir import MODEL_POINTER, RunDir, RunLock, RunLocked, atomic_write_json, read_json, stage_model
@@ -317,32 +318,34 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
                                   f"--force stages=[sft] redoes it")
             return path
 
-        for stage in stages:
-            if rd.stage_done(stage) and not force:
-                stale = _stage_built_with_other_config(rd, stage, cfg)
-                if not stale:
-                    print(f"[{stage}] done already, skipped (--force redoes it)")
-                    continue
-                if stage == "ppo" and _only_more_ppo_steps(stale, cfg):
-                    _continue_ppo(rd)  # more iterations: from the newest checkpoint, beside the old result
-                else:
-                    # an interrupted --force redo with a changed config: finish it (the old result stays
-                    # until the new one is complete)
-                    print(f"[{stage}] done with another config ({'; '.join(stale[:4])}): "
-                          f"redoing it beside the old result")
-            rd.set_status("running", stage=stage, step=0)
-            if force and rd.writer:  # redo from scratch, beside the old result: no resuming from old
-                shutil.rmtree(rd.path / f"{stage}.tmp", ignore_errors=True)  # partial state; the finished
-                # stage stays until finish_stage swaps the new one in
-            d.barrier()  # data-parallel PPO: no rank reads ppo.tmp before rank 0 has cleared it
-            seed_everything(cfg.seed)
-            t0 = time.time()
-            # every stage but PPO starts from nothing; PPO says so itself when it finds no checkpoint to resume
-            with tracking.stage(cfg, rd.path, stage, rd.writer, fresh=stage != "ppo"):  # logging.report_to
-                summary = _run_one(stage, cfg, rd, world, tok, device, d, pretrained_path, sft_path)
-            summary["stage_time_s"] = time.time() - t0
-            rd.finish_stage(stage, summary, dump_yaml(cfg))
-            record_wall(rd, t_start)
+        # the libraries, the world and each stage's models live to the end: the collector skips them (rlhf/heap.py)
+        with long_lived():
+            for stage in stages:
+                if rd.stage_done(stage) and not force:
+                    stale = _stage_built_with_other_config(rd, stage, cfg)
+                    if not stale:
+                        print(f"[{stage}] done already, skipped (--force redoes it)")
+                        continue
+                    if stage == "ppo" and _only_more_ppo_steps(stale, cfg):
+                        _continue_ppo(rd)  # more iterations: from the newest checkpoint, beside the old result
+                    else:
+                        # an interrupted --force redo with a changed config: finish it (the old result stays
+                        # until the new one is complete)
+                        print(f"[{stage}] done with another config ({'; '.join(stale[:4])}): "
+                              f"redoing it beside the old result")
+                rd.set_status("running", stage=stage, step=0)
+                if force and rd.writer:  # redo from scratch, beside the old result: no resuming from old
+                    shutil.rmtree(rd.path / f"{stage}.tmp", ignore_errors=True)  # partial state; the finished
+                    # stage stays until finish_stage swaps the new one in
+                d.barrier()  # data-parallel PPO: no rank reads ppo.tmp before rank 0 has cleared it
+                seed_everything(cfg.seed)
+                t0 = time.time()
+                # every stage but PPO starts from nothing; PPO says so itself when it finds no checkpoint to resume
+                with tracking.stage(cfg, rd.path, stage, rd.writer, fresh=stage != "ppo"):  # logging.report_to
+                    summary = _run_one(stage, cfg, rd, world, tok, device, d, pretrained_path, sft_path)
+                summary["stage_time_s"] = time.time() - t0
+                rd.finish_stage(stage, summary, dump_yaml(cfg))
+                record_wall(rd, t_start)
         if not final:
             return rd.path
         this = time.time() - t_start

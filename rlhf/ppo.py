@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import inspect
 import json
 import math
@@ -75,6 +74,7 @@ from tqdm.auto import tqdm
 from .config import ConfigError, RunConfig, stage_seed
 from .data import filter_prompts, load_prompts, load_text_lines
 from .errors import Diverged
+from .heap import long_lived
 from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalised_rewards,
                      lm_loss, logprobs_from_logits, masked_mean, masked_whiten, ppo_clip_loss, value_loss)
 from .models import (adapters_disabled, add_lora, autocast, load_causal_lm, load_reward_model, position_ids_from_mask,
@@ -931,15 +931,11 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     random.seed(rank_seed)
     np.random.seed(rank_seed)
     run = PPORun(cfg, rd, out, sft_path, rm_path, tokenizer, world, device, d)
-    gc.collect()
-    gc.freeze()  # the models and libraries stay for the whole stage: the collector skips them meanwhile
-    try:
+    with long_lived():  # the models and libraries stay for the whole stage: the collector skips them meanwhile
         with stop.listening():  # SIGTERM/USR2: checkpoint at the end of this iteration (rlhf/stop.py)
             for step in run.bar:
                 run.step(step)
         return run.finish()
-    finally:
-        gc.unfreeze()
 
 
 def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float = 1.0,
