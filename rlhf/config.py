@@ -73,7 +73,7 @@ class ModelConfig:
     # such as "smollm2-135m-instruct", and stage 1 is skipped.
     source: str = "scratch"
     n_layer: int = 2  # scratch GPT-2: layers
-    n_embd: int = 128  # scratch GPT-2: width
+    n_embd: int = 96  # scratch GPT-2: width (the quickstart's; the findings suite holds there)
     n_head: int = 4  # scratch GPT-2: attention heads
     n_positions: int = 128  # scratch GPT-2: context length
     attn_implementation: str = "sdpa"  # every model load (scratch, SFT, RM, PPO)
@@ -696,6 +696,17 @@ _STAGE_SECTIONS = {"world": ("world",), "pretrain": ("seed", "world", "model", "
 NOT_A_RESULT_KEY = NO_RESULT_KEYS + ("device",)
 
 
+def built_from(stage: str) -> tuple[str, ...]:
+    """The stages whose results ``stage``'s result is built from, in pipeline order: those whose
+    config section its :func:`stage_keys` covers (ppo: every other stage). A shared build of a
+    stage (slurm/shared.py) brings these along."""
+    if stage == "ppo":
+        return tuple(s for s in STAGES if s != "ppo")
+    if stage not in _STAGE_SECTIONS:
+        raise ConfigError(f"unknown stage {stage!r} (known: world, {', '.join(STAGES)})")
+    return tuple(s for s in STAGES if s != stage and s in _STAGE_SECTIONS[stage])
+
+
 def stages_shaped_by(key: str) -> tuple[str, ...]:
     """The stages (world, pretrain, sft, classifier, rm, ppo) whose result a config key shapes: the
     inverse of :func:`stage_keys`, used by the run directory's config checks."""
@@ -715,7 +726,8 @@ def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:
     if stage not in _STAGE_SECTIONS:
         raise ConfigError(f"unknown stage {stage!r} (known: world, {', '.join(STAGES)})")
     secs = _STAGE_SECTIONS[stage]
-    return {k: v for k, v in flat.items() if k.split(".")[0] in secs}
+    return {k: v for k, v in flat.items()
+            if k.split(".")[0] in secs and k not in NOT_A_RESULT_KEY and _is_result_key(k)}
 
 
 def stage_hash(cfg: RunConfig, stage: str) -> str:

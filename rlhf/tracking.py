@@ -86,6 +86,7 @@ class Tracker:
         self.sample_every = cfg.logging.sample_every
         self.n_samples = cfg.logging.n_samples
         self.started = False
+        self.purge_step: Optional[int] = None  # resumed at this step: see resume_from()
 
     def start(self) -> None:
         """Open the trackers, at the first row: a stage that logs nothing (skipped) leaves none."""
@@ -99,7 +100,7 @@ class Tracker:
             from torch.utils.tensorboard import SummaryWriter
             if self.fresh:
                 set_aside(root / "tensorboard" / stage)
-            self.tb = SummaryWriter(log_dir=str(root / "tensorboard" / stage))
+            self.tb = SummaryWriter(log_dir=str(root / "tensorboard" / stage), purge_step=self.purge_step)
             self.writers.append("tensorboard")
         if "wandb" in names:
             import wandb
@@ -154,6 +155,15 @@ def fresh_start() -> None:
     from): its tracker moves the earlier attempt's files aside when it opens."""
     if _active is not None and not _active.started:
         _active.fresh = True
+
+
+def resume_from(step: int) -> None:
+    """The running stage resumes from a checkpoint taken before ``step`` (PPO): what an earlier
+    attempt logged at ``step`` and after is logged again, so TensorBoard is told to hide the
+    earlier events from ``step`` on (``SummaryWriter(purge_step=...)``), as metrics.jsonl drops
+    those rows. A W&B stage is a new W&B run at each attempt."""
+    if _active is not None and not _active.started:
+        _active.purge_step = step
 
 
 def set_aside(folder: Path) -> Optional[Path]:

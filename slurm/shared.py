@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Iterable
 
 from rlhf.config import STAGES as PIPELINE_ORDER  # the pipeline's order (rlhf.config imports no torch)
+from rlhf.config import built_from
 
 SHAREABLE = PIPELINE_ORDER
-# the stages whose results a stage's result is built from (its stage_hash covers their keys)
-BUILT_FROM = {"pretrain": (), "sft": ("pretrain",), "classifier": ("pretrain",), "rm": ("pretrain", "sft"),
-              "ppo": ("pretrain", "sft", "classifier", "rm")}
 EXTRA_FILES = {"rm": ("comparisons.jsonl",), "ppo": ("comparisons.jsonl",)}  # ppo.rounds > 1 adds to it
 
 
@@ -82,7 +80,7 @@ def build_stages(cfg, stage: str) -> list[str]:
     is built from. The classifier only where the run lists it (a run rewarded by its RM has
     none), and never for a stage that is not built from it: a shared ``rm`` must not carry a
     classifier whose keys its hash does not cover."""
-    need = set(BUILT_FROM[stage]) | {stage}
+    need = set(built_from(stage)) | {stage}  # its stage_hash covers their keys
     return [s for s in PIPELINE_ORDER if s in need and (s != "classifier" or s in cfg.stages)]
 
 

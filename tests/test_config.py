@@ -128,3 +128,20 @@ def test_every_eval_setting_is_in_the_eval_readme():
     readme = (Path(__file__).resolve().parents[1] / "eval" / "README.md").read_text()
     missing = [f.name for f in fields(EvalSettings) if f"`{f.name}`" not in readme]
     assert not missing, f"eval settings not documented in eval/README.md: {missing}"
+
+
+def test_built_from_is_what_each_stage_hash_covers():
+    """A stage is built from exactly the stages whose keys its stage_hash covers (the shared
+    builds of slurm/shared.py bring those along, and only those)."""
+    from rlhf.config import STAGES, built_from, stage_keys
+    cfg = RunConfig()
+    for s in STAGES:
+        mine = set(stage_keys(cfg, s))
+        for t in STAGES:
+            if t == s:
+                continue
+            covered = set(stage_keys(cfg, t)) <= mine
+            assert covered == (t in built_from(s)), (s, t)
+    assert built_from("rm") == ("pretrain", "sft") and built_from("ppo") == ("pretrain", "sft", "classifier", "rm")
+    with pytest.raises(ConfigError, match="unknown stage"):
+        built_from("eval")

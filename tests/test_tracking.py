@@ -110,6 +110,31 @@ def test_force_sets_the_earlier_attempts_events_aside(tmp_path):
     assert losses(tb / "pretrain") != losses(tb / aside[0])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                    reason="tensorboard is not installed (pip install -e '.[tensorboard]')")
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_resumed_stage_shows_each_step_once_in_tensorboard(tmp_path, resume):
+    """PPO resumed from a checkpoint at step 3 after an attempt that had logged steps 0..5:
+    TensorBoard shows steps 0..7 once each, 3..7 from the second attempt (without
+    resume_from, steps 3..5 would appear twice)."""
+    from rlhf import tracking
+    cfg = load_config(None, ["logging.report_to=tensorboard"])
+    with tracking.stage(cfg, tmp_path, "ppo", fresh=False):
+        for step in range(6):
+            tracking.log({"step": step, "kl": float(step)})
+    with tracking.stage(cfg, tmp_path, "ppo", fresh=False):
+        if resume:
+            tracking.resume_from(3)
+        for step in range(3, 8):
+            tracking.log({"step": step, "kl": 100.0 + step})
+    got = [(e.step, e.value) for e in _events(tmp_path / "tracking" / "tensorboard" / "ppo").Scalars("kl")]
+    want = [(0, 0.0), (1, 1.0), (2, 2.0)] + [(s, 100.0 + s) for s in range(3, 8)]
+    if resume:
+        assert got == want
+    else:  # the defect resume_from mends: the earlier attempt's steps 3..5 are still there
+        assert sorted(s for s, _ in got) == [0, 1, 2, 3, 3, 4, 4, 5, 5, 6, 7]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is None,
                     reason="wandb is not installed (pip install -e '.[wandb]'): the offline run is not tested")
 def test_wandb_offline_writes_a_run_without_network(tmp_path, monkeypatch):
