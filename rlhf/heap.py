@@ -1,12 +1,12 @@
 """The run's long-lived objects and Python's cyclic garbage collector.
 
-A run imports torch and transformers (a few hundred thousand Python objects) and keeps them,
+A run imports torch and transformers (about 370,000 tracked Python objects) and keeps them,
 and each stage's models, to its end. Python's collector re-scans every one of them at each
-full collection, and once more when the interpreter exits. On the quickstart that was nine
-full collections of about 0.14 s during the run and about 1.1 s at exit
-(``bench/quickstart_time.py``'s *gc* columns measure them). ``gc.freeze()`` moves the objects
-that exist now out of the collector's sight: they are still freed by reference counting, only
-cycles among them wait for ``gc.unfreeze()``.
+full collection, and once more when the interpreter exits: on the quickstart about 1.1 s at
+exit and a few tenths of a second of full collections during the run
+(``bench/quickstart_time.py`` times both; ``--gc-as-before`` without these freezes).
+``gc.freeze()`` moves the objects that exist now out of the collector's sight: they are still
+freed by reference counting, only cycles among them wait for ``gc.unfreeze()``.
 """
 
 from __future__ import annotations
