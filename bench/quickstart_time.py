@@ -13,9 +13,10 @@ peak_rss_mb, which start after the imports) and each stage's ``summary.json`` ar
 
 The child is ``rlhf.cli.console`` (what ``rlhf`` and ``python -m rlhf.cli`` run) behind a thin
 wrapper of this script that times Python's full garbage collections (generation 2, through
-``gc.callbacks``: imports and run together) and notes when the interpreter starts its exit
-(an ``atexit`` hook, which runs after ``console()``'s freeze): *exit* is the time from there
-to the parent seeing the process end. ``--gc-as-before`` runs the same code with the run-level
+``gc.callbacks``: imports and run together) and notes when the interpreter's exit handlers
+are done (an ``atexit`` hook registered before the libraries', so it runs last, after
+``console()``'s freeze and the libraries' own handlers): *exit* is the time from there to the
+parent seeing the process end, the interpreter's teardown. ``--gc-as-before`` runs the same code with the run-level
 freeze and the freeze at exit switched off (``rlhf/heap.py``; PPO's own freeze stays), as
 before they were added: the side-by-side figure for that change.
 """

@@ -260,7 +260,7 @@ def render(results: Path) -> str:
           "wall* and *peak* are what the run itself prints and writes to `status.json`; CPU is the child's user + "
           "system time, which on a loaded machine says more than the wall time. *Full gc* is Python's full "
           "(generation-2) garbage collections in the process, imports included, and their time; *exit* is the "
-          "time from the interpreter's exit starting (after the run's last line) to the process ending.")
+          "interpreter's teardown: from the end of its exit handlers (after the run's last line) to the process ending.")
         w("")
 
         def qs_label(q: dict) -> str:

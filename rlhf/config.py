@@ -73,7 +73,7 @@ class ModelConfig:
     # such as "smollm2-135m-instruct", and stage 1 is skipped.
     source: str = "scratch"
     n_layer: int = 2  # scratch GPT-2: layers
-    n_embd: int = 96  # scratch GPT-2: width (the quickstart's; the findings suite holds there)
+    n_embd: int = 128  # scratch GPT-2: width
     n_head: int = 4  # scratch GPT-2: attention heads
     n_positions: int = 128  # scratch GPT-2: context length
     attn_implementation: str = "sdpa"  # every model load (scratch, SFT, RM, PPO)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 _depth = 0  # long_lived() blocks open in this process
+_frozen_before = False  # the outermost block found objects frozen by someone else
 
 
 @contextmanager
@@ -24,9 +25,12 @@ def long_lived() -> Iterator[None]:
 
     Blocks nest: an inner block (a stage inside a run) freezes what was made since the outer
     one began, and only the outermost exit unfreezes, so that a process that runs many things
-    (the tests, an in-process sweep) gets its garbage collected again afterwards.
+    (the tests, an in-process sweep) gets its garbage collected again afterwards. A caller that
+    had frozen objects itself before the outermost block keeps them frozen (no unfreeze then).
     """
-    global _depth
+    global _depth, _frozen_before
+    if _depth == 0:
+        _frozen_before = gc.get_freeze_count() > 0
     gc.collect()
     gc.freeze()
     _depth += 1
@@ -34,7 +38,7 @@ def long_lived() -> Iterator[None]:
         yield
     finally:
         _depth -= 1
-        if _depth == 0:
+        if _depth == 0 and not _frozen_before:
             gc.unfreeze()
 
 

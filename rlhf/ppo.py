@@ -627,7 +627,8 @@ class PPORun:
                 atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
                 print(f"[ppo] resumed from {ck.name} (step {start})")
             truncate_jsonl_gz(self.samples_path, lambda r: r["step"] < start)  # each rank its own file
-            tracking.resume_from(start)  # TensorBoard hides the earlier attempt's events from there on
+            if self.cfg.ppo.rounds == 1:  # rounds > 1: the RM rounds' own steps would be purged too
+                tracking.resume_from(start)  # TensorBoard hides the earlier attempt's events from there on
             return
         tracking.fresh_start()  # no usable checkpoint: the tracker's earlier-attempt files go aside
         if (out / "metrics.jsonl").exists() and self.d.is_main:

@@ -20,7 +20,11 @@ regardless of trackers.
 The pipeline opens one tracker per stage (:func:`stage`), on the process that writes the run
 directory only; the stages call the module-level :func:`log` and :func:`samples`, which do
 nothing when no tracker is open. A resumed PPO stage logs again the iterations after its
-checkpoint (as ``metrics.jsonl`` does): a tracker then shows those steps twice. A stage that
+checkpoint (as ``metrics.jsonl`` does): TensorBoard is told to hide the earlier attempt's
+events from that step on (:func:`resume_from`), so each step shows once; with ``ppo.rounds``
+> 1 it is not (the reward model's rounds log under PPO's tracker at their own step numbers, and
+a purge would hide the rounds finished before the checkpoint), and those steps show twice, as
+they do in W&B, where each attempt is a run of its own. A stage that
 starts from nothing (a first run, ``--force``, a redo after a config change, an interrupted
 stage other than PPO, a PPO stage with no checkpoint to resume from) first moves the event
 files of its earlier attempt aside, to ``tensorboard/<stage>.before-<UTC time>/`` (kept,
@@ -36,6 +40,7 @@ import importlib.util
 import math
 import numbers
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -161,9 +166,15 @@ def resume_from(step: int) -> None:
     """The running stage resumes from a checkpoint taken before ``step`` (PPO): what an earlier
     attempt logged at ``step`` and after is logged again, so TensorBoard is told to hide the
     earlier events from ``step`` on (``SummaryWriter(purge_step=...)``), as metrics.jsonl drops
-    those rows. A W&B stage is a new W&B run at each attempt."""
-    if _active is not None and not _active.started:
-        _active.purge_step = step
+    those rows. A W&B stage is a new W&B run at each attempt. Called before the stage's first
+    row (a tracker already writing cannot purge: a warning says so)."""
+    if _active is None:
+        return
+    if _active.started:
+        print(f"[{_active.stage}] warning: the tracker was already writing when the stage resumed at step {step}: "
+              "TensorBoard may show the steps after it twice", file=sys.stderr)
+        return
+    _active.purge_step = step
 
 
 def set_aside(folder: Path) -> Optional[Path]:

@@ -14,37 +14,51 @@ class Node:
 
 
 def test_blocks_nest_and_only_the_outermost_exit_unfreezes():
-    assert gc.get_freeze_count() == 0
+    start = gc.get_freeze_count()
     with long_lived():
         outer = gc.get_freeze_count()
-        assert outer > 0
+        assert outer > start
         made_between = [Node() for _ in range(100)]
         with long_lived():
             assert gc.get_freeze_count() >= outer + 100  # the inner block freezes what came since
         assert gc.get_freeze_count() >= outer + 100  # still frozen: the outer block is open
         del made_between
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == start
 
 
-def test_cycles_made_inside_are_collected_after_the_block():
+def test_a_cycle_frozen_by_the_inner_block_waits_for_the_outer_exit():
     freed = []
     with long_lived():
-        with long_lived():
-            n = Node()
-            weakref.finalize(n, freed.append, True)
+        n = Node()
+        weakref.finalize(n, freed.append, True)
+        with long_lived():  # freezes n
+            pass
         del n
         gc.collect()
+        assert freed == []  # frozen: the collector does not see it while the outer block is open
     gc.collect()
     assert freed == [True]
 
 
 def test_a_failing_block_still_unfreezes():
+    start = gc.get_freeze_count()
     try:
         with long_lived():
             raise KeyError("boom")
     except KeyError:
         pass
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == start
+
+
+def test_what_the_caller_froze_before_stays_frozen():
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        with long_lived():
+            pass
+        assert gc.get_freeze_count() >= before
+    finally:
+        gc.unfreeze()
 
 
 def test_the_command_exits_with_everything_frozen():

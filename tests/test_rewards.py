@@ -345,12 +345,14 @@ def test_ppo_with_an_outside_reward_stops_and_resumes_bit_exactly(tiny_run, tmp_
     with pytest.raises(stop.StopRequested):
         run_pipeline(cfg["b"], force=True)
     assert not (runs["b"] / "ppo" / "DONE").exists()
-    assert list((runs["b"] / "ppo.tmp" / "checkpoints").iterdir())
+    cks = sorted((runs["b"] / "ppo.tmp" / "checkpoints").iterdir())
+    assert [c.name for c in cks] == ["step_000002", "step_000004"]
+    shutil.rmtree(cks[-1])  # as if killed before that checkpoint: steps 2 and 3 were logged, and are again
     monkeypatch.setattr(ppo_mod.PPORun, "step", orig_step)
     capsys.readouterr()
     run_pipeline(cfg["b"])
     out = capsys.readouterr().out
-    assert "[ppo] resumed from step_" in out and "damaged" not in out, out[-2000:]
+    assert "[ppo] resumed from step_000002" in out and "damaged" not in out, out[-2000:]
 
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
     ra, rb = (read_jsonl(runs[n] / "ppo" / "metrics.jsonl") for n in "ab")
@@ -364,5 +366,14 @@ def test_ppo_with_an_outside_reward_stops_and_resumes_bit_exactly(tiny_run, tmp_
     if tb:
         board = runs["b"] / "tracking" / "tensorboard"
         assert (board / "ppo").is_dir() and not list(board.glob("ppo.before-*"))  # the resume appended
+        from rlhf.tracking import scalars
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        acc = EventAccumulator(str(board / "ppo"), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:  # each step once (the earlier attempt's 2 and 3 purged), as metrics.jsonl
+            got = [(e.step, e.value) for e in acc.Scalars(tag)]
+            want = [(r["step"], v) for r in rb for k, v in scalars(r).items() if k == tag]
+            assert [s_ for s_, _ in got] == [s_ for s_, _ in want], tag
+            assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6, abs=1e-7), tag
         run_pipeline(cfg["b"], force=True)
         assert len(list(board.glob("ppo.before-*"))) == 1  # a redo from step 0 set the old curves aside
