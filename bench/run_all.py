@@ -33,7 +33,7 @@ PY = sys.executable
 
 # name -> (full argv, quick argv); the output JSON path is appended as --json PATH
 BENCHES: dict[str, tuple[list[str], list[str]]] = {
-    "quickstart": (["bench/quickstart_time.py", "--seeds", "0,1"], ["bench/quickstart_time.py", "--quick", "--seeds", "0"]),
+    "quickstart": (["bench/quickstart_time.py", "--seeds", "0,1,2"], ["bench/quickstart_time.py", "--quick", "--seeds", "0"]),
     # the default before issue 12's change: one intra-op thread (the second core idle)
     "quickstart_threads1": (["bench/quickstart_time.py", "--seeds", "0", "threads=1"],
                             ["bench/quickstart_time.py", "--quick", "--seeds", "0", "threads=1"]),
