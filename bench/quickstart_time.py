@@ -16,9 +16,9 @@ wrapper of this script that times Python's full garbage collections (generation 
 ``gc.callbacks``: imports and run together) and notes when the interpreter's exit handlers
 are done (an ``atexit`` hook registered before the libraries', so it runs last, after
 ``console()``'s freeze and the libraries' own handlers): *exit* is the time from there to the
-parent seeing the process end, the interpreter's teardown. ``--gc-as-before`` runs the same code with the run-level
-freeze and the freeze at exit switched off (``rlhf/heap.py``; PPO's own freeze stays), as
-before they were added: the side-by-side figure for that change.
+parent seeing the process end, the interpreter's teardown. ``--gc-as-before`` runs the same
+code with the run-level freeze and the freeze at exit switched off (``rlhf/heap.py``; PPO's
+own freeze stays), as before they were added: the side-by-side figure for that change.
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def run_seed(seed: int, extra: list[str], root: Path, as_before: bool = False) -
     width = yaml.safe_load((rd / "config.yaml").read_text())["model"]["n_embd"]  # as the run resolved it
     gc_st = json.loads(stats.read_text())
     return {"seed": seed, "width": width, "gc_as_before": as_before, "gc_full_collections": gc_st["gen2"],
-            "gc_full_collections_s": gc_st["gen2_s"], "exit_s": ended - gc_st["exit_started"], "wall_s_outside": wall, "user_s": ru.ru_utime - ru0.ru_utime, "sys_s": ru.ru_stime - ru0.ru_stime,
+            "gc_full_collections_s": gc_st["gen2_s"], "exit_s": ended - gc_st["exit_started"],
+            "wall_s_outside": wall, "user_s": ru.ru_utime - ru0.ru_utime, "sys_s": ru.ru_stime - ru0.ru_stime,
             "max_rss_mb_children": ru.ru_maxrss / 1024, "wall_s_run": st.get("wall_s"), "peak_rss_mb_run": st.get("peak_rss_mb"),
             "load_1min": [load0, os.getloadavg()[0]],
             "stage_time_s": {k: v.get("stage_time_s") for k, v in stages.items()},

@@ -696,15 +696,20 @@ _STAGE_SECTIONS = {"world": ("world",), "pretrain": ("seed", "world", "model", "
 NOT_A_RESULT_KEY = NO_RESULT_KEYS + ("device",)
 
 
+def _stage_sections(stage: str) -> tuple[str, ...]:
+    """The config sections a stage other than ppo depends on; an unknown stage is an error."""
+    if stage not in _STAGE_SECTIONS:
+        raise ConfigError(f"unknown stage {stage!r} (known: world, {', '.join(STAGES)})")
+    return _STAGE_SECTIONS[stage]
+
+
 def built_from(stage: str) -> tuple[str, ...]:
     """The stages whose results ``stage``'s result is built from, in pipeline order: those whose
     config section its :func:`stage_keys` covers (ppo: every other stage). A shared build of a
     stage (slurm/shared.py) brings these along."""
     if stage == "ppo":
         return tuple(s for s in STAGES if s != "ppo")
-    if stage not in _STAGE_SECTIONS:
-        raise ConfigError(f"unknown stage {stage!r} (known: world, {', '.join(STAGES)})")
-    return tuple(s for s in STAGES if s != stage and s in _STAGE_SECTIONS[stage])
+    return tuple(s for s in STAGES if s != stage and s in _stage_sections(stage))
 
 
 def stages_shaped_by(key: str) -> tuple[str, ...]:
@@ -723,9 +728,7 @@ def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:
     flat = flatten(cfg)
     if stage == "ppo":
         return {k: v for k, v in flat.items() if k not in NOT_A_RESULT_KEY and _is_result_key(k)}
-    if stage not in _STAGE_SECTIONS:
-        raise ConfigError(f"unknown stage {stage!r} (known: world, {', '.join(STAGES)})")
-    secs = _STAGE_SECTIONS[stage]
+    secs = _stage_sections(stage)
     return {k: v for k, v in flat.items()
             if k.split(".")[0] in secs and k not in NOT_A_RESULT_KEY and _is_result_key(k)}
 
