@@ -44,6 +44,10 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # the same defaults with rlhf/heap.py's run-level and exit freezes off, as before they were added
     "quickstart_gc_before": (["bench/quickstart_time.py", "--seeds", "0", "--gc-as-before"],
                              ["bench/quickstart_time.py", "--quick", "--seeds", "0", "--gc-as-before"]),
+    # the same defaults with the critic's PPO update after the policy's, on one thread, as before
+    # ppo.parallel_critic
+    "quickstart_serial_critic": (["bench/quickstart_time.py", "--seeds", "0", "ppo.parallel_critic=false"],
+                                 ["bench/quickstart_time.py", "--quick", "--seeds", "0", "ppo.parallel_critic=false"]),
     # shorter pretraining schedules against the science downstream (pretrain, SFT, RM only), at the
     # width they were tried at (128, the default then)
     "pretrain_schedule": (["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "1000:3e-3:50,700:4e-3:30,500:6e-3:30",
@@ -314,6 +318,16 @@ def render(results: Path) -> str:
                          f"{b0['exit_s']:.2f} s (now {a0['exit_s']:.2f} s): the freezes save **{saved:.2f} s** a run. Its "
                          f"process wall, {b0['wall_s_outside']:.1f} s against {a0['wall_s_outside']:.1f} s, also carries "
                          "this machine's run-to-run spread, which is larger than that.")
+            sc = d.get("quickstart_serial_critic")
+            if sc:
+                b0 = sc["runs"][0]
+                a0 = same_seed(b0)
+                pb, pa = b0["stage_time_s"]["ppo"], a0["stage_time_s"]["ppo"]
+                line += (f" With the critic's PPO update after the policy's, as before `ppo.parallel_critic` "
+                         f"(`ppo.parallel_critic=false`), the same seed's PPO stage takes {pb:.1f} s (now {pa:.1f} s, "
+                         f"**{pb / pa:.2f}x**) and its run {b0['wall_s_run']:.1f} s (now {a0['wall_s_run']:.1f} s); the "
+                         "two differ in float rounding, so their printed science differs a little, as at another "
+                         "thread count.")
             w(line)
             w("")
         w("The science it prints (held-out prompts, SFT -> PPO; the pretraining held-out loss and how often the "

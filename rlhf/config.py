@@ -172,6 +172,10 @@ class PPOConfig:
     top_p: float = 1.0  # rollout nucleus sampling
     no_eos_penalty: float = -1.0  # added to the RM score when a response never ends
     grad_clip: float = 1.0  # max gradient norm, per model; 0: no clipping (TRL's PPOTrainer clips none)
+    # critic=separate, threads >= 2, one process: the critic's update runs on a thread of its own
+    # alongside the policy's, each with half the threads (faster for small models on a CPU; both
+    # models' activations and gradients are then held at once); otherwise one after the other
+    parallel_critic: bool = False
     checkpoint_every: int = 20  # iterations between checkpoints
     # save the policy when KL first passes each level (ppo/kl_<level>), for the over-optimisation eval
     kl_levels: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
@@ -655,9 +659,11 @@ def _flatten_dict(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # Keys that say where and how much of a run to do, not what it computes: a run directory
-# that was moved (name, out_dir), continued with more stages, or run with other threads or
+# that was moved (name, out_dir), continued with more stages, run with other threads (or with
+# the critic's update on a thread of its own: float sums in another order, as other threads) or
 # with activations recomputed in the backward pass (the same numbers) is the same run.
-NO_RESULT_KEYS = ("name", "out_dir", "stages", "threads", "model.gradient_checkpointing")
+NO_RESULT_KEYS = ("name", "out_dir", "stages", "threads", "model.gradient_checkpointing",
+                  "ppo.parallel_critic")
 NO_RESULT_SECTIONS = ("logging",)  # trackers: where results are shown, never what they are
 
 

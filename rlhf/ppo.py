@@ -23,7 +23,9 @@
    gradient-norm clipping per model (``ppo.grad_clip``; 0: none). With ``ppo.ptx_coef`` = γ > 0
    every update also takes a batch of pretraining sequences and adds γ·(LM loss) before the same backward
    pass (``ppo.ptx_ratio`` pretraining sequences per RL episode in each iteration, each
-   used once). γ = 0 does no extra work.
+   used once). γ = 0 does no extra work. A separate critic takes its own step on the value
+   loss after the policy's, or with ``ppo.parallel_critic`` alongside it on a thread of its
+   own (:class:`CriticThread`).
 5. **β**: fixed, or the adaptive controller (``ppo.adaptive_kl``, ``ppo.target_kl``,
    ``ppo.kl_horizon``).
 
@@ -62,6 +64,8 @@ import math
 import random
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -605,6 +609,9 @@ class PPORun:
         self.ptx_per_update = max(1, (pc.ptx_ratio * self.local_bs) // n_updates) if self.data.ptx else 0
         self.steps_per_round = math.ceil(pc.steps / pc.rounds)
         self.t0, self.last_status, self.last_row = time.time(), -1e9, {}
+        # ppo.parallel_critic: the critic's updates on a thread of their own (one process, >= 2 threads)
+        self.critic_thread = (CriticThread(torch.get_num_threads()) if pc.parallel_critic and self.learner.critic is not None
+                              and not d.active and torch.get_num_threads() >= 2 else None)
         self.bar = tqdm(range(self.progress.step, pc.steps), desc="ppo", initial=self.progress.step, total=pc.steps,
                         mininterval=2.0, disable=True if not d.is_main else None)
 
@@ -736,7 +743,8 @@ class PPORun:
                 mb = batch.index(perm[i:i + self.local_mb])
                 ptx_x = ptx.batch(self.ptx_per_update).to(self.device) if ptx is not None else None
                 st = ppo_update(self.policy, mb, lr.opt, pc, lr.value_head, lr.critic, lr.critic_opt, ptx_x, self.d,
-                                on_policy=epoch == 0 and i == 0, amp=self.amp, free_grads=True)
+                                on_policy=epoch == 0 and i == 0, amp=self.amp, free_grads=True,
+                                critic_thread=self.critic_thread)
                 for k, v in st.items():
                     stats[k].append(v)
                 check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, self.d)
@@ -933,11 +941,15 @@ def run_ppo(cfg: RunConfig, rd: RunDir, sft_path: str, rm_path: str, tokenizer, 
     random.seed(rank_seed)
     np.random.seed(rank_seed)
     run = PPORun(cfg, rd, out, sft_path, rm_path, tokenizer, world, device, d)
-    with long_lived():  # the models and libraries stay for the whole stage: the collector skips them meanwhile
-        with stop.listening():  # SIGTERM/USR2: checkpoint at the end of this iteration (rlhf/stop.py)
-            for step in run.bar:
-                run.step(step)
-        return run.finish()
+    try:
+        with long_lived():  # the models and libraries stay for the whole stage: the collector skips them meanwhile
+            with stop.listening():  # SIGTERM/USR2: checkpoint at the end of this iteration (rlhf/stop.py)
+                for step in run.bar:
+                    run.step(step)
+            return run.finish()
+    finally:
+        if run.critic_thread is not None:
+            run.critic_thread.close()
 
 
 def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float = 1.0,
@@ -967,8 +979,11 @@ def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float
 
 def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_opt=None,
                ptx_x: Optional[torch.Tensor] = None, d: Optional[Dist] = None,
-               on_policy: bool = False, amp=None, free_grads: bool = False) -> dict[str, float]:
-    """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx).
+               on_policy: bool = False, amp=None, free_grads: bool = False,
+               critic_thread: Optional["CriticThread"] = None) -> dict[str, float]:
+    """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx),
+    and with a separate ``critic`` its own step on L_V (:func:`critic_update`): after the
+    policy's, or with a ``critic_thread`` (``ppo.parallel_critic``) alongside it.
     With γ > 0 the ptx batch shares the policy's forward pass (see policy_ptx_forward).
     ``on_policy``: the first update of an iteration, before any step, so π_old = π: the old
     log-probs are this forward's own (detached) and the ratio is exactly 1, whatever float
@@ -988,8 +1003,24 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
     no model's gradients are held through the other model's backward or the next rollout
     (one full set of fp32 gradients less at the peak); off, they stay for the caller to read."""
     d = d or Dist()
-    amp = amp or contextlib.nullcontext
     w = d.token_share(mb.response_mask)
+    if critic is None:
+        return policy_update(policy, mb, opt, pc, w, value_head, ptx_x, d, on_policy, amp, free_grads)
+    if critic_thread is None:
+        out = policy_update(policy, mb, opt, pc, w, value_head, ptx_x, d, on_policy, amp, free_grads)
+        return {**out, **critic_update(critic, mb, critic_opt, pc, w, d, amp, free_grads)}
+    with critic_thread.alongside(critic_update, critic, mb, critic_opt, pc, w, d, amp, free_grads) as critic_result:
+        out = policy_update(policy, mb, opt, pc, w, value_head, ptx_x, d, on_policy, amp, free_grads)
+        return {**out, **critic_result()}
+
+
+def policy_update(policy, mb: Batch, opt, pc, w: float, value_head=None, ptx_x: Optional[torch.Tensor] = None,
+                  d: Optional[Dist] = None, on_policy: bool = False, amp=None,
+                  free_grads: bool = False) -> dict[str, float]:
+    """The policy's gradient step of :func:`ppo_update` (with a value head, the head's too),
+    its token means weighted by this rank's token share ``w``; returns its statistics."""
+    d = d or Dist()
+    amp = amp or contextlib.nullcontext
     use_ptx = ptx_x is not None and pc.ptx_coef > 0
     with amp():
         if use_ptx:
@@ -1021,21 +1052,60 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
     opt.step()
     if free_grads:
         opt.zero_grad(set_to_none=True)
-    if critic is not None:
-        with amp():
-            v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
-        vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
-        critic_opt.zero_grad(set_to_none=True)
-        (w * vf_loss).backward()
-        cparams = [p for g in critic_opt.param_groups for p in g["params"]]
-        d.average_gradients(cparams)
-        if pc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(cparams, pc.grad_clip)
-        critic_opt.step()
-        if free_grads:
-            critic_opt.zero_grad(set_to_none=True)
-        out["vf_loss"], out["vf_clipfrac"] = w * vf_loss.item(), w * float(vf_frac)
     return out
+
+
+def critic_update(critic, mb: Batch, critic_opt, pc, w: float = 1.0, d: Optional[Dist] = None, amp=None,
+                  free_grads: bool = False) -> dict[str, float]:
+    """The separate critic's gradient step on one minibatch: the clipped value loss
+    (``losses.value_loss``) weighted by this rank's token share ``w``, gradients averaged over
+    ranks, clipped (``ppo.grad_clip``), one step of ``critic_opt``; returns its statistics."""
+    d = d or Dist()
+    amp = amp or contextlib.nullcontext
+    with amp():
+        v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+    vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
+    critic_opt.zero_grad(set_to_none=True)
+    (w * vf_loss).backward()
+    cparams = [p for g in critic_opt.param_groups for p in g["params"]]
+    d.average_gradients(cparams)
+    if pc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(cparams, pc.grad_clip)
+    critic_opt.step()
+    if free_grads:
+        critic_opt.zero_grad(set_to_none=True)
+    return {"vf_loss": w * vf_loss.item(), "vf_clipfrac": w * float(vf_frac)}
+
+
+class CriticThread:
+    """``ppo.parallel_critic``: the separate critic's update (:func:`critic_update`) on a
+    thread of its own while the policy's runs on the calling thread, each with half of the
+    ``threads`` intra-op threads (torch's kernels release the GIL; the two models share no
+    tensor and no RNG draw, and each one's kernels run at a fixed thread count, so the result
+    is deterministic). On a small model the per-op work is too small for two threads to pay
+    inside one kernel; two models side by side use both cores. Both models' activations and
+    gradients are held at once. One process only: ranks must issue their collectives in one order."""
+
+    def __init__(self, threads: int):
+        self.threads, self.half = threads, max(1, threads // 2)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ppo-critic",
+                                       initializer=torch.set_num_threads, initargs=(self.half,))
+
+    @contextlib.contextmanager
+    def alongside(self, fn, *args, **kw):
+        """Within the block: ``fn(*args, **kw)`` runs on the critic thread and this thread has
+        half the threads; yields a function that waits for and returns fn's result. On leaving,
+        it waits for fn (also when the block raised) and restores this thread's threads."""
+        torch.set_num_threads(self.half)  # before the task starts: both threads then agree on the count
+        fut = self.pool.submit(fn, *args, **kw)
+        try:
+            yield fut.result
+        finally:
+            futures_wait([fut])
+            torch.set_num_threads(self.threads)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def check_finite(step: int, values: dict[str, torch.Tensor], d: Optional[Dist] = None) -> None:

@@ -42,8 +42,11 @@ from rlhf.config import (ConfigError, InputError, RunConfig, apply_settings, che
 
 DEFAULT_MAX_RUNS = 1000
 EXECUTORS = ("slurm", "local", "debug")
-# keys of the resolved config that do not enter the run's hash (they are set by the sweep)
-NOT_HASHED = ("name", "out_dir")
+# keys of the resolved config that do not enter the run's hash: name and out_dir (set by the
+# sweep), and switches that change no result (rlhf.config.NO_RESULT_KEYS) added after run ids
+# existed, so that a base config turning one on keeps its sweeps' run ids (the older ones,
+# e.g. threads, stay hashed: leaving them out now would rename runs)
+NOT_HASHED = ("name", "out_dir", "ppo.parallel_critic")
 _ABSENT = object()
 
 

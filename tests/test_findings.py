@@ -106,7 +106,9 @@ def test_stage_hash_depends_only_on_the_stage_keys():
         return stage_hash(load_config(REPO / "experiments" / "quickstart.yaml", over), stage)
     for stage in ("world", "pretrain", "sft", "rm", "ppo"):  # name, out_dir, threads, device, stages: no effect
         assert h(["name=x", "out_dir=/tmp/y", "threads=2", "device=cpu", "stages=[pretrain]",
-                  "model.gradient_checkpointing=true", "logging.report_to=tensorboard"], stage) == stage_hash(base, stage)
+                  "model.gradient_checkpointing=true", "logging.report_to=tensorboard",
+                  f"ppo.parallel_critic={not base.ppo.parallel_critic}"],
+                 stage) == stage_hash(base, stage)
     assert h(["ppo.beta=0.3"], "rm") == stage_hash(base, "rm") and h(["ppo.beta=0.3"], "ppo") != stage_hash(base, "ppo")
     assert h(["rm.k=2"], "sft") == stage_hash(base, "sft") and h(["rm.k=2"], "rm") != stage_hash(base, "rm")
     assert h(["sft.lr=0.01"], "pretrain") == stage_hash(base, "pretrain")

@@ -11,10 +11,10 @@ import torch
 from transformers import AutoTokenizer
 
 from rlhf.losses import lm_loss
-from rlhf.models import load_causal_lm
+from rlhf.models import load_causal_lm, load_reward_model
 from rlhf.errors import Diverged
 from rlhf.pipeline import run_pipeline
-from rlhf.ppo import Batch, policy_forward, ppo_update
+from rlhf.ppo import Batch, CriticThread, policy_forward, ppo_update
 from rlhf.rundir import read_json, read_jsonl, read_jsonl_gz
 from rlhf.sampling import sample
 from rlhf.world import World
@@ -289,3 +289,106 @@ def test_grad_clip_zero_is_no_clipping(tiny_run):
         after[clip] = torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
     assert torch.equal(after[0.0], after[1e9])
     assert not torch.equal(after[0.0], after[1e-3])
+
+
+def _critic_batch(path, cfg):
+    """A minibatch of real samples with advantages, old values and returns, for a policy and critic update."""
+    tok = AutoTokenizer.from_pretrained(path / "sft")
+    prompts = [p.text for p in World(cfg.world).train_prompts()[:6]]
+    s = sample(load_causal_lm(str(path / "sft")), tok, prompts, max_new_tokens=6, seed=3, logprobs=True)
+    m = s.response_mask.float()
+    g = torch.Generator().manual_seed(0)
+    adv, ret, vals = (torch.randn(m.shape, generator=g) * m for _ in range(3))
+    return Batch(s.prompt_ids, s.prompt_mask, s.response_ids, m, s.logprobs, s.logprobs, vals, adv, ret)
+
+
+def _update(path, cfg, mb, critic_thread=None):
+    """Two ppo_update calls (the on-policy one and the next) on fresh models; returns both
+    models' weights and the statistics."""
+    policy, critic = load_causal_lm(str(path / "sft")).train(), load_reward_model(str(path / "rm")).train()
+    opt, copt = torch.optim.AdamW(policy.parameters(), lr=1e-2), torch.optim.AdamW(critic.parameters(), lr=1e-2)
+    stats = [ppo_update(policy, mb, opt, cfg.ppo, critic=critic, critic_opt=copt, on_policy=i == 0, free_grads=True,
+                        critic_thread=critic_thread) for i in range(2)]
+    flat = lambda m: torch.cat([p.detach().reshape(-1) for p in m.parameters()])  # noqa: E731
+    return flat(policy), flat(critic), stats
+
+
+def test_parallel_critic_takes_the_same_steps_on_its_own_thread(tiny_run, monkeypatch):
+    """ppo.parallel_critic: the critic's update runs on the critic thread with half the threads
+    while the policy's runs here with the other half, and both models take the same steps, bit
+    for bit, as one after the other at that thread count; the caller's threads come back."""
+    import threading
+    import rlhf.ppo as ppo_mod
+    path, cfg = tiny_run
+    mb = _critic_batch(path, cfg)
+    seen = []
+    real_values = ppo_mod.critic_values
+
+    def values(*a, **k):  # where, and at how many threads, the critic's forward passes run
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real_values(*a, **k)
+    monkeypatch.setattr(ppo_mod, "critic_values", values)
+    torch.set_num_threads(1)
+    sequential = _update(path, cfg, mb)
+    assert {name for name, _ in seen} == {threading.current_thread().name}
+    seen.clear()
+    torch.set_num_threads(2)
+    ct = CriticThread(torch.get_num_threads())
+    try:
+        parallel = _update(path, cfg, mb, ct)
+        assert torch.get_num_threads() == 2  # restored after each update
+    finally:
+        ct.close()
+        torch.set_num_threads(1)
+    assert len(seen) == 2 and all(name.startswith("ppo-critic") and n == 1 for name, n in seen)
+    assert torch.equal(sequential[0], parallel[0]) and torch.equal(sequential[1], parallel[1])
+    assert sequential[2] == parallel[2] and {"vf_loss", "pg_loss"} <= set(parallel[2][0])
+    assert not torch.equal(sequential[1], torch.cat([p.detach().reshape(-1) for p in
+                                                    load_reward_model(str(path / "rm")).parameters()]))
+
+
+def test_parallel_critic_error_reaches_the_caller(tiny_run, monkeypatch):
+    """A failure on the critic thread is raised by ppo_update, after the policy's part, with
+    the caller's threads restored."""
+    import rlhf.ppo as ppo_mod
+    path, cfg = tiny_run
+    mb = _critic_batch(path, cfg)
+
+    def boom(*a, **k):
+        raise RuntimeError("critic failed")
+    monkeypatch.setattr(ppo_mod, "critic_update", boom)
+    torch.set_num_threads(2)
+    ct = CriticThread(2)
+    try:
+        with pytest.raises(RuntimeError, match="critic failed"):
+            _update(path, cfg, mb, ct)
+        assert torch.get_num_threads() == 2
+    finally:
+        ct.close()
+        torch.set_num_threads(1)
+
+
+def test_parallel_critic_run_is_deterministic(tiny_run, tmp_path):
+    """A PPO stage with ppo.parallel_critic at two threads: the critic thread is used, and two
+    runs log the same numbers."""
+    import rlhf.ppo as ppo_mod
+    made = []
+    real = ppo_mod.CriticThread
+
+    class Spy(real):
+        def __init__(self, threads):
+            made.append(threads)
+            super().__init__(threads)
+    rows = []
+    try:
+        ppo_mod.CriticThread = Spy
+        for i in range(2):
+            run = copy_run(tiny_run, tmp_path / str(i))
+            run_pipeline(ppo_cfg(tmp_path / str(i), ["ppo.parallel_critic=true", "threads=2", "ppo.steps=3"]),
+                         force=True)
+            rows.append(_strip_time(read_jsonl(run / "ppo" / "metrics.jsonl")))
+    finally:
+        ppo_mod.CriticThread = real
+        torch.set_num_threads(1)
+    assert made == [2, 2]
+    assert len(rows[0]) == 3 and rows[0] == rows[1]

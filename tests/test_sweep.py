@@ -114,6 +114,8 @@ def test_run_ids_hash_only_keys_off_their_defaults(monkeypatch):
     assert sw.config_hash(from_dict({"seed": 2, "ppo": {"beta": 0.05}, "name": "other"})) == before
     assert sw.config_hash(from_dict({"seed": 2, "ppo": {"beta": 0.2}})) != before  # ppo.beta=0.2 is the default
     assert sw.config_hash(from_dict({"seed": 2, "ppo": {"beta": 0.2}})) == sw.config_hash(from_dict({"seed": 2}))
+    # a switch that changes no result, added after run ids existed: a base config turning it on keeps the ids
+    assert sw.config_hash(from_dict({"seed": 2, "ppo": {"beta": 0.05, "parallel_critic": True}})) == before
 
 
 def test_unreachable_cluster_is_a_clear_error(tmp_path, capsys, monkeypatch):
