@@ -3,13 +3,14 @@
     bash bench/trl112_venv.sh                      # once: builds bench/.venv-trl112 (trl==1.12.0)
     python bench/ppo_vs_trl.py [--steps 8] [--repeats 3] [--n-embd 64] [--n-layer 2]
                                [--batch 8] [--new-tokens 32] [--epochs 4] [--sides ours,trl_ppo,trl_rloo]
+                               [--threads 1]
 
 Same work on every side: the same scratch GPT-2 (policy = reference = SFT model; the reward
 model and the critic are its sequence-classifier twin; <end> made unreachable, so every
 episode samples exactly ``--new-tokens`` tokens on every side), the same world tokenizer, the same
 toy-world training prompts; batch ``--batch`` episodes, ``--new-tokens`` sampled tokens,
 ``--epochs`` PPO epochs over ONE minibatch of the whole batch, KL coefficient 0.05, fp32,
-no gradient checkpointing, no ptx, dropout 0, one torch thread.
+no gradient checkpointing, no ptx, dropout 0, one torch thread (``--threads N``: N on every side).
 
 * ours:     ``rlhf.ppo.run_ppo`` (critic = separate value model from the RM, as TRL's PPO;
             ``ppo.grad_clip=0``: no gradient clipping, as TRL's PPOTrainer);
@@ -26,6 +27,9 @@ no gradient checkpointing, no ptx, dropout 0, one torch thread.
             head on the policy's last hidden state instead of a critic model: no critic forward,
             backward or optimiser step (the rollout's values take one policy forward instead).
             What a researcher gains by that choice, not a comparison on equal work.
+* ours_parallel (not default; for ``--threads`` >= 2): ours with ``ppo.parallel_critic=true``,
+            the critic's update on a thread of its own alongside the policy's, each with half
+            the threads (the quickstart's setting); at one thread it is ours.
 * trl_ppo_nogc (diagnostic, not default): trl_ppo with the two ``gc.collect()`` calls that
             PPOTrainer.train makes every iteration turned into no-ops, to show how much of TRL's
             time they take (``--sides ours,trl_ppo,trl_ppo_nogc,trl_rloo``).
@@ -56,10 +60,11 @@ KL_COEF = 0.05
 LR = 5e-5
 
 
-def _one_thread():
-    os.environ["OMP_NUM_THREADS"] = "1"
+def _one_thread(n: int = 1):
+    """``n`` intra-op torch threads (``--threads``; one by default), one inter-op thread."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     torch.set_num_interop_threads(1)
 
 
@@ -127,8 +132,8 @@ def our_tokenizer(d: Path, cfg):
     return apply_setting(load_tokenizer(str(d / "sft")), cfg.model.chat_template, str(d / "sft"))
 
 
-def worker_ours(d: Path, a, critic: str = "separate", grad_clip: float = 0.0) -> dict:
-    _one_thread()
+def worker_ours(d: Path, a, critic: str = "separate", grad_clip: float = 0.0, parallel: bool = False) -> dict:
+    _one_thread(a.threads)
     sys.path.insert(0, str(REPO))
     import shutil
     import torch
@@ -142,7 +147,8 @@ def worker_ours(d: Path, a, critic: str = "separate", grad_clip: float = 0.0) ->
         f"ppo.steps={steps}",
         f"ppo.batch_size={a.batch}", f"ppo.minibatch_size={a.batch}", f"ppo.epochs={a.epochs}",
         f"ppo.max_new_tokens={a.new_tokens}", f"ppo.beta={KL_COEF}", "ppo.ptx_coef=0", f"ppo.lr={LR}",
-        f"ppo.critic={critic}", f"ppo.grad_clip={grad_clip}", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]", "threads=1",
+        f"ppo.critic={critic}", f"ppo.grad_clip={grad_clip}", f"ppo.checkpoint_every={steps + 1}", "ppo.kl_levels=[]",
+        f"threads={a.threads}", f"ppo.parallel_critic={parallel}",
         *real_model_overrides(d, a.model)])
     world = World(cfg.world) if a.model == "toy" else None
     tok = our_tokenizer(d, cfg)
@@ -210,7 +216,7 @@ def _common_trl_args(a, out: str) -> dict:
 
 
 def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
-    _one_thread()
+    _one_thread(a.threads)
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
     import torch
     import trl
@@ -254,7 +260,7 @@ def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
 
 
 def worker_trl_rloo(d: Path, a) -> dict:
-    _one_thread()
+    _one_thread(a.threads)
     import torch
     import trl
     from datasets import Dataset
@@ -288,7 +294,8 @@ def worker_trl_rloo(d: Path, a) -> dict:
 
 WORKERS = {"ours": worker_ours, "ours_head": lambda d, a: worker_ours(d, a, critic="head"),
            "ours_clip": lambda d, a: worker_ours(d, a, grad_clip=1.0), "trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo,
-           "trl_ppo_nogc": lambda d, a: worker_trl_ppo(d, a, no_gc=True)}
+           "trl_ppo_nogc": lambda d, a: worker_trl_ppo(d, a, no_gc=True),
+           "ours_parallel": lambda d, a: worker_ours(d, a, parallel=True)}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -301,8 +308,10 @@ def run_side(side: str, d: Path, a) -> dict:
     cmd = [python_for(side), str(Path(__file__).resolve()), "--worker", side, "--dir", str(d),
            "--steps", str(a.steps), "--n-embd", str(a.n_embd), "--n-layer", str(a.n_layer),
            "--batch", str(a.batch), "--new-tokens", str(a.new_tokens), "--epochs", str(a.epochs),
-           "--n-positions", str(getattr(a, "n_positions", 128)), "--model", getattr(a, "model", "toy")]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+           "--n-positions", str(getattr(a, "n_positions", 128)), "--model", getattr(a, "model", "toy"),
+           "--threads", str(getattr(a, "threads", 1))]
+    n = str(getattr(a, "threads", 1))
+    env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", TRL_EXPERIMENTAL_SILENCE="1", PYTHONWARNINGS="ignore")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -345,6 +354,8 @@ def main() -> int:
     ap.add_argument("--sides", default="ours,trl_ppo,trl_ppo_nogc,trl_rloo")
     ap.add_argument("--model", choices=["toy", "smollm2"], default="toy",
                     help="toy: scratch GPT-2 (--n-layer/--n-embd); smollm2: SmolLM2-135M-Instruct (de-quantised GGUF)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op torch threads of every side (one by default: the least noisy comparison)")
     ap.add_argument("--json", help="also write the summary here")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
@@ -371,7 +382,7 @@ def main() -> int:
     what = (f"GPT-2 {a.n_layer} layers width {a.n_embd}" if a.model == "toy"
             else "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to fp32)")
     print(f"\n{what}; batch {a.batch}, {a.new_tokens} new tokens, "
-          f"{a.epochs} PPO epochs, 1 minibatch; fp32, no gradient checkpointing; 1 torch thread; "
+          f"{a.epochs} PPO epochs, 1 minibatch; fp32, no gradient checkpointing; {a.threads} torch thread(s); "
           f"{a.repeats} processes x {a.steps} iterations per side")
     print(f"{'side':>12} {'median ms/it':>13} {'min':>8} {'max':>8} {'episodes/s':>11} {'tokens/s':>9} "
           f"{'gen ms':>8} {'gen tok/s':>9} {'rest ms':>8} {'peak MB':>8}")
