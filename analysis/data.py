@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from rlhf.config import InputError, RunConfig, flatten
+from rlhf.config import NOT_A_RESULT_KEY, InputError, RunConfig, flatten
 from rlhf.rundir import RunDir, read_jsonl, results_row
 
 # the ablation switches, in the order of the paper's panels: key -> (symbol, meaning)
@@ -40,8 +40,9 @@ SWITCHES = {
     "ppo.clip_eps": ("ε", "PPO clip"),
 }
 CONFIG_KEYS = set(flatten(RunConfig()))
-# config keys that differ between runs without being an experimental condition
-NOT_A_CONDITION = {"seed", "name", "out_dir", "device", "threads"}
+# config keys that differ between runs without being an experimental condition: the seed, and
+# the keys that change no result (rlhf.config: name, out_dir, threads, device, the stages, ...)
+NOT_A_CONDITION = {"seed", *NOT_A_RESULT_KEY}
 DONE = "done"
 
 

@@ -172,9 +172,10 @@ class PPOConfig:
     top_p: float = 1.0  # rollout nucleus sampling
     no_eos_penalty: float = -1.0  # added to the RM score when a response never ends
     grad_clip: float = 1.0  # max gradient norm, per model; 0: no clipping (TRL's PPOTrainer clips none)
-    # critic=separate, threads >= 2, one process: the critic's update runs on a thread of its own
-    # alongside the policy's, each with half the threads (faster for small models on a CPU; both
-    # models' activations and gradients are then held at once); otherwise one after the other
+    # critic=separate, on a CPU with threads >= 2 (0: torch's default), one process: the critic's
+    # update runs on a thread of its own alongside the policy's, the threads split between them
+    # (faster for small models; both models' activations and gradients are then held at once);
+    # otherwise one after the other
     parallel_critic: bool = False
     checkpoint_every: int = 20  # iterations between checkpoints
     # save the policy when KL first passes each level (ppo/kl_<level>), for the over-optimisation eval
@@ -694,7 +695,7 @@ def config_changes(old_yaml: str, cfg: RunConfig) -> list[str]:
 
 
 # Which config keys each stage's result depends on (besides the stages before it). Keys that
-# never change a result (name, out_dir, threads, device, the list of stages) are left out.
+# never change a result (NOT_A_RESULT_KEY) are left out.
 _STAGE_SECTIONS = {"world": ("world",), "pretrain": ("seed", "world", "model", "pretrain"),
                    "sft": ("seed", "world", "model", "pretrain", "sft"),
                    "classifier": ("seed", "world", "model", "pretrain", "classifier"),
@@ -730,7 +731,9 @@ def stages_shaped_by(key: str) -> tuple[str, ...]:
 def stage_keys(cfg: RunConfig, stage: str) -> dict[str, Any]:
     """The resolved config keys that the result of ``stage`` (world, pretrain, sft, classifier,
     rm, ppo) depends on: world <- world.*; pretrain <- seed, world.*, model.*, pretrain.*; sft <-
-    those + sft.*; classifier <- pretrain's + classifier.*; rm <- sft's + rm.*; ppo <- every key but name, out_dir, threads, device, stages and logging.*."""
+    those + sft.*; classifier <- pretrain's + classifier.*; rm <- sft's + rm.*; ppo <- every key;
+    never the keys that change no result (``NOT_A_RESULT_KEY``: name, out_dir, stages, threads,
+    device, model.gradient_checkpointing, ppo.parallel_critic) nor logging.*."""
     flat = flatten(cfg)
     if stage == "ppo":
         return {k: v for k, v in flat.items() if k not in NOT_A_RESULT_KEY and _is_result_key(k)}

@@ -611,7 +611,7 @@ class PPORun:
         self.t0, self.last_status, self.last_row = time.time(), -1e9, {}
         # ppo.parallel_critic: the critic's updates on a thread of their own (one process, >= 2 threads)
         self.critic_thread = (CriticThread(torch.get_num_threads()) if pc.parallel_critic and self.learner.critic is not None
-                              and not d.active and torch.get_num_threads() >= 2 else None)
+                              and not d.active and device.type == "cpu" and torch.get_num_threads() >= 2 else None)
         self.bar = tqdm(range(self.progress.step, pc.steps), desc="ppo", initial=self.progress.step, total=pc.steps,
                         mininterval=2.0, disable=True if not d.is_main else None)
 
@@ -1000,8 +1000,9 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
     ``amp``: a function returning the forward passes' context (``model.autocast``); the
     log-probs, values and losses are float32 and the backward pass runs outside it.
     ``free_grads`` (run_ppo): each optimiser's gradients are freed right after its step, so
-    no model's gradients are held through the other model's backward or the next rollout
-    (one full set of fp32 gradients less at the peak); off, they stay for the caller to read."""
+    no model's gradients are held through the next rollout, nor (serial critic) through the
+    other model's backward (one full set of fp32 gradients less at the peak); off, they stay
+    for the caller to read."""
     d = d or Dist()
     w = d.token_share(mb.response_mask)
     if critic is None:
@@ -1079,29 +1080,41 @@ def critic_update(critic, mb: Batch, critic_opt, pc, w: float = 1.0, d: Optional
 
 class CriticThread:
     """``ppo.parallel_critic``: the separate critic's update (:func:`critic_update`) on a
-    thread of its own while the policy's runs on the calling thread, each with half of the
-    ``threads`` intra-op threads (torch's kernels release the GIL; the two models share no
-    tensor and no RNG draw, and each one's kernels run at a fixed thread count, so the result
-    is deterministic). On a small model the per-op work is too small for two threads to pay
-    inside one kernel; two models side by side use both cores. Both models' activations and
-    gradients are held at once. One process only: ranks must issue their collectives in one order."""
+    thread of its own while the policy's runs on the calling thread, the ``threads`` intra-op
+    threads split between them (the critic ``threads // 2``, the policy the rest). Torch's
+    kernels release the GIL; the two models share no parameter, gradient or optimiser state
+    (both read the minibatch), and each one's kernels run at a fixed thread count (a thread's
+    count is its own), so the result is deterministic. On a small model the per-op work is
+    too small for two threads to pay much inside one kernel; two models side by side use both
+    cores. Both models' activations and gradients are held at once. One process only: ranks
+    must issue their collectives in one order.
+
+    Nothing in either update draws from the global RNG (dropout is 0; the minibatch order and
+    the ptx batch are drawn before): a draw there would make the draws that follow depend on
+    how the threads interleave. With ``model.gradient_checkpointing`` both threads' recomputed
+    forwards save and restore the global RNG state, which is the same state throughout."""
 
     def __init__(self, threads: int):
-        self.threads, self.half = threads, max(1, threads // 2)
+        self.threads = threads
+        self.critic_threads = max(1, threads // 2)
+        self.policy_threads = max(1, threads - self.critic_threads)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="ppo-critic",
-                                       initializer=torch.set_num_threads, initargs=(self.half,))
+                                       initializer=torch.set_num_threads, initargs=(self.critic_threads,))
 
     @contextlib.contextmanager
     def alongside(self, fn, *args, **kw):
         """Within the block: ``fn(*args, **kw)`` runs on the critic thread and this thread has
-        half the threads; yields a function that waits for and returns fn's result. On leaving,
-        it waits for fn (also when the block raised) and restores this thread's threads."""
-        torch.set_num_threads(self.half)  # before the task starts: both threads then agree on the count
-        fut = self.pool.submit(fn, *args, **kw)
+        the policy's share of the threads; yields a function that waits for and returns fn's
+        result. On leaving, it waits for fn (also when the block raised) and restores this
+        thread's count."""
+        fut = None
         try:
+            torch.set_num_threads(self.policy_threads)
+            fut = self.pool.submit(fn, *args, **kw)
             yield fut.result
         finally:
-            futures_wait([fut])
+            if fut is not None:
+                futures_wait([fut])
             torch.set_num_threads(self.threads)
 
     def close(self) -> None:

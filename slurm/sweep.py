@@ -355,9 +355,9 @@ def cells(sweep: Sweep) -> list[dict[str, Any]]:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """8 hex digits of the resolved config's keys that differ from their defaults (``name``
-    and ``out_dir`` never count): a key added to the code at its default changes no run id,
-    so a resubmitted sweep finds its finished runs."""
+    """8 hex digits of the resolved config's keys that differ from their defaults (the
+    ``NOT_HASHED`` keys never count): a key added to the code at its default changes no run
+    id, so a resubmitted sweep finds its finished runs."""
     defaults = flatten(RunConfig())
     flat = {k: v for k, v in flatten(cfg).items() if k not in NOT_HASHED and v != defaults.get(k, _ABSENT)}
     blob = json.dumps(flat, sort_keys=True, default=str, separators=(",", ":"))

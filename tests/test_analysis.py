@@ -369,3 +369,15 @@ def test_report_without_bias_records(sweep, tmp_path):
     for name in ("ablation", "alignment_tax"):
         data = pd.read_csv(rep.figures[name]["csv"])
         assert len(data) and "stereotype_bias" not in set(data["metric"])
+
+
+def test_keys_that_change_no_result_are_not_conditions():
+    """Runs that differ only in the seed or in keys that change no result (threads, the
+    critic thread, gradient checkpointing, ...) are one condition, not several."""
+    import pandas as pd
+    from analysis.data import varying_keys
+    from rlhf.config import NO_RESULT_KEYS
+    runs = pd.DataFrame({"seed": [0, 1, 2], "threads": [1, 2, 1], "ppo.parallel_critic": [False, True, True],
+                         "model.gradient_checkpointing": [False, True, False], "ppo.beta": [0.1, 0.1, 0.2]})
+    assert "ppo.parallel_critic" in NO_RESULT_KEYS
+    assert varying_keys(runs) == ["ppo.beta"]

@@ -314,33 +314,45 @@ def _update(path, cfg, mb, critic_thread=None):
 
 
 def test_parallel_critic_takes_the_same_steps_on_its_own_thread(tiny_run, monkeypatch):
-    """ppo.parallel_critic: the critic's update runs on the critic thread with half the threads
-    while the policy's runs here with the other half, and both models take the same steps, bit
-    for bit, as one after the other at that thread count; the caller's threads come back."""
+    """ppo.parallel_critic: the critic's update runs on the critic thread with its share of
+    the threads while the policy's runs here with the rest, and both models take the same
+    steps, bit for bit, as one after the other at that thread count; the caller's count
+    comes back."""
     import threading
     import rlhf.ppo as ppo_mod
     path, cfg = tiny_run
     mb = _critic_batch(path, cfg)
-    seen = []
-    real_values = ppo_mod.critic_values
+    seen = {"policy": [], "critic": []}
+    real_values, real_policy = ppo_mod.critic_values, ppo_mod.policy_forward
 
-    def values(*a, **k):  # where, and at how many threads, the critic's forward passes run
-        seen.append((threading.current_thread().name, torch.get_num_threads()))
+    def values(*a, **k):  # where, and at how many threads, each model's forward passes run
+        seen["critic"].append((threading.current_thread().name, torch.get_num_threads()))
         return real_values(*a, **k)
+
+    def policy(*a, **k):
+        seen["policy"].append((threading.current_thread().name, torch.get_num_threads()))
+        return real_policy(*a, **k)
     monkeypatch.setattr(ppo_mod, "critic_values", values)
-    torch.set_num_threads(1)
-    sequential = _update(path, cfg, mb)
-    assert {name for name, _ in seen} == {threading.current_thread().name}
-    seen.clear()
-    torch.set_num_threads(2)
-    ct = CriticThread(torch.get_num_threads())
+    monkeypatch.setattr(ppo_mod, "policy_forward", policy)
+    here = threading.current_thread().name
+    assert (CriticThread(3).policy_threads, CriticThread(3).critic_threads) == (2, 1)  # an odd count: the policy gets more
     try:
-        parallel = _update(path, cfg, mb, ct)
-        assert torch.get_num_threads() == 2  # restored after each update
+        torch.set_num_threads(2)
+        sequential = _update(path, cfg, mb)
+        assert set(seen["critic"]) == set(seen["policy"]) == {(here, 2)}
+        seen["policy"].clear()
+        seen["critic"].clear()
+        torch.set_num_threads(4)
+        ct = CriticThread(torch.get_num_threads())
+        try:
+            parallel = _update(path, cfg, mb, ct)
+            assert torch.get_num_threads() == 4  # restored after each update
+        finally:
+            ct.close()
     finally:
-        ct.close()
         torch.set_num_threads(1)
-    assert len(seen) == 2 and all(name.startswith("ppo-critic") and n == 1 for name, n in seen)
+    assert len(seen["critic"]) == 2 and all(name.startswith("ppo-critic") and n == 2 for name, n in seen["critic"])
+    assert seen["policy"] == [(here, 2)] * 2
     assert torch.equal(sequential[0], parallel[0]) and torch.equal(sequential[1], parallel[1])
     assert sequential[2] == parallel[2] and {"vf_loss", "pg_loss"} <= set(parallel[2][0])
     assert not torch.equal(sequential[1], torch.cat([p.detach().reshape(-1) for p in
@@ -368,27 +380,39 @@ def test_parallel_critic_error_reaches_the_caller(tiny_run, monkeypatch):
         torch.set_num_threads(1)
 
 
-def test_parallel_critic_run_is_deterministic(tiny_run, tmp_path):
-    """A PPO stage with ppo.parallel_critic at two threads: the critic thread is used, and two
-    runs log the same numbers."""
+def test_parallel_critic_run_is_deterministic(tiny_run, tmp_path, monkeypatch):
+    """A PPO stage with ppo.parallel_critic at two threads updates its critic on the critic
+    thread, and two runs log the same numbers; at one thread, or with a value head instead
+    of a critic, there is no critic thread."""
+    import threading
     import rlhf.ppo as ppo_mod
-    made = []
-    real = ppo_mod.CriticThread
+    made, where = [], set()
+    real_thread, real_update = ppo_mod.CriticThread, ppo_mod.critic_update
 
-    class Spy(real):
+    class Spy(real_thread):
         def __init__(self, threads):
             made.append(threads)
             super().__init__(threads)
-    rows = []
-    try:
-        ppo_mod.CriticThread = Spy
-        for i in range(2):
-            run = copy_run(tiny_run, tmp_path / str(i))
-            run_pipeline(ppo_cfg(tmp_path / str(i), ["ppo.parallel_critic=true", "threads=2", "ppo.steps=3"]),
-                         force=True)
-            rows.append(_strip_time(read_jsonl(run / "ppo" / "metrics.jsonl")))
-    finally:
-        ppo_mod.CriticThread = real
-        torch.set_num_threads(1)
-    assert made == [2, 2]
+
+    def update(*a, **k):
+        where.add(threading.current_thread().name.split("_")[0])
+        return real_update(*a, **k)
+    monkeypatch.setattr(ppo_mod, "CriticThread", Spy)
+    monkeypatch.setattr(ppo_mod, "critic_update", update)
+
+    def run(name, extra):
+        run = copy_run(tiny_run, tmp_path / name)
+        try:
+            run_pipeline(ppo_cfg(tmp_path / name, ["ppo.parallel_critic=true", "ppo.steps=3", *extra]), force=True)
+        finally:
+            torch.set_num_threads(1)
+        return _strip_time(read_jsonl(run / "ppo" / "metrics.jsonl"))
+    rows = [run(str(i), ["threads=2"]) for i in range(2)]
+    assert made == [2, 2] and where == {"ppo-critic"}
     assert len(rows[0]) == 3 and rows[0] == rows[1]
+    made.clear()
+    where.clear()
+    run("one_thread", ["threads=1"])
+    assert made == [] and where == {threading.current_thread().name.split("_")[0]}
+    run("head", ["threads=2", "ppo.critic=head"])
+    assert made == []
