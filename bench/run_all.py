@@ -48,6 +48,10 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # ppo.parallel_critic
     "quickstart_serial_critic": (["bench/quickstart_time.py", "--seeds", "0", "ppo.parallel_critic=false"],
                                  ["bench/quickstart_time.py", "--quick", "--seeds", "0", "ppo.parallel_critic=false"]),
+    # the same switch side by side on the quickstart's PPO stage alone, alternated in pairs (the end-to-end
+    # rows above are minutes apart, and this machine's speed drifts within minutes)
+    "parallel_critic_ab": (["bench/parallel_critic_ab.py", "--seed", "0", "--repeats", "3"],
+                           ["bench/parallel_critic_ab.py", "--quick", "--repeats", "1"]),
     # shorter pretraining schedules against the science downstream (pretrain, SFT, RM only), at the
     # width they were tried at (128, the default then)
     "pretrain_schedule": (["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "1000:3e-3:50,700:4e-3:30,500:6e-3:30",
@@ -300,6 +304,14 @@ def render(results: Path) -> str:
             def same_seed(other: dict) -> dict:  # the default run of the other run's seed, to compare seed for seed
                 return next((r for r in runs_ if r["seed"] == other["seed"]), runs_[0])
 
+            gauge = [(r["stage_time_s"]["pretrain"]) for n_, q_ in qs for r in q_["runs"]
+                     if r.get("width") == 96 and not any(x.startswith(("threads=", "model.n_embd=")) for x in q_.get("extra", []))
+                     and r["stage_time_s"].get("pretrain")]
+            if len(gauge) > 1:
+                line += (f" Pretraining is the same work in every row at width 96 and two threads: it took "
+                         f"{min(gauge):.1f} to {max(gauge):.1f} s across them in this bench run, so the machine's speed "
+                         f"drifted by up to {max(gauge) / min(gauge) - 1:.0%} between rows, and the ratios between rows "
+                         "carry that drift.")
             t1 = d.get("quickstart_threads1")
             if t1:
                 a0 = same_seed(t1["runs"][0])
@@ -329,11 +341,14 @@ def render(results: Path) -> str:
                 b0 = sc["runs"][0]
                 a0 = same_seed(b0)
                 pb, pa = b0["stage_time_s"]["ppo"], a0["stage_time_s"]["ppo"]
+                tb, ta = b0["stage_time_s"]["pretrain"], a0["stage_time_s"]["pretrain"]
                 line += (f" With the critic's PPO update after the policy's, as before `ppo.parallel_critic` "
-                         f"(`ppo.parallel_critic=false`), the same seed's PPO stage takes {pb:.1f} s (now {pa:.1f} s, "
-                         f"**{pb / pa:.2f}x**) and its run {b0['wall_s_run']:.1f} s (now {a0['wall_s_run']:.1f} s); the "
-                         "two differ in float rounding, so their printed science differs a little, as at another "
-                         "thread count.")
+                         f"(`ppo.parallel_critic=false`), the same seed's PPO stage took {pb:.1f} s (the default run "
+                         f"{pa:.1f} s) and its run {b0['wall_s_run']:.1f} s ({a0['wall_s_run']:.1f} s), but these runs "
+                         f"are minutes apart: their pretraining, the same work in both, took {tb:.1f} s and {ta:.1f} s. "
+                         "The switch's own effect is measured in pairs below (*The critic thread side by side*). The "
+                         "two settings sum floats in another order, so their printed science differs a little, as at "
+                         "another thread count.")
             w(line)
             w("")
         w("The science it prints (held-out prompts, SFT -> PPO; the pretraining held-out loss and how often the "
@@ -405,6 +420,30 @@ def render(results: Path) -> str:
               "another order change the sampled comparisons.")
             w("")
 
+    ab = _load(results, "parallel_critic_ab")
+    if ab and ab.get("runs"):
+        w("## The critic thread side by side (`bench/parallel_critic_ab.py`)")
+        w("")
+        w(f"The quickstart built through the reward model once (seed {ab['seed']}, 2 threads), then its PPO stage alone "
+          "(`rlhf run experiments/quickstart.yaml stages=[ppo] --force`, a fresh process each) with the critic's update "
+          "on a thread of its own (`ppo.parallel_critic=true`, the quickstart's setting: one thread per model) and "
+          "after the policy's (`false`, as before: both models at two threads), in pairs, the first of each pair "
+          "alternating. *PPO stage* is the stage's own time; *gold* its final gold reward (the mean over its last "
+          "10% of iterations): the two settings sum floats in another order.")
+        w("")
+        w("| pair | critic | PPO stage | process wall | CPU time | gold | load |")
+        w("|---|---|---|---|---|---|---|")
+        for x in ab["runs"]:
+            g = x.get("final_gold_reward")
+            w(f"| {x['repeat']} | {'own thread' if x['parallel_critic'] else 'after the policy'} | {x['ppo_s']:.1f} s | "
+              f"{x['wall_s']:.1f} s | {x['cpu_s']:.1f} s | {'-' if g is None else f'{g:.3f}'} | {x['load_1min']:.1f} |")
+        w("")
+        m = ab["median_ppo_s"]
+        w(f"Median PPO stage: **{m['parallel']:.1f} s** with the critic thread, {m['serial']:.1f} s without: "
+          f"**{m['serial'] / m['parallel']:.2f}x**; within each pair " + ", ".join(f"{r:.2f}x" for r in ab["pair_ratios"])
+          + f". A whole quickstart saves the difference, about {m['serial'] - m['parallel']:.1f} s.")
+        w("")
+
     # --- PPO vs TRL
     for key, title in (("ppo_vs_trl", "PPO throughput against TRL, toy GPT-2 (`bench/ppo_vs_trl.py`)"),
                        ("ppo_vs_trl_threads2", "The same at two threads per side (`bench/ppo_vs_trl.py --threads 2`)"),
@@ -460,11 +499,13 @@ def render(results: Path) -> str:
                 line += (f" 95% interval [{lo:.2f}, {hi:.2f}]"
                          + (", all of it below 1.5." if hi < 1.5 else (", all of it above 1.5." if lo >= 1.5 else ".")))
             if up is not None and r < 1.5:
-                line += (f" 1.5x needs {ms(s['trl_ppo_nogc']['median_s'] / 1.5)} ms per iteration; ours spends "
-                         f"{ms(up)} ms outside sampling, nearly all of it in the update (the profile below, taken "
+                need = s["trl_ppo_nogc"]["median_s"] / 1.5
+                line += (f" 1.5x needs {ms(need)} ms per iteration; ours takes {ms(s['ours']['median_s'])} ms, "
+                         f"{ms(up)} of them outside sampling, nearly all in the update (the profile below, taken "
                          "at our default clip, which costs nothing measurable here: row *ours at our default*), "
-                         "which does the same forward, backward and AdamW arithmetic through the same torch kernels as "
-                         "TRL's; the ideas that would cut it are measured under *Ideas measured side by side*.")
+                         f"{ms(s['trl_ppo_nogc'].get('rest_median_s', float('nan')))} ms in TRL's, which does the same "
+                         "forward, backward and AdamW arithmetic through the same torch kernels; the ideas that would "
+                         "cut it are measured under *Ideas measured side by side*.")
             if "ours_head" in s:
                 line += (f" Doing less work, with a value head on the policy instead of a critic model "
                          f"(`ppo.critic=head`), ours runs at {s['trl_ppo_nogc']['median_s'] / s['ours_head']['median_s']:.2f}x "
@@ -482,8 +523,9 @@ def render(results: Path) -> str:
                 line += (f", and ours without it at {s['trl_ppo_nogc']['median_s'] / s['ours']['median_s']:.2f}x. The "
                          "same episodes, tokens, epochs and models as the one-thread bench above; TRL's loop has no way "
                          "to run its two models' updates side by side (one wrapped module, one backward), so its second "
-                         "core only splits kernels that are too small to gain much from it. Issue 12's goal is read at "
-                         "one thread (the bench above), where the comparison is least noisy.")
+                         "core only splits kernels that are too small to gain much from it. The goal's figure is the "
+                         "one-thread bench above: one torch thread per process is this project's benchmark condition, "
+                         "the least noisy.")
             w(line + ("" if line.endswith(".") else "."))
             w("")
         w("*ours / side* is the side's iteration time over ours: above 1 we are faster; in brackets its 95% interval "
