@@ -1044,15 +1044,7 @@ def policy_update(policy, mb: Batch, opt, pc, w: float, value_head=None, ptx_x: 
     if use_ptx:
         loss = loss + pc.ptx_coef * ptx_loss
         out["ptx_loss"] = ptx_loss.item()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for g in opt.param_groups for p in g["params"]]
-    d.average_gradients(params)
-    if pc.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, pc.grad_clip)
-    opt.step()
-    if free_grads:
-        opt.zero_grad(set_to_none=True)
+    optimizer_step(loss, opt, pc, d, free_grads)
     return out
 
 
@@ -1066,16 +1058,23 @@ def critic_update(critic, mb: Batch, critic_opt, pc, w: float = 1.0, d: Optional
     with amp():
         v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
     vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
-    critic_opt.zero_grad(set_to_none=True)
-    (w * vf_loss).backward()
-    cparams = [p for g in critic_opt.param_groups for p in g["params"]]
-    d.average_gradients(cparams)
-    if pc.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(cparams, pc.grad_clip)
-    critic_opt.step()
-    if free_grads:
-        critic_opt.zero_grad(set_to_none=True)
+    optimizer_step(w * vf_loss, critic_opt, pc, d, free_grads)
     return {"vf_loss": w * vf_loss.item(), "vf_clipfrac": w * float(vf_frac)}
+
+
+def optimizer_step(loss: torch.Tensor, opt, pc, d: Dist, free_grads: bool = False) -> None:
+    """One model's step on ``loss``: backward, gradients averaged over ranks (``d``), their
+    norm clipped to ``ppo.grad_clip`` (0: none), ``opt``'s step; with ``free_grads`` the
+    gradients are freed after it (see :func:`ppo_update`)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    d.average_gradients(params)
+    if pc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, pc.grad_clip)
+    opt.step()
+    if free_grads:
+        opt.zero_grad(set_to_none=True)
 
 
 class CriticThread:
