@@ -31,8 +31,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-QUICK = ["pretrain.steps=20", "sft.epochs=1", "rm.n_prompts=40", "rm.n_test_prompts=40", "rm.epochs=1", "ppo.steps=2",
-         "ppo.kl_levels=[]"]
+sys.path.insert(0, str(HERE))
+
+from quickstart_time import QUICK  # noqa: E402  (the same tiny stages as the quickstart bench's --quick)
 
 
 def rlhf_run(root: Path, seed: int, extra: list[str]) -> dict:
