@@ -10,7 +10,8 @@ checkpoints to evaluate) and ``claims.yaml`` (``analysis/claims.py``). Phases:
 1. **runs**: every sweep into ``<out>/sweeps/<name>/``. ``--executor local`` runs ``--jobs``
    runs at a time, each a ``python -m rlhf_slurm.runner`` process with ``threads=1``, one run of
    each shared-stage group first (``share_stages``, ``slurm/shared.py``); ``slurm`` submits
-   one job array per sweep and waits for them. Runs that are done are skipped.
+   one job array per sweep, its runs at ``threads=1`` too (the same runs, the same floats),
+   and waits for them. Runs that are done are skipped.
 2. **collect**: ``results.parquet`` per sweep (``rlhf sweep collect``).
 3. **eval**: ``rlhf eval`` on every done run, with the suites its sweep needs (``eval.yaml``),
    ``--jobs`` at a time. A run+suite evaluated successfully with the same settings is
@@ -109,9 +110,9 @@ def run_sweeps(sweeps: list[Sweep], executor: str, jobs: int, retry_failed: bool
     for sw in sweeps:
         specs = expand(sw)
         for s in specs:
-            s.config.threads = 1
+            s.config.threads = 1  # on either executor (slurm: the runner reads it from the job's config)
         if executor == "slurm":
-            sub = submit(sw, executor="slurm", retry_failed=retry_failed)
+            sub = submit(sw, executor="slurm", retry_failed=retry_failed, specs=specs)
             todo += [(sw, rid) for rid in sub.submitted]
             continue
         write_manifest(sw, specs)

@@ -88,13 +88,32 @@ def plan(sweep: Sweep, specs: list[RunSpec], retry_failed: bool) -> Submission:
     return sub
 
 
+def check_cpus(sweep: Sweep, specs: list[RunSpec]) -> None:
+    """Each Slurm task gets ``slurm.cpus_per_task`` CPUs and runs ``procs`` processes of
+    ``threads`` intra-op threads each (``ppo.parallel_critic`` splits them, adding none): more
+    threads than CPUs would share cores and slow every run down, silently. SweepError, naming
+    the first such run (``threads=0``, torch's default, follows the CPUs the task is given)."""
+    cpus, procs = sweep.profile.cpus_per_task, sweep.profile.procs
+    for r in specs:
+        need = r.config.threads * procs
+        if need > cpus:
+            raise SweepError(f"run {r.run_id}: threads={r.config.threads} x {procs} process(es) per task need {need} "
+                             f"CPUs, more than slurm.cpus_per_task={cpus}: raise slurm.cpus_per_task to {need} or "
+                             f"lower threads")
+
+
 def submit(sweep: Sweep, executor: str = "slurm", retry_failed: bool = False, dry_run: bool = False,
-           out: Optional[TextIO] = None) -> Submission:
+           out: Optional[TextIO] = None, specs: Optional[list[RunSpec]] = None) -> Submission:
+    """Submit the sweep's runs that are not done or in flight. ``specs``: its runs as
+    :func:`expand` gave them, with settings that change no run id adjusted by the caller
+    (``rlhf findings`` runs every run at ``threads=1``); default ``expand(sweep)``."""
     out = out or sys.stdout
     if executor not in EXECUTORS:
         raise SweepError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
-    specs = expand(sweep)  # validates every cell; raises before anything is submitted
+    if specs is None:
+        specs = expand(sweep)  # validates every cell; raises before anything is submitted
     if executor == "slurm":
+        check_cpus(sweep, specs)
         check_cluster(sweep)
     if dry_run:
         return _submit(sweep, specs, executor, retry_failed, True, out)[0]

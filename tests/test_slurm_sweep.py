@@ -270,3 +270,17 @@ def test_retry_failed_resubmits_the_failed_run(tmp_path, capsys):
     states = wait_settled(sdir)
     assert states[rid].state == "failed" and states[rid].job_id == jobs[1]["job_id"]
 
+
+
+def test_findings_on_slurm_runs_each_run_at_one_thread_as_locally(tmp_path):
+    # `rlhf findings --executor slurm` runs the suite's sweeps at threads=1, as the local
+    # executor does (the same floats as docs/findings.md), on their 1 CPU per task; the sweep
+    # file's own threads=2 would be refused by `rlhf sweep` on 1 CPU (test_sweep.py)
+    from rlhf_slurm.findings import run_sweeps
+    from rlhf_slurm.sweep import load_sweep
+    sw = load_sweep(write_sweep(tmp_path, "suite", seeds=[0], threads=2))
+    res = run_sweeps([sw], "slurm", jobs=1, retry_failed=False, say=lambda *a: None)
+    assert res["failed"] == [] and res["ran"] == 1
+    (run,) = [p for p in (tmp_path / "sweeps" / "suite" / "runs").iterdir() if p.is_dir()]
+    assert yaml.safe_load((run / "config.yaml").read_text())["threads"] == 1
+    assert (run / "ppo" / "DONE").exists()

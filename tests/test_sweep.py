@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from rlhf.cli import main as rlhf_main
-from rlhf_slurm.sweep import expand, load_sweep, parse_sweep
+from rlhf_slurm.sweep import SweepError, expand, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -124,7 +124,7 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path, capsys, monkeypatch):
     conf.write_text("ClusterName=nowhere\nSlurmctldHost=localhost\nSlurmctldPort=6999\nAuthType=auth/munge\n"
                     "MessageTimeout=1\nTCPTimeout=1\nNodeName=localhost CPUs=1\nPartitionName=debug Nodes=localhost\n")
     monkeypatch.setenv("SLURM_CONF", str(conf))
-    f = write(tmp_path, sweep_doc(tmp_path, grid={"ppo.beta": [0.1]}))
+    f = write(tmp_path, sweep_doc(tmp_path, grid={"ppo.beta": [0.1]}, slurm={"cpus_per_task": 2}))
     assert rlhf_main(["sweep", str(f), "--executor", "slurm"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach Slurm" in err and "cluster-up.sh" in err
@@ -152,3 +152,23 @@ def test_debug_executor_runs_in_process_then_collects(tmp_path, capsys):
     # done: never run again
     assert rlhf_main(["sweep", str(f), "--executor", "debug"]) == 0
     assert "nothing to submit" in capsys.readouterr().out
+
+
+def test_more_threads_than_slurm_cpus_is_refused_before_anything_is_submitted(tmp_path, capsys):
+    # the quickstart runs 2 threads: on 1 CPU per task they would share a core, silently
+    f = write(tmp_path, sweep_doc(tmp_path, grid={"ppo.beta": [0.1]}, slurm={"cpus_per_task": 1}))
+    assert rlhf_main(["sweep", str(f), "--executor", "slurm"]) == 2  # before Slurm is asked
+    err = capsys.readouterr().err
+    assert "threads=2 x 1 process(es) per task need 2 CPUs" in err and "slurm.cpus_per_task=1" in err
+    assert not (tmp_path / "sweeps").exists()
+    from rlhf_slurm.submit import check_cpus
+    ok = load_sweep(write(tmp_path, sweep_doc(tmp_path, grid={"ppo.beta": [0.1]}, slurm={"cpus_per_task": 2})))
+    check_cpus(ok, expand(ok))  # 2 threads on 2 CPUs
+    dp = load_sweep(write(tmp_path, sweep_doc(tmp_path, grid={"ppo.beta": [0.1]}, base={
+        "config": str(QUICKSTART), "overrides": {"threads": 1}}, slurm={"cpus_per_task": 1, "procs_per_node": 2})))
+    with pytest.raises(SweepError, match=r"threads=1 x 2 process\(es\) per task need 2 CPUs"):
+        check_cpus(dp, expand(dp))
+    specs = expand(dp)
+    for r in specs:
+        r.config.threads = 0  # torch's default: whatever the task is given
+    check_cpus(dp, specs)
