@@ -122,8 +122,18 @@ def load_claims(path: str | Path) -> list[Claim]:
             if not isinstance(r, dict) or r.get("kind") not in KINDS:
                 raise ClaimsError(f"{rw}: kind must be one of {', '.join(KINDS)}, got {r.get('kind')!r}")
             for key in ("x",) + (("y",) if r["kind"] in ("paired", "within_ci") else ()):
-                if not isinstance(r.get(key), dict) or "sweep" not in r[key]:
-                    raise ClaimsError(f"{rw}: '{key}' must be a mapping with at least 'sweep'")
+                _check_source(r.get(key), f"{rw}: {key}", value=r["kind"] not in ("overopt", "overopt_fit"))
+            if r.get("require_each_seed") is not None:
+                req = r["require_each_seed"]
+                _check_source(req, f"{rw}: require_each_seed")
+                if not isinstance(req.get("min"), (int, float)) or isinstance(req.get("min"), bool):
+                    raise ClaimsError(f"{rw}: require_each_seed needs 'min', a number, got {req.get('min')!r}")
+            if r["kind"] == "monotone" and not isinstance(r.get("over"), str):
+                raise ClaimsError(f"{rw}: kind monotone needs 'over', a config key, got {r.get('over')!r}")
+            rng = r.get("range")
+            if rng is not None and not (isinstance(rng, list) and len(rng) == 2
+                                        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)):
+                raise ClaimsError(f"{rw}: range must be [low, high], two numbers, got {rng!r}")
             rules = r.get("verdict", "reported")
             if rules != "reported":
                 if not isinstance(rules, list):
@@ -135,6 +145,22 @@ def load_claims(path: str | Path) -> list[Claim]:
         out.append(Claim(id=str(c["id"]), name=str(c.get("name", c["id"])), text=str(c.get("text", "")),
                          rows=c["rows"]))
     return out
+
+
+def _check_source(src, where: str, value: bool = True) -> None:
+    """A source (x, y, require_each_seed): a sweep name, an optional ``where`` mapping, and
+    (``value``: every kind but overopt and overopt_fit, which read the overopt records
+    themselves) ``summary`` (a runs-table column) or ``record`` (a mapping with suite and metric)."""
+    if not isinstance(src, dict) or not isinstance(src.get("sweep"), str):
+        raise ClaimsError(f"{where}: must be a mapping with at least 'sweep' (a sweep name), got {src!r}")
+    if src.get("where") is not None and not isinstance(src["where"], dict):
+        raise ClaimsError(f"{where}: 'where' must map config keys to values, got {src['where']!r}")
+    if "record" in src:
+        rec = src["record"]
+        if not isinstance(rec, dict) or not rec.get("suite") or not rec.get("metric"):
+            raise ClaimsError(f"{where}: 'record' must be a mapping with 'suite' and 'metric', got {rec!r}")
+    elif value and not isinstance(src.get("summary"), str):
+        raise ClaimsError(f"{where}: give 'summary' (a runs-table column such as ppo.final_kl) or 'record'")
 
 
 # ------------------------------------------------------------------ values per run
@@ -155,14 +181,18 @@ def _same(a, b) -> bool:
 def cell_runs(data: Data, src: dict) -> pd.DataFrame:
     """Every run (any state) of the cell ``src`` names: its sweep and its ``where`` keys."""
     runs = data.runs
-    sel = runs[_sweep_of(runs) == str(src["sweep"])]
+    sweeps = _sweep_of(runs)
+    sel = runs[sweeps == str(src["sweep"])]
+    if sel.empty:
+        raise ClaimsError(f"sweep {src['sweep']!r} is not among the report's inputs (they hold: "
+                          f"{', '.join(sorted(set(sweeps.astype(str)))) or 'no runs'})")
     for k, v in (src.get("where") or {}).items():
         if k not in sel.columns:
             raise ClaimsError(f"where: {k} is not a config key of sweep {src['sweep']}")
         if v == "min>0":  # the smallest positive value of the sweep (e.g. the smallest beta > 0)
             pos = [float(a) for a in sel[k].dropna().unique() if float(a) > 0]
             v = min(pos) if pos else math.nan
-        sel = sel[sel[k].map(lambda a: _same(a, v))]
+        sel = sel[sel[k].map(lambda a: _same(a, v)).astype(bool)]  # an empty mask must not read as columns
     return sel
 
 
@@ -446,7 +476,14 @@ def _verdict(row: Row, rules, extra: dict) -> str:
 
 
 def claims_table(claims: list[Claim], data: Data) -> list[Row]:
-    return [compute_row(data, c, spec) for c in claims for spec in c.rows]
+    rows = []
+    for c in claims:
+        for spec in c.rows:
+            try:
+                rows.append(compute_row(data, c, spec))
+            except ClaimsError as e:  # name the row: the file's check cannot know the inputs
+                raise ClaimsError(f"claim {c.id}, row {spec.get('id', c.id)}: {e}") from None
+    return rows
 
 
 # ------------------------------------------------------------------ output

@@ -92,6 +92,11 @@ def build_report(inputs: list[str | os.PathLike], out: str | os.PathLike, keep_f
     data = load(list(inputs))
     per_run = run_metrics(data)
     table = main_table(data, per_run)
+    claims_spec = claims_rows = None
+    if claims:  # read and computed before anything is written: a bad claims file leaves no half report
+        from . import claims as C
+        claims_spec = C.load_claims(claims)
+        claims_rows = C.claims_table(claims_spec, data)
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     rep = Report(out=out, data=data, per_run=per_run, table=table)
@@ -114,9 +119,8 @@ def build_report(inputs: list[str | os.PathLike], out: str | os.PathLike, keep_f
             rep.figures[spec.name] = {"pdf": paths[0], "png": paths[1], "csv": base.with_suffix(".csv")}
             rep.captions[spec.name] = spec.caption
     if claims:
-        from . import claims as C
-        spec = C.load_claims(claims)
-        rep.claims = C.claims_table(spec, data)
+        spec = claims_spec
+        rep.claims = claims_rows
         rep.claim_figures = C.write_claim_figures(rep.claims, spec, out / "figures")
         links = {cid: f"../figures/{p['png'].name}" for cid, p in rep.claim_figures.items()}
         for k, p in C.write_claims(rep.claims, spec, out / "tables", links).items():

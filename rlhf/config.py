@@ -396,7 +396,13 @@ def _coerce(key: str, value: Any, tp: Any, error: type = ConfigError) -> Any:
     if origin is list:
         (item_tp,) = args
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            if value.strip().startswith("["):
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    raise error(f"{key}: expected a list such as [a, b], got {value!r} (not valid YAML)") from None
+            else:
+                value = [v for v in value.split(",") if v]
         if not isinstance(value, list):
             raise error(f"{key}: expected a list, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, item_tp, error) for i, v in enumerate(value)]
@@ -618,14 +624,31 @@ def from_dict(data: dict, overrides: Optional[list[str]] = None) -> RunConfig:
     return validate(cfg)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last,
+    silently): a second ``steps:`` under ``ppo:`` is a mistake, not an override."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found the key {key!r} twice (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_file(path: str | Path, error: type = ConfigError, what: str = "config file") -> Any:
-    """The YAML document in ``path``; a missing, unreadable, non-UTF-8 or invalid file raises
-    ``error`` (an InputError: exit status 2) naming it. Config, sweep and claims files."""
+    """The YAML document in ``path``; a missing, unreadable, non-UTF-8 or invalid file (a key
+    given twice in one mapping included) raises ``error`` (an InputError: exit status 2) naming
+    it. Config, sweep, settings, eval and claims files."""
     p = Path(path)
     if not p.is_file():
         raise error(f"{what} not found: {p}")
     try:
-        return yaml.safe_load(p.read_bytes().decode("utf-8"))
+        return yaml.load(p.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as e:
         raise error(f"{p}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:

@@ -103,6 +103,15 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def runtime_info(device: torch.device) -> dict:
+    """What a run actually ran on (``meta.json``): the device torch picked (``device: auto``
+    says nothing), its name for a GPU, and the intra-op threads in use."""
+    info = {"device": str(device), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
 def native_bf16(device: torch.device, cpuinfo: Optional[str] = None) -> Optional[bool]:
     """Whether ``device`` does bf16 arithmetic natively: a CUDA device that supports bf16, or a
     CPU whose flags (``cpuinfo``, by default Linux's ``/proc/cpuinfo``) include AVX512-BF16 or

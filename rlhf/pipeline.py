@@ -25,8 +25,8 @@ from . import dist, tracking
 from .config import ConfigError, InputError, RunConfig, config_changes, dump_yaml, stages_shaped_by
 from .errors import Diverged
 from .heap import long_lived
-from .models import (autocast, context_length, load_tokenizer, pick_device, resolve_source, seed_everything,
-                     set_threads)
+from .models import (autocast, context_length, load_tokenizer, pick_device, resolve_source, runtime_info,
+                     seed_everything, set_threads)
 from .rundir import MODEL_POINTER, RunDir, RunLock, RunLocked, atomic_write_json, read_json, stage_model
 from .stop import StopRequested
 from .world import World
@@ -159,6 +159,8 @@ def _check_inputs(rd: RunDir, cfg: RunConfig) -> None:
     from .tracking import check_available
     check_data_inputs(cfg)
     check_available(cfg)  # logging.report_to: the tracker packages are installed
+    if cfg.model.source != "scratch":
+        resolve_source(cfg.model.source)  # a local path that does not exist: refused here, not after the lock
     need = {"sft": "pretrain" if cfg.model.source == "scratch" and not cfg.sft.init else None,
             "rm": "sft", "ppo": "sft",
             "classifier": "pretrain" if cfg.model.source == "scratch" and not cfg.classifier.init else None}
@@ -285,7 +287,7 @@ def _run_stages(cfg: RunConfig, force: bool, run_dir: Optional[str | Path], argv
     device = d.start(pick_device(cfg.device))
     autocast(device, cfg.model.autocast)  # model.autocast=fp16 without CUDA: refused (exit 2) before any compute
     seed_everything(cfg.seed)
-    rd.write_provenance(dump_yaml(cfg), cfg.seed, argv)
+    rd.write_provenance(dump_yaml(cfg), cfg.seed, argv, runtime_info(device))
     stage = "setup"
     record_wall(rd, t_start, reset=force and set(stages) >= set(cfg.stages))
     rd.set_status("running", stage=stage, pid=os.getpid(), **({"world_size": d.world} if d.world > 1 else {}))

@@ -3,7 +3,8 @@
 Layout of a run directory (``<out_dir>/<name>/``)::
 
     config.yaml          resolved config (every key, after overrides)
-    meta.json            seed, git commit, package versions, command line, host
+    meta.json            seed, git commit, package versions, command line, host, device and
+                         threads in use (of the latest invocation)
     status.json          {"state": running|done|failed|diverged|interrupted, "stage", "step", ...}
     world/               the toy world: world.json, tokenizer/ (stage 0, when world is used)
     pretrain/ sft/ rm/   one Hugging Face model folder each (safetensors) + metrics.jsonl
@@ -437,7 +438,10 @@ class RunDir:
         self.writer = writer  # False on data-parallel ranks other than 0: they only read
 
     # -- provenance -------------------------------------------------------------
-    def write_provenance(self, config_yaml: str, seed: int, argv: list[str] | None = None) -> None:
+    def write_provenance(self, config_yaml: str, seed: int, argv: list[str] | None = None,
+                         runtime: Optional[dict] = None) -> None:
+        """config.yaml and meta.json of this invocation; ``runtime``: what it runs on
+        (``rlhf.models.runtime_info``: device, threads)."""
         if not self.writer:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -450,6 +454,7 @@ class RunDir:
             "host": socket.gethostname(),
             "platform": platform.platform(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(runtime or {}),
         })
 
     # -- status -----------------------------------------------------------------

@@ -7,11 +7,13 @@
 configs are relative to them), ``eval.yaml`` (eval settings and, per sweep, the suites and
 checkpoints to evaluate) and ``claims.yaml`` (``analysis/claims.py``). Phases:
 
-1. **runs**: every sweep into ``<out>/sweeps/<name>/``. ``--executor local`` runs ``--jobs``
-   runs at a time, each a ``python -m rlhf_slurm.runner`` process with ``threads=1``, one run of
-   each shared-stage group first (``share_stages``, ``slurm/shared.py``); ``slurm`` submits
-   one job array per sweep, its runs at ``threads=1`` too (the same runs, the same floats),
-   and waits for them. Runs that are done are skipped.
+1. **runs**: every sweep into ``<out>/sweeps/<name>/``, every run at ``threads=1`` (its run id
+   says so: a run of the same file by ``rlhf sweep`` at another thread count is never taken for
+   the suite's). ``--executor local`` runs ``--jobs`` runs at a time, each a ``python -m
+   rlhf_slurm.runner`` process (on the CPU when the sweep asks for no GPU, as Slurm and
+   submitit's local executor give it), one run of each shared-stage group first
+   (``share_stages``, ``slurm/shared.py``); ``slurm`` submits one job array per sweep (the same
+   runs, the same floats) and waits for them. Runs that are done are skipped.
 2. **collect**: ``results.parquet`` per sweep (``rlhf sweep collect``).
 3. **eval**: ``rlhf eval`` on every done run, with the suites its sweep needs (``eval.yaml``),
    ``--jobs`` at a time. A run+suite evaluated successfully with the same settings is
@@ -41,9 +43,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
-from rlhf.config import InputError
+from rlhf.config import InputError, read_yaml_file
 from rlhf.rundir import atomic_write_json, atomic_write_text, git_commit, package_versions, read_json
 
 from .sweep import Sweep, expand, load_sweep
@@ -67,7 +68,7 @@ def load_eval_spec(suite_dir: Path) -> dict:
     p = suite_dir / "eval.yaml"
     if not p.is_file():
         return {"settings": {}, "sweeps": {}}
-    data = yaml.safe_load(p.read_text()) or {}
+    data = read_yaml_file(p, FindingsError, "eval file") or {}
     if not isinstance(data, dict) or set(data) - {"settings", "sweeps"}:
         raise FindingsError(f"{p}: expected a mapping with 'settings' and 'sweeps'")
     for name, v in (data.get("sweeps") or {}).items():
@@ -79,7 +80,9 @@ def load_eval_spec(suite_dir: Path) -> dict:
 def load_sweeps(suite_dir: Path, out: Path, seeds: Optional[list[int]]) -> list[Sweep]:
     sweeps = []
     for f in sweep_files(suite_dir):
-        sw = load_sweep(f, out_dir=str(out / "sweeps"))
+        # every run at threads=1, in its run id too: a run of the same file by `rlhf sweep` at
+        # another thread count (other floats) is never taken for the suite's
+        sw = load_sweep(f, overrides=["threads=1"], out_dir=str(out / "sweeps"))
         if seeds is not None:
             sw.seeds = list(seeds)
         sweeps.append(sw)
@@ -95,10 +98,18 @@ def _local_job(spec: dict, log: Path) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     job = run_dir / "findings_job.json"
     atomic_write_json(job, spec)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
     with open(log, "a") as f:
         return subprocess.call([sys.executable, "-m", "rlhf_slurm.runner", str(job)], stdout=f, stderr=subprocess.STDOUT,
-                               env=env)
+                               env=job_env(spec))
+
+
+def job_env(spec: dict) -> dict:
+    """A local run's environment: one thread, no progress bars, and with ``gpus_per_node: 0``
+    no GPU (``device: auto`` then picks the CPU, as under submitit's local executor)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+    if not spec.get("gpus"):
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
 def run_sweeps(sweeps: list[Sweep], executor: str, jobs: int, retry_failed: bool, say=print) -> dict:

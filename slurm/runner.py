@@ -59,9 +59,10 @@ class SweepRun(submitit.helpers.Checkpointable):
 
     def __call__(self, spec: dict) -> dict:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        threads = str(spec["config"].get("threads") or 1)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, threads)
+        threads = spec["config"].get("threads")
+        if threads:  # threads=0: torch's default, as under `rlhf run` (the CPUs the task is given)
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ.setdefault(var, str(threads))
         from rlhf.config import from_dict
         cfg = from_dict(spec["config"])
         rd = RunDir(spec["run_dir"])

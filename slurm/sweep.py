@@ -317,7 +317,10 @@ def parse_sweep(data: Any, source: Optional[Path] = None, overrides: Optional[li
     from .shared import SHAREABLE
     if not isinstance(share, list) or any(x not in SHAREABLE for x in share):
         raise SweepError(f"share_stages: expected a list of {', '.join(SHAREABLE)}, got {data.get('share_stages')!r}")
-    return Sweep(name=name, out_dir=str(out_dir or data.get("out_dir") or "sweeps"), base_config=base_config,
+    where = out_dir or data.get("out_dir") or "sweeps"
+    if not isinstance(where, (str, Path)):
+        raise SweepError(f"out_dir: expected a directory path, got {where!r}")
+    return Sweep(name=name, out_dir=str(where), base_config=base_config,
                  base_overrides=base_overrides, grid=grid, zips=zips, seeds=seeds, max_runs=mr, profile=prof,
                  source=str(source) if source else None, share_stages=list(share))
 

@@ -312,6 +312,20 @@ def test_bad_input_exits_2(tmp_path, capsys):
         load([tmp_path / "results.csv"])
 
 
+def test_a_bad_claims_file_leaves_no_half_report(sweep, tmp_path, capsys):
+    """The claims are read and computed before any figure or table is written."""
+    from rlhf.cli import main
+    other = tmp_path / "other.yaml"  # a valid file about a sweep that is not among the inputs
+    other.write_text(yaml.safe_dump({"claims": [{"id": "a", "rows": [
+        {"id": "a1", "kind": "mean", "x": {"sweep": "beta", "summary": "ppo.final_kl"}}]}]}))
+    for claims, words in ((tmp_path / "missing.yaml", "claims file not found"),
+                          (other, "claim a, row a1: sweep 'beta' is not among the report's inputs")):
+        out = tmp_path / "out"
+        assert main(["report", str(sweep), "--out", str(out), "--claims", str(claims)]) == 2
+        assert words in capsys.readouterr().err
+        assert not out.exists()
+
+
 # ------------------------------------------------------------------ style
 def test_figures_are_paper_ready(report_obj):
     from rlhf_analysis.style import overlapping_texts, texts_outside

@@ -57,6 +57,11 @@ def test_yaml_errors(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+    p.write_text("ppo:\n  steps: 10\n  steps: 20\n")  # plain YAML would keep the last, silently
+    with pytest.raises(ConfigError, match=r"c.yaml: not valid YAML(.|\n)*found the key 'steps' twice \(first on line 2\)"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"ppo.kl_levels: expected a list such as \[a, b\], got '\[1,' \(not valid YAML\)"):
+        load_config(QUICK, ["ppo.kl_levels=[1,"])  # cut off: a message, not a yaml traceback
 
 
 def test_cli_bad_input_exits_2_before_compute(tmp_path):
@@ -65,6 +70,10 @@ def test_cli_bad_input_exits_2_before_compute(tmp_path):
     assert r.returncode == 2
     assert "rm.k=1" in r.stderr and "2 to 9" in r.stderr
     assert not any(tmp_path.iterdir()), "nothing may be written for a bad config"
+    r = subprocess.run(rlhf_cmd() + ["run", str(QUICK), f"model.source={tmp_path / 'no_model'}", f"out_dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "no_model does not exist" in r.stderr
+    assert not any(tmp_path.iterdir()), "not even the run directory's lock"
 
 
 def test_cli_config_prints_resolved(tmp_path):

@@ -231,10 +231,28 @@ def test_claims_overopt_monotone_within_ci_and_required_pairs():
 def test_claims_file_errors_name_the_row(tmp_path):
     from rlhf_analysis.claims import ClaimsError, load_claims
     p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump({"claims": [{"id": "a", "rows": [{"id": "a1", "kind": "mean", "x": {"sweep": "s"},
-                                                                  "verdict": ["ci_low >> 0"]}]}]}))
-    with pytest.raises(ClaimsError, match=r"\(a\) rows\[0\].*ci_low >> 0"):
-        load_claims(p)
+    row = {"id": "a1", "kind": "mean", "x": {"sweep": "s", "summary": "ppo.final_kl"}}
+
+    def bad(match, **change):
+        p.write_text(yaml.safe_dump({"claims": [{"id": "a", "rows": [{**row, **change}]}]}))
+        with pytest.raises(ClaimsError, match=match):
+            load_claims(p)
+    bad(r"\(a\) rows\[0\].*ci_low >> 0", verdict=["ci_low >> 0"])
+    bad(r"rows\[0\]: x: give 'summary'", x={"sweep": "s"})  # no value to average
+    bad(r"rows\[0\]: x: 'where' must map config keys", x={**row["x"], "where": 5})
+    bad(r"rows\[0\]: x: 'record' must be a mapping with 'suite' and 'metric'", x={"sweep": "s", "record": {"suite": "o"}})
+    bad(r"rows\[0\]: require_each_seed: must be a mapping with at least 'sweep'",
+        require_each_seed={"summary": "rm.test_truth_myth_pairs", "min": 100})
+    bad(r"rows\[0\]: require_each_seed needs 'min'", require_each_seed={**row["x"]})
+    bad(r"rows\[0\]: range must be \[low, high\]", range=[0])
+    bad(r"rows\[0\]: kind monotone needs 'over'", kind="monotone")
+    p.write_text(yaml.safe_dump({"claims": [{"id": "a", "rows": [row]}]}))
+    from rlhf_analysis.data import Data
+    import pandas as pd
+    runs = pd.DataFrame([{"run_id": "r", "state": "done", "seed": 0, "source": str(tmp_path / "other" / "runs" / "r")}])
+    with pytest.raises(ClaimsError, match=r"claim a, row a1: sweep 's' is not among the report's inputs"):
+        from rlhf_analysis.claims import claims_table
+        claims_table(load_claims(p), Data(runs=runs, records=pd.DataFrame(), curves=pd.DataFrame()))
     claims = load_claims(REPO / "experiments" / "findings" / "claims.yaml")
     assert [c.id for c in claims] == list("abcdefghi")
 
@@ -391,3 +409,36 @@ def test_findings_doc_names_the_sweep_files_commit_where_it_differs_from_the_cod
     assert code in other and f"the sweep files' checkout: `{theirs}`" in other
     same = _commits([SimpleNamespace(source=str(REPO / "experiments" / "findings" / "sweep_default.yaml"))])
     assert code in same and "sweep files" not in same
+
+
+# ----------------------------------------------------------------------------- same runs on every entry point
+def test_findings_runs_are_at_one_thread_in_their_run_ids_too(tmp_path):
+    """The suite runs every run at threads=1 and its run ids say so: `rlhf sweep` of a file at
+    threads=2 (other floats) makes other runs, never taken for the suite's; the repo's suite
+    files ask for threads=1 themselves, so both commands make the same runs."""
+    from rlhf_slurm.findings import load_sweeps
+    from rlhf_slurm.sweep import expand, load_sweep
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "sweep_x.yaml").write_text(yaml.safe_dump({
+        "name": "x", "base": {"config": str(REPO / "experiments" / "quickstart.yaml")}, "grid": {"ppo.beta": [0.1]},
+        "seeds": [0]}))
+    (ours,) = load_sweeps(suite, tmp_path / "out", None)
+    theirs = load_sweep(suite / "sweep_x.yaml", out_dir=str(tmp_path / "out" / "sweeps"))
+    (a,), (b,) = expand(ours), expand(theirs)
+    assert (a.config.threads, b.config.threads) == (1, 2)
+    assert a.run_id != b.run_id
+    repo_suite = REPO / "experiments" / "findings"
+    for sw in load_sweeps(repo_suite, tmp_path / "out", None):
+        direct = load_sweep(repo_suite / f"sweep_{sw.name}.yaml", out_dir=str(tmp_path / "out" / "sweeps"))
+        assert [(r.run_id, r.config.threads) for r in expand(sw)] == \
+            [(r.run_id, r.config.threads) for r in expand(direct)], sw.name
+        assert all(r.config.threads == 1 for r in expand(direct)) and direct.profile.cpus_per_task == 1
+
+
+def test_findings_local_runs_see_no_gpu_when_the_sweep_asks_for_none(monkeypatch):
+    from rlhf_slurm.findings import job_env
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    cpu, gpu = job_env({"gpus": 0}), job_env({"gpus": 1})
+    assert cpu["CUDA_VISIBLE_DEVICES"] == "" and gpu["CUDA_VISIBLE_DEVICES"] == "0"
+    assert cpu["OMP_NUM_THREADS"] == gpu["OMP_NUM_THREADS"] == "1"

@@ -32,6 +32,7 @@ def test_quickstart_through_reward_model(tmp_path):
     assert read_json(run / "status.json")["state"] == "done"
     meta = read_json(run / "meta.json")
     assert meta["seed"] == 0 and meta["git_commit"] and meta["versions"]["torch"].startswith("2.13.0")
+    assert meta["device"] == "cpu" and meta["torch_threads"] == 1  # what it ran on (device: auto says nothing)
     assert "rm:\n  k: 3" in (run / "config.yaml").read_text()
     for stage in ("world", "pretrain", "sft", "rm"):
         assert (run / stage / "DONE").exists() and (run / stage / "summary.json").exists()

@@ -172,3 +172,32 @@ def test_more_threads_than_slurm_cpus_is_refused_before_anything_is_submitted(tm
     for r in specs:
         r.config.threads = 0  # torch's default: whatever the task is given
     check_cpus(dp, specs)
+
+
+def test_threads_0_is_torchs_default_in_a_sweep_as_in_rlhf_run(tmp_path):
+    """threads=0 leaves the thread count to torch under `rlhf sweep` too (it meant 1 there), and
+    meta.json records what the run ran on."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    default = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                                 capture_output=True, text=True, env=env, check=True).stdout)
+    if default < 2:
+        pytest.skip("torch's default is one thread on this machine: threads=0 cannot be told from 1")
+    doc = sweep_doc(tmp_path, base={"config": str(QUICKSTART), "overrides": {
+        **TINY, "threads": 0, "stages": ["pretrain"], "pretrain.steps": 2}}, seeds=[0])
+    f = write(tmp_path, doc)
+    p = subprocess.run([sys.executable, "-m", "rlhf.cli", "sweep", str(f), "--executor", "local"], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (run,) = [d for d in (tmp_path / "sweeps" / "t" / "runs").iterdir() if d.is_dir()]
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["torch_threads"] == default and meta["device"] == "cpu"
+
+
+def test_sweep_out_dir_must_be_a_path(tmp_path, capsys):
+    f = write(tmp_path, {**sweep_doc(tmp_path, grid={"ppo.beta": [0.1]}), "out_dir": ["a", "b"]})
+    assert rlhf_main(["sweep", str(f), "--dry-run"]) == 2
+    assert "out_dir: expected a directory path, got ['a', 'b']" in capsys.readouterr().err
