@@ -441,7 +441,9 @@ def render(results: Path) -> str:
         m = ab["median_ppo_s"]
         w(f"Median PPO stage: **{m['parallel']:.1f} s** with the critic thread, {m['serial']:.1f} s without: "
           f"**{m['serial'] / m['parallel']:.2f}x**; within each pair " + ", ".join(f"{r:.2f}x" for r in ab["pair_ratios"])
-          + f". A whole quickstart saves the difference, about {m['serial'] - m['parallel']:.1f} s.")
+          + (f". A whole quickstart saves the difference, about {m['serial'] - m['parallel']:.1f} s."
+             if m["serial"] > m["parallel"] else
+             f": no gain in this run (the critic thread {m['parallel'] - m['serial']:.1f} s slower)."))
         w("")
 
     # --- PPO vs TRL
