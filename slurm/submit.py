@@ -105,8 +105,8 @@ def check_cpus(sweep: Sweep, specs: list[RunSpec]) -> None:
 def submit(sweep: Sweep, executor: str = "slurm", retry_failed: bool = False, dry_run: bool = False,
            out: Optional[TextIO] = None, specs: Optional[list[RunSpec]] = None) -> Submission:
     """Submit the sweep's runs that are not done or in flight. ``specs``: its runs as
-    :func:`expand` gave them, with settings that change no run id adjusted by the caller
-    (``rlhf findings`` runs every run at ``threads=1``); default ``expand(sweep)``."""
+    :func:`expand` gave them, as the caller adjusted them (``rlhf findings`` sets
+    ``threads=1`` on each); default ``expand(sweep)``."""
     out = out or sys.stdout
     if executor not in EXECUTORS:
         raise SweepError(f"--executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
