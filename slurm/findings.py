@@ -16,7 +16,8 @@ checkpoints to evaluate) and ``claims.yaml`` (``analysis/claims.py``). Phases:
    runs, the same floats) and waits for them. Runs that are done are skipped.
 2. **collect**: ``results.parquet`` per sweep (``rlhf sweep collect``).
 3. **eval**: ``rlhf eval`` on every done run, with the suites its sweep needs (``eval.yaml``),
-   ``--jobs`` at a time. A run+suite evaluated successfully with the same settings is
+   ``--jobs`` at a time, at ``threads=1`` and (like the runs) without a GPU when the sweep asks
+   for none. A run+suite evaluated successfully with the same settings is
    skipped (``<run>/eval/findings_done.json``).
 4. **report**: ``rlhf report <every sweep> --claims claims.yaml --out <out>/report``.
 5. **doc**: ``--doc`` (default ``docs/findings.md``): the command, seeds, package versions,
@@ -104,8 +105,9 @@ def _local_job(spec: dict, log: Path) -> int:
 
 
 def job_env(spec: dict) -> dict:
-    """A local run's environment: one thread, no progress bars, and with ``gpus_per_node: 0``
-    no GPU (``device: auto`` then picks the CPU, as under submitit's local executor)."""
+    """A local run's (or its eval's) environment: one thread, no progress bars, and with the
+    sweep's ``gpus_per_node: 0`` no GPU (``device: auto`` then picks the CPU, as under
+    submitit's local executor and Slurm)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
     if not spec.get("gpus"):
         env["CUDA_VISIBLE_DEVICES"] = ""
@@ -196,7 +198,8 @@ def eval_plan(sweeps: list[Sweep], spec: dict) -> list[dict]:
             done = read_json(rd / "eval" / EVAL_MARKER, {}) or {}
             if done.get("hash") == h:
                 continue
-            out.append({"run_dir": str(rd), "suites": suites, "checkpoints": cps, "settings": settings, "hash": h})
+            out.append({"run_dir": str(rd), "suites": suites, "checkpoints": cps, "settings": settings, "hash": h,
+                        "gpus": sw.profile.gpus_per_node})  # evaluated on the device the runs trained on
     return out
 
 
@@ -209,7 +212,7 @@ def _eval_one(job: dict) -> tuple[str, int]:
         cmd += ["--set", f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}"]
     cmd += ["--set", "threads=1"]
     (rd / "eval").mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")
+    env = job_env(job)
     with open(rd / "eval" / "findings_eval.log", "a") as f:
         f.write("$ " + shlex.join(cmd) + "\n")
         f.flush()

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -353,6 +354,23 @@ def test_findings_shares_stages_and_reports_claims(suite):
     assert "rlhf findings X" in doc and "| a ([figure](findings/claim_a.png))" in doc
     assert (suite["root"] / "docs" / "findings" / "claim_a.png").is_file()
     assert "torch" in doc and "Wall time per phase" in doc
+
+
+def test_findings_evals_run_on_the_device_the_runs_did(suite, monkeypatch):
+    from rlhf_slurm.findings import EVAL_MARKER, eval_plan, job_env, load_eval_spec, load_sweeps
+    sweeps = load_sweeps(suite["suite"], suite["out"], None)
+    run = _sweep_runs(suite["out"])[0]
+    marker = run / "eval" / EVAL_MARKER
+    saved = marker.read_bytes()
+    marker.unlink()  # this run's eval is to do again
+    try:
+        jobs = eval_plan(sweeps, load_eval_spec(suite["suite"]))
+    finally:
+        marker.write_bytes(saved)
+    (job,) = jobs
+    assert Path(job["run_dir"]) == run and job["gpus"] == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a GPU machine: the CPU-trained runs are evaluated on the CPU
+    assert job_env(job)["CUDA_VISIBLE_DEVICES"] == ""
 
 
 def test_findings_rerun_is_idempotent_and_counts_a_diverged_run(suite):
