@@ -9,6 +9,7 @@ setting) or when any metric recorded an error, 1 for an unexpected crash.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional
 
@@ -96,6 +97,8 @@ def _run(args, bad_input, evaluate, records_table, make_settings) -> int:
         settings = make_settings(overrides, args.settings)
         suites = [x.strip() for s in (args.suite or []) for x in s.split(",") if x.strip()] or None
         cps = [c.strip() for c in args.checkpoints.split(",") if c.strip()] if args.checkpoints else None
+        if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise bad_input(f"--out {args.out} exists and is not a directory")  # before any model loads
 
         def echo(r):
             if r.get("error"):

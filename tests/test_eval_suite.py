@@ -233,6 +233,9 @@ def test_cli_bad_setting_task_and_dataset_exit_2(run, tmp_path, capsys):
     assert cli_main([str(run), "--suite", "regression", "--set", "lm_tasks=/no/such/task.yaml", "--quiet"]) == 2
     assert "/no/such/task.yaml" in capsys.readouterr().err
     assert cli_main([str(run), "--suite", "bogus", "--quiet"]) == 2
+    (tmp_path / "a_file").write_text("")
+    assert cli_main([str(run), "--out", str(tmp_path / "a_file"), "--suite", "regression", "--quiet"]) == 2
+    assert "a_file exists and is not a directory" in capsys.readouterr().err  # before any model loads
     out = tmp_path / "out"
     (out).mkdir()
     # a model outside any run (no world): TruthfulQA from a file that does not exist
