@@ -126,13 +126,12 @@ def load_claims(path: str | Path) -> list[Claim]:
             if r.get("require_each_seed") is not None:
                 req = r["require_each_seed"]
                 _check_source(req, f"{rw}: require_each_seed")
-                if not isinstance(req.get("min"), (int, float)) or isinstance(req.get("min"), bool):
+                if not _is_number(req.get("min")):
                     raise ClaimsError(f"{rw}: require_each_seed needs 'min', a number, got {req.get('min')!r}")
             if r["kind"] == "monotone" and not isinstance(r.get("over"), str):
                 raise ClaimsError(f"{rw}: kind monotone needs 'over', a config key, got {r.get('over')!r}")
             rng = r.get("range")
-            if rng is not None and not (isinstance(rng, list) and len(rng) == 2
-                                        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)):
+            if rng is not None and not (isinstance(rng, list) and len(rng) == 2 and all(map(_is_number, rng))):
                 raise ClaimsError(f"{rw}: range must be [low, high], two numbers, got {rng!r}")
             rules = r.get("verdict", "reported")
             if rules != "reported":
@@ -145,6 +144,11 @@ def load_claims(path: str | Path) -> list[Claim]:
         out.append(Claim(id=str(c["id"]), name=str(c.get("name", c["id"])), text=str(c.get("text", "")),
                          rows=c["rows"]))
     return out
+
+
+def _is_number(v) -> bool:
+    """An int or float as YAML reads one (a YAML true/false is a bool, not a number)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _check_source(src, where: str, value: bool = True) -> None:

@@ -119,14 +119,13 @@ def build_report(inputs: list[str | os.PathLike], out: str | os.PathLike, keep_f
             rep.figures[spec.name] = {"pdf": paths[0], "png": paths[1], "csv": base.with_suffix(".csv")}
             rep.captions[spec.name] = spec.caption
     if claims:
-        spec = claims_spec
         rep.claims = claims_rows
-        rep.claim_figures = C.write_claim_figures(rep.claims, spec, out / "figures")
+        rep.claim_figures = C.write_claim_figures(rep.claims, claims_spec, out / "figures")
         links = {cid: f"../figures/{p['png'].name}" for cid, p in rep.claim_figures.items()}
-        for k, p in C.write_claims(rep.claims, spec, out / "tables", links).items():
+        for k, p in C.write_claims(rep.claims, claims_spec, out / "tables", links).items():
             rep.tables[f"claims_{k}"] = p
-        rep.claims_md = C.to_markdown(rep.claims, spec, {cid: f"figures/{p['png'].name}"
-                                                         for cid, p in rep.claim_figures.items()})
+        rep.claims_md = C.to_markdown(rep.claims, claims_spec, {cid: f"figures/{p['png'].name}"
+                                                                for cid, p in rep.claim_figures.items()})
     rep.summary_md, rep.summary_html = write_summary(rep)
     return rep
 

@@ -304,7 +304,7 @@ def render(results: Path) -> str:
             def same_seed(other: dict) -> dict:  # the default run of the other run's seed, to compare seed for seed
                 return next((r for r in runs_ if r["seed"] == other["seed"]), runs_[0])
 
-            gauge = [(r["stage_time_s"]["pretrain"]) for n_, q_ in qs for r in q_["runs"]
+            gauge = [r["stage_time_s"]["pretrain"] for n_, q_ in qs for r in q_["runs"]
                      if r.get("width") == 96 and not any(x.startswith(("threads=", "model.n_embd=")) for x in q_.get("extra", []))
                      and r["stage_time_s"].get("pretrain")]
             if len(gauge) > 1:

@@ -44,7 +44,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-
 from rlhf.config import InputError, read_yaml_file
 from rlhf.rundir import atomic_write_json, atomic_write_text, git_commit, package_versions, read_json
 
@@ -123,7 +122,7 @@ def run_sweeps(sweeps: list[Sweep], executor: str, jobs: int, retry_failed: bool
     for sw in sweeps:
         specs = expand(sw)
         for s in specs:
-            s.config.threads = 1  # on either executor (slurm: the runner reads it from the job's config)
+            s.config.threads = 1  # a grid that varies threads too (load_sweeps set the base); slurm's runner reads it
         if executor == "slurm":
             sub = submit(sw, executor="slurm", retry_failed=retry_failed, specs=specs)
             todo += [(sw, rid) for rid in sub.submitted]
