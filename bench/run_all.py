@@ -95,8 +95,11 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                     "full_bf16_gc,lora_bf16_gc"],
                    ["bench/ppo_memory.py", "--steps", "1", "--batch", "2", "--minibatch", "2", "--epochs", "1",
                     "--new-tokens", "4", "--variants", "full,lora,rm_step", "--rm-steps", "2", "--rm-batch", "1"]),
-    # ideas of issue 12 side by side: bf16 pretraining, a lean GPT-2 training forward, torch.compile
+    # ideas of issue 12 side by side: bf16 pretraining, a lean GPT-2 training forward, a direct AdamW step,
+    # torch.compile
     "speed_ideas": (["bench/speed_ideas.py", "--steps", "20", "--repeats", "3"], ["bench/speed_ideas.py", "--quick"]),
+    # the kept bit-identical PPO speed-ups, each switched on and off iteration by iteration in one run
+    "ppo_changes": (["bench/ppo_changes.py", "--steps", "240"], ["bench/ppo_changes.py", "--steps", "12"]),
     "toxicity_batching": (["bench/toxicity_batching.py", "--repeats", "3"],
                           ["bench/toxicity_batching.py", "--k", "4", "--max-new-tokens", "4", "--repeats", "1"]),
 }
@@ -508,6 +511,12 @@ def render(results: Path) -> str:
                          f"{ms(s['trl_ppo_nogc'].get('rest_median_s', float('nan')))} ms in TRL's, which does the same "
                          "forward, backward and AdamW arithmetic through the same torch kernels; the ideas that would "
                          "cut it are measured under *Ideas measured side by side*.")
+            elif up is not None:
+                line += (f" Ours takes {ms(s['ours']['median_s'])} ms per iteration against TRL's "
+                         f"{ms(s['trl_ppo_nogc']['median_s'])}: {ms(s['ours']['gen_median_s'])} against "
+                         f"{ms(s['trl_ppo_nogc'].get('gen_median_s', float('nan')))} ms sampling, and {ms(up)} against "
+                         f"{ms(s['trl_ppo_nogc'].get('rest_median_s', float('nan')))} ms for the rest (scoring, the "
+                         "rollout forwards, the update), where the same arithmetic runs through the same torch kernels.")
             if "ours_head" in s:
                 line += (f" Doing less work, with a value head on the policy instead of a critic model "
                          f"(`ppo.critic=head`), ours runs at {s['trl_ppo_nogc']['median_s'] / s['ours_head']['median_s']:.2f}x "
@@ -543,7 +552,10 @@ def render(results: Path) -> str:
         w("- The update: TRL's PPOTrainer runs policy and value model as one wrapped module, one backward and one "
           "optimizer step per minibatch, and clips no gradients; ours takes a backward and a fused AdamW step per "
           "model, and here no gradient clip either (`ppo.grad_clip=0`; our default clips, row *ours at our "
-          "default*). Ours takes the old log-probs from the sampling pass; TRL runs a policy forward for them.")
+          "default*). Ours takes the old log-probs from the sampling pass; TRL runs a policy forward for them. With "
+          "one minibatch per epoch (as here) ours keeps the critic's rollout forward for its first update; TRL runs "
+          "it again. Ours runs the toy GPT-2's forwards through `rlhf.gpt2` (the same floats as transformers' "
+          "forward, which TRL calls) and its AdamW kernel directly (`rlhf.optim`); see *The kept PPO speed-ups*.")
         w("- TRL 1.16's RLOOTrainer at the same number of generated episodes (batch/2 prompts x 2 completions) has no "
           "value model (no critic forward, backward or optimizer step) and uses the leave-one-out baseline; its "
           "`num_iterations` = our epochs. It does less work per episode by design.")
@@ -717,15 +729,26 @@ def render(results: Path) -> str:
               + "and a smaller RM, critic and policy in the later stages.")
             w("")
         lf = si["lean_forward"]
-        w(f"**A lean GPT-2 training forward** (not kept): the toy policy ({lf['model']}, {lf['shape']} tokens) forward "
-          f"with `logits_to_keep`, a log-prob loss and backward, through transformers' GPT-2 against the same kernels "
-          f"in the same order without module calls (as the sampler's one-token step does): transformers "
+        w(f"**A lean GPT-2 forward** (kept: `rlhf/gpt2.py`): the toy policy ({lf['model']}, {lf['shape']} tokens) "
+          f"through `rlhf.ppo.policy_forward`, a log-prob loss and backward, with transformers' GPT-2 forward against "
+          f"`rlhf.gpt2.hidden`, the same kernels in the same order without the module machinery (the sampler's "
+          f"decoding step already ran this way): transformers "
           f"{lf['transformers']['ms']:.2f} ms ({lf['transformers']['min']:.2f}-{lf['transformers']['max']:.2f}), lean "
           f"{lf['lean']['ms']:.2f} ms ({lf['lean']['min']:.2f}-{lf['lean']['max']:.2f}), "
           f"**{lf['transformers']['ms'] / lf['lean']['ms']:.2f}x**; logits and gradients bit-identical: "
-          f"{'yes' if lf['bit_identical'] else 'no'}. The time is in the kernels and autograd, not in transformers' "
-          "Python: a second forward implementation to maintain would buy a few per cent of the PPO update.")
+          f"{'yes' if lf['bit_identical'] else 'no'}. PPO's policy, reference, critic and reward-model forwards of a "
+          "plain GPT-2 (the toy world's) take it; other models (SmolLM2, LoRA, gradient checkpointing) their own.")
         w("")
+        ad = si.get("adamw_step")
+        if ad:
+            w(f"**A direct fused AdamW step** (kept: `rlhf/optim.py`, every PPO optimiser): one step and `zero_grad` of "
+              f"the toy policy's {ad['tensors']} tensors, torch's `AdamW(fused=True)` "
+              f"{ad['torch']['ms'] * 1e3:.0f} us ({ad['torch']['min'] * 1e3:.0f}-{ad['torch']['max'] * 1e3:.0f}) against "
+              f"the same kernel called directly {ad['direct']['ms'] * 1e3:.0f} us "
+              f"({ad['direct']['min'] * 1e3:.0f}-{ad['direct']['max'] * 1e3:.0f}), "
+              f"**{ad['torch']['ms'] / ad['direct']['ms']:.2f}x**; the same floats: "
+              f"{'yes' if ad['bit_identical'] else 'no'}. PPO steps two optimisers per minibatch.")
+            w("")
         cu = si.get("compile_update")
         if cu:
             w(f"**torch.compile of the update step** (not kept): the same step with AdamW, eager "
@@ -736,6 +759,28 @@ def render(results: Path) -> str:
               "lengths, and the minibatch size on the last one), and in a scratch check `dynamic=True` still recompiled "
               "for a new response length or batch size; the quickstart's PPO stage would not earn its compiles back.")
             w("")
+
+    # --- the kept PPO changes, toggled per iteration
+    pc = _load(results, "ppo_changes")
+    if pc:
+        w("## The kept PPO speed-ups, one by one (`bench/ppo_changes.py`)")
+        w("")
+        w(f"{pc['setting']} (the setting of `bench/ppo_vs_trl.py`); one run of {pc['steps']} iterations, the mode "
+          "switched before each iteration in a cycle, so every mode runs under the same machine conditions (the "
+          "first two iterations dropped). Every mode computes the same numbers, bit for bit.")
+        w("")
+        labels = {"none": "none of them (transformers' forward, torch's AdamW step, the critic's rollout forward "
+                          "run again in its first update)",
+                  "optimizer": "the direct fused AdamW step (`rlhf.optim.AdamW`)",
+                  "forward": "the lean GPT-2 forward (`rlhf.gpt2.hidden`) for the policy, reference, critic and RM",
+                  "reuse": "the critic's rollout forward kept as its first update's forward (one minibatch per epoch)",
+                  "all": "all three (the shipped code)"}
+        w("| on | median ms/iteration (min-max) | none / this |")
+        w("|---|---|---|")
+        for m, r in pc["modes"].items():
+            w(f"| {labels.get(m, m)} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
+              f"**{r['speedup']:.2f}x** |")
+        w("")
 
     # --- toxicity batching
     t = _load(results, "toxicity_batching")

@@ -16,16 +16,19 @@ baseline, ...), a few warm-up steps first; medians over repeats of ``--steps`` s
   tokens x width x 4 width, forward shape) at the same threads: the share of that rate the
   step reaches, and the least time ``pretrain.steps`` steps would take at it.
 * ``lean_forward``: the toy PPO policy (GPT-2 2 layers, width 64; 8 rows of 20 prompt + 32
-  response tokens, left padding) forward with ``logits_to_keep`` + a log-prob loss +
-  backward: transformers' forward against a hand-written one with the same kernels in the
-  same order (what the sampler's ``_gpt2_step`` does for one token); reports whether the
-  logits and gradients are bit-identical and the time of each.
+  response tokens, left padding) through ``rlhf.ppo.policy_forward`` + a log-prob loss +
+  backward: transformers' forward against ``rlhf.gpt2.hidden`` (the same kernels in the
+  same order, without the module machinery: kept); reports whether the logits and
+  gradients are bit-identical and the time of each.
+* ``adamw_step``: one AdamW step + ``zero_grad`` of the toy policy's 28 tensors: torch's
+  ``AdamW(fused=True)`` against ``rlhf.optim.AdamW`` (its kernel called directly: kept).
 * ``compile_update``: the same step eager against ``torch.compile`` (inductor on CPU): the
   compile time of the first call, cold (inductor's caches off), and ms/step after it (``--no-compile`` skips it).
 
 Not measured here: the ideas already in the code (log-probs from the sampling pass, the lean
 KV-cache sampler, ``gc.freeze()``, the reference forward skipped at beta = 0) are in the
-sides of ``bench/ppo_vs_trl.py`` and ``bench/ptx_overhead.py``.
+sides of ``bench/ppo_vs_trl.py`` and ``bench/ptx_overhead.py``; the kept changes' effect on a
+whole PPO iteration is ``bench/ppo_changes.py``.
 """
 
 from __future__ import annotations
@@ -154,46 +157,57 @@ def _toy_policy(width: int = 64):
     return m, ids, mask, position_ids_from_mask(mask), T
 
 
-def _lean_logits(m, ids, mask, pos, keep):
-    """GPT-2's training forward with the kernels of transformers' GPT-2 in the same order, no
-    module calls, output records or per-layer mask handling (the mask is built once, by
-    transformers' own ``create_causal_mask``): the sampler's blocks (``rlhf.sampling.gpt2_blocks``)
-    without a KV cache."""
-    from transformers.masking_utils import create_causal_mask
-    from rlhf.sampling import _gpt2_weights, gpt2_blocks
-    wte, wpe, layers, ln_f, head = _gpt2_weights(m)
-    h = F.embedding(ids, wte) + F.embedding(pos, wpe)
-    cm = create_causal_mask(config=m.config, inputs_embeds=h, attention_mask=mask, past_key_values=None,
-                            position_ids=pos)
-    h = gpt2_blocks(layers, h, cm)
-    h = F.layer_norm(h, *ln_f)
-    return F.linear(h[:, -keep:, :], head)
-
-
 def lean_forward(steps: int, repeats: int) -> dict:
-    from rlhf.losses import logprobs_from_logits
+    """PPO's policy forward (``rlhf.ppo.policy_forward``) + a log-prob loss + backward, through
+    transformers' GPT-2 (``rlhf.gpt2.eligible`` off) and through ``rlhf.gpt2.hidden``."""
+    import rlhf.ppo as ppo
+    from rlhf import gpt2
     m, ids, mask, pos, T = _toy_policy()
-    resp = ids[:, -T:]
+    P = ids.shape[1] - T
+    prompt, pmask, resp, rmask = ids[:, :P], mask[:, :P], ids[:, P:], mask[:, P:]
+    off = type("Off", (), {"eligible": staticmethod(lambda model: False), "hidden": staticmethod(gpt2.hidden)})
 
-    def hf_logits():
-        return m(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=T + 1).logits
-
-    def lean_logits():
-        return _lean_logits(m, ids, mask, pos, T + 1)
-
-    def fwd_bwd(fn):
+    def fwd_bwd(lean: bool):
         def f():
-            lp = logprobs_from_logits(fn()[:, :-1], resp)
-            (-lp.mean()).backward()
+            ppo.gpt2 = gpt2 if lean else off
+            try:
+                logp, logits, _ = ppo.policy_forward(m, prompt, pmask, resp, rmask)
+            finally:
+                ppo.gpt2 = gpt2
+            (-(logp * rmask).sum() / rmask.sum()).backward()
             grads = [p.grad for p in m.parameters()]
             m.zero_grad(set_to_none=True)
-            return grads
+            return logits.detach(), grads
         return f
-    a, b = hf_logits(), lean_logits()
-    ga, gb = fwd_bwd(hf_logits)(), fwd_bwd(lean_logits)()
+    (a, ga), (b, gb) = fwd_bwd(False)(), fwd_bwd(True)()
     same = bool(torch.equal(a, b)) and all(torch.equal(x, y) for x, y in zip(ga, gb))
-    r = alternate({"transformers": fwd_bwd(hf_logits), "lean": fwd_bwd(lean_logits)}, steps, repeats)
+    r = alternate({"transformers": fwd_bwd(False), "lean": fwd_bwd(True)}, steps, repeats)
     return {"model": "GPT-2 2 layers, width 64", "shape": "8 x (20 + 32)", "bit_identical": same, **r}
+
+
+def adamw_step(steps: int, repeats: int) -> dict:
+    """One optimiser step of the toy policy's parameters (GPT-2 2 layers, width 64: 28 tensors),
+    gradients set: torch's ``AdamW(fused=True)`` against ``rlhf.optim.AdamW`` (the same kernel,
+    called directly), each with its ``zero_grad``; and whether they step to the same floats."""
+    from rlhf import optim
+    m, *_ = _toy_policy()
+    params = [p for p in m.parameters()]
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=g) for p in params]
+    copies = {k: [p.detach().clone().requires_grad_(True) for p in params] for k in ("torch", "direct")}
+    opts = {"torch": torch.optim.AdamW(copies["torch"], lr=1e-5, eps=1e-5, weight_decay=0.0, fused=True),
+            "direct": optim.AdamW(copies["direct"], lr=1e-5, eps=1e-5, weight_decay=0.0)}
+
+    def step(k):
+        def f():
+            for p, gr in zip(copies[k], grads):
+                p.grad = gr
+            opts[k].step()
+            opts[k].zero_grad(set_to_none=True)
+        return f
+    r = alternate({k: step(k) for k in opts}, steps * 10, repeats)
+    same = all(torch.equal(x, y) for x, y in zip(copies["torch"], copies["direct"]))
+    return {"model": "GPT-2 2 layers, width 64", "tensors": len(params), "bit_identical": same, **r}
 
 
 def compile_update(steps: int, repeats: int) -> dict:
@@ -251,6 +265,9 @@ def main() -> None:
     lf = out["lean_forward"] = lean_forward(a.steps, a.repeats)
     print(f"policy forward+backward: transformers {lf['transformers']['ms']:.2f} ms, lean {lf['lean']['ms']:.2f} ms "
           f"({lf['transformers']['ms'] / lf['lean']['ms']:.2f}x), bit-identical: {lf['bit_identical']}")
+    ad = out["adamw_step"] = adamw_step(a.steps, a.repeats)
+    print(f"AdamW step + zero_grad: torch fused {ad['torch']['ms'] * 1e3:.0f} us, direct {ad['direct']['ms'] * 1e3:.0f} us "
+          f"({ad['torch']['ms'] / ad['direct']['ms']:.2f}x), bit-identical: {ad['bit_identical']}")
     if not a.no_compile:
         cu = out["compile_update"] = compile_update(a.steps, a.repeats)
         print(f"update step: eager {cu['eager']['ms']:.2f} ms, compiled {cu['compiled']['ms']:.2f} ms "

@@ -23,6 +23,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           GPT2Config, GPT2LMHeadModel, PreTrainedModel)
 
+from . import gpt2
 from .config import ModelConfig
 from .errors import ConfigError, InputError, SourceError
 
@@ -221,12 +222,15 @@ def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_m
 
     With ``all_positions`` the per-position head outputs (B, T) are returned (the critic).
     The forward builds no KV cache (a scored sequence is never continued, and a cache object
-    per call costs more than a small model's layer).
+    per call costs more than a small model's layer); a plain GPT-2 takes ``rlhf.gpt2.hidden``.
     """
-    no_cache = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
-    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids_from_mask(attention_mask), **no_cache)
-    h = out.last_hidden_state
+    pos = position_ids_from_mask(attention_mask)
+    if gpt2.eligible(model):  # the toy world's GPT-2: the same floats, without the module machinery
+        h = gpt2.hidden(model, input_ids, attention_mask, pos)
+    else:
+        no_cache = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
+        h = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                             **no_cache).last_hidden_state
     head = model.score
     offset = float(getattr(model.config, "reward_offset", 0.0) or 0.0)
     dt = head.weight.dtype

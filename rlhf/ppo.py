@@ -85,7 +85,7 @@ from .models import (adapters_disabled, add_lora, autocast, load_causal_lm, load
                      save_hf, sequence_scores, set_gradient_checkpointing, trainable_state_dict)
 from .rundir import (MANIFEST, RunDir, atomic_write_json, fsync_dir, fsync_file, fsync_tree, read_json,
                      read_jsonl, verify_manifest, write_manifest)
-from . import stop
+from . import gpt2, optim, stop
 from .dist import Dist, shard
 from . import sharding
 from .heldout import heldout_nll, heldout_text
@@ -131,18 +131,24 @@ def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, 
     full-vocabulary log-softmax copy: ``losses.logprobs_from_logits``), the logits behind
     them (before the temperature), and (with a value head) the values V(s_t) of the states
     before each response token (the head in float32, outside any autocast). The LM head runs
-    on the T + 1 last positions only (``logits_to_keep``), not on the prompt's."""
+    on the T + 1 last positions only (``logits_to_keep``), not on the prompt's. A plain GPT-2
+    (the toy world's) runs through ``rlhf.gpt2.hidden``: the same floats, less overhead."""
     ids = torch.cat([prompt_ids, response_ids], 1)
     mask = torch.cat([prompt_mask, response_mask], 1)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
-    keep = {"logits_to_keep": T + 1} if _keeps_logits(type(model)) else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
-                output_hidden_states=value_head is not None, **keep)
-    logits = out.logits[:, out.logits.shape[1] - T - 1:-1]
+    if gpt2.eligible(model):  # the same floats as the model's forward below, without its machinery
+        last = gpt2.hidden(model, ids, mask, position_ids_from_mask(mask))
+        all_logits = torch.nn.functional.linear(last[:, -T - 1:], model.lm_head.weight)
+    else:
+        keep = {"logits_to_keep": T + 1} if _keeps_logits(type(model)) else {}
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
+                    output_hidden_states=value_head is not None, **keep)
+        all_logits, last = out.logits, out.hidden_states[-1] if value_head is not None else None
+    logits = all_logits[:, all_logits.shape[1] - T - 1:-1]
     logp = logprobs_from_logits(logits, response_ids, temperature)
     values = None
     if value_head is not None:
-        h = out.hidden_states[-1][:, P - 1:P - 1 + T]
+        h = last[:, P - 1:P - 1 + T]
         with torch.autocast(h.device.type, enabled=False):
             values = value_head(h.float()).squeeze(-1)
     return logp, logits, values
@@ -337,9 +343,10 @@ def check_tokenizers_match(policy_tok, rm_path: str) -> None:
 
 def make_optimizer(params, lr: float) -> torch.optim.AdamW:
     """The one PPO optimiser (the policy with its value head, and the separate critic):
-    AdamW, eps 1e-5, no weight decay, the fused kernel. A fresh start and a resume both
-    build through here, so a resumed optimiser steps exactly as the uninterrupted one."""
-    return torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=0.0, fused=True)
+    AdamW, eps 1e-5, no weight decay, the fused kernel, stepped directly (``rlhf.optim``:
+    torch's fused AdamW, bit for bit). A fresh start and a resume both build through here,
+    so a resumed optimiser steps exactly as the uninterrupted one."""
+    return optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=0.0)
 
 
 def kl_controller(pc):
@@ -544,13 +551,16 @@ def load_ppo_data(cfg: RunConfig, tokenizer, world: Optional[World], d: Dist) ->
 
 @dataclass
 class Scored:
-    """A rollout's scores: log π and log π_SFT of its tokens, V(s_t), rm_score and ppo_reward."""
+    """A rollout's scores: log π and log π_SFT of its tokens, V(s_t), rm_score and ppo_reward;
+    ``values_graph``: V(s_t) with the critic's autograd graph, when the first update reuses
+    this forward (:attr:`PPORun.reuse_values`)."""
 
     logp: torch.Tensor
     ref_logp: torch.Tensor
     values: torch.Tensor
     rm_score: torch.Tensor
     ppo_reward: torch.Tensor
+    values_graph: Optional[torch.Tensor] = None
 
 
 class PPORun:
@@ -612,6 +622,10 @@ class PPORun:
         # ppo.parallel_critic: the critic's updates on a thread of their own (one process, >= 2 threads)
         self.critic_thread = (CriticThread(torch.get_num_threads()) if pc.parallel_critic and self.learner.critic is not None
                               and not d.active and device.type == "cpu" and torch.get_num_threads() >= 2 else None)
+        # One minibatch per epoch: the separate critic's rollout forward (the old values) is the
+        # forward of its first update, whose weights it shares; it keeps its graph for that
+        # update instead of running twice (not sharded: FSDP regathers per forward).
+        self.reuse_values = self.learner.critic is not None and self.local_mb == self.local_bs and not fsdp
         self.bar = tqdm(range(self.progress.step, pc.steps), desc="ppo", initial=self.progress.step, total=pc.steps,
                         mininterval=2.0, disable=True if not d.is_main else None)
 
@@ -645,13 +659,15 @@ class PPORun:
 
     # ------------------------------------------------------------------------- one iteration
     def step(self, step: int) -> None:
-        """One PPO iteration: rollout -> score -> advantages -> update epochs -> log and checkpoint."""
+        """One PPO iteration: rollout -> minibatch orders -> score -> advantages -> update epochs
+        -> log and checkpoint."""
         self.next_reward_model(step)
         idx, s = self.rollout(step)
-        sc = self.score(s)
+        orders = self.minibatch_orders()
+        sc = self.score(s, orders[0])
         batch, kl = self.advantages(step, s, sc)
         held_lm = self.heldout_loss(step)  # of the policy that made this batch, before its update
-        stats = self.update_epochs(step, batch)
+        stats = self.update_epochs(step, batch, orders, sc.values_graph)
         row = self.log(step, idx, s, sc, kl, stats, held_lm)
         self.save_kl_levels(step, row["kl"])
         self.checkpoint(step)
@@ -687,12 +703,21 @@ class PPORun:
                         rollout_seed(self.cfg.seed, step, self.d.rank))
         return idx, s
 
+    def minibatch_orders(self) -> list[torch.Tensor]:
+        """The row order of each update epoch (``torch.randperm`` of the local batch, from the
+        global RNG, which nothing else draws from between here and the update: the same
+        orders as drawn epoch by epoch), drawn before scoring for :attr:`reuse_values`."""
+        return [torch.randperm(self.local_bs) for _ in range(self.pc.epochs)]
+
     @torch.no_grad()
-    def score(self, s) -> Scored:
+    def score(self, s, first_order: Optional[torch.Tensor] = None) -> Scored:
         """log π and log π_SFT of the sampled tokens, V(s_t), rm_score and ppo_reward, under
         ``model.autocast``. log π comes from the sampling pass (no policy forward) unless the
         value head needs one or autocast is on: then from a forward pass, the precision path
-        of the update's (the sampler's cached low-precision steps round differently)."""
+        of the update's (the sampler's cached low-precision steps round differently). With
+        :attr:`reuse_values` the critic's forward runs on the rows in the first update's order
+        (``first_order``) and keeps its graph for that update: the same numbers as a second
+        forward there, bit for bit (its gradient sums the rows in the same order)."""
         dev, pc, lr = self.device, self.pc, self.learner
         pi, pm, ri, rmask = (s.prompt_ids.to(dev), s.prompt_mask.to(dev), s.response_ids.to(dev),
                              s.response_mask.to(dev))
@@ -705,10 +730,20 @@ class PPORun:
                 ref_logp, _, _ = policy_forward(ref, pi, pm, ri, rmask, pc.temperature)
             rm_score, ppo_reward = (x.to(dev) for x in score_rollout(self.reward or self.rm, self.tok, s, self.rm_len,
                                                                      pc.no_eos_penalty))
-            if lr.critic is not None:
+            graph = None
+            if lr.value_head is not None:
+                values = v_head
+            elif self.reuse_values:
+                o = first_order.to(dev)
+                lr.critic.train()  # as in the update (dropout is 0 either way)
+                with torch.enable_grad():
+                    graph = critic_values(lr.critic, pi[o], pm[o], ri[o], rmask[o])
+                values = torch.empty_like(graph, requires_grad=False)
+                values[o] = graph.detach()  # back to the rollout's order
+            else:
                 lr.critic.eval()
-            values = v_head if lr.value_head is not None else critic_values(lr.critic, pi, pm, ri, rmask)
-        return Scored(logp, ref_logp, values, rm_score, ppo_reward)
+                values = critic_values(lr.critic, pi, pm, ri, rmask)
+        return Scored(logp, ref_logp, values, rm_score, ppo_reward, graph)
 
     def advantages(self, step: int, s, sc: Scored) -> tuple[Batch, torch.Tensor]:
         """Per-token KL-penalised rewards, GAE and whitening (:func:`compute_advantages`);
@@ -728,23 +763,27 @@ class PPORun:
         with sharding.gathered(self.policy):  # sharded: every rank gathers, rank 0 computes
             return heldout_nll(self.policy, self.tok, self.data.held_text)["loss"] if self.d.is_main else None
 
-    def update_epochs(self, step: int, batch: Batch) -> dict[str, float]:
-        """``ppo.epochs`` passes over shuffled minibatches, one :func:`ppo_update` each (with a
-        fresh ptx batch when γ > 0); returns the mean of each update statistic."""
+    def update_epochs(self, step: int, batch: Batch, orders: list[torch.Tensor],
+                      values_graph: Optional[torch.Tensor] = None) -> dict[str, float]:
+        """``ppo.epochs`` passes over minibatches, the rows of epoch e in ``orders[e]``
+        (:meth:`minibatch_orders`), one :func:`ppo_update` each (with a fresh ptx batch when
+        γ > 0); returns the mean of each update statistic. ``values_graph``
+        (:attr:`reuse_values`): the critic's rollout forward on the first minibatch, which is
+        the whole batch, used as its first update's forward."""
         pc, lr, ptx = self.pc, self.learner, self.data.ptx
         self.policy.train()  # dropout is 0; train mode turns model.gradient_checkpointing on
         if lr.critic is not None:
             lr.critic.train()
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy",
                                                          "ptx_loss", "vf_clipfrac")}
-        for epoch in range(pc.epochs):
-            perm = torch.randperm(self.local_bs)
+        for epoch, perm in enumerate(orders):
             for i in range(0, self.local_bs, self.local_mb):
                 mb = batch.index(perm[i:i + self.local_mb])
                 ptx_x = ptx.batch(self.ptx_per_update).to(self.device) if ptx is not None else None
+                first = epoch == 0 and i == 0
                 st = ppo_update(self.policy, mb, lr.opt, pc, lr.value_head, lr.critic, lr.critic_opt, ptx_x, self.d,
-                                on_policy=epoch == 0 and i == 0, amp=self.amp, free_grads=True,
-                                critic_thread=self.critic_thread)
+                                on_policy=first, amp=self.amp, free_grads=True, critic_thread=self.critic_thread,
+                                critic_v=values_graph if first else None)
                 for k, v in st.items():
                     stats[k].append(v)
                 check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, self.d)
@@ -965,22 +1004,28 @@ def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float
     pad = lambda x, v: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=v)  # noqa: E731
     ids = torch.cat([pad(rl_ids, 0), pad(ptx_x, 0)])
     mask = torch.cat([pad(rl_mask, 0), pad(torch.ones_like(ptx_x), 0)])
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
-                output_hidden_states=value_head is not None)
+    if gpt2.eligible(model):  # the same floats as the model's forward below (see policy_forward)
+        last = gpt2.hidden(model, ids, mask, position_ids_from_mask(mask))
+        all_logits = torch.nn.functional.linear(last, model.lm_head.weight)
+    else:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
+                    output_hidden_states=value_head is not None)
+        all_logits, last = out.logits, out.hidden_states[-1] if value_head is not None else None
     P, T = mb.prompt_ids.shape[1], mb.response_ids.shape[1]
-    logits = out.logits[:B, P - 1:P - 1 + T]
+    logits = all_logits[:B, P - 1:P - 1 + T]
     logp = logprobs_from_logits(logits, mb.response_ids, temperature)
     values = None
     if value_head is not None:
         with torch.autocast(ids.device.type, enabled=False):
-            values = value_head(out.hidden_states[-1][:B, P - 1:P - 1 + T].float()).squeeze(-1)
-    return logp, logits, values, lm_loss(out.logits[B:, :L], ptx_x)
+            values = value_head(last[:B, P - 1:P - 1 + T].float()).squeeze(-1)
+    return logp, logits, values, lm_loss(all_logits[B:, :L], ptx_x)
 
 
 def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_opt=None,
                ptx_x: Optional[torch.Tensor] = None, d: Optional[Dist] = None,
                on_policy: bool = False, amp=None, free_grads: bool = False,
-               critic_thread: Optional["CriticThread"] = None) -> dict[str, float]:
+               critic_thread: Optional["CriticThread"] = None,
+               critic_v: Optional[torch.Tensor] = None) -> dict[str, float]:
     """One gradient step on one minibatch: L = L_clip + c_v L_V (value head) + γ L_LM (ptx),
     and with a separate ``critic`` its own step on L_V (:func:`critic_update`): after the
     policy's, or with a ``critic_thread`` (``ppo.parallel_critic``) alongside it.
@@ -1002,15 +1047,24 @@ def ppo_update(policy, mb: Batch, opt, pc, value_head=None, critic=None, critic_
     ``free_grads`` (run_ppo): each optimiser's gradients are freed right after its step, so
     no model's gradients are held through the next rollout, nor (serial critic) through the
     other model's backward (one full set of fp32 gradients less at the peak); off, they stay
-    for the caller to read."""
+    for the caller to read.
+
+    ``critic_v``: the critic's values of this minibatch with their graph, from a forward at
+    the critic's current weights (the rollout's, :attr:`PPORun.reuse_values`), used instead of
+    another forward; the serial critic then steps first, so that graph is not held through
+    the policy's update (the two updates share nothing: the order changes no number)."""
     d = d or Dist()
     w = d.token_share(mb.response_mask)
     if critic is None:
         return policy_update(policy, mb, opt, pc, w, value_head, ptx_x, d, on_policy, amp, free_grads)
     if critic_thread is None:
+        if critic_v is not None:
+            crit = critic_update(critic, mb, critic_opt, pc, w, d, amp, free_grads, critic_v)
+            return {**policy_update(policy, mb, opt, pc, w, value_head, ptx_x, d, on_policy, amp, free_grads), **crit}
         out = policy_update(policy, mb, opt, pc, w, value_head, ptx_x, d, on_policy, amp, free_grads)
         return {**out, **critic_update(critic, mb, critic_opt, pc, w, d, amp, free_grads)}
-    with critic_thread.alongside(critic_update, critic, mb, critic_opt, pc, w, d, amp, free_grads) as critic_result:
+    with critic_thread.alongside(critic_update, critic, mb, critic_opt, pc, w, d, amp, free_grads,
+                                 critic_v) as critic_result:
         out = policy_update(policy, mb, opt, pc, w, value_head, ptx_x, d, on_policy, amp, free_grads)
         return {**out, **critic_result()}
 
@@ -1049,14 +1103,17 @@ def policy_update(policy, mb: Batch, opt, pc, w: float, value_head=None, ptx_x: 
 
 
 def critic_update(critic, mb: Batch, critic_opt, pc, w: float = 1.0, d: Optional[Dist] = None, amp=None,
-                  free_grads: bool = False) -> dict[str, float]:
+                  free_grads: bool = False, v: Optional[torch.Tensor] = None) -> dict[str, float]:
     """The separate critic's gradient step on one minibatch: the clipped value loss
     (``losses.value_loss``) weighted by this rank's token share ``w``, gradients averaged over
-    ranks, clipped (``ppo.grad_clip``), one step of ``critic_opt``; returns its statistics."""
+    ranks, clipped (``ppo.grad_clip``), one step of ``critic_opt``; returns its statistics.
+    ``v``: the minibatch's values with their graph, at the critic's current weights (no
+    forward here; see :func:`ppo_update`)."""
     d = d or Dist()
     amp = amp or contextlib.nullcontext
-    with amp():
-        v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
+    if v is None:
+        with amp():
+            v = critic_values(critic, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
     vf_loss, vf_frac = value_loss(v, mb.values, mb.returns, mb.response_mask, pc.value_clip)
     optimizer_step(w * vf_loss, critic_opt, pc, d, free_grads)
     return {"vf_loss": w * vf_loss.item(), "vf_clipfrac": w * float(vf_frac)}

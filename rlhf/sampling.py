@@ -9,7 +9,7 @@ the decoding of texts, temperature and nucleus (top-p) filtering and the seed (a
 ``torch.Generator``: the global RNG is never re-seeded). Tokens come from a lean KV-cache
 loop (:func:`_decode`) that draws exactly what transformers' ``generate`` draws for the
 same seed (``tests/test_instruments.py`` checks it) without its per-token overhead; for a
-plain GPT-2 LM each step after the prefill is :func:`_gpt2_step`, the model's own kernels
+plain GPT-2 LM each step after the prefill is ``rlhf.gpt2.step``, the model's own kernels
 without transformers' per-call machinery (the same floats: ``tests/test_ppo.py``).
 """
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+from . import gpt2
 from .chat import end_of_turn_id, response_text
 from .models import position_ids_from_mask, tokenizer_sides
 from .world import World
@@ -117,75 +118,10 @@ def _accepts(model, name: str) -> bool:
 
 
 def _lean_gpt2(model) -> bool:
-    """Whether :func:`_gpt2_step` can stand in for the model's own forward in a decoding step:
-    a plain GPT-2 LM (transformers' ``GPT2LMHeadModel`` with SDPA attention, no cross
-    attention, no per-layer or upcast attention scaling, no LoRA adapters) in eval mode."""
+    """Whether the lean GPT-2 step (``rlhf.gpt2.step``) can stand in for the model's own
+    forward in a decoding step: a plain GPT-2 LM (``rlhf.gpt2.eligible``) in eval mode."""
     from transformers import GPT2LMHeadModel
-    c = model.config
-    return (type(model) is GPT2LMHeadModel and not model.training and c._attn_implementation == "sdpa"
-            and not c.add_cross_attention and not c.scale_attn_by_inverse_layer_idx and not c.reorder_and_upcast_attn
-            and not any(hasattr(m, "base_layer") for m in model.modules()))  # peft's layers wrap a base_layer
-
-
-def _gpt2_weights(model) -> tuple:
-    """The tensors :func:`_gpt2_step` reads, looked up once per decode (attribute lookups on
-    modules cost more than a small model's matmuls)."""
-    tr = model.transformer
-    ln = lambda m: (m.normalized_shape, m.weight, m.bias, m.eps)  # noqa: E731
-    layers = [(ln(b.ln_1), b.attn.c_attn.bias, b.attn.c_attn.weight, b.attn.c_attn.nf, b.attn.split_size,
-               b.attn.head_dim, b.attn.scaling, b.attn.c_proj.bias, b.attn.c_proj.weight, b.attn.c_proj.nf, ln(b.ln_2),
-               b.mlp.c_fc.bias, b.mlp.c_fc.weight, b.mlp.c_fc.nf, b.mlp.act, b.mlp.c_proj.bias, b.mlp.c_proj.weight,
-               b.mlp.c_proj.nf) for b in tr.h]
-    return tr.wte.weight, tr.wpe.weight, layers, ln(tr.ln_f), model.lm_head.weight
-
-
-def _gpt2_step(w: tuple, x: torch.Tensor, pos: torch.Tensor, mask: Optional[torch.Tensor], keys: list, values: list):
-    """One decoding step of a GPT-2 LM (:func:`_lean_gpt2`, weights ``w`` from
-    :func:`_gpt2_weights`) on new tokens ``x`` (N, 1) at positions ``pos``, attending to the
-    cached ``keys``/``values`` (one per layer, extended in place) under the boolean padding
-    ``mask`` (N, 1, 1, S) or None; returns the logits (N, 1, V). The same kernels, on the
-    same shapes, in the same order as transformers' GPT-2 forward with a DynamicCache and
-    ``logits_to_keep=1`` (so the same floats: checked against it in tests), without its
-    per-call mask building, cache objects, module calls and output records (most of a small
-    model's step)."""
-    F = torch.nn.functional
-    wte, wpe, layers, ln_f, head = w
-    h = F.embedding(x, wte) + F.embedding(pos, wpe)
-    h = gpt2_blocks(layers, h, mask, keys, values)
-    h = F.layer_norm(h, *ln_f)
-    return F.linear(h[:, -1:, :], head)
-
-
-def gpt2_blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], keys: Optional[list] = None,
-                values: Optional[list] = None) -> torch.Tensor:
-    """GPT-2's transformer blocks (``layers`` from :func:`_gpt2_weights`) on the hidden states
-    ``h`` (N, L, D) under the attention ``mask`` (broadcastable to (N, heads, L, S)) or None:
-    transformers' kernels in transformers' order. With ``keys``/``values`` (one per layer) the
-    new keys and values are appended to them (in place) and attended to with the cached ones
-    (a decoding step); without, the block attends to its own."""
-    F = torch.nn.functional
-    for i, (ln1, ab, aw, anf, split, hd, scale, pb, pw, pnf, ln2, fb, fw, fnf, act, mb, mw, mnf) in enumerate(layers):
-        r = h
-        y = F.layer_norm(h, *ln1)
-        qkv = torch.addmm(ab, y.view(-1, y.size(-1)), aw).view(*y.shape[:-1], anf)
-        q, k, v = qkv.split(split, dim=2)
-        shape = (*k.shape[:-1], -1, hd)
-        k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
-        if keys is not None:
-            keys[i] = k = torch.cat([keys[i], k], dim=-2)
-            values[i] = v = torch.cat([values[i], v], dim=-2)
-        o = F.scaled_dot_product_attention(q.view(shape).transpose(1, 2), k, v, attn_mask=mask,
-                                           dropout_p=0.0, scale=scale, is_causal=False)
-        o = o.transpose(1, 2).contiguous()
-        o = o.reshape(*o.shape[:-2], -1).contiguous()
-        o = torch.addmm(pb, o.view(-1, o.size(-1)), pw).view(*o.shape[:-1], pnf)
-        h = o + r
-        r = h
-        y = F.layer_norm(h, *ln2)
-        y = act(torch.addmm(fb, y.view(-1, y.size(-1)), fw).view(*y.shape[:-1], fnf))
-        y = torch.addmm(mb, y.view(-1, y.size(-1)), mw).view(*y.shape[:-1], mnf)
-        h = r + y
-    return h
+    return type(model) is GPT2LMHeadModel and not model.training and gpt2.eligible(model)
 
 
 @torch.no_grad()
@@ -223,9 +159,9 @@ def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_
         if lean and t > 0:  # after the prefill, the cache as plain tensors and the lean step
             if t == 1:
                 keys, values = [la.keys for la in cache.layers], [la.values for la in cache.layers]
-                w, padded = _gpt2_weights(model), not bool(am_n.all())
+                w, head, padded = gpt2.weights(model), model.lm_head.weight, not bool(am_n.all())
             mask = am_n.bool()[:, None, None, :] if padded else None
-            logits = _gpt2_step(w, x, x_pos, mask, keys, values)[:, -1].float()
+            logits = gpt2.step(w, head, x, x_pos, mask, keys, values)[:, -1].float()
         else:
             logits = model(input_ids=x, attention_mask=am_n, position_ids=x_pos, past_key_values=cache,
                            use_cache=True, **keep).logits[:, -1].float()

@@ -83,7 +83,7 @@ def test_first_minibatch_is_on_policy(tiny_run):
 @pytest.mark.parametrize("kw", [dict(seed=5, temperature=0.8, top_p=0.9, logprobs=True),
                                 dict(seed=6, n=3, shared_prefix=True, logprobs=True), dict(greedy=True)])
 def test_lean_gpt2_decode_step_draws_what_the_model_forward_draws(tiny_run, monkeypatch, kw):
-    """The sampler's lean GPT-2 step (rlhf.sampling._gpt2_step) stands in for the model's own
+    """The sampler's lean GPT-2 step (rlhf.gpt2.step) stands in for the model's own
     forward after the prefill: the same tokens and the same log-probs, bit for bit, on
     left-padded prompts of different lengths and on one unpadded prompt."""
     import rlhf.sampling as sampling
@@ -94,8 +94,8 @@ def test_lean_gpt2_decode_step_draws_what_the_model_forward_draws(tiny_run, monk
     prompts = sorted(prompts, key=len)[:3] + sorted(prompts, key=len)[-3:]
     assert sampling._lean_gpt2(policy.eval())
     calls = []
-    step = sampling._gpt2_step
-    monkeypatch.setattr(sampling, "_gpt2_step", lambda *a: calls.append(1) or step(*a))
+    step = sampling.gpt2.step
+    monkeypatch.setattr(sampling.gpt2, "step", lambda *a: calls.append(1) or step(*a))
     for ps in (prompts, prompts[-1:]):
         lean = sample(policy, tok, ps, max_new_tokens=10, **kw)
         n_lean = len(calls)
@@ -103,7 +103,7 @@ def test_lean_gpt2_decode_step_draws_what_the_model_forward_draws(tiny_run, monk
         monkeypatch.setattr(sampling, "_lean_gpt2", lambda m: False)
         ref = sample(policy, tok, ps, max_new_tokens=10, **kw)
         monkeypatch.undo()
-        monkeypatch.setattr(sampling, "_gpt2_step", lambda *a: calls.append(1) or step(*a))
+        monkeypatch.setattr(sampling.gpt2, "step", lambda *a: calls.append(1) or step(*a))
         assert len(calls) == n_lean  # the reference did not take the lean step
         assert torch.equal(lean.response_ids, ref.response_ids) and lean.texts == ref.texts
         if kw.get("logprobs"):
@@ -416,3 +416,36 @@ def test_parallel_critic_run_is_deterministic(tiny_run, tmp_path, monkeypatch):
     assert made == [] and where == {threading.current_thread().name.split("_")[0]}
     run("head", ["threads=2", "ppo.critic=head"])
     assert made == []
+
+
+@pytest.mark.parametrize("extra", [[], ["threads=2", "ppo.parallel_critic=true"]])
+def test_one_minibatch_reuses_the_critics_rollout_forward_and_changes_no_number(tiny_run, tmp_path, monkeypatch, extra):
+    """With one minibatch per epoch the separate critic's rollout forward (the old values) is
+    also its first update's forward (PPORun.reuse_values): one critic forward per iteration
+    fewer, and the run logs the same numbers and saves the same weights, bit for bit, as
+    with the second forward (serially, and with the critic on its own thread)."""
+    from safetensors.torch import load_file
+    import rlhf.ppo as ppo_mod
+    calls = []
+    real_values, real_init = ppo_mod.critic_values, ppo_mod.PPORun.__init__
+    monkeypatch.setattr(ppo_mod, "critic_values", lambda *a, **k: calls.append(1) or real_values(*a, **k))
+
+    def run(name, reuse):
+        def init(self, *a, **k):
+            real_init(self, *a, **k)
+            assert self.reuse_values
+            self.reuse_values = reuse
+        monkeypatch.setattr(ppo_mod.PPORun, "__init__", init)
+        calls.clear()
+        run = copy_run(tiny_run, tmp_path / name)
+        try:
+            run_pipeline(ppo_cfg(tmp_path / name, ["ppo.steps=3", "ppo.minibatch_size=8", *extra]), force=True)
+        finally:
+            torch.set_num_threads(1)
+        ck = sorted((run / "ppo" / "critic").glob("*.safetensors")) + sorted((run / "ppo").glob("*.safetensors"))
+        return _strip_time(read_jsonl(run / "ppo" / "metrics.jsonl")), len(calls), [load_file(f) for f in ck]
+    (rows, n_reuse, w_reuse), (rows2, n_twice, w_twice) = run("reuse", True), run("twice", False)
+    assert len(rows) == 3 and rows == rows2
+    assert n_twice == 3 * (1 + 2) and n_reuse == 3 * 2  # 3 iterations: rollout + 2 epochs, or the rollout's reused
+    assert w_reuse and all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+                           for a, b in zip(w_reuse, w_twice))
