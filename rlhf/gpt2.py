@@ -35,27 +35,51 @@ def eligible(model: torch.nn.Module) -> bool:
     if (c._attn_implementation != "sdpa" or c.add_cross_attention or c.scale_attn_by_inverse_layer_idx
             or c.reorder_and_upcast_attn):
         return False
-    if model.training and (model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing")
-                           else model.is_gradient_checkpointing):  # transformers 5's name, or the older one
-        return False
-    for m in model.modules():
-        if hasattr(m, "base_layer") or m._forward_hooks or m._forward_pre_hooks:
+    for m in model.modules():  # (dict lookups: a missing attribute's AttributeError costs more than the loop)
+        if "base_layer" in m._modules or m._forward_hooks or m._forward_pre_hooks:
             return False
-        if model.training and isinstance(m, torch.nn.Dropout) and m.p > 0:
+        if model.training and ((isinstance(m, torch.nn.Dropout) and m.p > 0)
+                               or m.__dict__.get("gradient_checkpointing")):  # (transformers' per-module flag)
             return False
     return not (torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks)
 
 
 def weights(model) -> tuple:
-    """The tensors the lean path reads, looked up once per call (attribute lookups on
-    modules cost more than a small model's matmuls): (wte, wpe, layers, ln_f)."""
-    tr = model.transformer
-    ln = lambda m: (m.normalized_shape, m.weight, m.bias, m.eps)  # noqa: E731
-    layers = [(ln(b.ln_1), b.attn.c_attn.bias, b.attn.c_attn.weight, b.attn.c_attn.nf, b.attn.split_size,
-               b.attn.head_dim, b.attn.scaling, b.attn.c_proj.bias, b.attn.c_proj.weight, b.attn.c_proj.nf, ln(b.ln_2),
-               b.mlp.c_fc.bias, b.mlp.c_fc.weight, b.mlp.c_fc.nf, b.mlp.act, b.mlp.c_proj.bias, b.mlp.c_proj.weight,
-               b.mlp.c_proj.nf) for b in tr.h]
-    return tr.wte.weight, tr.wpe.weight, layers, ln(tr.ln_f)
+    """The tensors the lean path reads, looked up once per call through the modules' own
+    dicts (``nn.Module.__getattr__`` costs more than a small model's matmuls):
+    (wte, wpe, layers, ln_f)."""
+    def sub(m, *names):
+        for n in names:
+            m = m._modules[n]
+        return m
+
+    def prm(m, name):
+        return m._parameters[name]
+
+    def ln(m):
+        return (m.normalized_shape, prm(m, "weight"), prm(m, "bias"), m.eps)
+    tr = sub(model, "transformer")
+    layers = []
+    for b in sub(tr, "h")._modules.values():
+        attn, mlp = sub(b, "attn"), sub(b, "mlp")
+        ca, cp, fc, mp = sub(attn, "c_attn"), sub(attn, "c_proj"), sub(mlp, "c_fc"), sub(mlp, "c_proj")
+        layers.append((ln(sub(b, "ln_1")), prm(ca, "bias"), prm(ca, "weight"), ca.nf, attn.split_size, attn.head_dim,
+                       attn.scaling, prm(cp, "bias"), prm(cp, "weight"), cp.nf, ln(sub(b, "ln_2")), prm(fc, "bias"),
+                       prm(fc, "weight"), fc.nf, sub(mlp, "act"), prm(mp, "bias"), prm(mp, "weight"), mp.nf))
+    return prm(sub(tr, "wte"), "weight"), prm(sub(tr, "wpe"), "weight"), layers, ln(sub(tr, "ln_f"))
+
+
+def causal_mask(attention_mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """The attention mask transformers' ``create_causal_mask`` builds for GPT-2's SDPA
+    attention on a whole sequence (no cache): None when no position is padded (causal
+    SDPA), else the boolean (N, 1, L, L) of causal AND key not padded (a padded query row
+    attends to nothing). The same mask (``tests/test_gpt2.py`` compares them) for a
+    tenth of its Python."""
+    if bool(attention_mask.all()):
+        return None
+    L = attention_mask.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=attention_mask.device).tril()
+    return causal[None, None] & attention_mask.bool()[:, None, None, :]
 
 
 def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], keys: Optional[list] = None,
@@ -92,14 +116,11 @@ def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], keys: Op
 def hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """The final hidden states (N, L, D), after ``ln_f``, of an :func:`eligible` model on a
     whole sequence: what ``model.transformer(...).last_hidden_state`` gives (and the LM's
-    ``hidden_states[-1]``), with autograd. The attention mask is transformers' own
-    (``create_causal_mask``: None when nothing is padded, then causal SDPA), built once."""
-    from transformers.masking_utils import create_causal_mask
+    ``hidden_states[-1]``), with autograd, under transformers' attention mask
+    (:func:`causal_mask`), built once."""
     wte, wpe, layers, ln_f = weights(model)
     h = F.embedding(input_ids, wte) + F.embedding(position_ids, wpe)
-    mask = create_causal_mask(config=model.config, inputs_embeds=h, attention_mask=attention_mask,
-                              past_key_values=None, position_ids=position_ids)
-    return F.layer_norm(blocks(layers, h, mask), *ln_f)
+    return F.layer_norm(blocks(layers, h, causal_mask(attention_mask)), *ln_f)
 
 
 def step(w: tuple, head: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, mask: Optional[torch.Tensor],

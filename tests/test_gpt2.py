@@ -137,3 +137,19 @@ def test_only_models_the_lean_path_computes_are_eligible():
     hooked.transformer.h[0].register_forward_pre_hook(lambda m, a: None)
     assert not gpt2.eligible(hooked)
     assert not gpt2.eligible(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("rows", [
+    [[1, 1, 1, 1, 1, 1]], [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], [[1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 0]],
+    [[0, 0, 0, 1, 1, 1]] * 3])
+def test_causal_mask_is_the_one_transformers_builds(rows):
+    from transformers.masking_utils import create_causal_mask
+    lm, _ = models()
+    mask = torch.tensor(rows)
+    pos = position_ids_from_mask(mask)
+    theirs = create_causal_mask(config=lm.config, inputs_embeds=torch.zeros(*mask.shape, 32), attention_mask=mask,
+                                past_key_values=None, position_ids=pos)
+    ours = gpt2.causal_mask(mask)
+    assert (ours is None) == (theirs is None)
+    if ours is not None:
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
