@@ -63,7 +63,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
                         "--widths", "128,96"],
                        ["bench/pretrain_schedule.py", "--seeds", "0", "--schedules", "20:3e-3:5", "--widths", "32,48",
                         "--extra", "rm.n_prompts=40", "rm.n_test_prompts=40", "rm.epochs=1"]),
-    "ppo_vs_trl": (["bench/ppo_vs_trl.py", "--steps", "8", "--repeats", "6",
+    "ppo_vs_trl": (["bench/ppo_vs_trl.py", "--steps", "8", "--repeats", "8",
                     "--sides", "ours,trl_ppo,trl_ppo_nogc,trl_rloo,ours_clip,ours_head"],
                    ["bench/ppo_vs_trl.py", "--steps", "1", "--repeats", "1"]),
     # both cores on every side: TRL's kernels with two intra-op threads; ours with them, and with the
@@ -99,7 +99,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # torch.compile
     "speed_ideas": (["bench/speed_ideas.py", "--steps", "20", "--repeats", "3"], ["bench/speed_ideas.py", "--quick"]),
     # the kept bit-identical PPO speed-ups, each switched on and off iteration by iteration in one run
-    "ppo_changes": (["bench/ppo_changes.py", "--steps", "240"], ["bench/ppo_changes.py", "--steps", "12"]),
+    "ppo_changes": (["bench/ppo_changes.py", "--steps", "720"], ["bench/ppo_changes.py", "--steps", "12"]),
     "toxicity_batching": (["bench/toxicity_batching.py", "--repeats", "3"],
                           ["bench/toxicity_batching.py", "--k", "4", "--max-new-tokens", "4", "--repeats", "1"]),
 }
@@ -502,7 +502,8 @@ def render(results: Path) -> str:
             if min(len(raw.get("ours", [])), len(raw.get("trl_ppo_nogc", []))) >= 3:
                 lo, hi = ratio_interval(raw["ours"], raw["trl_ppo_nogc"])
                 line += (f" 95% interval [{lo:.2f}, {hi:.2f}]"
-                         + (", all of it below 1.5." if hi < 1.5 else (", all of it above 1.5." if lo >= 1.5 else ".")))
+                         + (", all of it below 1.5." if hi < 1.5 else (", all of it above 1.5." if lo >= 1.5 else
+                                                                 ", on both sides of 1.5: this run does not settle it.")))
             if up is not None and r < 1.5:
                 need = s["trl_ppo_nogc"]["median_s"] / 1.5
                 line += (f" 1.5x needs {ms(need)} ms per iteration; ours takes {ms(s['ours']['median_s'])} ms, "
