@@ -78,7 +78,6 @@ class AdamW(torch.optim.AdamW):
 
     step.hooked = True  # torch would wrap it in its hook-running, profiling wrapper: torch's step has it
 
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         if not set_to_none:
             return super().zero_grad(set_to_none)

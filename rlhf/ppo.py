@@ -125,25 +125,35 @@ def _keeps_logits(model_cls) -> bool:
     return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
 
 
+def lm_forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: Optional[int] = None,
+               hidden: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A causal LM's logits on the ``keep`` last positions (all without), and with ``hidden``
+    the final hidden states of every position (else None): through ``rlhf.gpt2.hidden`` for a
+    plain GPT-2 (the toy world's: the same floats, without transformers' per-call machinery),
+    else the model's own forward (``logits_to_keep`` where it takes it, no KV cache)."""
+    pos = position_ids_from_mask(mask)
+    if gpt2.eligible(model):
+        last = gpt2.hidden(model, ids, mask, pos)
+        logits = torch.nn.functional.linear(last if keep is None else last[:, -keep:], model.lm_head.weight)
+        return logits, last if hidden else None
+    kw = {"logits_to_keep": keep} if keep is not None and _keeps_logits(type(model)) else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, output_hidden_states=hidden,
+                **kw)
+    return out.logits, out.hidden_states[-1] if hidden else None
+
+
 def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
                    value_head: Optional[torch.nn.Module] = None):
     """Log-probs (B, T) of the response tokens at ``temperature`` (float32, without a
     full-vocabulary log-softmax copy: ``losses.logprobs_from_logits``), the logits behind
     them (before the temperature), and (with a value head) the values V(s_t) of the states
     before each response token (the head in float32, outside any autocast). The LM head runs
-    on the T + 1 last positions only (``logits_to_keep``), not on the prompt's. A plain GPT-2
-    (the toy world's) runs through ``rlhf.gpt2.hidden``: the same floats, less overhead."""
+    on the T + 1 last positions only (``logits_to_keep``), not on the prompt's
+    (:func:`lm_forward`)."""
     ids = torch.cat([prompt_ids, response_ids], 1)
     mask = torch.cat([prompt_mask, response_mask], 1)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
-    if gpt2.eligible(model):  # the same floats as the model's forward below, without its machinery
-        last = gpt2.hidden(model, ids, mask, position_ids_from_mask(mask))
-        all_logits = torch.nn.functional.linear(last[:, -T - 1:], model.lm_head.weight)
-    else:
-        keep = {"logits_to_keep": T + 1} if _keeps_logits(type(model)) else {}
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
-                    output_hidden_states=value_head is not None, **keep)
-        all_logits, last = out.logits, out.hidden_states[-1] if value_head is not None else None
+    all_logits, last = lm_forward(model, ids, mask, keep=T + 1, hidden=value_head is not None)
     logits = all_logits[:, all_logits.shape[1] - T - 1:-1]
     logp = logprobs_from_logits(logits, response_ids, temperature)
     values = None
@@ -1004,13 +1014,7 @@ def policy_ptx_forward(model, mb: Batch, ptx_x: torch.Tensor, temperature: float
     pad = lambda x, v: torch.nn.functional.pad(x, (0, width - x.shape[1]), value=v)  # noqa: E731
     ids = torch.cat([pad(rl_ids, 0), pad(ptx_x, 0)])
     mask = torch.cat([pad(rl_mask, 0), pad(torch.ones_like(ptx_x), 0)])
-    if gpt2.eligible(model):  # the same floats as the model's forward below (see policy_forward)
-        last = gpt2.hidden(model, ids, mask, position_ids_from_mask(mask))
-        all_logits = torch.nn.functional.linear(last, model.lm_head.weight)
-    else:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False,
-                    output_hidden_states=value_head is not None)
-        all_logits, last = out.logits, out.hidden_states[-1] if value_head is not None else None
+    all_logits, last = lm_forward(model, ids, mask, hidden=value_head is not None)
     P, T = mb.prompt_ids.shape[1], mb.response_ids.shape[1]
     logits = all_logits[:B, P - 1:P - 1 + T]
     logp = logprobs_from_logits(logits, mb.response_ids, temperature)
