@@ -4,7 +4,8 @@ mask handling, cache objects). On the toy world's models (2 layers, width 64-128
 machinery costs as much as a good part of the arithmetic; the floats are the same (the
 tests compare logits, values and gradients with transformers' forward bit for bit).
 
-* :func:`step`: one decoding step against a KV cache (the sampler, ``rlhf/sampling.py``);
+* :func:`step`: one decoding step against a KV cache, or the prefill that fills it (the
+  sampler, ``rlhf/sampling.py``);
 * :func:`hidden`: the final hidden states of a whole sequence, with autograd (the PPO
   forwards and the reward model's scores: ``rlhf.ppo.policy_forward``,
   ``rlhf.models.sequence_scores``).
@@ -47,7 +48,8 @@ def eligible(model: torch.nn.Module) -> bool:
 def weights(model) -> tuple:
     """The tensors the lean path reads, looked up once per call through the modules' own
     dicts (``nn.Module.__getattr__`` costs more than a small model's matmuls):
-    (wte, wpe, layers, ln_f)."""
+    (wte, wpe, layers, ln_f). The activation is its module's ``forward`` (no module call:
+    an eligible model has no hooks)."""
     def sub(m, *names):
         for n in names:
             m = m._modules[n]
@@ -63,9 +65,9 @@ def weights(model) -> tuple:
     for b in sub(tr, "h")._modules.values():
         attn, mlp = sub(b, "attn"), sub(b, "mlp")
         ca, cp, fc, mp = sub(attn, "c_attn"), sub(attn, "c_proj"), sub(mlp, "c_fc"), sub(mlp, "c_proj")
-        layers.append((ln(sub(b, "ln_1")), prm(ca, "bias"), prm(ca, "weight"), ca.nf, attn.split_size, attn.head_dim,
-                       attn.scaling, prm(cp, "bias"), prm(cp, "weight"), cp.nf, ln(sub(b, "ln_2")), prm(fc, "bias"),
-                       prm(fc, "weight"), fc.nf, sub(mlp, "act"), prm(mp, "bias"), prm(mp, "weight"), mp.nf))
+        layers.append((ln(sub(b, "ln_1")), prm(ca, "bias"), prm(ca, "weight"), attn.split_size, attn.head_dim,
+                       attn.scaling, prm(cp, "bias"), prm(cp, "weight"), ln(sub(b, "ln_2")), prm(fc, "bias"),
+                       prm(fc, "weight"), sub(mlp, "act").forward, prm(mp, "bias"), prm(mp, "weight")))
     return prm(sub(tr, "wte"), "weight"), prm(sub(tr, "wpe"), "weight"), layers, ln(sub(tr, "ln_f"))
 
 
@@ -82,35 +84,44 @@ def causal_mask(attention_mask: torch.Tensor) -> Optional[torch.Tensor]:
     return causal[None, None] & attention_mask.bool()[:, None, None, :]
 
 
+def additive(mask: Optional[torch.Tensor], dtype: torch.dtype = torch.float32) -> Optional[torch.Tensor]:
+    """A boolean attention mask as the float bias SDPA makes of it on every call, in the
+    attention's ``dtype`` (0 where attended, -inf where not): :func:`blocks` makes it once for
+    all layers, the sampler once for all decoding steps (a slice per step). Given it, SDPA
+    computes the same floats as from the boolean mask (``tests/test_gpt2.py``)."""
+    return None if mask is None else torch.where(mask, 0.0, float("-inf")).to(dtype)
+
+
 def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], keys: Optional[list] = None,
            values: Optional[list] = None) -> torch.Tensor:
     """GPT-2's transformer blocks (``layers`` from :func:`weights`) on the hidden states ``h``
-    (N, L, D) under the boolean attention ``mask`` (broadcastable to (N, heads, L, S)), or,
-    with none, causal attention (transformers' SDPA path when no position is padded). With
-    ``keys``/``values`` (one per layer) the new keys and values are appended to them (in
-    place) and attended to with the cached ones (a decoding step, L = 1)."""
-    for i, (ln1, ab, aw, anf, split, hd, scale, pb, pw, pnf, ln2, fb, fw, fnf, act, mb, mw, mnf) in enumerate(layers):
+    (N, L, D) under the attention ``mask`` (boolean or :func:`additive`, broadcastable to
+    (N, heads, L, S)), or, with none, causal attention (transformers' SDPA path when no
+    position is padded). With ``keys``/``values`` (one entry per layer) the new keys and
+    values are appended to them (in place; an entry None: they become it, a prefill) and
+    attended to with the cached ones. The rows stay (N·L, D) between the attention calls,
+    and q, k, v are views of the fused projection with the strides transformers' split,
+    view and transpose give them (the same kernels on the same memory, fewer view ops and
+    autograd nodes)."""
+    N, L, D = h.shape
+    h = h.view(N * L, D)
+    for i, (ln1, ab, aw, split, hd, scale, pb, pw, ln2, fb, fw, act, mb, mw) in enumerate(layers):
         r = h
-        y = F.layer_norm(h, *ln1)
-        qkv = torch.addmm(ab, y.view(-1, y.size(-1)), aw).view(*y.shape[:-1], anf)
-        q, k, v = qkv.split(split, dim=2)
-        shape = (*k.shape[:-1], -1, hd)
-        k, v = k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
+        qkv = torch.addmm(ab, F.layer_norm(h, *ln1), aw)
+        q, k, v = qkv.view(N, L, 3, split // hd, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (N, heads, L, hd)
         if keys is not None:
-            keys[i] = k = torch.cat([keys[i], k], dim=-2)
-            values[i] = v = torch.cat([values[i], v], dim=-2)
-        o = F.scaled_dot_product_attention(q.view(shape).transpose(1, 2), k, v, attn_mask=mask, dropout_p=0.0,
-                                           scale=scale, is_causal=mask is None and q.shape[1] > 1)
-        o = o.transpose(1, 2).contiguous()
-        o = o.reshape(*o.shape[:-2], -1).contiguous()
-        o = torch.addmm(pb, o.view(-1, o.size(-1)), pw).view(*o.shape[:-1], pnf)
-        h = o + r
+            if keys[i] is not None:
+                k, v = torch.cat([keys[i], k], dim=-2), torch.cat([values[i], v], dim=-2)
+            keys[i], values[i] = k, v
+        if mask is not None and mask.dtype == torch.bool:
+            mask = additive(mask, q.dtype)  # what SDPA does on every call, once for all layers
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scale,
+                                           is_causal=mask is None and L > 1)
+        h = torch.addmm(pb, o.transpose(1, 2).reshape(N * L, split), pw) + r
         r = h
-        y = F.layer_norm(h, *ln2)
-        y = act(torch.addmm(fb, y.view(-1, y.size(-1)), fw).view(*y.shape[:-1], fnf))
-        y = torch.addmm(mb, y.view(-1, y.size(-1)), mw).view(*y.shape[:-1], mnf)
-        h = r + y
-    return h
+        y = act(torch.addmm(fb, F.layer_norm(h, *ln2), fw))
+        h = r + torch.addmm(mb, y, mw)
+    return h.view(N, L, D)
 
 
 def hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
@@ -126,10 +137,12 @@ def hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positio
 def step(w: tuple, head: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, mask: Optional[torch.Tensor],
          keys: list, values: list) -> torch.Tensor:
     """One decoding step of an :func:`eligible` LM (weights ``w`` from :func:`weights`, LM head
-    ``head``) on new tokens ``x`` (N, 1) at positions ``pos``, attending to the cached
-    ``keys``/``values`` (one per layer, extended in place) under the boolean padding ``mask``
-    (N, 1, 1, S) or None; returns the logits (N, 1, V): what the model's forward with a
-    DynamicCache and ``logits_to_keep=1`` returns."""
+    ``head``) on new tokens ``x`` (N, L) at positions ``pos``, attending to the cached
+    ``keys``/``values`` (one per layer, extended in place; all None: the prefill) under
+    ``mask``: for L = 1 the padding mask (N, 1, 1, S), for a prefill :func:`causal_mask`
+    (boolean or :func:`additive`), None where nothing is padded; returns the last position's
+    logits (N, 1, V): what the model's forward with a DynamicCache and ``logits_to_keep=1``
+    returns."""
     wte, wpe, layers, ln_f = w
     h = F.embedding(x, wte) + F.embedding(pos, wpe)
     h = F.layer_norm(blocks(layers, h, mask, keys, values), *ln_f)

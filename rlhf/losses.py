@@ -102,17 +102,21 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         A_t = δ_t + γ λ A_{t+1}
         R_t = A_t + V_t   (the value target)
 
-    Right-padded (B, T) tensors. Returns (advantages, returns), zero on padding.
+    Right-padded (B, T) tensors. Returns (advantages, returns), zero on padding. The δ_t
+    of all steps are computed at once; only the recursion for A_t loops over t (the same
+    floats as a loop doing both, ``tests/test_losses.py``).
     """
     B, T = rewards.shape
     m = mask.to(rewards.dtype)
-    adv = torch.zeros_like(rewards)
-    last_gae = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    zero = torch.zeros(B, 1, dtype=rewards.dtype, device=rewards.device)
+    m_next = torch.cat([m[:, 1:], zero], 1)  # V and A after the last step count 0
+    delta = rewards + gamma * torch.cat([values[:, 1:] * m[:, 1:], zero], 1) - values
+    last_gae = zero[:, 0]
+    cols = [last_gae] * T
     for t in reversed(range(T)):
-        next_v = values[:, t + 1] * m[:, t + 1] if t + 1 < T else torch.zeros_like(last_gae)
-        delta = rewards[:, t] + gamma * next_v - values[:, t]
-        last_gae = delta + gamma * lam * last_gae * (m[:, t + 1] if t + 1 < T else 0.0)
-        adv[:, t] = last_gae * m[:, t]
+        last_gae = delta[:, t] + gamma * lam * last_gae * m_next[:, t]
+        cols[t] = last_gae
+    adv = torch.stack(cols, 1) * m if T else torch.zeros_like(rewards)
     returns = (adv + values) * m
     return adv, returns
 

@@ -796,7 +796,8 @@ class PPORun:
                                 critic_v=values_graph if first else None)
                 for k, v in st.items():
                     stats[k].append(v)
-                check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, self.d)
+                if self.d.active or not all(map(math.isfinite, st.values())):  # (data-parallel: every rank checks)
+                    check_finite(step, {k: torch.tensor(v) for k, v in st.items()}, self.d)
         return {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
 
     def log(self, step: int, idx: list[int], s, sc: Scored, kl: torch.Tensor, stats: dict,

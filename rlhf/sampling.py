@@ -9,8 +9,8 @@ the decoding of texts, temperature and nucleus (top-p) filtering and the seed (a
 ``torch.Generator``: the global RNG is never re-seeded). Tokens come from a lean KV-cache
 loop (:func:`_decode`) that draws exactly what transformers' ``generate`` draws for the
 same seed (``tests/test_instruments.py`` checks it) without its per-token overhead; for a
-plain GPT-2 LM each step after the prefill is ``rlhf.gpt2.step``, the model's own kernels
-without transformers' per-call machinery (the same floats: ``tests/test_ppo.py``).
+plain GPT-2 LM every step, the prefill included, is ``rlhf.gpt2.step``, the model's own
+kernels without transformers' per-call machinery (the same floats: ``tests/test_ppo.py``).
 """
 
 from __future__ import annotations
@@ -124,6 +124,15 @@ def _lean_gpt2(model) -> bool:
     return type(model) is GPT2LMHeadModel and not model.training and gpt2.eligible(model)
 
 
+def draw(probs: torch.Tensor, gen: Optional[torch.Generator]) -> torch.Tensor:
+    """One token per row from ``probs`` (N, V), as (N, 1): the draw ``torch.multinomial(probs,
+    1, generator=gen)`` makes (q ~ Exp(1) per entry from ``gen``, then argmax of probs / q:
+    the same tokens, bit for bit, and the same use of ``gen``), without its per-call checks
+    of the distribution (:func:`_decode` checks the rows' sums once, after the loop)."""
+    q = torch.empty_like(probs).exponential_(generator=gen)
+    return torch.div(probs, q, out=q).argmax(-1, keepdim=True)
+
+
 @torch.no_grad()
 def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_id: int, warp, greedy: bool,
             gen: Optional[torch.Generator], shared_prefix: bool,
@@ -132,56 +141,81 @@ def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_
     ``max_new_tokens`` tokens, finished rows padded with ``pad_id``: a KV-cache loop that
     calls the model once per token and does nothing else, drawing exactly as transformers'
     ``generate`` would (the same model calls with ``logits_to_keep=1``, float32 scores,
-    ``warp``, softmax, one multinomial draw per row per step, finished rows included), but
-    from ``gen``. With ``shared_prefix`` the KV cache of every prompt token but the last is
-    computed once per prompt and repeated n times (on CPU the n-fold prompt prefill
-    otherwise costs about as much as sampling); the draws are the same either way.
+    ``warp``, softmax, one multinomial draw per row per step (:func:`draw`), finished rows
+    included), but from ``gen``. With ``shared_prefix`` the KV cache of every prompt token
+    but the last is computed once per prompt and repeated n times (on CPU the n-fold prompt
+    prefill otherwise costs about as much as sampling); the draws are the same either way.
+    A plain GPT-2 LM (:func:`_lean_gpt2`) runs every step, the prefill included, through
+    ``rlhf.gpt2.step`` with its cache as plain tensors and the padding mask built once.
     Returns the tokens and, given a ``temperature``, log softmax(logits / temperature) of
     each drawn token (what a forward pass over the sequence gives, up to float rounding)."""
     from transformers import DynamicCache
     keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     ids_n, am_n = ids.repeat_interleave(n, 0), am.repeat_interleave(n, 0)
     pos = position_ids_from_mask(am_n)
+    lean = _lean_gpt2(model)
+    if lean:
+        w, head = gpt2.weights(model), model.lm_head.weight
+        keys, values = [None] * len(w[2]), [None] * len(w[2])
+    N, P = ids_n.shape
     if shared_prefix and n > 1 and ids.shape[1] >= 2:
         pm = am[:, :-1]
-        cache = model(input_ids=ids[:, :-1], attention_mask=pm, position_ids=position_ids_from_mask(pm),
-                      use_cache=True).past_key_values
-        cache.batch_repeat_interleave(n)
+        if lean:
+            gpt2.step(w, head, ids[:, :-1], position_ids_from_mask(pm), gpt2.causal_mask(pm), keys, values)
+            keys, values = [k.repeat_interleave(n, 0) for k in keys], [v.repeat_interleave(n, 0) for v in values]
+        else:
+            cache = model(input_ids=ids[:, :-1], attention_mask=pm, position_ids=position_ids_from_mask(pm),
+                          use_cache=True).past_key_values
+            cache.batch_repeat_interleave(n)
         x, x_pos = ids_n[:, -1:], pos[:, -1:]
     else:
-        cache = DynamicCache(config=model.config)
+        if not lean:
+            cache = DynamicCache(config=model.config)
         x, x_pos = ids_n, pos
-    N = ids_n.shape[0]
-    alive = torch.ones(N, dtype=torch.bool, device=ids.device)
-    out, lps = [], []
-    lean = _lean_gpt2(model)
+    # the padding mask of every step, built once: step t attends to the prompt and t + 1 tokens
+    am_all = torch.cat([am_n, am_n.new_ones(N, max_new_tokens)], 1)
+    padded, bias = not bool(am_n.all()), None
+    alive = torch.ones(N, 1, dtype=torch.bool, device=ids.device)
+    out, lps, sums = [], [], []
+    go = None  # go[token]: False for the EOS ids
     for t in range(max_new_tokens):
-        if lean and t > 0:  # after the prefill, the cache as plain tensors and the lean step
-            if t == 1:
-                keys, values = [la.keys for la in cache.layers], [la.values for la in cache.layers]
-                w, head, padded = gpt2.weights(model), model.lm_head.weight, not bool(am_n.all())
-            mask = am_n.bool()[:, None, None, :] if padded else None
+        if lean:
+            if x.shape[1] > 1:  # the prefill
+                mask = gpt2.causal_mask(am_n)
+            elif padded:
+                if bias is None:  # the cache's dtype is the attention's (autocast's, under it)
+                    bias = gpt2.additive(am_all.bool()[:, None, None, :], keys[0].dtype)
+                mask = bias[..., :P + t]
+            else:
+                mask = None
             logits = gpt2.step(w, head, x, x_pos, mask, keys, values)[:, -1].float()
         else:
-            logits = model(input_ids=x, attention_mask=am_n, position_ids=x_pos, past_key_values=cache,
-                           use_cache=True, **keep).logits[:, -1].float()
+            logits = model(input_ids=x, attention_mask=am_all[:, :P + t],
+                           position_ids=x_pos, past_key_values=cache, use_cache=True, **keep).logits[:, -1].float()
+        if go is None:
+            go = torch.ones(max(logits.shape[-1], int(eos.max()) + 1, pad_id + 1), dtype=torch.bool,
+                            device=ids.device)
+            go[eos] = False
         if greedy:
-            nxt = logits.argmax(-1)
+            nxt = logits.argmax(-1, keepdim=True)
         else:
-            nxt = torch.multinomial(torch.softmax(warp(logits), dim=-1), 1, generator=gen).squeeze(1)
+            probs = torch.softmax(warp(logits), dim=-1)
+            sums.append(probs.sum(-1))
+            nxt = draw(probs, gen)
         nxt = torch.where(alive, nxt, pad_id)
         out.append(nxt)
         if temperature is not None:
-            lps.append(torch.log_softmax(logits / temperature, dim=-1).gather(1, nxt[:, None]).squeeze(1))
-        alive &= ~torch.isin(nxt, eos)
+            lps.append(torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1).gather(1, nxt))
+        alive &= go[nxt]
         if t + 1 == max_new_tokens or not bool(alive.any()):
             break
-        x, x_pos = nxt[:, None], x_pos[:, -1:] + 1
-        am_n = torch.cat([am_n, am_n.new_ones(N, 1)], 1)
-    tokens = torch.stack(out, 1) if out else ids_n.new_zeros(N, 0)
+        x, x_pos = nxt, x_pos[:, -1:] + 1
+    if sums and not bool((torch.stack(sums) > 0).all()):  # torch.multinomial's check, once
+        raise RuntimeError("sampling: a probability row contains inf, nan or sums to 0 (non-finite logits?)")
+    tokens = torch.cat(out, 1) if out else ids_n.new_zeros(N, 0)
     if temperature is None:
         return tokens, None
-    return tokens, torch.stack(lps, 1) if lps else torch.zeros(N, 0, device=ids.device)
+    return tokens, torch.cat(lps, 1) if lps else torch.zeros(N, 0, device=ids.device)
 
 
 @torch.no_grad()

@@ -153,3 +153,34 @@ def test_causal_mask_is_the_one_transformers_builds(rows):
     assert (ours is None) == (theirs is None)
     if ours is not None:
         assert ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_additive_mask_gives_sdpa_the_floats_of_the_boolean_one(dtype):
+    """gpt2.additive: SDPA's outputs and input gradients from the float bias, built once, are
+    those from the boolean mask it converts on every call; so is a slice of the sampler's
+    whole-loop bias (a non-contiguous view)."""
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(0)
+    B, H, L, D = 4, 2, 9, 8
+    keep = torch.ones(B, L + 5, dtype=torch.bool)
+    for b in range(B):
+        keep[b, :b] = False  # left padding
+    bool_mask = gpt2.causal_mask(keep[:, :L].long())
+    bias = gpt2.additive(bool_mask, dtype)
+    assert bias.dtype == dtype and torch.equal(bias == 0, bool_mask) and bool(torch.isinf(bias[~bool_mask]).all())
+    qkv = [torch.randn(B, H, L, D, generator=g).to(dtype).requires_grad_(True) for _ in range(3)]
+    outs = []
+    for m in (bool_mask, bias):
+        o = F.scaled_dot_product_attention(*qkv, attn_mask=m, scale=0.3)
+        o.float().square().sum().backward()
+        outs.append((o.detach(), [x.grad.clone() for x in qkv]))
+        for x in qkv:
+            x.grad = None
+    assert torch.equal(outs[0][0], outs[1][0]) and all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1]))
+    whole = gpt2.additive(keep[:, None, None, :], dtype)  # a decoding step attends to the first S positions
+    with torch.no_grad():
+        for S in (3, L, L + 5):
+            q, k, v = (torch.randn(B, H, n, D, generator=g).to(dtype) for n in (1, S, S))
+            assert torch.equal(F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :S]),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=whole[..., :S]))

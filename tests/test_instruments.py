@@ -2,6 +2,7 @@
 the held-out LM loss gives the same numbers on the same inputs; CIs are in the unit of
 the value; sample files survive a torn write."""
 
+import copy
 import gzip
 import json
 import math
@@ -267,6 +268,31 @@ def test_toy_world_toxicity_scorer_calls_the_world(monkeypatch):
     assert list(s(["you are a rat .", "you are a star ."])) == [1.0, 0.0]
     monkeypatch.setattr(rlhf.world, "toxicity_score", lambda t: 0.25)
     assert np.allclose(s(["anything"]), [0.25])
+
+
+def test_draw_is_torch_multinomials_draw_and_bad_rows_are_refused(models):
+    """rlhf.sampling.draw takes torch.multinomial's tokens from the same generator state and
+    leaves the generator where multinomial leaves it; a sampler whose probabilities are not
+    finite raises, as torch.multinomial would."""
+    from rlhf.sampling import draw, sample
+    g = torch.Generator().manual_seed(0)
+    for shape in ((8, 142), (3, 5), (1, 2000)):
+        probs = torch.softmax(torch.randn(shape, generator=g) * 3, -1)
+        probs[:, ::3] = 0.0  # zero entries (top-p) are never drawn
+        probs = probs / probs.sum(-1, keepdim=True)
+        for seed in range(20):
+            a, b = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+            ours = draw(probs, a)
+            assert torch.equal(ours, torch.multinomial(probs, 1, generator=b))
+            assert torch.equal(a.get_state(), b.get_state())
+            assert bool((probs.gather(1, ours) > 0).all())
+    _, cfg, tok, policy, _ = models
+    broken = copy.deepcopy(policy)
+    with torch.no_grad():
+        broken.lm_head.weight[0, 0] = float("nan")
+    prompts = [p.text for p in World(cfg.world).train_prompts()[:3]]
+    with pytest.raises(RuntimeError, match="inf, nan"):
+        sample(broken, tok, prompts, 4, seed=0)
 
 
 def test_the_sampler_draws_what_generate_draws_from_a_generator_and_touches_no_global_state(models):

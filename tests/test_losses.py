@@ -108,6 +108,31 @@ def test_gae_stops_at_padding():
     assert adv[0].tolist() == pytest.approx([0.5, 0.4, 0.0])
 
 
+def _gae_step_by_step(rewards, values, mask, gamma, lam):
+    """The textbook loop: δ_t and A_t together, one step at a time (gae's reference)."""
+    B, T = rewards.shape
+    m = mask.to(rewards.dtype)
+    adv, last = torch.zeros_like(rewards), torch.zeros(B)
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] * m[:, t + 1] if t + 1 < T else torch.zeros(B)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = delta + gamma * lam * last * (m[:, t + 1] if t + 1 < T else 0.0)
+        adv[:, t] = last * m[:, t]
+    return adv, (adv + values) * m
+
+
+def test_gae_gives_the_step_by_step_loops_floats_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    for B, T in ((1, 1), (3, 7), (8, 32)):
+        r, v = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
+        mask = (torch.arange(T)[None] < torch.randint(1, T + 1, (B, 1), generator=g)).float()
+        for gamma, lam in ((1.0, 0.95), (0.99, 0.9), (0.9, 0.0)):
+            a, ret = L.gae(r, v * mask, mask, gamma, lam)
+            a0, ret0 = _gae_step_by_step(r, v * mask, mask, gamma, lam)
+            assert torch.equal(a, a0) and torch.equal(ret, ret0)
+    assert L.gae(torch.zeros(2, 0), torch.zeros(2, 0), torch.zeros(2, 0), 1.0, 0.95)[0].shape == (2, 0)
+
+
 def test_value_loss_clipped():
     # V_clip = 0.5 + clip(0.5, ±0.2) = 0.7; max((1-2)², (0.7-2)²) = 1.69; ½·1.69
     loss, frac = L.value_loss(t(1.0), t(0.5), t(2.0), t(1.0), clip=0.2)

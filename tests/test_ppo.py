@@ -111,6 +111,25 @@ def test_lean_gpt2_decode_step_draws_what_the_model_forward_draws(tiny_run, monk
         calls.clear()
 
 
+def test_lean_gpt2_sampling_under_bf16_autocast_draws_what_the_model_forward_draws(tiny_run, monkeypatch):
+    """Under model.autocast=bf16 (PPO's rollouts run under it) the lean path's padding bias
+    is built in the attention's dtype: the same tokens and log-probs as the model's own
+    forward, padded and unpadded prompts."""
+    import rlhf.sampling as sampling
+    from rlhf.models import autocast
+    path, cfg = tiny_run
+    tok = AutoTokenizer.from_pretrained(path / "sft")
+    policy = load_causal_lm(str(path / "sft"))
+    prompts = sorted((p.text for p in World(cfg.world).prompts()), key=len)
+    for ps in (prompts[:2] + prompts[-2:], prompts[-1:]):
+        with autocast(torch.device("cpu"), "bf16"):
+            lean = sample(policy, tok, ps, max_new_tokens=8, seed=3, logprobs=True)
+            with monkeypatch.context() as m:
+                m.setattr(sampling, "_lean_gpt2", lambda model: False)
+                ref = sample(policy, tok, ps, max_new_tokens=8, seed=3, logprobs=True)
+        assert torch.equal(lean.response_ids, ref.response_ids) and torch.equal(lean.logprobs, ref.logprobs)
+
+
 def test_ptx_changes_the_update_gradient_by_gamma_grad_lm(tiny_run):
     path, cfg = tiny_run
     tok = AutoTokenizer.from_pretrained(path / "sft")
