@@ -92,27 +92,55 @@ def additive(mask: Optional[torch.Tensor], dtype: torch.dtype = torch.float32) -
     return None if mask is None else torch.where(mask, 0.0, float("-inf")).to(dtype)
 
 
-def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], keys: Optional[list] = None,
-           values: Optional[list] = None) -> torch.Tensor:
+class Cache:
+    """The sampler's KV cache: per layer, keys and values in buffers of ``capacity``
+    positions, (N, heads, capacity, head_dim), the first ``n`` of them filled. A step writes
+    its new positions in place and attends to a view of the filled ones (a concatenation
+    would copy the whole cache per token and layer); the prefill attends to its own keys,
+    as transformers' first step does."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.n = capacity, 0
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+
+    def extend(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i``'s new keys and values (N, heads, L, head_dim) written at positions
+        n..n+L; returns what the step attends to (:attr:`n` moves on in :func:`step`)."""
+        if i == len(self.k):
+            shape = (k.shape[0], k.shape[1], self.capacity, k.shape[3])
+            self.k.append(k.new_empty(shape))
+            self.v.append(v.new_empty(shape))
+        n, L = self.n, k.shape[2]
+        self.k[i].narrow(2, n, L).copy_(k)
+        self.v[i].narrow(2, n, L).copy_(v)
+        if n == 0:
+            return k, v
+        return self.k[i].narrow(2, 0, n + L), self.v[i].narrow(2, 0, n + L)
+
+    def repeat_interleave(self, r: int) -> None:
+        """Each row r times (n samples per prompt after a shared prefill)."""
+        self.k = [x.repeat_interleave(r, 0) for x in self.k]
+        self.v = [x.repeat_interleave(r, 0) for x in self.v]
+
+
+def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[Cache] = None) -> torch.Tensor:
     """GPT-2's transformer blocks (``layers`` from :func:`weights`) on the hidden states ``h``
     (N, L, D) under the attention ``mask`` (boolean or :func:`additive`, broadcastable to
     (N, heads, L, S)), or, with none, causal attention (transformers' SDPA path when no
-    position is padded). With ``keys``/``values`` (one entry per layer) the new keys and
-    values are appended to them (in place; an entry None: they become it, a prefill) and
-    attended to with the cached ones. The rows stay (N·L, D) between the attention calls,
-    and q, k, v are views of the fused projection with the strides transformers' split,
-    view and transpose give them (the same kernels on the same memory, fewer view ops and
-    autograd nodes)."""
+    position is padded). With a ``cache`` the new keys and values go into it and the step
+    attends to all of its filled positions. The rows stay (N·L, D) between the attention
+    calls, and q, k, v are views of the fused projection with the strides transformers'
+    split, view and transpose give them (the same kernels on the same memory, fewer view
+    ops and autograd nodes)."""
     N, L, D = h.shape
     h = h.view(N * L, D)
     for i, (ln1, ab, aw, split, hd, scale, pb, pw, ln2, fb, fw, act, mb, mw) in enumerate(layers):
         r = h
         qkv = torch.addmm(ab, F.layer_norm(h, *ln1), aw)
         q, k, v = qkv.view(N, L, 3, split // hd, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (N, heads, L, hd)
-        if keys is not None:
-            if keys[i] is not None:
-                k, v = torch.cat([keys[i], k], dim=-2), torch.cat([values[i], v], dim=-2)
-            keys[i], values[i] = k, v
+        if cache is not None:
+            k, v = cache.extend(i, k, v)
         if mask is not None and mask.dtype == torch.bool:
             mask = additive(mask, q.dtype)  # what SDPA does on every call, once for all layers
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scale,
@@ -135,15 +163,15 @@ def hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positio
 
 
 def step(w: tuple, head: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, mask: Optional[torch.Tensor],
-         keys: list, values: list) -> torch.Tensor:
+         cache: Cache) -> torch.Tensor:
     """One decoding step of an :func:`eligible` LM (weights ``w`` from :func:`weights`, LM head
-    ``head``) on new tokens ``x`` (N, L) at positions ``pos``, attending to the cached
-    ``keys``/``values`` (one per layer, extended in place; all None: the prefill) under
-    ``mask``: for L = 1 the padding mask (N, 1, 1, S), for a prefill :func:`causal_mask`
-    (boolean or :func:`additive`), None where nothing is padded; returns the last position's
-    logits (N, 1, V): what the model's forward with a DynamicCache and ``logits_to_keep=1``
-    returns."""
+    ``head``) on new tokens ``x`` (N, L) at positions ``pos``, attending to the ``cache``
+    (extended by L positions; empty: the prefill) under ``mask``: for L = 1 the padding mask
+    (N, 1, 1, S), for a prefill :func:`causal_mask` (boolean or :func:`additive`), None where
+    nothing is padded; returns the last position's logits (N, 1, V): what the model's
+    forward with a DynamicCache and ``logits_to_keep=1`` returns."""
     wte, wpe, layers, ln_f = w
     h = F.embedding(x, wte) + F.embedding(pos, wpe)
-    h = F.layer_norm(blocks(layers, h, mask, keys, values), *ln_f)
+    h = F.layer_norm(blocks(layers, h, mask, cache), *ln_f)
+    cache.n += x.shape[1]
     return F.linear(h[:, -1:, :], head)

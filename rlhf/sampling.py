@@ -154,15 +154,14 @@ def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_
     ids_n, am_n = ids.repeat_interleave(n, 0), am.repeat_interleave(n, 0)
     pos = position_ids_from_mask(am_n)
     lean = _lean_gpt2(model)
-    if lean:
-        w, head = gpt2.weights(model), model.lm_head.weight
-        keys, values = [None] * len(w[2]), [None] * len(w[2])
     N, P = ids_n.shape
+    if lean:
+        w, head, kv = gpt2.weights(model), model.lm_head.weight, gpt2.Cache(P + max_new_tokens)
     if shared_prefix and n > 1 and ids.shape[1] >= 2:
         pm = am[:, :-1]
         if lean:
-            gpt2.step(w, head, ids[:, :-1], position_ids_from_mask(pm), gpt2.causal_mask(pm), keys, values)
-            keys, values = [k.repeat_interleave(n, 0) for k in keys], [v.repeat_interleave(n, 0) for v in values]
+            gpt2.step(w, head, ids[:, :-1], position_ids_from_mask(pm), gpt2.causal_mask(pm), kv)
+            kv.repeat_interleave(n)
         else:
             cache = model(input_ids=ids[:, :-1], attention_mask=pm, position_ids=position_ids_from_mask(pm),
                           use_cache=True).past_key_values
@@ -184,11 +183,11 @@ def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_
                 mask = gpt2.causal_mask(am_n)
             elif padded:
                 if bias is None:  # the cache's dtype is the attention's (autocast's, under it)
-                    bias = gpt2.additive(am_all.bool()[:, None, None, :], keys[0].dtype)
+                    bias = gpt2.additive(am_all.bool()[:, None, None, :], kv.k[0].dtype)
                 mask = bias[..., :P + t]
             else:
                 mask = None
-            logits = gpt2.step(w, head, x, x_pos, mask, keys, values)[:, -1].float()
+            logits = gpt2.step(w, head, x, x_pos, mask, kv)[:, -1].float()
         else:
             logits = model(input_ids=x, attention_mask=am_all[:, :P + t],
                            position_ids=x_pos, past_key_values=cache, use_cache=True, **keep).logits[:, -1].float()
