@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -304,8 +305,10 @@ def python_for(side: str) -> str:
     return str(TRL112_PY) if side.startswith("trl_ppo") else sys.executable
 
 
-def run_side(side: str, d: Path, a) -> dict:
-    cmd = [python_for(side), str(Path(__file__).resolve()), "--worker", side, "--dir", str(d),
+def run_side(side: str, d: Path, a, script: Optional[Path] = None) -> dict:
+    """One worker process of ``side`` on the models prepared in ``d``; ``script``: another
+    tree's copy of this file (``bench/ppo_ab.py``: the worker then imports that tree's rlhf)."""
+    cmd = [python_for(side), str(script or Path(__file__).resolve()), "--worker", side, "--dir", str(d),
            "--steps", str(a.steps), "--n-embd", str(a.n_embd), "--n-layer", str(a.n_layer),
            "--batch", str(a.batch), "--new-tokens", str(a.new_tokens), "--epochs", str(a.epochs),
            "--n-positions", str(getattr(a, "n_positions", 128)), "--model", getattr(a, "model", "toy"),

@@ -100,6 +100,10 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "speed_ideas": (["bench/speed_ideas.py", "--steps", "20", "--repeats", "3"], ["bench/speed_ideas.py", "--quick"]),
     # the kept bit-identical PPO speed-ups, each switched on and off iteration by iteration in one run
     "ppo_changes": (["bench/ppo_changes.py", "--steps", "720"], ["bench/ppo_changes.py", "--steps", "12"]),
+    # the sampler and GPT-2 path changes after ad0d367 (no switch turns them off): that commit's PPO loop against
+    # this one's, process against process
+    "ppo_ab": (["bench/ppo_ab.py", "--base", "ad0d367", "--repeats", "8", "--steps", "8"],
+               ["bench/ppo_ab.py", "--base", "ad0d367", "--repeats", "1", "--steps", "1"]),
     "toxicity_batching": (["bench/toxicity_batching.py", "--repeats", "3"],
                           ["bench/toxicity_batching.py", "--k", "4", "--max-new-tokens", "4", "--repeats", "1"]),
 }
@@ -781,6 +785,33 @@ def render(results: Path) -> str:
         for m, r in pc["modes"].items():
             w(f"| {labels.get(m, m)} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
               f"**{r['speedup']:.2f}x** |")
+        w("")
+
+    # --- the changes after ad0d367, commit against commit
+    ab = _load(results, "ppo_ab")
+    if ab:
+        lo, hi = ab["ratio_ci"]
+        w(f"## The sampler and GPT-2 path after {ab['base_commit']}, commit against commit (`bench/ppo_ab.py`)")
+        w("")
+        w(f"{ab['setting']}; {ab['repeats']} processes x {ab['steps']} iterations a side, alternated, each running its own "
+          f"tree's `rlhf` ({ab['base_commit']} from a `git worktree`). The changes have no switch that turns them off, so "
+          "this is the whole loop at the older commit against the newer one; both compute the same numbers, bit for bit "
+          "(the tests, and tiny pipelines that log the same PPO metrics and save the same weights at both commits). "
+          "What changed: the sampler's prefill through `rlhf.gpt2.step`, its padding bias built once for all steps, "
+          "`torch.multinomial`'s draw without its per-call checks (`rlhf.sampling.draw`), an EOS lookup table, the KV "
+          "cache written in place (`rlhf.gpt2.Cache`); in every GPT-2 forward fewer view ops and autograd nodes (rows "
+          "kept (N·L, D), q/k/v one view of the fused projection), the attention mask converted once for all layers, "
+          "the activation without a module call; GAE's deltas at once; the update statistics checked as floats.")
+        w("")
+        w("| commit | median ms/iteration (min-max) | sampling ms |")
+        w("|---|---|---|")
+        for side in ("base", "head"):
+            v = ab[side]
+            w(f"| `{ab[side + '_commit']}` | "
+              f"{v['median_ms']:.1f} ({v['min_ms']:.1f}-{v['max_ms']:.1f}) | {v['gen_median_ms']:.1f} |")
+        w("")
+        w(f"**{ab['base_commit']} / now: {ab['ratio']:.2f}x** [{lo:.2f}, {hi:.2f}] on the iteration, {ab['gen_ratio']:.2f}x on "
+          "sampling.")
         w("")
 
     # --- toxicity batching
