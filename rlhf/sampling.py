@@ -192,8 +192,8 @@ def _decode(model, ids, am, n: int, max_new_tokens: int, eos: torch.Tensor, pad_
             logits = model(input_ids=x, attention_mask=am_all[:, :P + t],
                            position_ids=x_pos, past_key_values=cache, use_cache=True, **keep).logits[:, -1].float()
         if go is None:
-            go = torch.ones(max(logits.shape[-1], int(eos.max()) + 1, pad_id + 1), dtype=torch.bool,
-                            device=ids.device)
+            go = torch.ones(max(logits.shape[-1], int(eos.max()) + 1 if eos.numel() else 0, pad_id + 1),
+                            dtype=torch.bool, device=ids.device)
             go[eos] = False
         if greedy:
             nxt = logits.argmax(-1, keepdim=True)
