@@ -98,12 +98,16 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # ideas of issue 12 side by side: bf16 pretraining, a lean GPT-2 training forward, a direct AdamW step,
     # torch.compile
     "speed_ideas": (["bench/speed_ideas.py", "--steps", "20", "--repeats", "3"], ["bench/speed_ideas.py", "--quick"]),
-    # the kept bit-identical PPO speed-ups, each switched on and off iteration by iteration in one run
+    # the kept PPO speed-ups (bit-identical but for the lean forward's gradient rounding), each switched on and off
+    # iteration by iteration in one run
     "ppo_changes": (["bench/ppo_changes.py", "--steps", "720"], ["bench/ppo_changes.py", "--steps", "12"]),
     # the sampler and GPT-2 path changes after ad0d367 (no switch turns them off): that commit's PPO loop against
     # this one's, process against process
     "ppo_ab": (["bench/ppo_ab.py", "--base", "ad0d367", "--repeats", "8", "--steps", "8"],
                ["bench/ppo_ab.py", "--base", "ad0d367", "--repeats", "1", "--steps", "1"]),
+    # the last GPT-2 block on the kept positions only (rlhf.gpt2.blocks' start), alone: 776f630 is the commit before it
+    "ppo_ab_trim": (["bench/ppo_ab.py", "--base", "776f630", "--repeats", "8", "--steps", "8"],
+                    ["bench/ppo_ab.py", "--base", "776f630", "--repeats", "1", "--steps", "1"]),
     "toxicity_batching": (["bench/toxicity_batching.py", "--repeats", "3"],
                           ["bench/toxicity_batching.py", "--k", "4", "--max-new-tokens", "4", "--repeats", "1"]),
 }
@@ -737,11 +741,18 @@ def render(results: Path) -> str:
         w(f"**A lean GPT-2 forward** (kept: `rlhf/gpt2.py`): the toy policy ({lf['model']}, {lf['shape']} tokens) "
           f"through `rlhf.ppo.policy_forward`, a log-prob loss and backward, with transformers' GPT-2 forward against "
           f"`rlhf.gpt2.hidden`, the same kernels in the same order without the module machinery (the sampler's "
-          f"decoding step already ran this way): transformers "
+          f"decoding step already ran this way)"
+          + (", its last block after the attention on the kept positions only" if "logits_bit_identical" in lf else "")
+          + ": transformers "
           f"{lf['transformers']['ms']:.2f} ms ({lf['transformers']['min']:.2f}-{lf['transformers']['max']:.2f}), lean "
           f"{lf['lean']['ms']:.2f} ms ({lf['lean']['min']:.2f}-{lf['lean']['max']:.2f}), "
-          f"**{lf['transformers']['ms'] / lf['lean']['ms']:.2f}x**; logits and gradients bit-identical: "
-          f"{'yes' if lf['bit_identical'] else 'no'}. PPO's policy, reference, critic and reward-model forwards of a "
+          f"**{lf['transformers']['ms'] / lf['lean']['ms']:.2f}x**; "
+          + (f"logits bit-identical: {'yes' if lf['logits_bit_identical'] else 'no'}; weight gradients bit-identical: "
+             f"{'yes' if lf['grads_bit_identical'] else 'no'} (largest difference {lf['grad_max_rel_diff']:.1e} of a "
+             "tensor's largest entry: sums over fewer rows)"
+             if "logits_bit_identical" in lf else
+             f"logits and gradients bit-identical: {'yes' if lf['bit_identical'] else 'no'}")
+          + ". PPO's policy, reference, critic and reward-model forwards of a "
           "plain GPT-2 (the toy world's) take it; other models (SmolLM2, LoRA, gradient checkpointing) their own.")
         w("")
         ad = si.get("adamw_step")
@@ -772,7 +783,9 @@ def render(results: Path) -> str:
         w("")
         w(f"{pc['setting']} (the setting of `bench/ppo_vs_trl.py`); one run of {pc['steps']} iterations, the mode "
           "switched before each iteration in a cycle, so every mode runs under the same machine conditions (the "
-          "first two iterations dropped). Every mode computes the same numbers, bit for bit.")
+          "first two iterations dropped). Every mode computes the same numbers, bit for bit, but for the lean "
+          "forward's weight gradients, which round differently (its last block runs after the attention on the "
+          "positions PPO reads only): modes with and without it part by rounding.")
         w("")
         labels = {"none": "none of them (transformers' forward, torch's AdamW step, the critic's rollout forward "
                           "run again in its first update)",
@@ -787,21 +800,38 @@ def render(results: Path) -> str:
               f"**{r['speedup']:.2f}x** |")
         w("")
 
-    # --- the changes after ad0d367, commit against commit
-    ab = _load(results, "ppo_ab")
-    if ab:
+    # --- changes without an off switch, commit against commit
+    trim = ("the last GPT-2 block's output projection, residual and MLP on the positions PPO reads only (the "
+            "response's and the one before it: `rlhf.gpt2.blocks`' `start`) for the policy, reference and critic "
+            "forwards; its attention still runs on every row")
+    abs_ = {
+        "ppo_ab": ("The sampler and GPT-2 path after {base}",
+                   "What changed: the sampler's prefill through `rlhf.gpt2.step`, its padding bias built once for all "
+                   "steps, `torch.multinomial`'s draw without its per-call checks (`rlhf.sampling.draw`), an EOS lookup "
+                   "table, the KV cache written in place (`rlhf.gpt2.Cache`); in every GPT-2 forward fewer view ops and "
+                   "autograd nodes (rows kept (N·L, D), q/k/v one view of the fused projection), the attention mask "
+                   "converted once for all layers, the activation without a module call; GAE's deltas at once; the "
+                   "update statistics checked as floats. All of these compute the same numbers, bit for bit (the tests, "
+                   "and tiny pipelines that log the same PPO metrics and save the same weights at both commits); the "
+                   f"newer tree also has the change of the next section ({trim}), whose gradients differ from the whole "
+                   "computation's by float rounding, so the two trees' runs part by rounding from the first update."),
+        "ppo_ab_trim": ("The last GPT-2 block on the positions PPO reads, against {base}",
+                        f"What changed: {trim}. The logits, log-probs and values are those of the whole computation "
+                        "(bit for bit where the BLAS computes a row alike for the fewer rows: `tests/test_gpt2.py`), the "
+                        "weight gradients sum the same non-zero terms over fewer rows, so they equal the whole "
+                        "computation's up to float rounding, and the two trees' runs part by rounding from the first "
+                        "update."),
+    }
+    for key, (title, what) in abs_.items():
+        ab = _load(results, key)
+        if not ab:
+            continue
         lo, hi = ab["ratio_ci"]
-        w(f"## The sampler and GPT-2 path after {ab['base_commit']}, commit against commit (`bench/ppo_ab.py`)")
+        w(f"## {title.format(base=ab['base_commit'])}, commit against commit (`bench/ppo_ab.py`)")
         w("")
         w(f"{ab['setting']}; {ab['repeats']} processes x {ab['steps']} iterations a side, alternated, each running its own "
           f"tree's `rlhf` ({ab['base_commit']} from a `git worktree`). The changes have no switch that turns them off, so "
-          "this is the whole loop at the older commit against the newer one; both compute the same numbers, bit for bit "
-          "(the tests, and tiny pipelines that log the same PPO metrics and save the same weights at both commits). "
-          "What changed: the sampler's prefill through `rlhf.gpt2.step`, its padding bias built once for all steps, "
-          "`torch.multinomial`'s draw without its per-call checks (`rlhf.sampling.draw`), an EOS lookup table, the KV "
-          "cache written in place (`rlhf.gpt2.Cache`); in every GPT-2 forward fewer view ops and autograd nodes (rows "
-          "kept (N·L, D), q/k/v one view of the fused projection), the attention mask converted once for all layers, "
-          "the activation without a module call; GAE's deltas at once; the update statistics checked as floats.")
+          f"this is the whole loop at the older commit against the newer one. {what}")
         w("")
         w("| commit | median ms/iteration (min-max) | sampling ms |")
         w("|---|---|---|")
@@ -810,8 +840,8 @@ def render(results: Path) -> str:
             w(f"| `{ab[side + '_commit']}` | "
               f"{v['median_ms']:.1f} ({v['min_ms']:.1f}-{v['max_ms']:.1f}) | {v['gen_median_ms']:.1f} |")
         w("")
-        w(f"**{ab['base_commit']} / now: {ab['ratio']:.2f}x** [{lo:.2f}, {hi:.2f}] on the iteration, {ab['gen_ratio']:.2f}x on "
-          "sampling.")
+        w(f"**{ab['base_commit']} / now: {ab['ratio']:.2f}x** [{lo:.2f}, {hi:.2f}] on the iteration, {ab['gen_ratio']:.2f}x "
+          "on sampling.")
         w("")
 
     # --- toxicity batching

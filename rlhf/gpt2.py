@@ -2,7 +2,10 @@
 the same shapes, without its per-call machinery (module calls, output records, per-layer
 mask handling, cache objects). On the toy world's models (2 layers, width 64-128) that
 machinery costs as much as a good part of the arithmetic; the floats are the same (the
-tests compare logits, values and gradients with transformers' forward bit for bit).
+tests compare logits, values and gradients with transformers' forward bit for bit). Where
+only the last positions are wanted (PPO's response), the last block's work after its
+attention runs on those rows alone (``start``): the same outputs, and weight gradients equal
+up to float rounding.
 
 * :func:`step`: one decoding step against a KV cache, or the prefill that fills it (the
   sampler, ``rlhf/sampling.py``);
@@ -124,7 +127,8 @@ class Cache:
         self.v = [x.repeat_interleave(r, 0) for x in self.v]
 
 
-def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[Cache] = None) -> torch.Tensor:
+def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], cache: Optional[Cache] = None,
+           start: int = 0) -> torch.Tensor:
     """GPT-2's transformer blocks (``layers`` from :func:`weights`) on the hidden states ``h``
     (N, L, D) under the attention ``mask`` (boolean or :func:`additive`, broadcastable to
     (N, heads, L, S)), or, with none, causal attention (transformers' SDPA path when no
@@ -132,9 +136,20 @@ def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], cache: O
     attends to all of its filled positions. The rows stay (N·L, D) between the attention
     calls, and q, k, v are views of the fused projection with the strides transformers'
     split, view and transpose give them (the same kernels on the same memory, fewer view
-    ops and autograd nodes)."""
+    ops and autograd nodes).
+
+    ``start``: only positions ``start..L-1`` of the output are wanted, (N, L - start, D). The
+    last block's attention still runs on every query row (how SDPA blocks its sums over keys
+    depends on the query rows it is given), and what follows it (the output projection, the
+    residual, the MLP) on the wanted rows alone: the work after the last attention, and its
+    backward, shrink by start / L. Each kept row's floats are the whole computation's where
+    the BLAS computes a row of a matrix product alike for fewer rows (MKL here from 4 rows
+    at one thread, 12 at two; ``tests/test_gpt2.py``), else equal up to float rounding; the
+    weight gradients sum the same non-zero terms over fewer rows, so they equal the whole
+    computation's up to float rounding."""
     N, L, D = h.shape
     h = h.view(N * L, D)
+    M = L  # the rows after the attention: L, and L - start in the last block
     for i, (ln1, ab, aw, split, hd, scale, pb, pw, ln2, fb, fw, act, mb, mw) in enumerate(layers):
         r = h
         qkv = torch.addmm(ab, F.layer_norm(h, *ln1), aw)
@@ -145,21 +160,26 @@ def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], cache: O
             mask = additive(mask, q.dtype)  # what SDPA does on every call, once for all layers
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scale,
                                            is_causal=mask is None and L > 1)
-        h = torch.addmm(pb, o.transpose(1, 2).reshape(N * L, split), pw) + r
+        if start and i == len(layers) - 1:  # the last block: only the wanted rows from here on
+            M = L - start
+            o, r = o[:, :, start:], r.view(N, L, D)[:, start:].reshape(N * M, D)
+        h = torch.addmm(pb, o.transpose(1, 2).reshape(N * M, split), pw) + r
         r = h
         y = act(torch.addmm(fb, F.layer_norm(h, *ln2), fw))
         h = r + torch.addmm(mb, y, mw)
-    return h.view(N, L, D)
+    return h.view(N, M, D)
 
 
-def hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+def hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+           start: int = 0) -> torch.Tensor:
     """The final hidden states (N, L, D), after ``ln_f``, of an :func:`eligible` model on a
     whole sequence: what ``model.transformer(...).last_hidden_state`` gives (and the LM's
     ``hidden_states[-1]``), with autograd, under transformers' attention mask
-    (:func:`causal_mask`), built once."""
+    (:func:`causal_mask`), built once. With ``start``, those of positions ``start..L-1``
+    only, (N, L - start, D), with less work (:func:`blocks`)."""
     wte, wpe, layers, ln_f = weights(model)
     h = F.embedding(input_ids, wte) + F.embedding(position_ids, wpe)
-    return F.layer_norm(blocks(layers, h, causal_mask(attention_mask)), *ln_f)
+    return F.layer_norm(blocks(layers, h, causal_mask(attention_mask), start=start), *ln_f)
 
 
 def step(w: tuple, head: torch.Tensor, x: torch.Tensor, pos: torch.Tensor, mask: Optional[torch.Tensor],

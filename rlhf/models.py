@@ -215,22 +215,26 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    all_positions: bool = False) -> torch.Tensor:
+                    all_positions: bool = False, start: int = 0) -> torch.Tensor:
     """The scalar head of a sequence classifier: r(x, y) at the last attended token plus
     ``config.reward_offset`` (set after RM training so that SFT demonstrations score mean 0).
     The head runs in its weights' dtype (float32 by default) even under ``model.autocast``.
 
-    With ``all_positions`` the per-position head outputs (B, T) are returned (the critic).
+    With ``all_positions`` the per-position head outputs (B, T) are returned (the critic); with
+    ``start`` as well, those of positions ``start..T-1`` only (a plain GPT-2 then computes no
+    more after its last attention: ``rlhf.gpt2.blocks``).
     The forward builds no KV cache (a scored sequence is never continued, and a cache object
     per call costs more than a small model's layer); a plain GPT-2 takes ``rlhf.gpt2.hidden``.
     """
     pos = position_ids_from_mask(attention_mask)
     if gpt2.eligible(model):  # the toy world's GPT-2: the same floats, without the module machinery
-        h = gpt2.hidden(model, input_ids, attention_mask, pos)
+        h = gpt2.hidden(model, input_ids, attention_mask, pos, start=start if all_positions else 0)
     else:
         no_cache = {"use_cache": False} if getattr(model.config, "use_cache", None) is not None else {}
         h = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
                              **no_cache).last_hidden_state
+        if all_positions:
+            h = h[:, start:]
     head = model.score
     offset = float(getattr(model.config, "reward_offset", 0.0) or 0.0)
     dt = head.weight.dtype

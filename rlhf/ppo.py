@@ -128,18 +128,22 @@ def _keeps_logits(model_cls) -> bool:
 def lm_forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: Optional[int] = None,
                hidden: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """A causal LM's logits on the ``keep`` last positions (all without), and with ``hidden``
-    the final hidden states of every position (else None): through ``rlhf.gpt2.hidden`` for a
-    plain GPT-2 (the toy world's: the same floats, without transformers' per-call machinery),
-    else the model's own forward (``logits_to_keep`` where it takes it, no KV cache)."""
+    the final hidden states of the same positions (else None): through ``rlhf.gpt2.hidden`` for
+    a plain GPT-2 (the toy world's: the same floats, without transformers' per-call machinery;
+    after its last attention only the kept positions are computed, so its weight gradients
+    round differently: ``rlhf.gpt2.blocks``), else the model's own forward (``logits_to_keep``
+    where it takes it, no KV cache)."""
     pos = position_ids_from_mask(mask)
     if gpt2.eligible(model):
-        last = gpt2.hidden(model, ids, mask, pos)
-        logits = torch.nn.functional.linear(last if keep is None else last[:, -keep:], model.lm_head.weight)
-        return logits, last if hidden else None
+        last = gpt2.hidden(model, ids, mask, pos, start=0 if keep is None else ids.shape[1] - keep)
+        return torch.nn.functional.linear(last, model.lm_head.weight), last if hidden else None
     kw = {"logits_to_keep": keep} if keep is not None and _keeps_logits(type(model)) else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, output_hidden_states=hidden,
                 **kw)
-    return out.logits, out.hidden_states[-1] if hidden else None
+    if not hidden:
+        return out.logits, None
+    last = out.hidden_states[-1]
+    return out.logits, last if keep is None else last[:, last.shape[1] - keep:]
 
 
 def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
@@ -152,13 +156,13 @@ def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, 
     (:func:`lm_forward`)."""
     ids = torch.cat([prompt_ids, response_ids], 1)
     mask = torch.cat([prompt_mask, response_mask], 1)
-    P, T = prompt_ids.shape[1], response_ids.shape[1]
+    T = response_ids.shape[1]
     all_logits, last = lm_forward(model, ids, mask, keep=T + 1, hidden=value_head is not None)
     logits = all_logits[:, all_logits.shape[1] - T - 1:-1]
     logp = logprobs_from_logits(logits, response_ids, temperature)
     values = None
     if value_head is not None:
-        h = last[:, P - 1:P - 1 + T]
+        h = last[:, last.shape[1] - T - 1:-1]  # the states before each response token
         with torch.autocast(h.device.type, enabled=False):
             values = value_head(h.float()).squeeze(-1)
     return logp, logits, values
@@ -168,9 +172,8 @@ def critic_values(critic, prompt_ids, prompt_mask, response_ids, response_mask) 
     """V(s_t) from a separate value model (a sequence classifier initialised from the RM)."""
     ids = torch.cat([prompt_ids, response_ids], 1)
     mask = torch.cat([prompt_mask, response_mask], 1)
-    v = sequence_scores(critic, ids, mask, all_positions=True)
     P, T = prompt_ids.shape[1], response_ids.shape[1]
-    return v[:, P - 1:P - 1 + T]
+    return sequence_scores(critic, ids, mask, all_positions=True, start=P - 1)[:, :T]
 
 
 def rollout_seed(seed: int, step: int, rank: int = 0) -> int:

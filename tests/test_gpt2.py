@@ -1,5 +1,7 @@
 """rlhf/gpt2.py: the lean GPT-2 path gives the floats of transformers' own forward, bit for
-bit (logits, values, scores and every gradient), and only models it can stand in for take it."""
+bit (logits, values, scores and, on whole sequences, every gradient), and only models it can
+stand in for take it. Where PPO wants the last positions only (``start``), the outputs are
+still bit for bit, and the weight gradients equal up to float rounding (sums over fewer rows)."""
 
 import copy
 
@@ -41,6 +43,13 @@ def grads(model):
     return out
 
 
+def close(ga, gb) -> bool:
+    """Gradients equal up to the rounding of sums over another set of rows: each tensor within
+    1e-5 of its largest entry (float32 sums of a few hundred terms round at about 1e-7 of it;
+    a wrong row set would be off by whole terms)."""
+    return all(float((x - y).abs().max()) <= 1e-5 * float(y.abs().max()) + 1e-7 for x, y in zip(ga, gb))
+
+
 def both_ways(model, fn, monkeypatch):
     """fn(model) -> tensor, once through the lean path and once through transformers' forward
     (gpt2.eligible patched to False), with the gradients of sum(out * w) for a fixed w."""
@@ -70,7 +79,7 @@ def test_policy_forward_logprobs_logits_and_gradients_bit_identical(padded, monk
         return torch.cat([logp.flatten(), logits.flatten()])
     a, b, ga, gb = both_ways(lm, fn, monkeypatch)
     assert torch.equal(a, b)
-    assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+    assert close(ga, gb)  # (the last block's MLP runs on the response's rows only: gpt2.blocks' start)
     assert any(x.abs().sum() > 0 for x in ga)
 
 
@@ -79,7 +88,7 @@ def test_value_head_values_bit_identical(monkeypatch):
     head = torch.nn.Linear(32, 1)
     pi, pm, ri, rmask = batch(True)
     a, b, ga, gb = both_ways(lm, lambda m: policy_forward(m, pi, pm, ri, rmask, value_head=head)[2], monkeypatch)
-    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+    assert torch.equal(a, b) and close(ga, gb)
 
 
 def test_ptx_forward_bit_identical(monkeypatch):
@@ -104,6 +113,46 @@ def test_sequence_scores_bit_identical(all_positions, padded, monkeypatch):
     ids, mask = torch.cat([pi, ri], 1), torch.cat([pm, rmask], 1)
     a, b, ga, gb = both_ways(rm, lambda m: sequence_scores(m, ids, mask, all_positions=all_positions), monkeypatch)
     assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_critic_values_from_the_prompts_last_position_on(padded, monkeypatch):
+    """critic_values asks sequence_scores for positions P-1.. only (``start``): the values of
+    transformers' forward, bit for bit; the gradients up to rounding."""
+    from rlhf.ppo import critic_values
+    _, rm = models()
+    pi, pm, ri, rmask = batch(padded)
+    a, b, ga, gb = both_ways(rm, lambda m: critic_values(m, pi, pm, ri, rmask), monkeypatch)
+    assert a.shape[:2] == (4, T) and torch.equal(a, b) and close(ga, gb)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("n_layer", [1, 3])
+def test_hidden_from_start_is_the_whole_sequences_rows(padded, n_layer):
+    """gpt2.hidden(start=s): the rows s.. of the whole computation, bit for bit (across SDPA's
+    32-row query blocks: 40 positions; 4 sequences, so the kept rows are a multiple of 4,
+    which MKL computes row by row alike at one or two threads), with weight gradients equal
+    up to rounding."""
+    torch.manual_seed(0)
+    lm = scratch_model(ModelConfig(n_layer=n_layer, n_embd=32, n_head=4, n_positions=64), V, 0, 1)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(2, V, (4, 40), generator=g)
+    mask = torch.ones(4, 40, dtype=torch.long)
+    if padded:
+        mask[0, :5] = 0
+        mask[2, :17] = 0
+    pos = position_ids_from_mask(mask)
+    w = torch.linspace(-1, 1, 4 * 40 * 32, dtype=torch.float32).view(4, 40, 32)
+    whole = gpt2.hidden(lm, ids, mask, pos)
+    for s in (0, 1, 7, 20, 33, 37):
+        lm.zero_grad(set_to_none=True)
+        h = gpt2.hidden(lm, ids, mask, pos, start=s)
+        assert h.shape == (4, 40 - s, 32)
+        assert torch.equal(h.detach(), whole.detach()[:, s:])
+        (h * w[:, s:]).sum().backward()
+        gs = grads(lm)
+        (whole * torch.cat([torch.zeros_like(w[:, :s]), w[:, s:]], 1)).sum().backward(retain_graph=True)
+        assert close(gs, grads(lm))
 
 
 def test_hidden_is_the_transformer_output_and_causal_without_padding():
