@@ -266,7 +266,9 @@ def main() -> None:
               f"{pf['steps']} steps take at least {r['least_s']:.1f} s at that rate")
     lf = out["lean_forward"] = lean_forward(a.steps, a.repeats)
     print(f"policy forward+backward: transformers {lf['transformers']['ms']:.2f} ms, lean {lf['lean']['ms']:.2f} ms "
-          f"({lf['transformers']['ms'] / lf['lean']['ms']:.2f}x), bit-identical: {lf['bit_identical']}")
+          f"({lf['transformers']['ms'] / lf['lean']['ms']:.2f}x), logits bit-identical: {lf['logits_bit_identical']}, "
+          f"weight gradients bit-identical: {lf['grads_bit_identical']} (largest difference {lf['grad_max_rel_diff']:.1e} "
+          "of a tensor's largest entry)")
     ad = out["adamw_step"] = adamw_step(a.steps, a.repeats)
     print(f"AdamW step + zero_grad: torch fused {ad['torch']['ms'] * 1e3:.0f} us, direct {ad['direct']['ms'] * 1e3:.0f} us "
           f"({ad['torch']['ms'] / ad['direct']['ms']:.2f}x), bit-identical: {ad['bit_identical']}")

@@ -4,8 +4,9 @@ mask handling, cache objects). On the toy world's models (2 layers, width 64-128
 machinery costs as much as a good part of the arithmetic; the floats are the same (the
 tests compare logits, values and gradients with transformers' forward bit for bit). Where
 only the last positions are wanted (PPO's response), the last block's work after its
-attention runs on those rows alone (``start``): the same outputs, and weight gradients equal
-up to float rounding.
+attention runs on those rows alone (``start``): the same outputs where the BLAS computes a
+row alike for fewer rows (:func:`blocks`), else equal up to float rounding, and weight
+gradients equal up to float rounding.
 
 * :func:`step`: one decoding step against a KV cache, or the prefill that fills it (the
   sampler, ``rlhf/sampling.py``);
@@ -148,6 +149,8 @@ def blocks(layers: list, h: torch.Tensor, mask: Optional[torch.Tensor], cache: O
     weight gradients sum the same non-zero terms over fewer rows, so they equal the whole
     computation's up to float rounding."""
     N, L, D = h.shape
+    if not 0 <= start < max(L, 1):
+        raise ValueError(f"gpt2.blocks: start {start} outside the sequence's {L} positions")
     h = h.view(N * L, D)
     M = L  # the rows after the attention: L, and L - start in the last block
     for i, (ln1, ab, aw, split, hd, scale, pb, pw, ln2, fb, fw, act, mb, mw) in enumerate(layers):

@@ -306,7 +306,9 @@ def autocast(device: torch.device, mode: str):
 def set_gradient_checkpointing(model: PreTrainedModel, on: bool) -> PreTrainedModel:
     """``model.gradient_checkpointing``: recompute each layer's activations in the backward
     pass instead of keeping them (non-reentrant checkpoints, so frozen inputs and LoRA
-    work). Active only while the model is in training mode; the results are unchanged."""
+    work). Active only while the model is in training mode; the model's own forward gives the
+    same floats with it as without (a checkpointed toy GPT-2 leaves ``rlhf.gpt2``'s lean path,
+    whose PPO weight gradients round differently: ``rlhf.gpt2.blocks``)."""
     if on:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

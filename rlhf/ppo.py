@@ -135,7 +135,7 @@ def lm_forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: Optional[int]
     where it takes it, no KV cache)."""
     pos = position_ids_from_mask(mask)
     if gpt2.eligible(model):
-        last = gpt2.hidden(model, ids, mask, pos, start=0 if keep is None else ids.shape[1] - keep)
+        last = gpt2.hidden(model, ids, mask, pos, start=0 if not keep else max(ids.shape[1] - keep, 0))
         return torch.nn.functional.linear(last, model.lm_head.weight), last if hidden else None
     kw = {"logits_to_keep": keep} if keep is not None and _keeps_logits(type(model)) else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, output_hidden_states=hidden,
@@ -143,7 +143,7 @@ def lm_forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: Optional[int]
     if not hidden:
         return out.logits, None
     last = out.hidden_states[-1]
-    return out.logits, last if keep is None else last[:, last.shape[1] - keep:]
+    return out.logits, last if not keep else last[:, max(last.shape[1] - keep, 0):]
 
 
 def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
