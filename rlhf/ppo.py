@@ -134,16 +134,14 @@ def lm_forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: Optional[int]
     round differently: ``rlhf.gpt2.blocks``), else the model's own forward (``logits_to_keep``
     where it takes it, no KV cache)."""
     pos = position_ids_from_mask(mask)
+    start = max(ids.shape[1] - keep, 0) if keep else 0  # the first kept position (keep 0 or None: all)
     if gpt2.eligible(model):
-        last = gpt2.hidden(model, ids, mask, pos, start=0 if not keep else max(ids.shape[1] - keep, 0))
+        last = gpt2.hidden(model, ids, mask, pos, start=start)
         return torch.nn.functional.linear(last, model.lm_head.weight), last if hidden else None
     kw = {"logits_to_keep": keep} if keep is not None and _keeps_logits(type(model)) else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, output_hidden_states=hidden,
                 **kw)
-    if not hidden:
-        return out.logits, None
-    last = out.hidden_states[-1]
-    return out.logits, last if not keep else last[:, max(last.shape[1] - keep, 0):]
+    return out.logits, out.hidden_states[-1][:, start:] if hidden else None
 
 
 def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
