@@ -4,6 +4,7 @@
     python bench/ppo_vs_trl.py [--steps 8] [--repeats 3] [--n-embd 64] [--n-layer 2]
                                [--batch 8] [--new-tokens 32] [--epochs 4] [--sides ours,trl_ppo,trl_rloo]
                                [--threads 1]
+    python bench/ppo_vs_trl.py --paired [--steps 16] [--repeats 8]   # ours and TRL without gc, turn by turn
 
 Same work on every side: the same scratch GPT-2 (policy = reference = SFT model; the reward
 model and the critic are its sequence-classifier twin; <end> made unreachable, so every
@@ -34,7 +35,13 @@ no gradient checkpointing, no ptx, dropout 0, one torch thread (``--threads N``:
             PPOTrainer.train makes every iteration turned into no-ops, to show how much of TRL's
             time they take (``--sides ours,trl_ppo,trl_ppo_nogc,trl_rloo``).
 
-The sides live in different venvs, so each (side, repeat) is its own subprocess, alternated
+``--paired`` (issue 12's goal 2): ours and trl_ppo_nogc in ONE process of the TRL venv, taking
+turns an iteration at a time (``worker_paired``), ``--repeats`` such processes with who goes
+first alternating; the ratio is then taken per pair of neighbouring turns (``bench/run_all.py``'s
+``turn_ratio``). This shared machine's speed drifts by tens of percent between processes
+minutes apart, and the separate-process design below carries that drift into its ratio.
+
+Otherwise the sides live in different venvs, so each (side, repeat) is its own subprocess, alternated
 (ours, trl_ppo, trl_rloo, ours, ...); each prints its per-iteration seconds as JSON on the
 last line. The first iteration of each process is a warm-up and is dropped. Reported: the
 median iteration time over all measured iterations, min/max, episodes/s and generated
@@ -133,14 +140,11 @@ def our_tokenizer(d: Path, cfg):
     return apply_setting(load_tokenizer(str(d / "sft")), cfg.model.chat_template, str(d / "sft"))
 
 
-def worker_ours(d: Path, a, critic: str = "separate", grad_clip: float = 0.0, parallel: bool = False) -> dict:
-    _one_thread(a.threads)
+def _ours_setup(d: Path, a, critic: str = "separate", grad_clip: float = 0.0, parallel: bool = False):
+    """Our run's config, world, tokenizer and a scratch run directory (``run_ppo``'s inputs)."""
     sys.path.insert(0, str(REPO))
-    import shutil
-    import torch
     from rlhf.config import load_config
-    from rlhf.ppo import run_ppo
-    from rlhf.rundir import RunDir, read_jsonl
+    from rlhf.rundir import RunDir
     from rlhf.world import World
     steps = a.steps + 1
     cfg = load_config(REPO / "experiments" / "quickstart.yaml", [
@@ -154,19 +158,34 @@ def worker_ours(d: Path, a, critic: str = "separate", grad_clip: float = 0.0, pa
     world = World(cfg.world) if a.model == "toy" else None
     tok = our_tokenizer(d, cfg)
     rd = RunDir(Path(tempfile.mkdtemp(prefix="ours_", dir=d)))
-    import contextlib
-    import io
-    import rlhf.ppo as ppo_mod
-    gen = _time_calls(ppo_mod, ("sample",))
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        run_ppo(cfg, rd, str(d / "sft"), str(d / "rm"), tok, world, torch.device("cpu"))
+    return cfg, world, tok, rd
+
+
+def _ours_result(a, rd, gen: list[float], side: str) -> dict:
+    """Our side's record from its run directory (the caller puts the iteration times in)."""
+    import shutil
+    from rlhf.rundir import read_jsonl
     rows = read_jsonl(rd.path / "ppo.tmp" / "metrics.jsonl")
     shutil.rmtree(rd.path, ignore_errors=True)
     t = [r["time_s"] for r in rows]
     # response_len counts tokens up to EOS; sampling runs until every row ended or T tokens
-    return {"side": a.worker, "iter_s": [b - a for a, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
+    return {"side": side, "iter_s": [b - a_ for a_, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
             "tokens_per_iter": a.batch * a.new_tokens, "gen_s": gen[1:], "peak_rss_mb": _peak_rss_mb(),
             "mean_response_len": statistics.mean(r["response_len"] for r in rows)}
+
+
+def worker_ours(d: Path, a, critic: str = "separate", grad_clip: float = 0.0, parallel: bool = False) -> dict:
+    _one_thread(a.threads)
+    import torch
+    cfg, world, tok, rd = _ours_setup(d, a, critic, grad_clip, parallel)
+    import contextlib
+    import io
+    import rlhf.ppo as ppo_mod
+    from rlhf.ppo import run_ppo
+    gen = _time_calls(ppo_mod, ("sample",))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        run_ppo(cfg, rd, str(d / "sft"), str(d / "rm"), tok, world, torch.device("cpu"))
+    return _ours_result(a, rd, gen, a.worker)
 
 
 def _time_calls(module, names) -> list[float]:
@@ -216,11 +235,12 @@ def _common_trl_args(a, out: str) -> dict:
                 learning_rate=LR, dataloader_num_workers=0)
 
 
-def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
-    _one_thread(a.threads)
+def _trl_ppo_trainer(d: Path, a, no_gc: bool, clock):
+    """TRL 1.12's PPOTrainer on the prepared models, with ``clock`` as its callback; returns
+    (trainer, the list its ``batch_generation`` call times go to). ``no_gc``: PPOTrainer.train's
+    two ``gc.collect()`` per iteration made no-ops."""
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
     import torch
-    import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
@@ -246,10 +266,17 @@ def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
                      num_ppo_epochs=a.epochs, response_length=a.new_tokens, total_episodes=a.batch * steps,
                      local_rollout_forward_batch_size=a.batch, kl_coef=KL_COEF, num_sample_generations=0,
                      stop_token="eos", missing_eos_penalty=1.0, temperature=1.0)
-    clock = _StepClock.make()
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
                          value_model=value, train_dataset=ds, eval_dataset=ds.select(range(a.batch)),
                          callbacks=[clock])
+    return trainer, gen
+
+
+def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
+    _one_thread(a.threads)
+    import trl
+    clock = _StepClock.make()
+    trainer, gen = _trl_ppo_trainer(d, a, no_gc, clock)
     import contextlib
     import io
     with contextlib.redirect_stdout(io.StringIO()):
@@ -258,6 +285,116 @@ def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
     it = [b - a_ for a_, b in zip(t, t[1:])][1:]  # drop the first (warm-up) iteration
     return {"side": "trl_ppo_nogc" if no_gc else "trl_ppo", "trl": trl.__version__, "iter_s": it, "episodes_per_iter": a.batch,
             "tokens_per_iter": a.batch * a.new_tokens, "gen_s": gen[1:], "peak_rss_mb": _peak_rss_mb()}
+
+
+class _Baton:
+    """Whose turn it is, for two loops on two threads of one process that take turns one
+    iteration at a time (:func:`worker_paired`): a loop waits for its turn, runs one
+    iteration, and hands over; a loop that has finished stops being waited for."""
+
+    def __init__(self, first: str):
+        import threading
+        self.turn, self.done, self.cv = first, set(), threading.Condition()
+
+    def wait(self, me: str) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: self.turn == me or self.done - {me})
+
+    def give(self, me: str, other: str, finished: bool = False) -> None:
+        with self.cv:
+            self.turn = other
+            if finished:
+                self.done.add(me)
+            self.cv.notify_all()
+
+
+def worker_paired(d: Path, a) -> dict:
+    """``--paired``: ours and TRL 1.12's PPOTrainer without its gc calls in ONE process (the
+    TRL venv, with this tree's ``rlhf`` on the path), taking turns one iteration at a time, so
+    that every iteration of one side has one of the other's next to it, under the same machine
+    conditions: this machine's speed drifts by more than the margin between processes minutes
+    apart. TRL's ``train()`` runs on a second thread, ours on the main one (run_ppo listens for
+    signals), and only one of them runs at any moment; each side's clock runs only on its turn.
+    Both sides' objects share one heap: our run's ``gc.freeze()`` (``rlhf.heap``) also takes
+    TRL's trainer, built before it, out of the collector's sight, which can only help TRL."""
+    _one_thread(a.threads)
+    sys.path.insert(0, str(REPO))
+    import contextlib
+    import io
+    import threading
+    import time as _t
+    import torch
+    import trl
+    import rlhf.ppo as ppo_mod
+    baton = _Baton(a.paired_first)
+    trl_s: list[float] = []
+    ours_s: list[float] = []
+    turns: list[tuple[float, float]] = []  # every timed turn's (start, end): checked disjoint below
+
+    from transformers import TrainerCallback
+
+    class Turns(TrainerCallback):
+        t0 = 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            baton.wait("trl")
+            Turns.t0 = _t.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            t1 = _t.perf_counter()
+            trl_s.append(t1 - Turns.t0)
+            turns.append((Turns.t0, t1))
+            baton.give("trl", "ours")
+            baton.wait("trl")
+            Turns.t0 = _t.perf_counter()
+
+    trainer, trl_gen = _trl_ppo_trainer(d, a, True, Turns())
+    cfg, world, tok, rd = _ours_setup(d, a)
+    ours_gen = _time_calls(ppo_mod, ("sample",))
+    step = ppo_mod.PPORun.step
+
+    def ours_step(self, i):
+        baton.wait("ours")
+        t0 = _t.perf_counter()
+        step(self, i)
+        t1 = _t.perf_counter()
+        ours_s.append(t1 - t0)
+        turns.append((t0, t1))
+        baton.give("ours", "trl")
+        if i == cfg.ppo.steps - 1:  # the last: let TRL's turn pass before our stage's end runs
+            baton.wait("ours")
+    ppo_mod.PPORun.step = ours_step
+    failed: list[BaseException] = []
+
+    def trl_thread():
+        torch.set_num_threads(a.threads)
+        try:
+            trainer.train()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
+            failed.append(e)
+        finally:
+            baton.give("trl", "ours", finished=True)
+    th = threading.Thread(target=trl_thread, name="trl", daemon=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        th.start()
+        try:
+            ppo_mod.run_ppo(cfg, rd, str(d / "sft"), str(d / "rm"), tok, world, torch.device("cpu"))
+        finally:
+            baton.give("ours", "trl", finished=True)
+            th.join()
+    if failed:
+        raise failed[0]
+    turns.sort()
+    if any(b[0] < a_[1] for a_, b in zip(turns, turns[1:])):
+        raise RuntimeError("paired: two timed turns overlapped (the baton failed)")
+    if len(trl_s) != len(ours_s):
+        raise RuntimeError(f"paired: {len(ours_s)} iterations of ours against {len(trl_s)} of TRL's")
+    ours = _ours_result(a, rd, ours_gen, "ours_paired")
+    ours["iter_s"] = ours_s[1:]  # its turns' own clock (the first, a warm-up, dropped)
+    return {"side": "paired", "first": a.paired_first, "ours": ours,
+            "trl_ppo_nogc": {"side": "trl_ppo_nogc_paired", "trl": trl.__version__, "iter_s": trl_s[1:],
+                             "episodes_per_iter": a.batch, "tokens_per_iter": a.batch * a.new_tokens,
+                             "gen_s": trl_gen[1:], "peak_rss_mb": _peak_rss_mb()}}
 
 
 def worker_trl_rloo(d: Path, a) -> dict:
@@ -296,13 +433,13 @@ def worker_trl_rloo(d: Path, a) -> dict:
 WORKERS = {"ours": worker_ours, "ours_head": lambda d, a: worker_ours(d, a, critic="head"),
            "ours_clip": lambda d, a: worker_ours(d, a, grad_clip=1.0), "trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo,
            "trl_ppo_nogc": lambda d, a: worker_trl_ppo(d, a, no_gc=True),
-           "ours_parallel": lambda d, a: worker_ours(d, a, parallel=True)}
+           "ours_parallel": lambda d, a: worker_ours(d, a, parallel=True), "paired": worker_paired}
 
 
 # ----------------------------------------------------------------------------- driver
 
 def python_for(side: str) -> str:
-    return str(TRL112_PY) if side.startswith("trl_ppo") else sys.executable
+    return str(TRL112_PY) if side.startswith("trl_ppo") or side == "paired" else sys.executable
 
 
 def run_side(side: str, d: Path, a, script: Optional[Path] = None) -> dict:
@@ -312,7 +449,7 @@ def run_side(side: str, d: Path, a, script: Optional[Path] = None) -> dict:
            "--steps", str(a.steps), "--n-embd", str(a.n_embd), "--n-layer", str(a.n_layer),
            "--batch", str(a.batch), "--new-tokens", str(a.new_tokens), "--epochs", str(a.epochs),
            "--n-positions", str(getattr(a, "n_positions", 128)), "--model", getattr(a, "model", "toy"),
-           "--threads", str(getattr(a, "threads", 1))]
+           "--threads", str(getattr(a, "threads", 1)), "--paired-first", getattr(a, "paired_first", "ours")]
     n = str(getattr(a, "threads", 1))
     env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", TRL_EXPERIMENTAL_SILENCE="1", PYTHONWARNINGS="ignore")
@@ -359,21 +496,34 @@ def main() -> int:
                     help="toy: scratch GPT-2 (--n-layer/--n-embd); smollm2: SmolLM2-135M-Instruct (de-quantised GGUF)")
     ap.add_argument("--threads", type=int, default=1,
                     help="intra-op torch threads of every side (one by default: the least noisy comparison)")
+    ap.add_argument("--paired", action="store_true",
+                    help="ours and TRL 1.12 PPOTrainer without gc in one process, taking turns an iteration at a time "
+                         "(--repeats such processes; who goes first alternates)")
     ap.add_argument("--json", help="also write the summary here")
+    ap.add_argument("--paired-first", default="ours", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(WORKERS[a.worker](Path(a.dir), a)))
         return 0
-    sides = a.sides.split(",")
+    sides = ["ours", "trl_ppo_nogc"] if a.paired else a.sides.split(",")
     if any(s.startswith("trl_ppo") for s in sides) and not TRL112_PY.exists():
         print(f"{TRL112_PY} missing: run `bash bench/trl112_venv.sh` first (or --sides ours,trl_rloo)")
         return 2
     d = Path(tempfile.mkdtemp(prefix="ppo_vs_trl_"))
     prepare(d, a.n_layer, a.n_embd, a.n_positions, model=a.model)
     results: dict[str, list[dict]] = {s: [] for s in sides}
-    for r in range(a.repeats):
+    for r in range(a.repeats if a.paired else 0):
+        a.paired_first = ("ours", "trl")[r % 2]
+        t0 = time.time()
+        res = run_side("paired", d, a)
+        for s in sides:
+            results[s].append(res[s])
+        print(f"repeat {r} paired ({a.paired_first} first): median ours {statistics.median(res['ours']['iter_s']) * 1e3:.1f}, "
+              f"TRL without gc {statistics.median(res['trl_ppo_nogc']['iter_s']) * 1e3:.1f} ms/iteration "
+              f"(process {time.time() - t0:.0f}s)", flush=True)
+    for r in range(0 if a.paired else a.repeats):
         order = sides[r % len(sides):] + sides[:r % len(sides)]  # rotate who goes first
         for s in order:
             t0 = time.time()
@@ -386,7 +536,8 @@ def main() -> int:
             else "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to fp32)")
     print(f"\n{what}; batch {a.batch}, {a.new_tokens} new tokens, "
           f"{a.epochs} PPO epochs, 1 minibatch; fp32, no gradient checkpointing; {a.threads} torch thread(s); "
-          f"{a.repeats} processes x {a.steps} iterations per side")
+          f"{a.repeats} processes x {a.steps} iterations per side"
+          + (", both sides in each process, taking turns an iteration at a time" if a.paired else ""))
     print(f"{'side':>12} {'median ms/it':>13} {'min':>8} {'max':>8} {'episodes/s':>11} {'tokens/s':>9} "
           f"{'gen ms':>8} {'gen tok/s':>9} {'rest ms':>8} {'peak MB':>8}")
     for s, v in summ.items():
