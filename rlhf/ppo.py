@@ -64,8 +64,6 @@ import math
 import random
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -90,6 +88,7 @@ from .dist import Dist, shard
 from . import sharding
 from .heldout import heldout_nll, heldout_text
 from .pretrain import encode_corpus, random_windows
+from .threads import SideThread
 from .chat import prompt_text
 from .reward import rm_max_length, score_texts
 from .rewards import RewardFn, RMReward, load_reward, parse_reward_spec
@@ -1140,47 +1139,22 @@ def optimizer_step(loss: torch.Tensor, opt, pc, d: Dist, free_grads: bool = Fals
         opt.zero_grad(set_to_none=True)
 
 
-class CriticThread:
+class CriticThread(SideThread):
     """``ppo.parallel_critic``: the separate critic's update (:func:`critic_update`) on a
-    thread of its own while the policy's runs on the calling thread, the ``threads`` intra-op
-    threads split between them (the critic ``threads // 2``, the policy the rest). Torch's
-    kernels release the GIL; the two models share no parameter, gradient or optimiser state
-    (both read the minibatch), and each one's kernels run at a fixed thread count (a thread's
-    count is its own), so the result is deterministic. On a small model the per-op work is
-    too small for two threads to pay much inside one kernel; two models side by side use both
-    cores. Both models' activations and gradients are held at once. One process only: ranks
-    must issue their collectives in one order.
+    thread of its own (``rlhf/threads.py``) while the policy's runs on the calling thread, the
+    ``threads`` intra-op threads split between them (the critic ``threads // 2``, the policy
+    the rest). The two models share no parameter, gradient or optimiser state (both read the
+    minibatch). Both models' activations and gradients are held at once. One process only:
+    ranks must issue their collectives in one order.
 
     Nothing in either update draws from the global RNG (dropout is 0; the minibatch order and
-    the ptx batch are drawn before): a draw there would make the draws that follow depend on
-    how the threads interleave. With ``model.gradient_checkpointing`` both threads' recomputed
-    forwards save and restore the global RNG state, which is the same state throughout."""
+    the ptx batch are drawn before). With ``model.gradient_checkpointing`` both threads'
+    recomputed forwards save and restore the global RNG state, which is the same state
+    throughout."""
 
     def __init__(self, threads: int):
-        self.threads = threads
-        self.critic_threads = max(1, threads // 2)
-        self.policy_threads = max(1, threads - self.critic_threads)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="ppo-critic",
-                                       initializer=torch.set_num_threads, initargs=(self.critic_threads,))
-
-    @contextlib.contextmanager
-    def alongside(self, fn, *args, **kw):
-        """Within the block: ``fn(*args, **kw)`` runs on the critic thread and this thread has
-        the policy's share of the threads; yields a function that waits for and returns fn's
-        result. On leaving, it waits for fn (also when the block raised) and restores this
-        thread's count."""
-        fut = None
-        try:
-            torch.set_num_threads(self.policy_threads)
-            fut = self.pool.submit(fn, *args, **kw)
-            yield fut.result
-        finally:
-            if fut is not None:
-                futures_wait([fut])
-            torch.set_num_threads(self.threads)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        super().__init__(threads, name="ppo-critic")
+        self.critic_threads, self.policy_threads = self.side_threads, self.main_threads
 
 
 def check_finite(step: int, values: dict[str, torch.Tensor], d: Optional[Dist] = None) -> None:
