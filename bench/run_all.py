@@ -789,11 +789,35 @@ def render(results: Path) -> str:
             w("")
             w("The remaining share goes to attention, GELU, layer norms and AdamW, which run below the matmul rate. "
               "So the quickstart's pretraining stays above the last column whatever the loop does: a faster quickstart "
-              f"needed less arithmetic. The default width went from 128 to {pf.get('width', 96)} after the findings suite "
+              f"needed less arithmetic, or both cores busy on work big enough for one (next table). The default width went from 128 to {pf.get('width', 96)} after the findings suite "
               "held there (`docs/findings.md`): "
               + (f"{pf['flops_per_step'] / pf['flops_per_step_width128']:.2f}x the matmul FLOPs of a width-128 step, "
                  if pf.get("flops_per_step_width128") and pf.get("width") != 128 else "")
               + "and a smaller RM, critic and policy in the later stages.")
+            w("")
+        ps = si.get("pretrain_step")
+        if ps:
+            names = {"before": "as before (transformers' forward, torch's AdamW, the whole batch)",
+                     "whole": "the lean forward and the direct AdamW step, the whole batch",
+                     "halves_released": "+ the batch's halves side by side, the thread split released after each step",
+                     "halves": "+ the split held over the steps (shipped)"}
+            w(f"**The pretraining step on two threads** (kept: `rlhf/pretrain.py`): {ps['model']}, batch {ps['batch']}, "
+              "with the gradient clip and the AdamW step; each setting "
+              f"{si['steps']} steps in a row, settings alternated, {si['repeats']} rounds. At 2 threads the shipped step "
+              "runs the batch's two halves' forward and backward side by side, one thread each (`rlhf/threads.py`), and "
+              "adds their gradients in a fixed order: the whole batch's mean-loss gradient, its sums in another order "
+              "(float rounding: `tests/test_pretrain.py`). At 1 thread (the findings suite's setting) it runs the "
+              "whole batch.")
+            w("")
+            w("| threads | setting | median ms/step (min-max) | as before / this |")
+            w("|---|---|---|---|")
+            for r in ps["rows"]:
+                base = r["before"]["ms"]
+                for k, v in r.items():
+                    if k == "threads":
+                        continue
+                    w(f"| {r['threads']} | {names.get(k, k)} | {v['ms']:.1f} ({v['min']:.1f}-{v['max']:.1f}) | "
+                      f"**{base / v['ms']:.2f}x** |")
             w("")
         lf = si["lean_forward"]
         w(f"**A lean GPT-2 forward** (kept: `rlhf/gpt2.py`): the toy policy ({lf['model']}, {lf['shape']} tokens) "

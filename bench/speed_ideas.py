@@ -6,9 +6,14 @@ Each idea is timed against its baseline in one process, alternating (baseline, i
 baseline, ...), a few warm-up steps first; medians over repeats of ``--steps`` steps.
 
 * ``pretrain_bf16``: one quickstart pretraining step (scratch GPT-2 2 layers at the quickstart's
-  width, the world tokenizer's vocabulary, batch 32 x 64: forward, ``lm_loss``, backward, AdamW) in
+  width, the world tokenizer's vocabulary, batch 32 x 64: pretraining's forward on the whole
+  batch, ``lm_loss``, backward, AdamW) in
   float32 against ``torch.autocast`` bf16 (``pretrain.autocast=bf16``), at 1 and 2 torch
   threads. bf16 only pays on CPUs with native bf16 arithmetic (AVX512-BF16, AMX) and GPUs.
+* ``pretrain_step``: the quickstart's pretraining step as shipped (``rlhf/pretrain.py``: the
+  lean GPT-2 forward, the direct AdamW step; at 2 threads the batch's halves side by side, the
+  thread split held over the loop) against as it was (transformers' forward, torch's AdamW, the
+  whole batch at 2 intra-op threads), and the halves with the split released after each step.
 * ``pretrain_flops``: why fewer seconds of pretraining need fewer FLOPs. The float32 step
   above against its arithmetic (matmul FLOPs counted from the shapes: 3 x forward, forward =
   2 x tokens x (12 x layers x width^2 + vocab x width) + 4 x layers x batch x seq^2 x width)
@@ -77,9 +82,8 @@ def world_and_tokenizer():
 
 
 def pretrain_bf16(steps: int, repeats: int, threads: tuple[int, ...]) -> dict:
-    from rlhf.losses import lm_loss
-    from rlhf.models import autocast, scratch_model
-    from rlhf.pretrain import encode_corpus, random_windows
+    from rlhf.models import scratch_model
+    from rlhf.pretrain import encode_corpus, next_token_loss, random_windows
     cfg, world, tok = world_and_tokenizer()
     pc = cfg.pretrain
     torch.manual_seed(0)
@@ -88,13 +92,10 @@ def pretrain_bf16(steps: int, repeats: int, threads: tuple[int, ...]) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     stream = encode_corpus(tok, world.corpus())
     x = random_windows(stream, pc.batch_size, pc.seq_len, torch.Generator().manual_seed(0))
-    cpu = torch.device("cpu")
 
     def step(mode):
         def f():
-            with autocast(cpu, mode):
-                logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
-            loss = lm_loss(logits, x)
+            loss = next_token_loss(model, x, mode)  # pretraining's forward (the whole batch on this thread)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -107,6 +108,74 @@ def pretrain_bf16(steps: int, repeats: int, threads: tuple[int, ...]) -> dict:
         torch.set_num_threads(n)
         r = alternate({"float32": step("none"), "bf16": step("bf16")}, steps, repeats)
         out["rows"].append({"threads": n, **{k: v for k, v in r.items()}})
+    torch.set_num_threads(1)
+    return out
+
+
+def pretrain_step(steps: int, repeats: int) -> dict:
+    """The quickstart's pretraining step as shipped against what it was (transformers' forward,
+    torch's AdamW), each with the gradient clip: at 2 threads also the batch's halves side by
+    side with the thread split released after every step (as ``SideThread.alongside`` alone
+    does) and held for the whole loop (``rlhf.pretrain.halves_thread``: shipped); at 1 thread
+    the whole batch (the findings suite's setting). Each setting times ``steps`` steps in a
+    row, settings alternated, ``repeats`` rounds."""
+    from rlhf.losses import lm_loss
+    from rlhf.models import scratch_model
+    from rlhf.optim import AdamW
+    from rlhf.pretrain import backward_in_halves, encode_corpus, next_token_loss, random_windows
+    from rlhf.threads import SideThread
+    import contextlib
+    cfg, world, tok = world_and_tokenizer()
+    pc = cfg.pretrain
+    torch.manual_seed(0)
+    model = scratch_model(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id).train()
+    params = list(model.parameters())
+    opts = {"torch": torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95)), "direct": AdamW(params, lr=1e-4, betas=(0.9, 0.95))}
+    x = random_windows(encode_corpus(tok, world.corpus()), pc.batch_size, pc.seq_len, torch.Generator().manual_seed(0))
+
+    def finish(opt):
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    def before():
+        opts["torch"].zero_grad(set_to_none=True)
+        lm_loss(model(input_ids=x, attention_mask=torch.ones_like(x)).logits, x).backward()
+        finish(opts["torch"])
+
+    def whole():
+        opts["direct"].zero_grad(set_to_none=True)
+        next_token_loss(model, x).backward()
+        finish(opts["direct"])
+
+    def halves(side):
+        def f():
+            opts["direct"].zero_grad(set_to_none=True)
+            backward_in_halves(model, params, x, side, "none")
+            finish(opts["direct"])
+        return f
+    out = {"model": f"GPT-2 {cfg.model.n_layer} layers, width {cfg.model.n_embd}, vocab {len(tok)}",
+           "batch": f"{pc.batch_size} x {pc.seq_len}", "rows": []}
+    for n in (2, 1):
+        torch.set_num_threads(n)
+        sides = {"before": (before, contextlib.nullcontext), "whole": (whole, contextlib.nullcontext)}
+        side = None
+        if n >= 2:
+            side = SideThread(n, name="pretrain-half")
+            sides["halves_released"] = (halves(side), contextlib.nullcontext)  # alongside splits per step
+            sides["halves"] = (halves(side), side.split)  # the split held over the steps
+        res = {k: [] for k in sides}
+        for fn, ctx in sides.values():
+            with ctx():
+                for _ in range(3):
+                    fn()
+        for _ in range(repeats):
+            for k, (fn, ctx) in sides.items():
+                with ctx():
+                    res[k].append(_time(fn, steps))
+        if side is not None:
+            side.close()
+        out["rows"].append({"threads": n, **{k: {"ms": statistics.median(v), "min": min(v), "max": max(v), "all": v}
+                                             for k, v in res.items()}})
     torch.set_num_threads(1)
     return out
 
@@ -264,6 +333,11 @@ def main() -> None:
         print(f"pretrain step, {r['threads']} thread(s): {pf['flops_per_step'] / 1e9:.2f} GFLOP in {r['step_ms']:.1f} ms = "
               f"{r['gflops']:.0f} GFLOP/s, {r['share']:.0%} of the {r['mm_gflops']:.0f} GFLOP/s of its largest matmul; "
               f"{pf['steps']} steps take at least {r['least_s']:.1f} s at that rate")
+    ps = out["pretrain_step"] = pretrain_step(a.steps, a.repeats)
+    for r in ps["rows"]:
+        print(f"pretrain step as shipped, {r['threads']} thread(s): "
+              + ", ".join(f"{k} {v['ms']:.1f} ms" for k, v in r.items() if k != "threads")
+              + f"; before / shipped {r['before']['ms'] / r.get('halves', r['whole'])['ms']:.2f}x")
     lf = out["lean_forward"] = lean_forward(a.steps, a.repeats)
     print(f"policy forward+backward: transformers {lf['transformers']['ms']:.2f} ms, lean {lf['lean']['ms']:.2f} ms "
           f"({lf['transformers']['ms'] / lf['lean']['ms']:.2f}x), logits bit-identical: {lf['logits_bit_identical']}, "
