@@ -247,7 +247,10 @@ class RunConfig:
     out_dir: str = "runs"  # where run directories go
     seed: int = 0  # the run seed; each stage derives its own (config.stage_seed)
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 1  # torch intra-op threads (one per process is fastest on small CPUs)
+    # torch intra-op threads (one per process is fastest on small CPUs); at 2 or more on a CPU,
+    # pretraining runs each step's batch halves side by side on two threads (rlhf/pretrain.py)
+    # and ppo.parallel_critic can split them between policy and critic
+    threads: int = 1
     stages: list[str] = field(default_factory=lambda: ["pretrain", "sft", "rm", "ppo"])  # which stages to run, in order
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
