@@ -3,12 +3,13 @@
 Each step: a batch of random windows, the next-token loss, its backward, a gradient-norm clip
 and an AdamW step (torch's fused kernel, called directly: ``rlhf/optim.py``). The toy GPT-2's
 forward runs through ``rlhf.gpt2`` (transformers' forward's floats without its per-call
-machinery). On a CPU with ``threads`` >= 2 the batch's two halves take their forward and
-backward side by side, each on its own thread (``rlhf/threads.py``), and their gradients are
-added: the gradient of the whole batch's mean loss, its sums in another order than one
-backward over the whole batch (as another thread count would), deterministic at a given
-thread count. On a small model that uses both cores better than two intra-op threads inside
-each kernel (``bench/speed_ideas.py``)."""
+machinery: the same loss; one gradient, the position embedding's, rounds differently). On a
+CPU with ``threads`` >= 2 the batch's two halves take their forward and backward side by side,
+each on its own thread (``rlhf/threads.py``), and their gradients are added: the gradient of
+the whole batch's mean loss, its sums in another order than one backward over the whole batch
+(as another thread count would), deterministic at a given thread count. How much that gains
+over two intra-op threads inside each kernel varies with this machine's load:
+``bench/speed_ideas.py`` measures both side by side."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 def next_token_loss(model, x: torch.Tensor, kind: str = "none") -> torch.Tensor:
     """The mean next-token loss (``losses.lm_loss``) of ``model`` on the windows ``x``, its
     forward in ``pretrain.autocast`` ``kind``: a plain GPT-2 through ``rlhf.gpt2.hidden`` (the
-    same floats as its own forward), any other model through its own forward."""
+    same loss as its own forward, bit for bit; the position embedding's gradient sums its rows
+    in another order, so it differs by rounding), any other model through its own forward."""
     with autocast(x.device, kind):
         if gpt2.eligible(model):
             pos = torch.arange(x.shape[1], device=x.device).expand_as(x)
