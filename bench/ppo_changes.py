@@ -75,7 +75,7 @@ def main() -> int:
     def step(run, i):
         mode = next(cycle)
         on = MODES[mode]
-        ppo.gpt2 = models.gpt2 = gpt2 if "forward" in on else off
+        models.gpt2 = gpt2 if "forward" in on else off  # (lm_forward and sequence_scores read it)
         for o in (run.learner.opt, run.learner.critic_opt):
             o.__class__ = optim.AdamW if "optimizer" in on else torch.optim.AdamW
         run.reuse_values = "reuse" in on

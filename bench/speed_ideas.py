@@ -229,6 +229,7 @@ def _toy_policy(width: int = 64):
 def lean_forward(steps: int, repeats: int) -> dict:
     """PPO's policy forward (``rlhf.ppo.policy_forward``) + a log-prob loss + backward, through
     transformers' GPT-2 (``rlhf.gpt2.eligible`` off) and through ``rlhf.gpt2.hidden``."""
+    import rlhf.models as models
     import rlhf.ppo as ppo
     from rlhf import gpt2
     m, ids, mask, pos, T = _toy_policy()
@@ -238,11 +239,11 @@ def lean_forward(steps: int, repeats: int) -> dict:
 
     def fwd_bwd(lean: bool):
         def f():
-            ppo.gpt2 = gpt2 if lean else off
+            models.gpt2 = gpt2 if lean else off  # (rlhf.models.lm_forward reads it)
             try:
                 logp, logits, _ = ppo.policy_forward(m, prompt, pmask, resp, rmask)
             finally:
-                ppo.gpt2 = gpt2
+                models.gpt2 = gpt2
             (-(logp * rmask).sum() / rmask.sum()).backward()
             grads = [p.grad for p in m.parameters()]
             m.zero_grad(set_to_none=True)

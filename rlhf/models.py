@@ -12,6 +12,8 @@ Nothing here sets ``trust_remote_code``.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import random
 import shutil
@@ -212,6 +214,31 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     pos = attention_mask.long().cumsum(-1) - 1
     return pos.clamp(min=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _keeps_logits(model_cls) -> bool:
+    """Whether a model class's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
+
+
+def lm_forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: Optional[int] = None,
+               hidden: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A causal LM's logits on the ``keep`` last positions (all without), and with ``hidden``
+    the final hidden states of the same positions (else None): through ``rlhf.gpt2.hidden`` for
+    a plain GPT-2 (the toy world's: the same floats, without transformers' per-call machinery;
+    after its last attention only the kept positions are computed, so its weight gradients
+    round differently: ``rlhf.gpt2.blocks``), else the model's own forward (``logits_to_keep``
+    where it takes it, no KV cache)."""
+    pos = position_ids_from_mask(mask)
+    start = max(ids.shape[1] - keep, 0) if keep else 0  # the first kept position (keep 0 or None: all)
+    if gpt2.eligible(model):
+        last = gpt2.hidden(model, ids, mask, pos, start=start)
+        return torch.nn.functional.linear(last, model.lm_head.weight), last if hidden else None
+    kw = {"logits_to_keep": keep} if keep is not None and _keeps_logits(type(model)) else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, output_hidden_states=hidden,
+                **kw)
+    return out.logits, out.hidden_states[-1][:, start:] if hidden else None
 
 
 def sequence_scores(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import json
 import math
 import random
@@ -79,11 +78,11 @@ from .errors import Diverged
 from .heap import long_lived
 from .losses import (AdaptiveKLController, FixedKLController, entropy_from_logits, gae, kl_penalised_rewards,
                      lm_loss, logprobs_from_logits, masked_mean, masked_whiten, ppo_clip_loss, value_loss)
-from .models import (adapters_disabled, add_lora, autocast, load_causal_lm, load_reward_model, position_ids_from_mask,
-                     save_hf, sequence_scores, set_gradient_checkpointing, trainable_state_dict)
+from .models import (adapters_disabled, add_lora, autocast, lm_forward, load_causal_lm, load_reward_model, save_hf,
+                     sequence_scores, set_gradient_checkpointing, trainable_state_dict)
 from .rundir import (MANIFEST, RunDir, atomic_write_json, fsync_dir, fsync_file, fsync_tree, read_json,
                      read_jsonl, verify_manifest, write_manifest)
-from . import gpt2, optim, stop
+from . import optim, stop
 from .dist import Dist, shard
 from . import sharding
 from .heldout import heldout_nll, heldout_text
@@ -117,31 +116,6 @@ class Batch:
 
 
 # ----------------------------------------------------------------------------- forward passes
-
-@functools.lru_cache(maxsize=None)
-def _keeps_logits(model_cls) -> bool:
-    """Whether a model class's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
-    return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
-
-
-def lm_forward(model, ids: torch.Tensor, mask: torch.Tensor, keep: Optional[int] = None,
-               hidden: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """A causal LM's logits on the ``keep`` last positions (all without), and with ``hidden``
-    the final hidden states of the same positions (else None): through ``rlhf.gpt2.hidden`` for
-    a plain GPT-2 (the toy world's: the same floats, without transformers' per-call machinery;
-    after its last attention only the kept positions are computed, so its weight gradients
-    round differently: ``rlhf.gpt2.blocks``), else the model's own forward (``logits_to_keep``
-    where it takes it, no KV cache)."""
-    pos = position_ids_from_mask(mask)
-    start = max(ids.shape[1] - keep, 0) if keep else 0  # the first kept position (keep 0 or None: all)
-    if gpt2.eligible(model):
-        last = gpt2.hidden(model, ids, mask, pos, start=start)
-        return torch.nn.functional.linear(last, model.lm_head.weight), last if hidden else None
-    kw = {"logits_to_keep": keep} if keep is not None and _keeps_logits(type(model)) else {}
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, output_hidden_states=hidden,
-                **kw)
-    return out.logits, out.hidden_states[-1][:, start:] if hidden else None
-
 
 def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
                    value_head: Optional[torch.nn.Module] = None):

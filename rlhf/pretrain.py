@@ -20,7 +20,6 @@ import time
 from typing import Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import gpt2, tracking
@@ -28,7 +27,7 @@ from .config import DataError, RunConfig, stage_seed
 from .errors import check_finite
 from .heldout import heldout_nll, heldout_text
 from .losses import lm_loss
-from .models import autocast, n_params, native_bf16, save_hf, scratch_model
+from .models import autocast, lm_forward, n_params, native_bf16, save_hf, scratch_model
 from .optim import AdamW
 from .rundir import RunDir
 from .sampling import probe_world
@@ -63,15 +62,11 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 def next_token_loss(model, x: torch.Tensor, kind: str = "none") -> torch.Tensor:
     """The mean next-token loss (``losses.lm_loss``) of ``model`` on the windows ``x``, its
-    forward in ``pretrain.autocast`` ``kind``: a plain GPT-2 through ``rlhf.gpt2.hidden`` (the
-    same loss as its own forward, bit for bit; the position embedding's gradient sums its rows
-    in another order, so it differs by rounding), any other model through its own forward."""
+    forward (``models.lm_forward``: a plain GPT-2 through ``rlhf.gpt2``, the same loss as its
+    own forward, the position embedding's gradient rounded differently) in
+    ``pretrain.autocast`` ``kind``."""
     with autocast(x.device, kind):
-        if gpt2.eligible(model):
-            pos = torch.arange(x.shape[1], device=x.device).expand_as(x)
-            logits = F.linear(gpt2.hidden(model, x, torch.ones_like(x), pos), model.lm_head.weight)
-        else:
-            logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        logits, _ = lm_forward(model, x, torch.ones_like(x))
     return lm_loss(logits, x)
 
 
@@ -80,8 +75,7 @@ def share_grads(model, params: list, x: torch.Tensor, share: float, kind: str) -
     returned rather than accumulated into ``.grad`` (another thread may be computing the other
     part's), and that loss, detached."""
     loss = next_token_loss(model, x, kind)
-    grads = torch.autograd.grad(share * loss, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)], loss.detach()
+    return list(torch.autograd.grad(share * loss, params)), loss.detach()
 
 
 def backward_in_halves(model, params: list, x: torch.Tensor, side: SideThread, kind: str) -> torch.Tensor:
