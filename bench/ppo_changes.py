@@ -81,7 +81,8 @@ def main() -> int:
         run.reuse_values = "reuse" in on
         t = time.perf_counter()
         real_step(run, i)
-        times[mode].append(time.perf_counter() - t)
+        if i >= 2:  # the run's first two iterations are warm-up
+            times[mode].append(time.perf_counter() - t)
     ppo.PPORun.step = step
     cfg = load_config(REPO / "experiments" / "quickstart.yaml", [
         "model.n_layer=2", "model.n_embd=64", "model.n_positions=128", f"ppo.steps={a.steps}", "ppo.batch_size=8",
@@ -96,7 +97,6 @@ def main() -> int:
     shutil.rmtree(d, ignore_errors=True)
     res = {}
     for m, ts in times.items():
-        ts = ts[2:]  # the warm-up iterations
         res[m] = {"median_ms": statistics.median(ts) * 1e3, "min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3,
                   "n": len(ts)}
     base = res["none"]["median_ms"]
