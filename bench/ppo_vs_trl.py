@@ -161,15 +161,17 @@ def _ours_setup(d: Path, a, critic: str = "separate", grad_clip: float = 0.0, pa
     return cfg, world, tok, rd
 
 
-def _ours_result(a, rd, gen: list[float], side: str) -> dict:
-    """Our side's record from its run directory (the caller puts the iteration times in)."""
+def _ours_result(a, rd, gen: list[float], side: str, iter_s: Optional[list[float]] = None) -> dict:
+    """Our side's record from its run directory; its iteration times from the run's metrics
+    (``time_s`` deltas) unless the caller timed them (``iter_s``)."""
     import shutil
     from rlhf.rundir import read_jsonl
     rows = read_jsonl(rd.path / "ppo.tmp" / "metrics.jsonl")
     shutil.rmtree(rd.path, ignore_errors=True)
     t = [r["time_s"] for r in rows]
     # response_len counts tokens up to EOS; sampling runs until every row ended or T tokens
-    return {"side": side, "iter_s": [b - a_ for a_, b in zip(t, t[1:])], "episodes_per_iter": a.batch,
+    return {"side": side, "iter_s": iter_s if iter_s is not None else [b - a_ for a_, b in zip(t, t[1:])],
+            "episodes_per_iter": a.batch,
             "tokens_per_iter": a.batch * a.new_tokens, "gen_s": gen[1:], "peak_rss_mb": _peak_rss_mb(),
             "mean_response_len": statistics.mean(r["response_len"] for r in rows)}
 
@@ -274,7 +276,6 @@ def _trl_ppo_trainer(d: Path, a, no_gc: bool, clock):
 
 def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
     _one_thread(a.threads)
-    import trl
     clock = _StepClock.make()
     trainer, gen = _trl_ppo_trainer(d, a, no_gc, clock)
     import contextlib
@@ -283,7 +284,13 @@ def worker_trl_ppo(d: Path, a, no_gc: bool = False) -> dict:
         trainer.train()
     t = clock.t
     it = [b - a_ for a_, b in zip(t, t[1:])][1:]  # drop the first (warm-up) iteration
-    return {"side": "trl_ppo_nogc" if no_gc else "trl_ppo", "trl": trl.__version__, "iter_s": it, "episodes_per_iter": a.batch,
+    return _trl_result(a, "trl_ppo_nogc" if no_gc else "trl_ppo", it, gen)
+
+
+def _trl_result(a, side: str, iter_s: list[float], gen: list[float]) -> dict:
+    """A TRL PPOTrainer side's record (its first generation, a warm-up, dropped)."""
+    import trl
+    return {"side": side, "trl": trl.__version__, "iter_s": iter_s, "episodes_per_iter": a.batch,
             "tokens_per_iter": a.batch * a.new_tokens, "gen_s": gen[1:], "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -324,7 +331,6 @@ def worker_paired(d: Path, a) -> dict:
     import threading
     import time as _t
     import torch
-    import trl
     import rlhf.ppo as ppo_mod
     baton = _Baton(a.paired_first)
     trl_s: list[float] = []
@@ -389,12 +395,9 @@ def worker_paired(d: Path, a) -> dict:
         raise RuntimeError("paired: two timed turns overlapped (the baton failed)")
     if len(trl_s) != len(ours_s):
         raise RuntimeError(f"paired: {len(ours_s)} iterations of ours against {len(trl_s)} of TRL's")
-    ours = _ours_result(a, rd, ours_gen, "ours_paired")
-    ours["iter_s"] = ours_s[1:]  # its turns' own clock (the first, a warm-up, dropped)
-    return {"side": "paired", "first": a.paired_first, "ours": ours,
-            "trl_ppo_nogc": {"side": "trl_ppo_nogc_paired", "trl": trl.__version__, "iter_s": trl_s[1:],
-                             "episodes_per_iter": a.batch, "tokens_per_iter": a.batch * a.new_tokens,
-                             "gen_s": trl_gen[1:], "peak_rss_mb": _peak_rss_mb()}}
+    return {"side": "paired", "first": a.paired_first,  # each side's turns' own clock (the first, a warm-up, dropped)
+            "ours": _ours_result(a, rd, ours_gen, "ours_paired", iter_s=ours_s[1:]),
+            "trl_ppo_nogc": _trl_result(a, "trl_ppo_nogc_paired", trl_s[1:], trl_gen)}
 
 
 def worker_trl_rloo(d: Path, a) -> dict:
@@ -514,23 +517,25 @@ def main() -> int:
     d = Path(tempfile.mkdtemp(prefix="ppo_vs_trl_"))
     prepare(d, a.n_layer, a.n_embd, a.n_positions, model=a.model)
     results: dict[str, list[dict]] = {s: [] for s in sides}
-    for r in range(a.repeats if a.paired else 0):
-        a.paired_first = ("ours", "trl")[r % 2]
-        t0 = time.time()
-        res = run_side("paired", d, a)
-        for s in sides:
-            results[s].append(res[s])
-        print(f"repeat {r} paired ({a.paired_first} first): median ours {statistics.median(res['ours']['iter_s']) * 1e3:.1f}, "
-              f"TRL without gc {statistics.median(res['trl_ppo_nogc']['iter_s']) * 1e3:.1f} ms/iteration "
-              f"(process {time.time() - t0:.0f}s)", flush=True)
-    for r in range(0 if a.paired else a.repeats):
-        order = sides[r % len(sides):] + sides[:r % len(sides)]  # rotate who goes first
-        for s in order:
+    for r in range(a.repeats):
+        if a.paired:  # one process holds both sides; who goes first alternates
+            a.paired_first = ("ours", "trl")[r % 2]
             t0 = time.time()
-            res = run_side(s, d, a)
-            results[s].append(res)
-            print(f"repeat {r} {s:>12}: median {statistics.median(res['iter_s']) * 1e3:7.1f} ms/iteration "
-                  f"over {len(res['iter_s'])} (process {time.time() - t0:.0f}s)", flush=True)
+            res = run_side("paired", d, a)
+            for s in sides:
+                results[s].append(res[s])
+            print(f"repeat {r} paired ({a.paired_first} first): median ours "
+                  f"{statistics.median(res['ours']['iter_s']) * 1e3:.1f}, TRL without gc "
+                  f"{statistics.median(res['trl_ppo_nogc']['iter_s']) * 1e3:.1f} ms/iteration "
+                  f"(process {time.time() - t0:.0f}s)", flush=True)
+        else:
+            order = sides[r % len(sides):] + sides[:r % len(sides)]  # rotate who goes first
+            for s in order:
+                t0 = time.time()
+                res = run_side(s, d, a)
+                results[s].append(res)
+                print(f"repeat {r} {s:>12}: median {statistics.median(res['iter_s']) * 1e3:7.1f} ms/iteration "
+                      f"over {len(res['iter_s'])} (process {time.time() - t0:.0f}s)", flush=True)
     summ = summarise(results)
     what = (f"GPT-2 {a.n_layer} layers width {a.n_embd}" if a.model == "toy"
             else "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to fp32)")
