@@ -533,13 +533,26 @@ def to_latex(rows: list[Row], claims: list[Claim]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_frame(rows: list[Row]) -> pd.DataFrame:
+    """Every row's per-seed values (claim, row, seed, value): the numbers its mean and CI are
+    computed from (rows of kinds mean, paired, within_ci and overopt; a fit or a monotone row
+    has none). ``rlhf compare`` pairs two reports' rows by seed from this table."""
+    return pd.DataFrame([{"claim": r.claim, "row": r.id, "seed": int(s), "value": float(v)}
+                         for r in rows for s, v in sorted(r.per_seed.items())],
+                        columns=["claim", "row", "seed", "value"])
+
+
 def write_claims(rows: list[Row], claims: list[Claim], out: Path, figures: Optional[dict] = None) -> dict[str, Path]:
-    """claims.md, claims.csv, claims.tex under ``out`` (a tables/ directory)."""
+    """claims.md, claims.csv, claims.tex and claims_seeds.csv (:func:`seeds_frame`) under
+    ``out`` (a tables/ directory), each written whole or not at all."""
+    from rlhf.rundir import atomic_write_text
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / "claims.md", "csv": out / "claims.csv", "tex": out / "claims.tex"}
-    paths["md"].write_text(to_markdown(rows, claims, figures) + "\n")
-    to_frame(rows).to_csv(paths["csv"], index=False)
-    paths["tex"].write_text(to_latex(rows, claims))
+    paths = {"md": out / "claims.md", "csv": out / "claims.csv", "tex": out / "claims.tex",
+             "seeds": out / "claims_seeds.csv"}
+    atomic_write_text(paths["md"], to_markdown(rows, claims, figures) + "\n")
+    atomic_write_text(paths["csv"], to_frame(rows).to_csv(index=False))
+    atomic_write_text(paths["tex"], to_latex(rows, claims))
+    atomic_write_text(paths["seeds"], seeds_frame(rows).to_csv(index=False))
     return paths
 
 

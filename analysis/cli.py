@@ -48,6 +48,41 @@ def run(args) -> int:
     return 0
 
 
+COMPARE_DOC = """`rlhf compare BASE NEW [--out DIR]`: two claims tables row by row.
+
+    rlhf compare findings_before/report findings/report --out findings/compare
+
+BASE and NEW are report directories written by `rlhf report ... --claims` (or findings output
+directories holding report/). For every row in both: the base and new value with their CIs,
+Δ = new − base with a 95% CI (paired by seed when both have the same seeds, else Welch's t;
+no CI for a row that is one number per report), whether that CI excludes 0, and the verdicts.
+Prints the table; --out also writes compare.md and compare.csv. Bad input exits with status 2.
+"""
+
+
+def register_compare(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("compare", help="two claims tables row by row: did the statistics move?",
+                              description=COMPARE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("base", metavar="BASE", help="the report to compare against (rlhf report --claims --out)")
+    p.add_argument("new", metavar="NEW", help="the report compared with it")
+    p.add_argument("--out", default=None, help="directory for compare.md and compare.csv (default: print only)")
+    p.set_defaults(func=run_compare)
+    return p
+
+
+def run_compare(args) -> int:
+    from pathlib import Path
+
+    from . import compare as K
+    base, new = K.load_table(args.base), K.load_table(args.new)  # CompareError -> exit status 2
+    changes, only_base, only_new = K.compare(base, new)
+    print(K.to_markdown(changes, base, new, only_base, only_new), end="")
+    if args.out:
+        paths = K.write(changes, base, new, only_base, only_new, Path(args.out))
+        print(f"written: {paths['md']} {paths['csv']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m rlhf_analysis.cli ...`` = ``rlhf report ...``"""
     from rlhf.cli import main as rlhf_main

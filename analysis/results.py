@@ -104,6 +104,32 @@ def t_ci(values) -> tuple[float, float, float, int]:
     return mean, mean - half, mean + half, n
 
 
+def welch_ci(a, b) -> tuple[float, float, float, float]:
+    """(Δ, 95% CI low, high, df) of the difference of means of two independent samples
+    (Welch's t; NaNs dropped):
+
+        Δ = mean(b) − mean(a),   se² = s_a²/n_a + s_b²/n_b,
+        df = se⁴ / ((s_a²/n_a)² / (n_a − 1) + (s_b²/n_b)² / (n_b − 1)),   CI = Δ ± t(0.975, df)·se
+
+    with s² the sample variances (ddof 1). The CI is NaN when either sample has fewer than 2
+    values; when both are constant (se = 0) it is [Δ, Δ] and df is infinite."""
+    a = np.asarray([x for x in a if x is not None and not math.isnan(x)], float)
+    b = np.asarray([x for x in b if x is not None and not math.isnan(x)], float)
+    if len(a) == 0 or len(b) == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    d = float(b.mean() - a.mean())
+    if len(a) < 2 or len(b) < 2:
+        return d, math.nan, math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return d, d, d, math.inf
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    from scipy import stats
+    half = float(stats.t.ppf(0.975, df) * se)
+    return d, d - half, d + half, float(df)
+
+
 def state_summary(states) -> str:
     """'2/2 done', or '1/3 done; 1 diverged, 1 running'."""
     states = list(states)

@@ -19,12 +19,16 @@ checkpoints to evaluate) and ``claims.yaml`` (``analysis/claims.py``). Phases:
    ``--jobs`` at a time, at ``threads=1`` and (like the runs) without a GPU when the sweep asks
    for none. A run+suite evaluated successfully with the same settings is
    skipped (``<run>/eval/findings_done.json``).
-4. **report**: ``rlhf report <every sweep> --claims claims.yaml --out <out>/report``.
+4. **report**: ``rlhf report <every sweep> --claims claims.yaml --out <out>/report``; with
+   ``--baseline DIR`` (an earlier run's report, or its findings output directory) also
+   ``rlhf compare DIR <out>/report --out <out>/compare``: every claim row's statistic, new
+   against baseline, with a 95% CI of the change (``analysis/compare.py``).
 5. **doc**: ``--doc`` (default ``docs/findings.md``): the command, seeds, package versions,
-   git commit, wall time of each phase, the claims table and one figure per claim (copied
-   next to it, ``docs/findings/claim_<id>.png``).
+   git commit, wall time of each phase, the claims table, the comparison with the baseline
+   (with ``--baseline``) and one figure per claim (copied next to it,
+   ``docs/findings/claim_<id>.png``).
 
-Eval and report run as subprocesses (``rlhf eval``, ``rlhf report``): slurm/ never imports
+Eval, report and compare run as subprocesses (``rlhf eval``, ``rlhf report``, ``rlhf compare``): slurm/ never imports
 eval/ or analysis/. Exit status: 0 when every phase finished (claims may still not hold),
 1 when runs or evals failed (they are counted in the report), 2 for bad input.
 """
@@ -249,9 +253,25 @@ def _commits(sweeps: list[Sweep]) -> str:
     return out
 
 
+def baseline_report(path: str | Path) -> Path:
+    """The report directory ``--baseline`` names (a report directory, or a findings output
+    directory holding report/), checked before any run starts: it must hold the claims table
+    and its per-seed values (``rlhf compare`` reads both)."""
+    p = Path(path)
+    if not (p / "tables" / "claims.csv").is_file() and (p / "report" / "tables" / "claims.csv").is_file():
+        p = p / "report"
+    for f in ("claims.csv", "claims_seeds.csv"):
+        if not (p / "tables" / f).is_file():
+            raise FindingsError(f"--baseline {path}: {p / 'tables' / f} not found (a report written by "
+                                "`rlhf report ... --claims`; reports from before claims_seeds.csv existed: "
+                                "run `rlhf report` on its sweeps again)")
+    return p
+
+
 def write_doc(doc: Path, command: str, sweeps: list[Sweep], report_dir: Path, timings: dict,
-              failed_runs: list[str], failed_evals: list[str]) -> Path:
-    """docs/findings.md from the report's claims table, with the claim figures beside it."""
+              failed_runs: list[str], failed_evals: list[str], compare_md: Optional[Path] = None) -> Path:
+    """docs/findings.md from the report's claims table, with the claim figures beside it (and
+    the comparison with a baseline: ``compare_md``, ``rlhf compare``'s compare.md)."""
     figs = doc.parent / doc.stem  # docs/findings/
     figs.mkdir(parents=True, exist_ok=True)
     links = {}
@@ -301,6 +321,13 @@ def write_doc(doc: Path, command: str, sweeps: list[Sweep], report_dir: Path, ti
         stat = r["statistic"] + (f"; {r['detail']}" if r.get("detail") else "")
         md.append(f"| {r['row']}{fig} | {stat.replace('|', '/')} | {num('value')} | {ci} | {r['runs']} | "
                   f"**{r['verdict']}** |")
+    if compare_md is not None:
+        body = compare_md.read_text().split("\n", 1)[1].lstrip("\n")  # without its own title
+        md += ["", "## Against the baseline", "",
+               "Each row's statistic in this run against the baseline's (`rlhf compare`): Δ = this − baseline "
+               "with a 95% CI, paired by seed when both have the same seeds (else Welch's t). A verdict can "
+               "flip while its statistic does not detectably move: the CI touched the threshold in one run "
+               "and not in the other.", "", body.rstrip("\n")]
     md += ["", "## Figures", ""]
     for cid, link in links.items():
         md += [f"![claim {cid}]({link})", ""]
@@ -311,7 +338,8 @@ def write_doc(doc: Path, command: str, sweeps: list[Sweep], report_dir: Path, ti
 # ------------------------------------------------------------------ the command
 def run_findings(suite_dir: str | Path, executor: str = "local", seeds: Optional[list[int]] = None,
                  out: str | Path = "findings", jobs: int = 2, doc: Optional[str | Path] = "docs/findings.md",
-                 retry_failed: bool = False, command: str = "", say=print, until: str = "doc") -> dict:
+                 retry_failed: bool = False, command: str = "", say=print, until: str = "doc",
+                 baseline: Optional[str | Path] = None) -> dict:
     """The five phases (module docstring); ``until="eval"`` stops after the evals."""
     suite_dir, out = Path(suite_dir), Path(out)
     if not suite_dir.is_dir():
@@ -319,6 +347,7 @@ def run_findings(suite_dir: str | Path, executor: str = "local", seeds: Optional
     claims = suite_dir / "claims.yaml"
     if not claims.is_file():
         raise FindingsError(f"{suite_dir}: no claims.yaml")
+    base_report = baseline_report(baseline) if baseline else None
     sweeps = load_sweeps(suite_dir, out, seeds)
     for sw in sweeps:
         expand(sw)  # every cell valid before anything runs
@@ -357,13 +386,25 @@ def run_findings(suite_dir: str | Path, executor: str = "local", seeds: Optional
     rc = subprocess.call(cmd)
     if rc != 0:
         raise FindingsError(f"the report failed (exit {rc}): {shlex.join(cmd)}")
+    compare_md = None
+    if base_report is not None:
+        cmd = [sys.executable, "-m", "rlhf.cli", "compare", str(base_report), str(report_dir), "--out",
+               str(out / "compare")]
+        rc = subprocess.call(cmd, stdout=subprocess.DEVNULL)
+        if rc != 0:
+            raise FindingsError(f"the comparison with the baseline failed (exit {rc}): {shlex.join(cmd)}")
+        compare_md = out / "compare" / "compare.md"
+        say(f"[compare] {compare_md}")
     phase("report", 1, t0)
     from .records import sweep_states
     not_done = [s.run_id for sw in sweeps for s in sweep_states(sw.directory) if s.state != "done"]
     result = {"sweeps": [sw.name for sw in sweeps], "failed_runs": not_done, "failed_evals": failed_evals,
               "report": str(report_dir), "timings": timings}
+    if compare_md is not None:
+        result["compare"] = str(compare_md)
     if doc:
-        result["doc"] = str(write_doc(Path(doc), command, sweeps, report_dir, timings, not_done, failed_evals))
+        result["doc"] = str(write_doc(Path(doc), command, sweeps, report_dir, timings, not_done, failed_evals,
+                                      compare_md))
         say(f"[doc] {result['doc']}")
     return result
 
@@ -378,6 +419,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="local runs and evals at a time (each with one thread)")
     p.add_argument("--doc", default="docs/findings.md", help="the generated document ('' = none)")
     p.add_argument("--retry-failed", action="store_true", help="rerun failed/diverged/interrupted runs")
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="an earlier run's report (or findings output directory) to compare every claim row "
+                        "with (rlhf compare): <out>/compare/ and a section of the doc")
     p.set_defaults(func=_run)
     return p
 
@@ -394,7 +438,7 @@ def _run(args) -> int:
     command = "rlhf findings " + shlex.join(sys.argv[2:] if len(sys.argv) > 2 and sys.argv[1] == "findings"
                                             else [args.suite])
     res = run_findings(args.suite, args.executor, seeds, args.out, args.jobs, args.doc or None, args.retry_failed,
-                       command)
+                       command, baseline=args.baseline)
     return 1 if res["failed_runs"] or res["failed_evals"] else 0
 
 

@@ -356,6 +356,21 @@ def test_findings_shares_stages_and_reports_claims(suite):
     assert "torch" in doc and "Wall time per phase" in doc
 
 
+def test_findings_report_compares_with_itself_as_unchanged(suite):
+    """The suite's report carries the per-seed values (claims_seeds.csv) behind claims.csv,
+    and `rlhf compare` of that report against itself pairs them: every Δ 0, no verdict changed."""
+    from rlhf_analysis import compare as K
+    t = K.load_table(suite["out"])  # a findings output directory: its report/
+    seeds = pd.read_csv(suite["out"] / "report" / "tables" / "claims_seeds.csv")
+    assert "a" in set(seeds["row"]) and set(seeds["row"]) <= {"a", "i2"}  # e (monotone) has no per-seed values
+    assert sorted(t.seeds["a"]) == [0, 1]
+    changes, only_base, only_new = K.compare(t, t)
+    assert [c.row for c in changes] == ["a", "e", "i2"] and not only_base and not only_new
+    a = next(c for c in changes if c.row == "a")
+    assert a.delta == 0 and a.method == "paired t, n=2" and a.differs is False
+    assert not any(c.verdict_changed for c in changes)
+
+
 def test_findings_evals_run_on_the_device_the_runs_did(suite, monkeypatch):
     from rlhf_slurm.findings import EVAL_MARKER, eval_plan, job_env, load_eval_spec, load_sweeps
     sweeps = load_sweeps(suite["suite"], suite["out"], None)
@@ -374,8 +389,11 @@ def test_findings_evals_run_on_the_device_the_runs_did(suite, monkeypatch):
 
 
 def test_findings_rerun_is_idempotent_and_counts_a_diverged_run(suite):
+    import shutil
     from rlhf_slurm.findings import run_findings
     out = suite["out"]
+    baseline = suite["root"] / "baseline_report"  # the report as it was: the re-run is compared with it
+    shutil.copytree(out / "report", baseline)
     # mark seed 1's beta=0 run diverged, as the pipeline leaves it
     for r in _sweep_runs(out):
         cfg = yaml.safe_load((r / "config.yaml").read_text())
@@ -385,7 +403,7 @@ def test_findings_rerun_is_idempotent_and_counts_a_diverged_run(suite):
             (r / "status.json").write_text(json.dumps(st))
     logs = []
     res = run_findings(suite["suite"], "local", None, out, jobs=1, doc=suite["root"] / "docs" / "findings.md",
-                       command="rlhf findings X", say=logs.append)
+                       command="rlhf findings X", say=logs.append, baseline=baseline)
     text = "\n".join(logs)
     assert "0 to run" in text and "[eval] 0 run evaluations to do" in text  # nothing redone
     assert len(res["failed_runs"]) == 1
@@ -393,12 +411,23 @@ def test_findings_rerun_is_idempotent_and_counts_a_diverged_run(suite):
     assert a["runs"] == "n=1 of 2; 1 diverged"
     assert a["ci_method"] == "CI needs >= 2 seeds" and math.isnan(a["ci_low"])
     assert "no verdict" in a["verdict"]
+    # against the baseline: row a lost seed 1, so no pairing and (1 seed) no CI; its verdict changed
+    cmp = pd.read_csv(out / "compare" / "compare.csv").set_index("row")
+    assert cmp.loc["a", "method"] == "no CI: fewer than 2 seeds" and bool(cmp.loc["a", "verdict_changed"])
+    assert res["compare"] == str(out / "compare" / "compare.md")
+    doc = (suite["root"] / "docs" / "findings.md").read_text()
+    section = doc.split("## Against the baseline")[1].split("## Figures")[0]
+    assert f"Base: `{baseline}`" in section and "| a | d gold |" in section
+    assert "verdict(s) changed: a (" in section and "no verdict (CI needs >= 2 seeds)" in section
 
 
-def test_findings_bad_suite_directory_is_an_input_error(tmp_path):
+def test_findings_bad_suite_directory_is_an_input_error(tmp_path, capsys):
     from rlhf.cli import main
     assert main(["findings", str(tmp_path / "nope")]) == 2
     (tmp_path / "claims.yaml").write_text("claims: []\n")
+    capsys.readouterr()
+    assert main(["findings", str(tmp_path), "--out", str(tmp_path / "out"), "--baseline", str(tmp_path)]) == 2
+    assert f"--baseline {tmp_path}: {tmp_path / 'tables' / 'claims.csv'} not found" in capsys.readouterr().err
     assert main(["findings", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # no sweep_*.yaml
     (tmp_path / "sweep_x.yaml").write_text(yaml.safe_dump({"grid": {"ppo.betta": [0]}}))
     assert main(["findings", str(tmp_path), "--out", str(tmp_path / "out")]) == 2  # unknown key: nothing runs
