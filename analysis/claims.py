@@ -534,9 +534,10 @@ def to_latex(rows: list[Row], claims: list[Claim]) -> str:
 
 
 def seeds_frame(rows: list[Row]) -> pd.DataFrame:
-    """Every row's per-seed values (claim, row, seed, value): the numbers its mean and CI are
-    computed from (rows of kinds mean, paired, within_ci and overopt; a fit or a monotone row
-    has none). ``rlhf compare`` pairs two reports' rows by seed from this table."""
+    """Every row's per-seed values (claim, row, seed, value): the numbers its mean is
+    computed from, and its CI too except for ``within_ci`` (whose CI is the reference cell's);
+    rows of kinds mean, paired, within_ci and overopt (a fit or a monotone row has none).
+    ``rlhf compare`` pairs two reports' rows by seed from this table."""
     return pd.DataFrame([{"claim": r.claim, "row": r.id, "seed": int(s), "value": float(v)}
                          for r in rows for s, v in sorted(r.per_seed.items())],
                         columns=["claim", "row", "seed", "value"])

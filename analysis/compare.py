@@ -8,18 +8,24 @@ chaotic). The question a code change has to answer is whether the *statistic* mo
 whether its verdict did. For every row in both tables this gives
 
     Δ = new − base, with a 95% CI:
-      paired by seed when both reports have the same seeds: Student's t over the per-seed
-        differences new_s − base_s (``results.t_ci``, the claims table's own interval);
+      paired by seed on the seeds both reports have, when there are at least 2: Student's t
+        over the per-seed differences new_s − base_s (``results.t_ci``, the claims table's
+        own interval);
       otherwise Welch's t over the two sets of per-seed values (``results.welch_ci``);
       a row with one number per report (a fit's R², a monotone row): Δ only, no CI.
 
-and says where the CI excludes 0 ("differs"). With m rows compared, about 0.05·m of them
-would differ by chance alone if nothing had changed (fewer or more, the rows are not
-independent); the summary says so. Rows whose verdict changed are listed with their Δ.
+and says where the CI excludes 0 ("differs"; a Δ within 1e-9 of 0, relative to the values,
+never does). With m rows compared, about 0.05·m of them would differ by chance alone if
+nothing had changed (fewer or more, the rows are not independent); the summary says so.
+Rows whose verdict changed are listed with their Δ. A ``within_ci`` row's CI in the claims
+table is its reference cell's (shown as "ref"), and its verdict reads that CI too: Δ is of
+the row's own mean only.
 
 BASE and NEW are report directories (``rlhf report ... --claims``: ``tables/claims.csv`` and
 ``tables/claims_seeds.csv``) or a findings output directory (``<out>/report``). A missing,
-torn or inconsistent table is an input error (exit status 2) naming the file.
+unreadable, torn or inconsistent table (a non-number where a number belongs, a per-seed row
+that names no claims row, per-seed values whose mean is not the row's value) is an input
+error (exit status 2) naming the file and, where there is one, the line.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class CompareError(InputError):
 
 @dataclass
 class Table:
-    """One report's claims: ``claims`` (claims.csv) and ``seeds`` (row -> {seed: value})."""
+    """One report's claims: ``claims`` (claims.csv) and ``seeds`` ((claim, row) -> {seed: value})."""
     path: Path
     claims: pd.DataFrame
     seeds: dict
@@ -75,16 +81,28 @@ class Change:
         return self.base_verdict != self.new_verdict
 
 
-def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, columns: list[str], numeric: dict[str, bool]) -> pd.DataFrame:
+    """The table at ``path``, every cell read as text (a row id "01" or "NA" stays itself),
+    then the ``numeric`` columns as numbers: an empty cell is NaN where allowed (True), else
+    an error; anything else that is not a number is an error naming the line."""
     if not path.is_file():
         raise CompareError(f"{path}: not found")
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as e:  # empty, torn or not a CSV
         raise CompareError(f"{path}: not a readable claims table ({type(e).__name__}: {e})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise CompareError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(columns)})")
+    for col, empty_ok in numeric.items():
+        text = df[col].str.strip()
+        num = pd.to_numeric(text.mask(text == "", "nan"), errors="coerce")
+        bad = df.index[num.isna() & ~(text.str.lower().isin(["", "nan"]) & empty_ok)]
+        if len(bad):
+            i = int(bad[0])
+            raise CompareError(f"{path}, line {i + 2}: {col} {df.at[i, col]!r} is not a number"
+                               + ("" if empty_ok else " (a torn file?)"))
+        df[col] = num
     return df
 
 
@@ -99,42 +117,47 @@ def load_table(directory: str | Path) -> Table:
     if not tables.is_dir():
         raise CompareError(f"{directory}: no tables/ here: not a report directory (rlhf report --claims) "
                            "nor a findings output directory")
-    claims = _read_csv(tables / "claims.csv", CLAIMS_COLUMNS)
+    claims_path = tables / "claims.csv"
+    claims = _read_csv(claims_path, CLAIMS_COLUMNS, {"value": True, "ci_low": True, "ci_high": True, "n": True})
     seeds_path = tables / "claims_seeds.csv"
     if not seeds_path.is_file():
         raise CompareError(f"{seeds_path}: not found (reports from before claims_seeds.csv existed: run "
                            "`rlhf report <its sweeps> --claims <claims.yaml> --out <dir>` again to write it)")
-    seeds = _read_csv(seeds_path, SEEDS_COLUMNS)
-    if claims["row"].duplicated().any():
-        raise CompareError(f"{tables / 'claims.csv'}: row id(s) given twice: "
-                           f"{', '.join(map(str, claims.loc[claims['row'].duplicated(), 'row']))}")
-    by_row = {}
-    known = {str(r): (float(v), int(n)) for r, v, n in zip(claims["row"], claims["value"], claims["n"].fillna(0))}
+    seeds = _read_csv(seeds_path, SEEDS_COLUMNS, {"seed": False, "value": False})
+    keys = list(zip(claims["claim"], claims["row"]))
+    dup = [f"{c}/{r}" for (c, r), d in zip(keys, pd.Series(keys).duplicated()) if d]
+    if dup:
+        raise CompareError(f"{claims_path}: row(s) given twice: {', '.join(dup)}")
+    known = {k: (float(v), 0 if math.isnan(n) else int(n)) for k, v, n in zip(keys, claims["value"], claims["n"])}
+    by_row: dict = {}
     for i, r in seeds.iterrows():
-        row, seed, value = str(r["row"]), r["seed"], r["value"]
-        if row not in known:
-            raise CompareError(f"{seeds_path}, line {i + 2}: row {row!r} is not in claims.csv")
-        if pd.isna(seed) or pd.isna(value):
-            raise CompareError(f"{seeds_path}, line {i + 2}: row {row!r} has no seed or no value (a torn file?)")
-        vals = by_row.setdefault(row, {})
+        key, seed = (r["claim"], r["row"]), float(r["seed"])
+        if key not in known:
+            raise CompareError(f"{seeds_path}, line {i + 2}: claim {key[0]!r}, row {key[1]!r} is not in claims.csv")
+        if seed != int(seed):
+            raise CompareError(f"{seeds_path}, line {i + 2}: seed {r['seed']:g} is not a whole number")
+        vals = by_row.setdefault(key, {})
         if int(seed) in vals:
-            raise CompareError(f"{seeds_path}, line {i + 2}: row {row!r}, seed {int(seed)} given twice")
-        vals[int(seed)] = float(value)
-    for row, vals in by_row.items():
+            raise CompareError(f"{seeds_path}, line {i + 2}: row {key[1]!r}, seed {int(seed)} given twice")
+        vals[int(seed)] = float(r["value"])
+    for key, vals in by_row.items():
         mean, _, _, n = t_ci(list(vals.values()))
-        value, n_claims = known[row]
-        if n != n_claims or not math.isclose(mean, value, rel_tol=1e-9, abs_tol=1e-12):
-            raise CompareError(f"{seeds_path}: row {row!r} has {n} seed values with mean {mean:.6g}, but "
+        value, n_claims = known[key]
+        tol = 1e-9 * max(1.0, *(abs(v) for v in vals.values()))
+        if n != n_claims or not math.isclose(mean, value, rel_tol=1e-9, abs_tol=tol):
+            raise CompareError(f"{seeds_path}: row {key[1]!r} has {n} seed values with mean {mean:.6g}, but "
                                f"claims.csv says n={n_claims}, value {value:.6g} (the two files are not "
                                "from one report)")
     return Table(path=d, claims=claims, seeds=by_row)
 
 
 def _delta(base: dict, new: dict) -> tuple[float, float, float, str]:
-    """(Δ, CI low, high, method) of new − base from their per-seed values."""
-    if set(base) == set(new) and len(base) >= 2:
-        d, lo, hi, n = t_ci([new[s] - base[s] for s in sorted(base)])
-        return d, lo, hi, f"paired t, n={n}"
+    """(Δ, CI low, high, method) of new − base from their per-seed values: paired on the
+    seeds both have when there are 2 or more, else Welch's t over all of each side's."""
+    common = sorted(set(base) & set(new))
+    if len(common) >= 2:
+        d, lo, hi, n = t_ci([new[s] - base[s] for s in common])
+        return d, lo, hi, f"paired t, n={n}" + ("" if set(base) == set(new) else " (the seeds both have)")
     d, lo, hi, df = welch_ci(list(base.values()), list(new.values()))
     if math.isnan(lo):
         return d, lo, hi, "no CI: fewer than 2 seeds"
@@ -143,26 +166,33 @@ def _delta(base: dict, new: dict) -> tuple[float, float, float, str]:
 
 def compare(base: Table, new: Table) -> tuple[list[Change], list[str], list[str]]:
     """The rows of both tables in NEW's order, and the row ids only in BASE / only in NEW."""
-    b = base.claims.set_index(base.claims["row"].astype(str))
+    b = {(r["claim"], r["row"]): r for _, r in base.claims.iterrows()}
     out = []
     for _, r in new.claims.iterrows():
-        row = str(r["row"])
-        if row not in b.index:
+        key = (r["claim"], r["row"])
+        if key not in b:
             continue
-        o = b.loc[row]
-        if row in base.seeds and row in new.seeds:
-            d, lo, hi, method = _delta(base.seeds[row], new.seeds[row])
+        o = b[key]
+        if key in base.seeds and key in new.seeds:
+            d, lo, hi, method = _delta(base.seeds[key], new.seeds[key])
         else:
+            side = ("either report" if key not in base.seeds and key not in new.seeds else
+                    "the base report" if key not in base.seeds else "the new report")
             d, lo, hi, method = float(r["value"]) - float(o["value"]), math.nan, math.nan, \
-                "one number per report (no CI)"
-        differs = None if math.isnan(lo) else not (lo <= 0 <= hi)
-        out.append(Change(row=row, claim=str(r["claim"]), statistic=str(r["statistic"]),
+                f"no per-seed values in {side}: no CI"
+        scale = max(1.0, abs(float(r["value"])) if r["value"] == r["value"] else 1.0,
+                    abs(float(o["value"])) if o["value"] == o["value"] else 1.0)
+        differs = None if math.isnan(lo) else (not (lo <= 0 <= hi) and abs(d) > 1e-9 * scale)
+        if str(r["ci_method"]).startswith("CI of the reference") or str(o["ci_method"]).startswith("CI of the reference"):
+            method += "; the CIs shown are the reference cell's"
+        out.append(Change(row=str(r["row"]), claim=str(r["claim"]), statistic=str(r["statistic"]),
                           base_value=float(o["value"]), base_ci_low=float(o["ci_low"]), base_ci_high=float(o["ci_high"]),
                           base_verdict=str(o["verdict"]), new_value=float(r["value"]), new_ci_low=float(r["ci_low"]),
                           new_ci_high=float(r["ci_high"]), new_verdict=str(r["verdict"]), delta=d, delta_ci_low=lo,
                           delta_ci_high=hi, method=method, differs=differs))
-    only_base = [str(x) for x in base.claims["row"] if str(x) not in set(new.claims["row"].astype(str))]
-    only_new = [str(x) for x in new.claims["row"] if str(x) not in b.index]
+    new_keys = set(zip(new.claims["claim"], new.claims["row"]))
+    only_base = [r for c, r in zip(base.claims["claim"], base.claims["row"]) if (c, r) not in new_keys]
+    only_new = [r for c, r in zip(new.claims["claim"], new.claims["row"]) if (c, r) not in b]
     return out, only_base, only_new
 
 
@@ -186,6 +216,8 @@ def summary_lines(changes: list[Change], only_base: list[str], only_new: list[st
         for c in flips:
             why = ("its statistic differs" if c.differs else "its statistic does not detectably differ"
                    if c.differs is False else "no CI for its Δ")
+            if "reference cell" in c.method:
+                why += "; its verdict also reads the reference cell's CI"
             parts.append(f"{c.row} ({c.base_verdict} → {c.new_verdict}; Δ {_f(c.delta)}"
                          f"{_ci(c.delta_ci_low, c.delta_ci_high)}: {why})")
         lines.append(f"{len(flips)} verdict(s) changed: " + "; ".join(parts) + ".")

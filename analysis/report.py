@@ -10,7 +10,7 @@ Writes, under the output directory::
     tables/main_results.tex  booktabs, mean ± 95% CI over seeds per cell
     tables/main_results.csv  the same numbers (mean, ci_low, ci_high, n per metric; runs by state)
     tables/runs.csv          one row per run: state, error, conditions, seed, metrics
-    tables/claims.{md,csv,tex}, figures/claim_<id>.*   with ``claims`` (analysis/claims.py)
+    tables/claims.{md,csv,tex}, tables/claims_seeds.csv, figures/claim_<id>.*   with ``claims`` (analysis/claims.py)
     report.md, report.html   every figure with a one-line caption, the table, runs not done
 """
 

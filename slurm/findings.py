@@ -256,7 +256,7 @@ def _commits(sweeps: list[Sweep]) -> str:
 def baseline_report(path: str | Path) -> Path:
     """The report directory ``--baseline`` names (a report directory, or a findings output
     directory holding report/), checked before any run starts: it must hold the claims table
-    and its per-seed values (``rlhf compare`` reads both)."""
+    and its per-seed values, and ``rlhf compare`` must read them (compared with itself)."""
     p = Path(path)
     if not (p / "tables" / "claims.csv").is_file() and (p / "report" / "tables" / "claims.csv").is_file():
         p = p / "report"
@@ -265,6 +265,10 @@ def baseline_report(path: str | Path) -> Path:
             raise FindingsError(f"--baseline {path}: {p / 'tables' / f} not found (a report written by "
                                 "`rlhf report ... --claims`; reports from before claims_seeds.csv existed: "
                                 "run `rlhf report` on its sweeps again)")
+    cmd = [sys.executable, "-m", "rlhf.cli", "compare", str(p), str(p)]
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise FindingsError(f"--baseline {path}: rlhf compare cannot read it: {r.stderr.strip()}")
     return p
 
 
@@ -386,15 +390,16 @@ def run_findings(suite_dir: str | Path, executor: str = "local", seeds: Optional
     rc = subprocess.call(cmd)
     if rc != 0:
         raise FindingsError(f"the report failed (exit {rc}): {shlex.join(cmd)}")
-    compare_md = None
+    compare_md = compare_error = None
     if base_report is not None:
         cmd = [sys.executable, "-m", "rlhf.cli", "compare", str(base_report), str(report_dir), "--out",
                str(out / "compare")]
         rc = subprocess.call(cmd, stdout=subprocess.DEVNULL)
-        if rc != 0:
-            raise FindingsError(f"the comparison with the baseline failed (exit {rc}): {shlex.join(cmd)}")
-        compare_md = out / "compare" / "compare.md"
-        say(f"[compare] {compare_md}")
+        if rc == 0:
+            compare_md = out / "compare" / "compare.md"
+            say(f"[compare] {compare_md}")
+        else:  # the doc is still written (without the comparison), then this is raised
+            compare_error = f"the comparison with the baseline failed (exit {rc}): {shlex.join(cmd)}"
     phase("report", 1, t0)
     from .records import sweep_states
     not_done = [s.run_id for sw in sweeps for s in sweep_states(sw.directory) if s.state != "done"]
@@ -406,6 +411,8 @@ def run_findings(suite_dir: str | Path, executor: str = "local", seeds: Optional
         result["doc"] = str(write_doc(Path(doc), command, sweeps, report_dir, timings, not_done, failed_evals,
                                       compare_md))
         say(f"[doc] {result['doc']}")
+    if compare_error:
+        raise FindingsError(compare_error)
     return result
 
 

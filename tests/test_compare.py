@@ -95,7 +95,6 @@ def test_compare_pairs_by_seed_welch_otherwise_and_flags_verdicts(tmp_path):
     assert "2 verdict(s) changed: b (holds → does not hold; Δ -0.233 [-0.52, 0.0535]: its statistic does not " \
            "detectably differ); d5 (holds → does not hold; Δ -0.04: no CI for its Δ)." in text
     assert "Only in the base report: old." in text and "Only in the new report: added." in text
-    assert "| b | stat b | 0.533 [0.390, 0.677] |" not in text  # (3 significant digits, as the claims table)
     assert "| b | stat b | 0.533 [0.39, 0.677] | 0.3 [0.0516, 0.548] | -0.233 [-0.52, 0.0535] (paired t, n=3) | no | " \
            "holds → **does not hold** |" in text
 
@@ -147,7 +146,75 @@ def test_compare_bad_input_exits_2_and_names_the_file(tmp_path, capsys):
     fails([b, n], "row 'zz' is not in claims.csv")
     seeds.write_text("")
     fails([b, n], "not a readable claims table")
+    seeds.write_text(text.replace("1.5", "abc", 1))
+    fails([b, n], "claims_seeds.csv, line 2: value 'abc' is not a number")
+    seeds.write_text(text.replace("a,a,0,", "a,a,0.5,", 1))
+    fails([b, n], "claims_seeds.csv, line 2: seed 0.5 is not a whole number")
     seeds.write_text(text)
+    claims = (b / "tables" / "claims.csv").read_text()
+    (b / "tables" / "claims.csv").write_text(claims.replace(",3,n=3 of 3,", ",three,n=3 of 3,", 1))
+    fails([b, n, "--out", tmp_path / "cmp"], "claims.csv, line 2: n 'three' is not a number")
     (b / "tables" / "claims.csv").write_text("claim,row\na,a\n")
-    fails([b, n], "missing column(s) statistic, value")
-    assert not (tmp_path / "cmp").exists()
+    fails([b, n, "--out", tmp_path / "cmp"], "missing column(s) statistic, value")
+    assert not (tmp_path / "cmp").exists()  # refused before anything is written
+
+
+def test_compare_pairs_the_seeds_both_have_and_ignores_rounding(tmp_path):
+    from rlhf_analysis import compare as K
+    e = 2.0 ** -45  # both differences exactly e: a zero-width CI that excludes 0
+    b = _report(tmp_path, "b", [_row("x", {0: 1.0, 1: 2.0, 2: 4.0}), _row("y", {0: 0.5, 1: 0.25})])
+    n = _report(tmp_path, "n", [_row("x", {0: 1.5, 1: 2.5}), _row("y", {0: 0.5 + e, 1: 0.25 + e})])
+    x, y = K.compare(K.load_table(b), K.load_table(n))[0]
+    assert x.method == "paired t, n=2 (the seeds both have)" and x.delta == pytest.approx(0.5)
+    assert (x.delta_ci_low, x.delta_ci_high) == (pytest.approx(0.5), pytest.approx(0.5))  # both differences 0.5
+    assert x.differs is True
+    assert y.delta_ci_low == y.delta_ci_high == e and y.differs is False  # a rounding-size shift is no change
+
+
+def test_compare_reads_every_kind_the_claims_machinery_writes(tmp_path):
+    """Rows computed by claims_table (overopt, within_ci, mean with a seed whose value is
+    missing, a fit, a monotone row; two claims with the same row id; row ids that look like
+    numbers or NA) go through write_claims and load_table unchanged."""
+    from rlhf_analysis.claims import Claim, claims_table, write_claims
+    from rlhf_analysis.data import Data
+    from rlhf_analysis import compare as K
+    runs, recs = [], []
+    for b in (0.0, 0.1, 1.0):
+        for s in range(3):
+            rid = f"b{b}s{s}"
+            runs.append({"source": "x/sw", "run_id": rid, "state": "done", "seed": s, "ppo.beta": b,
+                         "ppo.final_kl": 8.0 / (1 + 10 * b) + 0.1 * s,
+                         "g": float("nan") if (b, s) == (0.0, 2) else 0.3 + 0.01 * s + b})
+            if b == 0.0:
+                for cp, k, gold, rm in (("sft", 0.0, 0.0, 0.0), ("ppo/kl_1", 1.0, 0.5 + 0.1 * s, 1.0),
+                                        ("ppo", 9.0, 0.2, 3.0 + s)):
+                    recs += [[rid, cp, "overopt", m, "rl", v, None, None]
+                             for m, v in (("gold_reward", gold), ("rm_score", rm), ("kl", k))]
+    data = Data(runs=pd.DataFrame(runs), records=pd.DataFrame(recs, columns=[
+        "run_id", "checkpoint_label", "suite", "metric", "subset", "value", "delta_vs_ref", "error"]),
+        curves=pd.DataFrame(columns=["run_id", "step"]), sources=["x/sw"])
+    sw, b0 = {"sweep": "sw"}, {"sweep": "sw", "where": {"ppo.beta": 0}}
+    claims = [Claim(id="p", name="p", text="", rows=[
+        {"id": "01", "kind": "overopt", "quantity": "rm_rise", "x": b0, "verdict": ["ci_low > 0"]},
+        {"id": "NA", "kind": "mean", "x": {**b0, "summary": "g"}, "verdict": ["ci_low > 0"]},
+        {"id": "w", "kind": "within_ci", "x": {**sw, "where": {"ppo.beta": "min>0"}, "summary": "g"},
+         "y": {**b0, "summary": "g"}, "verdict": ["within_ci"]},
+        {"id": "fit", "kind": "overopt_fit", "method": "rl", "x": b0, "verdict": ["value >= 0.9"]},
+        {"id": "mono", "kind": "monotone", "over": "ppo.beta", "x": {**sw, "summary": "ppo.final_kl"},
+         "verdict": ["monotone"]}]),
+        Claim(id="q", name="q", text="", rows=[{"id": "NA", "kind": "mean", "x": {**sw, "where": {"ppo.beta": 1},
+                                                                                 "summary": "g"}}])]
+    rows = claims_table(claims, data)
+    assert {(r.claim, r.id): r.n for r in rows}[("p", "NA")] == 2  # seed 2's value is missing: not averaged in
+    write_claims(rows, claims, tmp_path / "r" / "tables")
+    t = K.load_table(tmp_path / "r")
+    assert sorted(t.seeds) == [("p", "01"), ("p", "NA"), ("p", "w"), ("q", "NA")]
+    # rm_rise: the RM score at ppo (3 + s) − at the gold peak, ppo/kl_1 (1.0)
+    assert t.seeds[("p", "01")] == {0: 2.0, 1: 3.0, 2: 4.0} and sorted(t.seeds[("p", "NA")]) == [0, 1]
+    changes, only_base, only_new = K.compare(t, t)
+    assert [(c.claim, c.row) for c in changes] == [("p", "01"), ("p", "NA"), ("p", "w"), ("p", "fit"),
+                                                   ("p", "mono"), ("q", "NA")]
+    assert all(c.delta == 0 and not c.verdict_changed for c in changes) and not only_base and not only_new
+    by = {(c.claim, c.row): c for c in changes}
+    assert by[("p", "w")].method == "paired t, n=3; the CIs shown are the reference cell's"
+    assert by[("p", "fit")].method == "no per-seed values in either report: no CI"
