@@ -6,7 +6,7 @@
                                                   the same command resumes)
     rlhf config CONFIG [key=value ...]            print the resolved config
     rlhf config --keys                            every key: default, range, meaning (docs/config.md)
-    rlhf eval | sweep | report ...                plugins (eval/, slurm/, analysis/)
+    rlhf eval | sweep | findings | report | compare ...   plugins (eval/, slurm/, analysis/)
 
 Plugins register through the entry-point group ``rlhf.commands`` so that the training
 core never imports eval/, slurm/ or analysis/. Every subcommand that takes settings (run,
