@@ -253,6 +253,21 @@ def _commits(sweeps: list[Sweep]) -> str:
     return out
 
 
+def _run_commits(sweeps: list[Sweep]) -> str:
+    """The commits the suite's runs and shared stage builds were made at (their meta.json's
+    ``git_commit``), each with its count: a doc phase re-run later reuses runs built earlier,
+    and the doc's code commit alone would not say so."""
+    counts: dict[str, int] = {}
+    dirs = {sw.directory for sw in sweeps}
+    metas = [m for d in dirs for m in (d / "runs").glob("*/meta.json")]
+    metas += [m for d in {sd.parent for sd in dirs} for m in (d / "shared").glob("*/meta.json")]
+    for m in sorted(set(metas)):
+        c = str((read_json(m, {}) or {}).get("git_commit") or "unknown")
+        c = c[:-len("-dirty")] + " (with uncommitted changes)" if c.endswith("-dirty") else c
+        counts[c] = counts.get(c, 0) + 1
+    return ", ".join(f"`{c}` ({n})" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none found"
+
+
 def baseline_report(path: str | Path) -> Path:
     """The report directory ``--baseline`` names (a report directory, or a findings output
     directory holding report/), checked before any run starts: it must hold the claims table
@@ -300,6 +315,7 @@ def write_doc(doc: Path, command: str, sweeps: list[Sweep], report_dir: Path, ti
           f"- Seeds: {', '.join(map(str, seeds))}",
           f"- Sweeps: {', '.join(f'`{sw.name}` ({sw.source})' for sw in sweeps)}",
           f"- Git commit: {_commits(sweeps)}",
+          f"- Runs and shared stages built at (their meta.json): {_run_commits(sweeps)}",
           f"- Versions: {', '.join(f'{k} {v}' for k, v in package_versions().items())}",
           f"- Host: {os.uname().nodename}, {os.cpu_count()} CPUs",
           "- Wall time per phase (when it last did work): "

@@ -354,6 +354,11 @@ def test_findings_shares_stages_and_reports_claims(suite):
     assert "rlhf findings X" in doc and "| a ([figure](findings/claim_a.png))" in doc
     assert (suite["root"] / "docs" / "findings" / "claim_a.png").is_file()
     assert "torch" in doc and "Wall time per phase" in doc
+    # the commits every run and shared stage build was made at, counted from their meta.json
+    import re
+    line = next(x for x in doc.splitlines() if x.startswith("- Runs and shared stages built at"))
+    n_meta = len(list(out.glob("sweeps/tiny/runs/*/meta.json"))) + len(list(out.glob("sweeps/shared/*/meta.json")))
+    assert n_meta > 4 and sum(int(x) for x in re.findall(r"\((\d+)\)", line)) == n_meta, line
 
 
 def test_findings_report_compares_with_itself_as_unchanged(suite):
