@@ -253,12 +253,12 @@ def _commits(sweeps: list[Sweep]) -> str:
     return out
 
 
-def _run_commits(sweeps: list[Sweep]) -> str:
-    """The commits the suite's runs and shared stage builds were made at (their meta.json's
-    ``git_commit``), each with its count: a doc phase re-run later reuses runs built earlier,
-    and the doc's code commit alone would not say so."""
+def _run_commits(sweep_dirs) -> str:
+    """The commits the runs and shared stage builds of ``sweep_dirs`` were made at (their
+    meta.json's ``git_commit``), each with its count: a doc phase re-run later reuses runs
+    built earlier, and the doc's code commit alone would not say so."""
     counts: dict[str, int] = {}
-    dirs = {sw.directory for sw in sweeps}
+    dirs = set(sweep_dirs)
     metas = [m for d in dirs for m in (d / "runs").glob("*/meta.json")]
     metas += [m for d in {sd.parent for sd in dirs} for m in (d / "shared").glob("*/meta.json")]
     for m in sorted(set(metas)):
@@ -288,9 +288,12 @@ def baseline_report(path: str | Path) -> Path:
 
 
 def write_doc(doc: Path, command: str, sweeps: list[Sweep], report_dir: Path, timings: dict,
-              failed_runs: list[str], failed_evals: list[str], compare_md: Optional[Path] = None) -> Path:
+              failed_runs: list[str], failed_evals: list[str], compare_md: Optional[Path] = None,
+              compare_base: Optional[Path] = None) -> Path:
     """docs/findings.md from the report's claims table, with the claim figures beside it (and
-    the comparison with a baseline: ``compare_md``, ``rlhf compare``'s compare.md)."""
+    the comparison with a baseline: ``compare_md``, ``rlhf compare``'s compare.md, of the
+    report ``compare_base``; where that report sits in a findings output directory, the
+    commits its runs were built at)."""
     figs = doc.parent / doc.stem  # docs/findings/
     figs.mkdir(parents=True, exist_ok=True)
     links = {}
@@ -315,7 +318,7 @@ def write_doc(doc: Path, command: str, sweeps: list[Sweep], report_dir: Path, ti
           f"- Seeds: {', '.join(map(str, seeds))}",
           f"- Sweeps: {', '.join(f'`{sw.name}` ({sw.source})' for sw in sweeps)}",
           f"- Git commit: {_commits(sweeps)}",
-          f"- Runs and shared stages built at (their meta.json): {_run_commits(sweeps)}",
+          f"- Runs and shared stages built at (their meta.json): {_run_commits(sw.directory for sw in sweeps)}",
           f"- Versions: {', '.join(f'{k} {v}' for k, v in package_versions().items())}",
           f"- Host: {os.uname().nodename}, {os.cpu_count()} CPUs",
           "- Wall time per phase (when it last did work): "
@@ -343,11 +346,16 @@ def write_doc(doc: Path, command: str, sweeps: list[Sweep], report_dir: Path, ti
                   f"**{r['verdict']}** |")
     if compare_md is not None:
         body = compare_md.read_text().split("\n", 1)[1].lstrip("\n")  # without its own title
+        base_sweeps = compare_base.parent / "sweeps" if compare_base is not None else None  # a findings --out
+        built = ""
+        if base_sweeps is not None and base_sweeps.is_dir():
+            dirs = [p for p in base_sweeps.iterdir() if p.is_dir() and p.name != "shared"]
+            built = f" The baseline's runs and shared stages were built at {_run_commits(dirs)}."
         md += ["", "## Against the baseline", "",
                "Each row's statistic in this run against the baseline's (`rlhf compare`): Δ = this − baseline "
-               "with a 95% CI, paired by seed when both have the same seeds (else Welch's t). A verdict can "
-               "flip while its statistic does not detectably move: the CI touched the threshold in one run "
-               "and not in the other.", "", body.rstrip("\n")]
+               "with a 95% CI, paired on the seeds both have (else Welch's t). A verdict can flip while its "
+               "statistic does not detectably move: the CI touched the threshold in one run and not in the "
+               f"other.{built}", "", body.rstrip("\n")]
     md += ["", "## Figures", ""]
     for cid, link in links.items():
         md += [f"![claim {cid}]({link})", ""]
@@ -425,7 +433,7 @@ def run_findings(suite_dir: str | Path, executor: str = "local", seeds: Optional
         result["compare"] = str(compare_md)
     if doc:
         result["doc"] = str(write_doc(Path(doc), command, sweeps, report_dir, timings, not_done, failed_evals,
-                                      compare_md))
+                                      compare_md, base_report))
         say(f"[doc] {result['doc']}")
     if compare_error:
         raise FindingsError(compare_error)

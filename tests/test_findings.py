@@ -397,8 +397,9 @@ def test_findings_rerun_is_idempotent_and_counts_a_diverged_run(suite):
     import shutil
     from rlhf_slurm.findings import run_findings
     out = suite["out"]
-    baseline = suite["root"] / "baseline_report"  # the report as it was: the re-run is compared with it
+    baseline = suite["root"] / "baseline" / "report"  # the report as it was: the re-run is compared with it
     shutil.copytree(out / "report", baseline)
+    (baseline.parent / "sweeps").symlink_to(out / "sweeps")  # as in a findings output directory
     # mark seed 1's beta=0 run diverged, as the pipeline leaves it
     for r in _sweep_runs(out):
         cfg = yaml.safe_load((r / "config.yaml").read_text())
@@ -424,6 +425,8 @@ def test_findings_rerun_is_idempotent_and_counts_a_diverged_run(suite):
     section = doc.split("## Against the baseline")[1].split("## Figures")[0]
     assert f"Base: `{baseline}`" in section and "| a | d gold |" in section
     assert "verdict(s) changed: a (" in section and "no verdict (CI needs >= 2 seeds)" in section
+    n_meta = len(list(out.glob("sweeps/tiny/runs/*/meta.json"))) + len(list(out.glob("sweeps/shared/*/meta.json")))
+    assert "The baseline's runs and shared stages were built at `" in section and f"` ({n_meta})." in section
 
 
 def test_findings_bad_suite_directory_is_an_input_error(tmp_path, capsys):
