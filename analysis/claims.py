@@ -68,6 +68,7 @@ from .results import t_ci
 KINDS = ("mean", "paired", "overopt", "overopt_fit", "monotone", "within_ci")
 HOLDS, FAILS, REPORTED = "holds", "does not hold", "reported"
 NO_CI = "CI needs >= 2 seeds"
+REF_CI = "CI of the reference cell"  # a within_ci row's ci_method begins so: its CI is y's
 _RULE = re.compile(r"^\s*(value|ci_low|ci_high)\s*(>=|<=|>|<|==)\s*(-?[0-9.eE+-]+)\s*$")
 _IN = re.compile(r"^\s*in\s*\[\s*(-?[0-9.eE+-]+)\s*,\s*(-?[0-9.eE+-]+)\s*\]\s*$")
 _OPS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le, "==": operator.eq}
@@ -418,7 +419,7 @@ def compute_row(data: Data, claim: Claim, spec: dict) -> Row:
             _interval(xs, row, rng)
             ymean, ylo, yhi, yn = t_ci([v for v in ys.values() if not math.isnan(v)])
             row.ci_low, row.ci_high = (_clip(ylo, rng), _clip(yhi, rng)) if yn >= 2 else (math.nan, math.nan)
-            row.ci_method = f"CI of the reference cell, t-interval, n={yn}" if yn >= 2 else NO_CI
+            row.ci_method = f"{REF_CI}, t-interval, n={yn}" if yn >= 2 else NO_CI
             row.detail = f"reference mean {ymean:.3g}"
             extra["within_ci"] = yn >= 2 and ylo <= row.value <= yhi
             extra["not_below_ci"] = yn >= 2 and row.value >= ylo  # no loss against the reference

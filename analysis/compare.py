@@ -18,7 +18,7 @@ and says where the CI excludes 0 ("differs"; a Δ within 1e-9 of 0, relative to 
 never does). With m rows compared, about 0.05·m of them would differ by chance alone if
 nothing had changed (fewer or more, the rows are not independent); the summary says so.
 Rows whose verdict changed are listed with their Δ. A ``within_ci`` row's CI in the claims
-table is its reference cell's (shown as "ref"), and its verdict reads that CI too: Δ is of
+table is its reference cell's (the method column says so), and its verdict reads that CI too: Δ is of
 the row's own mean only.
 
 BASE and NEW are report directories (``rlhf report ... --claims``: ``tables/claims.csv`` and
@@ -39,6 +39,7 @@ import pandas as pd
 
 from rlhf.config import InputError
 
+from .claims import REF_CI
 from .results import t_ci, welch_ci
 
 CLAIMS_COLUMNS = ["claim", "row", "statistic", "value", "ci_low", "ci_high", "ci_method", "n", "verdict"]
@@ -180,10 +181,9 @@ def compare(base: Table, new: Table) -> tuple[list[Change], list[str], list[str]
                     "the base report" if key not in base.seeds else "the new report")
             d, lo, hi, method = float(r["value"]) - float(o["value"]), math.nan, math.nan, \
                 f"no per-seed values in {side}: no CI"
-        scale = max(1.0, abs(float(r["value"])) if r["value"] == r["value"] else 1.0,
-                    abs(float(o["value"])) if o["value"] == o["value"] else 1.0)
+        scale = max([1.0] + [abs(v) for v in (float(r["value"]), float(o["value"])) if not math.isnan(v)])
         differs = None if math.isnan(lo) else (not (lo <= 0 <= hi) and abs(d) > 1e-9 * scale)
-        if str(r["ci_method"]).startswith("CI of the reference") or str(o["ci_method"]).startswith("CI of the reference"):
+        if str(r["ci_method"]).startswith(REF_CI) or str(o["ci_method"]).startswith(REF_CI):
             method += "; the CIs shown are the reference cell's"
         out.append(Change(row=str(r["row"]), claim=str(r["claim"]), statistic=str(r["statistic"]),
                           base_value=float(o["value"]), base_ci_low=float(o["ci_low"]), base_ci_high=float(o["ci_high"]),

@@ -90,9 +90,14 @@ def run_metrics(data: Data) -> pd.DataFrame:
     return out
 
 
+def _present(values) -> np.ndarray:
+    """The values that are there (not None, not NaN), as floats."""
+    return np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
+
+
 def t_ci(values) -> tuple[float, float, float, int]:
     """(mean, 95% CI low, high, n) with Student's t over seeds; CI is NaN for n < 2."""
-    v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
+    v = _present(values)
     n = len(v)
     if n == 0:
         return math.nan, math.nan, math.nan, 0
@@ -113,8 +118,7 @@ def welch_ci(a, b) -> tuple[float, float, float, float]:
 
     with s² the sample variances (ddof 1). The CI is NaN when either sample has fewer than 2
     values; when both are constant (se = 0) it is [Δ, Δ] and df is infinite."""
-    a = np.asarray([x for x in a if x is not None and not math.isnan(x)], float)
-    b = np.asarray([x for x in b if x is not None and not math.isnan(x)], float)
+    a, b = _present(a), _present(b)
     if len(a) == 0 or len(b) == 0:
         return math.nan, math.nan, math.nan, math.nan
     d = float(b.mean() - a.mean())
