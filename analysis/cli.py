@@ -54,7 +54,7 @@ COMPARE_DOC = """`rlhf compare BASE NEW [--out DIR]`: two claims tables row by r
 
 BASE and NEW are report directories written by `rlhf report ... --claims` (or findings output
 directories holding report/). For every row in both: the base and new value with their CIs,
-Δ = new − base with a 95% CI (paired by seed when both have the same seeds, else Welch's t;
+Δ = new − base with a 95% CI (paired on the seeds both have when there are 2 or more, else Welch's t;
 no CI for a row that is one number per report), whether that CI excludes 0, and the verdicts.
 Prints the table; --out also writes compare.md and compare.csv. Bad input exits with status 2.
 """
